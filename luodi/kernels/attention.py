@@ -1,0 +1,142 @@
+"""Attention over a paged KV cache, in plain PyTorch.
+
+The cache of one layer is a flat pool of token slots, `[num_blocks * block_size, Hkv, D]`; a
+sequence owns whole blocks, listed in its block table. For one forward pass the engine computes,
+once, where each new token's k/v goes (`slot_mapping`) and which slots each sequence attends to
+(`kv_slots`, padded), plus the masks; every layer then only scatters, gathers and calls SDPA.
+All layers write before they read, so requests in one batch may share freshly filled blocks.
+
+This module knows tensors and slot indices only — not requests, blocks or the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSlice:
+    """One sequence's share of a forward pass: `num_query` new tokens after `num_context` cached."""
+
+    num_context: int
+    num_query: int
+    slots: tuple[int, ...]  # cache slot of every token position 0 .. num_context + num_query - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    kv_slots: torch.Tensor  # [B, K] slots each sequence attends to (padded)
+    query_index: torch.Tensor | None  # [T] position of each token in the padded [B * Q] layout
+    num_seqs: int
+    max_query_len: int
+    mask: torch.Tensor | None  # [B, 1, Q, K] True = may attend; None = attend to all K
+    is_causal: bool  # single sequence, no cached context: SDPA's own causal mask is exact
+    query_positions: torch.Tensor  # [B, Q] absolute position of each padded query
+    key_positions: torch.Tensor  # [K]
+
+    def sliding_mask(self, window: int) -> torch.Tensor:
+        """The mask restricted to keys within `window` positions of each query (Gemma 3)."""
+        mask = self.mask if self.mask is not None else self._causal_mask()
+        qpos = self.query_positions[:, None, :, None]  # [B, 1, Q, 1]
+        return mask & (self.key_positions[None, None, None, :] > qpos - window)
+
+    def _causal_mask(self) -> torch.Tensor:
+        return self.key_positions[None, None, None, :] <= self.query_positions[:, None, :, None]
+
+
+def build_metadata(seqs: list[SequenceSlice], device: torch.device) -> AttentionMetadata:
+    """Flatten a batch of sequence slices into the index tensors every layer shares."""
+    num_seqs = len(seqs)
+    max_q = max(s.num_query for s in seqs)
+    max_k = max(s.num_context + s.num_query for s in seqs)
+    slot_mapping: list[int] = []
+    query_index: list[int] = []
+    kv_slots = torch.zeros(num_seqs, max_k, dtype=torch.long)
+    qpos = torch.zeros(num_seqs, max_q, dtype=torch.long)
+    lengths = torch.zeros(num_seqs, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        total = s.num_context + s.num_query
+        slot_mapping.extend(s.slots[s.num_context : total])
+        query_index.extend(range(b * max_q, b * max_q + s.num_query))
+        kv_slots[b, :total] = torch.tensor(s.slots[:total], dtype=torch.long)
+        # Padded query rows copy the last real position: they attend to real keys (no NaN rows).
+        qpos[b] = torch.arange(s.num_context, s.num_context + max_q).clamp(max=total - 1)
+        lengths[b] = total
+    key_positions = torch.arange(max_k)
+    is_causal = num_seqs == 1 and seqs[0].num_context == 0 and max_q > 1
+    needs_mask = not is_causal and (max_q > 1 or bool((lengths < max_k).any()))
+    mask = None
+    if needs_mask:
+        mask = (key_positions[None, None, None, :] <= qpos[:, None, :, None]) & (
+            key_positions[None, None, None, :] < lengths[:, None, None, None]
+        )
+    is_flat = num_seqs == len(slot_mapping)  # one token per sequence: [T] is already [B * 1]
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
+        kv_slots=kv_slots.to(device),
+        query_index=None if is_flat or num_seqs == 1 else torch.tensor(query_index, device=device),
+        num_seqs=num_seqs,
+        max_query_len=max_q,
+        mask=None if mask is None else mask.to(device),
+        is_causal=is_causal,
+        query_positions=qpos.to(device),
+        key_positions=key_positions.to(device),
+    )
+
+
+class PagedAttention:
+    """The `AttentionBackend` models call: one instance per forward pass."""
+
+    def __init__(self, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor], meta: AttentionMetadata) -> None:
+        self.k_caches = k_caches
+        self.v_caches = v_caches
+        self.meta = meta
+        self._sliding_masks: dict[int, torch.Tensor] = {}
+
+    def attend(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        meta = self.meta
+        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]
+        k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+        keys = k_cache[meta.kv_slots].transpose(1, 2)  # [B, Hkv, K, D]
+        values = v_cache[meta.kv_slots].transpose(1, 2)
+        queries = self._pad_queries(q)  # [B, H, Q, D]
+        mask, is_causal = meta.mask, meta.is_causal
+        if sliding_window is not None and keys.shape[2] > sliding_window:
+            mask, is_causal = self._sliding(sliding_window), False
+        out = F.scaled_dot_product_attention(
+            queries, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=is_causal,
+            scale=scale, enable_gqa=keys.shape[1] != queries.shape[1],
+        )
+        return self._unpad(out)
+
+    def _sliding(self, window: int) -> torch.Tensor:
+        if window not in self._sliding_masks:
+            self._sliding_masks[window] = self.meta.sliding_mask(window)
+        return self._sliding_masks[window]
+
+    def _pad_queries(self, q: torch.Tensor) -> torch.Tensor:
+        meta = self.meta
+        if meta.query_index is None:
+            if meta.num_seqs == 1:
+                return q.transpose(0, 1).unsqueeze(0)  # [1, H, T, D]
+            return q.unsqueeze(2)  # decode batch: [B, H, 1, D]
+        padded = q.new_zeros(meta.num_seqs * meta.max_query_len, *q.shape[1:])
+        padded[meta.query_index] = q
+        return padded.view(meta.num_seqs, meta.max_query_len, *q.shape[1:]).transpose(1, 2)
+
+    def _unpad(self, out: torch.Tensor) -> torch.Tensor:
+        meta = self.meta
+        if meta.query_index is None:
+            if meta.num_seqs == 1:
+                return out.squeeze(0).transpose(0, 1)  # [T, H, D]
+            return out.squeeze(2)
+        flat = out.transpose(1, 2).reshape(meta.num_seqs * meta.max_query_len, *out.shape[1:2], out.shape[3])
+        return flat[meta.query_index]

@@ -1,0 +1,167 @@
+"""`ModelConfig`: the architecture of a model, in Hugging Face's names.
+
+Built from an HF `config.json` (here) or from GGUF metadata (`luodi.loading.gguf`). It owns the
+shape and numerics of a model; it knows nothing of files, weights or requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from luodi.errors import ModelFormatError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # {"rope_type": "llama3" | "linear", "factor": ..., ...} as in HF configs; None = plain RoPE.
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    hidden_act: str = "silu"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    # Gemma 3: interleaved local (sliding-window) and global attention layers.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # per layer: "full_attention" | "sliding_attention"
+    rope_local_base_freq: float | None = None
+    query_pre_attn_scalar: float | None = None
+    final_logit_softcapping: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attention_scale(self) -> float:
+        if self.query_pre_attn_scalar is not None:
+            return float(self.query_pre_attn_scalar) ** -0.5
+        return self.head_dim**-0.5
+
+    def is_sliding_layer(self, layer_idx: int) -> bool:
+        return bool(self.layer_types) and self.layer_types[layer_idx] == "sliding_attention"
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config as an HF-style `config.json` dictionary (for Luodi's saved format)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out["layer_types"] = list(self.layer_types)
+        out["eos_token_id"] = list(out.pop("eos_token_ids"))
+        out["model_type"] = self.model_type
+        return out
+
+
+def _eos_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _gemma3_layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]:
+    if raw.get("layer_types"):
+        return tuple(raw["layer_types"])
+    # Older Gemma 3 configs give only the period: every Nth layer is global.
+    pattern = int(raw.get("sliding_window_pattern", 6))
+    return tuple(
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
+    )
+
+
+def _scaling_or_none(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not params:
+        return None
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    scaling["rope_type"] = scaling.get("rope_type") or scaling.get("type") or "default"
+    return None if scaling["rope_type"] == "default" else scaling
+
+
+def _rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float | None]:
+    """(rope_theta, rope_scaling, local rope base) from either config style.
+
+    transformers < 5 writes `rope_theta` + `rope_scaling` (+ Gemma's `rope_local_base_freq`);
+    transformers 5 writes `rope_parameters`, per layer type for Gemma 3.
+    """
+    params = raw.get("rope_parameters")
+    if params and "full_attention" in params:
+        full, local = params["full_attention"], params.get("sliding_attention") or {}
+        return float(full.get("rope_theta", 1e6)), _scaling_or_none(full), float(local.get("rope_theta", 1e4))
+    if params:
+        return float(params.get("rope_theta", 10000.0)), _scaling_or_none(params), None
+    local_base = raw.get("rope_local_base_freq")
+    return (
+        float(raw.get("rope_theta", 10000.0)),
+        _scaling_or_none(raw.get("rope_scaling")),
+        float(local_base) if local_base is not None else 10000.0,
+    )
+
+
+def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
+    """Build a `ModelConfig` from the dictionary of an HF `config.json`."""
+    if "text_config" in raw:  # multimodal wrappers (Gemma 3 4B+) keep the LM config inside.
+        raw = {**raw["text_config"], "eos_token_id": raw.get("eos_token_id")}
+    model_type = raw.get("model_type", "")
+    if model_type == "gemma3":
+        model_type = "gemma3_text"
+    try:
+        num_heads = int(raw["num_attention_heads"])
+        hidden = int(raw["hidden_size"])
+        num_layers = int(raw["num_hidden_layers"])
+        common = dict(
+            model_type=model_type,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or num_heads),
+            head_dim=int(raw.get("head_dim") or hidden // num_heads),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"config.json lacks a valid model dimension ({exc}); is it an LLM config?") from exc
+    is_gemma = model_type == "gemma3_text"
+    rope_theta, rope_scaling, rope_local_base_freq = _rope_settings(raw)
+    return ModelConfig(
+        **common,
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", is_gemma)),
+        attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
+        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu"),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=_eos_ids(raw.get("eos_token_id")),
+        sliding_window=raw.get("sliding_window") if is_gemma else None,
+        layer_types=_gemma3_layer_types(raw, num_layers) if is_gemma else (),
+        rope_local_base_freq=rope_local_base_freq if is_gemma else None,
+        query_pre_attn_scalar=raw.get("query_pre_attn_scalar") if is_gemma else None,
+        final_logit_softcapping=raw.get("final_logit_softcapping"),
+    )
+
+
+def load_hf_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelFormatError(f"{model_dir} has no config.json; an HF model directory needs one") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from exc
+    return config_from_hf_dict(raw)

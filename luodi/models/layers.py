@@ -1,0 +1,126 @@
+"""Building blocks shared by the model families: norms, rotary embeddings, the gated MLP.
+
+Numerics follow the Hugging Face implementations they replace (cited per class), so that a
+model built from these blocks matches transformers' logits. Nothing here knows about requests,
+batches or the KV cache layout: attention reaches the cache only through `AttentionBackend`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentionBackend(Protocol):
+    """What a model's attention layer may ask of the engine's KV cache for one forward pass."""
+
+    def attend(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        """Store k/v ([T, Hkv, D]) for the new tokens, attend q ([T, H, D]); returns [T, H, D]."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    """HF `LlamaRMSNorm`: normalize in fp32, scale by `weight` in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class GemmaRMSNorm(nn.Module):
+    """HF `Gemma3RMSNorm`: the stored weight is an offset, applied as (1 + weight), all in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:
+    """Inverse frequencies [head_dim/2], with HF's "linear" and "llama3" scalings."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    rope_type = (scaling or {}).get("rope_type") or "default"
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / float(scaling["factor"])  # type: ignore[index]
+    if rope_type == "llama3":
+        return _llama3_scaled(inv_freq, scaling)  # type: ignore[arg-type]
+    raise NotImplementedError(f"rope scaling {rope_type!r} is not supported (supported: linear, llama3)")
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    # HF `_compute_llama3_parameters`: long wavelengths are slowed by `factor`, short ones kept,
+    # the band between them interpolated smoothly.
+    factor = float(scaling["factor"])
+    low = float(scaling.get("low_freq_factor", 1.0))
+    high = float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for the given positions, in HF's rotate-half (NeoX) layout."""
+
+    def __init__(self, head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.rope_base, self.rope_scaling = base, scaling
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, D]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, H, D]; HF `apply_rotary_pos_emb` with `rotate_half`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+}
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) — the MLP of every supported family."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        if hidden_act not in ACTIVATIONS:
+            raise NotImplementedError(f"activation {hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
+        self.act = ACTIVATIONS[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

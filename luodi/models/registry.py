@@ -1,0 +1,76 @@
+"""Which module implements each HF `model_type`, and how a model is built from config + weights.
+
+Models are built on the `meta` device and take the loaded tensors by assignment
+(`load_state_dict(assign=True)`), so a memory-mapped weight is not copied unless its dtype or
+device changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from luodi.errors import ModelFormatError, UnsupportedArchitectureError
+from luodi.models.config import ModelConfig
+from luodi.models.gemma3 import Gemma3ForCausalLM
+from luodi.models.layers import RotaryEmbedding, rope_inv_freq
+from luodi.models.llama import LlamaForCausalLM
+from luodi.models.qwen2 import Qwen2ForCausalLM
+from luodi.models.qwen3 import Qwen3ForCausalLM
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "llama": LlamaForCausalLM,
+    "mistral": LlamaForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+    "gemma3_text": Gemma3ForCausalLM,
+}
+
+
+def model_class(config: ModelConfig) -> type[nn.Module]:
+    try:
+        return MODEL_CLASSES[config.model_type]
+    except KeyError:
+        supported = ", ".join(sorted(MODEL_CLASSES))
+        raise UnsupportedArchitectureError(
+            f"model type {config.model_type!r} is not supported (supported: {supported})"
+        ) from None
+
+
+def build_model(
+    config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]], *, dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
+    """Instantiate the family's module and assign `weights` (HF names) converted to dtype/device."""
+    cls = model_class(config)
+    with torch.device("meta"):
+        model = cls(config)
+    expected = dict(model.state_dict())
+    state = {}
+    for name, tensor in weights:
+        if name not in expected:
+            continue  # e.g. a tied lm_head stored anyway, or rotary tables
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelFormatError(
+                f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
+            )
+        state[name] = tensor.to(device=device, dtype=dtype)
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ModelFormatError(f"the checkpoint lacks {len(missing)} weight(s), e.g. {missing[:3]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    _materialize_buffers(model, device)
+    return model.eval()
+
+
+def _materialize_buffers(model: nn.Module, device: torch.device) -> None:
+    """Non-persistent buffers (RoPE frequencies) were made on `meta`: recompute them for real."""
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            head_dim = module.inv_freq.shape[0] * 2
+            module.inv_freq = rope_inv_freq(head_dim, module.rope_base, module.rope_scaling).to(device)
