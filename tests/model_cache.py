@@ -13,14 +13,12 @@ from luodi.loading.catalog import pull
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_home() -> Path:
+def cache_home() -> Path:
     return Path(os.environ.get("LUODI_TEST_HOME") or REPO_ROOT / ".cache" / "test-home").expanduser()
 
 
 @functools.cache
 def pulled_model_path(name: str) -> Path:
     """Path to catalog model `name`, pulled (and sha256-checked) once into the test cache."""
-    return pull(name, progress=False, root=test_home() / "models")
+    return pull(name, progress=False, root=cache_home() / "models")
 
-
-test_home.__test__ = False  # type: ignore[attr-defined]  # not a test despite the name

@@ -21,7 +21,7 @@ def full_logits(model: nn.Module, token_ids: list[int]) -> torch.Tensor:
     shape = (n, config.num_key_value_heads, config.head_dim)
     k_caches = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(config.num_hidden_layers)]
     v_caches = [torch.zeros_like(k) for k in k_caches]
-    meta = build_metadata([SequenceSlice(0, n, tuple(range(n)))], param.device)
+    meta = build_metadata([SequenceSlice(0, n, (0,))], n, param.device)
     ids = torch.tensor(token_ids, device=param.device)
     positions = torch.arange(n, device=param.device)
     return model(ids, positions, PagedAttention(k_caches, v_caches, meta))

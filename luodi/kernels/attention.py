@@ -23,7 +23,7 @@ class SequenceSlice:
 
     num_context: int
     num_query: int
-    slots: tuple[int, ...]  # cache slot of every token position 0 .. num_context + num_query - 1
+    block_ids: tuple[int, ...]  # the sequence's block table: position p lives in block p // block_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +48,28 @@ class AttentionMetadata:
         return self.key_positions[None, None, None, :] <= self.query_positions[:, None, :, None]
 
 
-def build_metadata(seqs: list[SequenceSlice], device: torch.device) -> AttentionMetadata:
+def _slots(seq: SequenceSlice, block_size: int) -> torch.Tensor:
+    blocks = torch.tensor(seq.block_ids, dtype=torch.long)
+    slots = (blocks[:, None] * block_size + torch.arange(block_size)).flatten()
+    return slots[: seq.num_context + seq.num_query]
+
+
+def build_metadata(seqs: list[SequenceSlice], block_size: int, device: torch.device) -> AttentionMetadata:
     """Flatten a batch of sequence slices into the index tensors every layer shares."""
     num_seqs = len(seqs)
     max_q = max(s.num_query for s in seqs)
     max_k = max(s.num_context + s.num_query for s in seqs)
-    slot_mapping: list[int] = []
+    slot_mapping: list[torch.Tensor] = []
     query_index: list[int] = []
     kv_slots = torch.zeros(num_seqs, max_k, dtype=torch.long)
     qpos = torch.zeros(num_seqs, max_q, dtype=torch.long)
     lengths = torch.zeros(num_seqs, dtype=torch.long)
     for b, s in enumerate(seqs):
         total = s.num_context + s.num_query
-        slot_mapping.extend(s.slots[s.num_context : total])
+        slots = _slots(s, block_size)
+        slot_mapping.append(slots[s.num_context :])
         query_index.extend(range(b * max_q, b * max_q + s.num_query))
-        kv_slots[b, :total] = torch.tensor(s.slots[:total], dtype=torch.long)
+        kv_slots[b, :total] = slots
         # Padded query rows copy the last real position: they attend to real keys (no NaN rows).
         qpos[b] = torch.arange(s.num_context, s.num_context + max_q).clamp(max=total - 1)
         lengths[b] = total
@@ -74,9 +81,9 @@ def build_metadata(seqs: list[SequenceSlice], device: torch.device) -> Attention
         mask = (key_positions[None, None, None, :] <= qpos[:, None, :, None]) & (
             key_positions[None, None, None, :] < lengths[:, None, None, None]
         )
-    is_flat = num_seqs == len(slot_mapping)  # one token per sequence: [T] is already [B * 1]
+    is_flat = max_q == 1  # one token per sequence: [T] is already [B * 1]
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
+        slot_mapping=torch.cat(slot_mapping).to(device),
         kv_slots=kv_slots.to(device),
         query_index=None if is_flat or num_seqs == 1 else torch.tensor(query_index, device=device),
         num_seqs=num_seqs,

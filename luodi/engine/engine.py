@@ -1,0 +1,190 @@
+"""`LLMEngine`: the synchronous step loop that ties scheduler, KV cache, runner and text together.
+
+Callers hand in prompt token ids (the engine never tokenizes); each `step()` runs one batched
+forward pass and returns what every touched request gained: token ids, logprobs, and — when the
+engine was given a tokenizer to decode with — UTF-8-safe text deltas with stop strings applied.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from luodi.engine.detokenizer import Decoder, IncrementalDetokenizer, StopChecker
+from luodi.engine.kv_cache import KVCacheManager
+from luodi.engine.request import FinishReason, Request
+from luodi.engine.runner import ModelRunner, kv_bytes_per_block
+from luodi.engine.sampling import SamplingParams, TokenLogprobs
+from luodi.engine.scheduler import Scheduler, SchedulerConfig
+from luodi.errors import InvalidParameterError, PromptTooLongError
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    block_size: int = 16
+    kv_cache_bytes: int = 512 * 2**20
+    num_blocks: int | None = None  # overrides kv_cache_bytes (tests use it to force preemption)
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None  # default: the model's context window, at most 8192
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    new_text: str
+    new_logprobs: tuple[TokenLogprobs, ...]
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _TextState:
+    detokenizer: IncrementalDetokenizer
+    stops: StopChecker
+
+
+@dataclass(slots=True)
+class StepStats:
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    seconds: float = 0.0
+    history: list[tuple[int, int, float]] = field(default_factory=list)  # (prefill, decode, s) per step
+
+
+class LLMEngine:
+    def __init__(self, model: nn.Module, tokenizer: Decoder | None = None, config: EngineConfig = EngineConfig(),
+                 eos_token_ids: frozenset[int] = frozenset()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.eos_token_ids = frozenset(eos_token_ids or model.config.eos_token_ids)
+        self.max_model_len = config.max_model_len or min(model.config.max_position_embeddings, 8192)
+        dtype = next(model.parameters()).dtype
+        num_blocks = config.num_blocks or max(
+            config.kv_cache_bytes // kv_bytes_per_block(model, config.block_size, dtype),
+            -(-self.max_model_len // config.block_size),
+        )
+        self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
+        sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
+        self.scheduler = Scheduler(sched, self.kv)
+        self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size,
+                                  eos_token_ids=self.eos_token_ids)
+        self._text: dict[str, _TextState] = {}
+        self._ids = itertools.count()
+        self.stats = StepStats()
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
+        request_id = request_id or f"req-{next(self._ids)}"
+        self._check_prompt(prompt_ids, params)
+        request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len)
+        if self.tokenizer is not None:
+            self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                                                StopChecker(params.stop))
+        self.scheduler.add(request)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        if self.scheduler.abort(request_id) is not None:
+            self._forget(request_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty; give at least one token", param="prompt")
+        vocab = self.model.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+        n, limit = len(prompt_ids), self.max_model_len
+        wanted = n + (params.max_tokens or 1)
+        if wanted > limit:
+            what = f"{n} prompt tokens" + (f" + max_tokens {params.max_tokens}" if params.max_tokens else "")
+            raise PromptTooLongError(
+                f"{what} exceed the context window of {limit} tokens; shorten the prompt or lower max_tokens",
+                param="max_tokens" if n < limit else "prompt",
+            )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        schedule = self.scheduler.schedule()
+        if schedule.is_empty:
+            return []
+        start = time.perf_counter()
+        result = self.runner.execute(schedule, self.scheduler.requests)
+        touched = self.scheduler.update(schedule, result.token_ids)
+        self._record(schedule, time.perf_counter() - start)
+        outputs = []
+        for request in touched:
+            token = result.token_ids.get(request.request_id)
+            if token is None:
+                continue  # a prompt chunk that did not reach the end: nothing to report yet
+            outputs.append(self._output(request, token, result.logprobs.get(request.request_id)))
+        return outputs
+
+    def _record(self, schedule, seconds: float) -> None:
+        decode = sum(1 for c in schedule.chunks if len(c.token_ids) == 1 and c.start > 0)
+        prefill = schedule.num_tokens - decode
+        self.stats.num_prefill_tokens += prefill
+        self.stats.num_decode_tokens += decode
+        self.stats.seconds += seconds
+        self.stats.history.append((prefill, decode, seconds))
+
+    def _output(self, request: Request, token: int, logprobs: TokenLogprobs | None) -> RequestOutput:
+        text = ""
+        state = self._text.get(request.request_id)
+        if state is not None:
+            delta = state.detokenizer.push(token)
+            if request.finish_reason is not None:
+                delta += state.detokenizer.flush()
+            text = state.stops.push(delta)
+            if state.stops.stopped and request.finish_reason is None:
+                self.scheduler.abort(request.request_id)  # a stop string ends it
+                request.finish_reason = FinishReason.STOP
+            elif request.finish_reason is not None:
+                text += state.stops.flush()
+        finished = request.finish_reason is not None
+        if finished:
+            self._forget(request.request_id)
+        return RequestOutput(
+            request_id=request.request_id,
+            new_token_ids=(token,),
+            new_text=text,
+            new_logprobs=(logprobs,) if logprobs is not None else (),
+            finished=finished,
+            finish_reason=request.finish_reason.value if finished else None,
+            num_prompt_tokens=len(request.prompt_ids),
+            num_output_tokens=len(request.output_ids),
+            num_cached_tokens=request.num_cached_tokens or 0,
+        )
+
+    def _forget(self, request_id: str) -> None:
+        self._text.pop(request_id, None)
+        self.runner.forget(request_id)
+
+    # -- convenience --------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Run prompts to completion together; returns each one's output token ids."""
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
+        outputs: dict[str, list[int]] = {i: [] for i in ids}
+        while self.has_unfinished:
+            for out in self.step():
+                outputs[out.request_id].extend(out.new_token_ids)
+        return [outputs[i] for i in ids]
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cpu" else torch.float16

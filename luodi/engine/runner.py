@@ -1,0 +1,83 @@
+"""The model runner: owns the KV cache memory and turns one scheduled step into one forward pass.
+
+It flattens every scheduled chunk into `input_ids` / `positions` of shape [T], builds the shared
+attention metadata once, runs the model once for the whole batch, and samples one token for each
+request whose chunk reached its last known token. Knows tensors, block ids and sampling params;
+not text or scheduling policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from luodi.engine.request import Request
+from luodi.engine.sampling import SamplerOutput, TokenLogprobs, make_generator, sample
+from luodi.engine.scheduler import SchedulerOutput
+from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    token_ids: dict[str, int]  # request id -> sampled token
+    logprobs: dict[str, TokenLogprobs]
+
+
+def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
+    return per_token * block_size * torch.finfo(dtype).bits // 8
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module, *, num_blocks: int, block_size: int, eos_token_ids: frozenset[int]) -> None:
+        self.model = model
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.block_size = block_size
+        self.eos_token_ids = tuple(sorted(eos_token_ids))
+        c = model.config
+        shape = (num_blocks * block_size, c.num_key_value_heads, c.head_dim)  # [slots, Hkv, D]
+        self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(c.num_hidden_layers)]
+        self.v_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(c.num_hidden_layers)]
+        self._generators: dict[str, torch.Generator | None] = {}
+
+    @torch.inference_mode()
+    def execute(self, step: SchedulerOutput, requests: dict[str, Request]) -> StepResult:
+        input_ids, positions, seqs, sample_rows, sample_ids = [], [], [], [], []
+        offset = 0
+        for chunk in step.chunks:
+            n = len(chunk.token_ids)
+            input_ids.extend(chunk.token_ids)
+            positions.append(torch.arange(chunk.start, chunk.start + n))
+            seqs.append(SequenceSlice(chunk.start, n, chunk.block_ids))
+            offset += n
+            if chunk.needs_sample:
+                sample_rows.append(offset - 1)
+                sample_ids.append(chunk.request_id)
+        meta = build_metadata(seqs, self.block_size, self.device)
+        kv = PagedAttention(self.k_caches, self.v_caches, meta)
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        logits = self.model(ids, torch.cat(positions).to(self.device), kv, torch.tensor(sample_rows, device=self.device))
+        if not sample_ids:
+            return StepResult({}, {})
+        return self._sample(logits.float().cpu(), [requests[i] for i in sample_ids])
+
+    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> StepResult:
+        generators = [self._generator(r) for r in requests]
+        out: SamplerOutput = sample(
+            logits, [r.params for r in requests], requests, generators, self.eos_token_ids
+        )
+        ids = {r.request_id: t for r, t in zip(requests, out.token_ids, strict=True)}
+        logprobs = {r.request_id: lp for r, lp in zip(requests, out.logprobs, strict=True) if lp is not None}
+        return StepResult(ids, logprobs)
+
+    def _generator(self, request: Request) -> torch.Generator | None:
+        if request.request_id not in self._generators:
+            self._generators[request.request_id] = make_generator(request.params)
+        return self._generators[request.request_id]
+
+    def forget(self, request_id: str) -> None:
+        self._generators.pop(request_id, None)

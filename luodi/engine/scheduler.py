@@ -1,0 +1,165 @@
+"""The scheduler: each step, which requests run and how many of their tokens.
+
+Policy (vLLM v1's): a token budget per step is spent on running requests first — their one-token
+decodes and the unfinished chunks of prompts already started — then on waiting requests in
+arrival order, whose prompts may be cut into chunks (chunked prefill), so a long prompt never
+stalls the others' token generation. When the KV cache has no block left for a running request,
+the most recently admitted request is preempted: its blocks are freed and it is recomputed later.
+
+Knows requests and block ids; not tensors, the model or text.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from luodi.engine.kv_cache import KVCacheManager
+from luodi.engine.request import FinishReason, Request, RequestStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledChunk:
+    """One request's work in a step: run `token_ids` at positions `start` .. start + len - 1."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    start: int
+    block_ids: tuple[int, ...]
+    needs_sample: bool  # the chunk reaches the request's last known token: sample the next one
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOutput:
+    chunks: tuple[ScheduledChunk, ...]
+    preempted_ids: tuple[str, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 512  # the token budget of one step
+    max_model_len: int = 2048
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> Request | None:
+        request = self.requests.get(request_id)
+        if request is None or request.is_finished:
+            return None
+        request.finish_reason = FinishReason.ABORT
+        self._finish(request)
+        return request
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        preempted: list[str] = []
+        for request in list(self.running):
+            if budget == 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._allocate_or_preempt(request, num_new, preempted):
+                continue
+            chunks.append(self._chunk(request, num_new))
+            budget -= num_new
+        if not preempted:
+            budget = self._admit_waiting(budget, chunks)
+        return SchedulerOutput(tuple(chunks), tuple(preempted))
+
+    def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance every scheduled request; append sampled tokens. Returns the requests touched."""
+        touched = []
+        for chunk in output.chunks:
+            request = self.requests.get(chunk.request_id)
+            if request is None or request.status is not RequestStatus.RUNNING:
+                continue  # aborted while its step ran
+            request.num_computed_tokens += len(chunk.token_ids)
+            if chunk.request_id in sampled:
+                request.append_token(sampled[chunk.request_id])
+                if request.finish_reason is not None:
+                    self._finish(request)
+            touched.append(request)
+        return touched
+
+    def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            num_cached = self.kv.cached_prefix(request)
+            request.num_computed_tokens = num_cached
+            num_new = min(request.num_tokens - num_cached, budget)
+            if self.kv.allocate(request, num_new) is None:
+                self.kv.free(request)  # give back the prefix blocks it took
+                request.num_computed_tokens = 0
+                break
+            self.kv.record_prefix_lookup(len(request.prompt_ids), num_cached)
+            if request.num_cached_tokens is None:
+                request.num_cached_tokens = num_cached
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            chunks.append(self._chunk(request, num_new))
+            budget -= num_new
+        return budget
+
+    def _allocate_or_preempt(self, request: Request, num_new: int, preempted: list[str]) -> bool:
+        while self.kv.allocate(request, num_new) is None:
+            victim = self.running[-1]
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _finish(self, request: Request) -> None:
+        request.status = RequestStatus.FINISHED
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.kv.free(request)
+        del self.requests[request.request_id]
+
+    def _chunk(self, request: Request, num_new: int) -> ScheduledChunk:
+        start = request.num_computed_tokens
+        tokens = request.all_token_ids[start : start + num_new]
+        return ScheduledChunk(
+            request_id=request.request_id,
+            token_ids=tuple(tokens),
+            start=start,
+            block_ids=tuple(self.kv.block_ids(request.request_id)),
+            needs_sample=start + num_new == request.num_tokens,
+        )
