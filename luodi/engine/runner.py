@@ -60,7 +60,8 @@ class ModelRunner:
         meta = build_metadata(seqs, self.block_size, self.device)
         kv = PagedAttention(self.k_caches, self.v_caches, meta)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
-        logits = self.model(ids, torch.cat(positions).to(self.device), kv, torch.tensor(sample_rows, device=self.device))
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        logits = self.model(ids, torch.cat(positions).to(self.device), kv, rows)
         if not sample_ids:
             return StepResult({}, {})
         return self._sample(logits.float().cpu(), [requests[i] for i in sample_ids])
