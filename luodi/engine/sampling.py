@@ -38,6 +38,7 @@ __all__ = [
     "TokenHistory",
     "TokenLogprobs",
     "make_generator",
+    "processed_logits",
     "sample",
 ]
 
@@ -210,14 +211,9 @@ def _greedy_argmax(
     plain = [p.greedy and not _needs_processing(p, h) for p, h in zip(params, histories, strict=True)]
     if not any(plain):
         return [-1] * len(plain)
-    if all(plain):
-        return logits.argmax(dim=-1).tolist()
-    rows = [i for i, is_plain in enumerate(plain) if is_plain]
-    best = logits[rows].argmax(dim=-1).tolist()
-    token_ids = [-1] * len(plain)
-    for row, token_id in zip(rows, best, strict=True):
-        token_ids[row] = token_id
-    return token_ids
+    # One batched argmax over every row beats copying out the greedy ones.
+    best = logits.argmax(dim=-1).tolist()
+    return [token_id if is_plain else -1 for token_id, is_plain in zip(best, plain, strict=True)]
 
 
 def _process_row(
@@ -252,40 +248,74 @@ def _apply_penalties(row: torch.Tensor, p: SamplingParams, history: TokenHistory
 
 
 def _draw(row: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
-    """Temperature, truncation, then one inverse-CDF draw (a single uniform from `generator`)."""
-    scaled = row / p.temperature  # [V]; a new tensor, `row` is left alone
+    """Temperature and truncation, then one inverse-CDF draw (a single uniform from `generator`)."""
+    values, indices = _warp(row, p)
+    choice = _inverse_cdf(values, generator)
+    return choice if indices is None else int(indices[choice])
+
+
+def _warp(row: torch.Tensor, p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature, top-k, top-p, min-p on one row [V] (not modified).
+
+    Returns logits with removed tokens at -inf and, after top-k/top-p, the token ids they belong
+    to (only the best K are kept, sorted descending); `None` ids means the values are the row.
+    """
+    scaled = row / p.temperature  # [V]
     if p.top_k > 0 or p.top_p < 1.0:
-        values, indices = _top_k_top_p(scaled, p.top_k, p.top_p)  # sorted descending [K]
+        values, indices = _top_k_top_p(scaled, p.top_k, p.top_p)  # [K], [K]
     else:
         values, indices = scaled, None
     if p.min_p > 0.0:
         # HF MinPLogitsWarper keeps probs >= min_p * max_prob, i.e. logits >= max + log(min_p).
         values = values.masked_fill(values < values.max() + math.log(p.min_p), -math.inf)
-    choice = _inverse_cdf(values, generator)
-    return choice if indices is None else int(indices[choice])
+    return values, indices
+
+
+def processed_logits(
+    row: torch.Tensor, params: SamplingParams, history: TokenHistory, eos_token_ids: Sequence[int] = ()
+) -> torch.Tensor:
+    """The logits [V] one row is finally drawn from (-inf: not allowed); for tests and debugging.
+
+    Greedy rows stop after penalties (argmax of the result is the token).
+    """
+    row = _process_row(row, params, history, eos_token_ids)
+    if params.greedy:
+        return row
+    values, indices = _warp(row, params)
+    if indices is None:
+        return values
+    full = torch.full_like(row, -math.inf)
+    full[indices] = values
+    return full
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The best K logits of a row, sorted descending, with tokens outside top-k/top-p at -inf.
 
     Top-p mirrors HF TopPLogitsWarper: a token survives iff the mass of strictly better tokens is
-    < top_p. Without top-k, only the best `_TOP_P_CANDIDATES` are sorted; that is exact whenever
-    they hold >= top_p of the mass (everything below them is then cut), else we sort the row.
+    < top_p. Without top-k we avoid sorting the row: the best `_TOP_P_CANDIDATES` (then 8x more)
+    suffice whenever they hold >= top_p of the mass, since everything below them is then cut;
+    only flat distributions reach a full sort.
     """
     vocab_size = logits.numel()
     num_candidates = min(top_k if top_k > 0 else _TOP_P_CANDIDATES, vocab_size)
     while True:
-        values, indices = torch.topk(logits, num_candidates)  # sorted descending
+        if num_candidates < vocab_size:
+            values, indices = torch.topk(logits, num_candidates)  # sorted descending [K]
+        else:
+            values, indices = torch.sort(logits, descending=True)  # faster than a full topk
         if top_p >= 1.0:
             return values, indices
         # Normalize over what top-k left (its K values) or, without top-k, the whole row.
-        log_total = torch.logsumexp(values if top_k > 0 else logits, dim=0)
-        cumulative = torch.exp(values - log_total).cumsum(dim=0)
+        log_total = float(torch.logsumexp(values if top_k > 0 else logits, dim=0))
+        # float64: a float32 cumsum over thousands of tokens drifts by ~1e-6 near top_p ~ 1.
+        probs = torch.exp(values.double() - log_total)  # [K]
+        cumulative = probs.cumsum(dim=0)
         covered = top_k > 0 or num_candidates == vocab_size or float(cumulative[-1]) >= top_p
         if covered:
-            mass_above = cumulative - torch.exp(values - log_total)
+            mass_above = cumulative - probs
             return values.masked_fill(mass_above >= top_p, -math.inf), indices
-        num_candidates = vocab_size
+        num_candidates = min(num_candidates * 8, vocab_size)
 
 
 def _inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None) -> int:
@@ -294,8 +324,8 @@ def _inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None) -> int
     One uniform per token (not V exponentials as `torch.multinomial` draws) keeps a draw O(V) and
     cheap; float64 keeps the CDF exact enough over 262k tokens.
     """
-    weights = torch.exp(logits.double() - logits.max())  # [N], -inf -> 0
-    cdf = weights.cumsum(dim=0)
+    weights = torch.exp(logits - logits.max())  # [N], -inf -> 0
+    cdf = weights.cumsum(dim=0, dtype=torch.float64)
     target = float(torch.rand((), generator=generator, dtype=torch.float64)) * float(cdf[-1])
     index = int(torch.searchsorted(cdf, target, right=True))
     if index >= weights.numel() or weights[index] == 0.0:
@@ -307,19 +337,20 @@ def _inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None) -> int
 def _logprobs(
     logits: torch.Tensor, params: Sequence[SamplingParams], token_ids: list[int]
 ) -> list[TokenLogprobs | None]:
-    """Raw-model logprobs (log-softmax of the unprocessed logits) for rows that asked for them."""
-    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    """Raw-model logprobs, log_softmax(logits), for rows that asked for them.
+
+    Per row on views (logit - logsumexp): no [R, V] copy or log-softmax is materialized.
+    """
     result: list[TokenLogprobs | None] = [None] * len(params)
-    if not rows:
-        return result
-    log_probs = torch.log_softmax(logits[rows].float(), dim=-1)  # [R, V]
-    num_top = max(params[i].logprobs or 0 for i in rows)
-    top_values, top_ids = (
-        log_probs.topk(num_top, dim=-1) if num_top else (log_probs[:, :0], log_probs[:, :0].long())
-    )
-    chosen = log_probs[torch.arange(len(rows)), [token_ids[i] for i in rows]].tolist()
-    for j, row in enumerate(rows):
-        n = params[row].logprobs or 0
-        top = tuple(zip(top_ids[j, :n].tolist(), top_values[j, :n].tolist(), strict=True))
-        result[row] = TokenLogprobs(token_id=token_ids[row], logprob=chosen[j], top=top)
+    for row, p in enumerate(params):
+        if p.logprobs is None:
+            continue
+        row_logits = logits[row].float()  # [V], a view for float32 input
+        log_total = float(torch.logsumexp(row_logits, dim=0))
+        top: tuple[tuple[int, float], ...] = ()
+        if p.logprobs > 0:
+            values, ids = row_logits.topk(p.logprobs)
+            top = tuple((int(i), float(v) - log_total) for i, v in zip(ids, values, strict=True))
+        chosen = float(row_logits[token_ids[row]]) - log_total
+        result[row] = TokenLogprobs(token_id=token_ids[row], logprob=chosen, top=top)
     return result

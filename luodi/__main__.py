@@ -1,0 +1,5 @@
+"""`python -m luodi` is the `luodi` command."""
+
+from luodi.cli.main import main
+
+main()

@@ -1,0 +1,113 @@
+"""`LLM`: a loaded model with its engine — the library entry point the CLI (and later apps) call.
+
+Owns turning text into prompt ids (the chat template, or raw completion), running one request to
+the end or streaming it, and measuring the two phases apart: time to first token (prompt
+processing) and the decode rate after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from luodi.engine.engine import EngineConfig, LLMEngine, RequestOutput
+from luodi.engine.sampling import SamplingParams
+from luodi.models.loader import LoadedModel, load_model
+
+Message = dict[str, str]
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finish_reason: str | None = None
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # The first token came out of prefill; the rate is over the tokens decoded after it.
+        return (self.completion_tokens - 1) / self.decode_s if self.decode_s and self.completion_tokens > 1 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "completion_token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+            "ttft_s": round(self.ttft_s, 6),
+            "prefill_tok_s": round(self.prefill_tok_s, 2),
+            "decode_tok_s": round(self.decode_tok_s, 2),
+        }
+
+
+class LLM:
+    def __init__(self, loaded: LoadedModel, engine_config: EngineConfig = EngineConfig()) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.engine = LLMEngine(loaded.model, loaded.tokenizer, engine_config,
+                                eos_token_ids=loaded.tokenizer.eos_token_ids | set(loaded.config.eos_token_ids))
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "auto", dtype: str | None = None,
+             engine_config: EngineConfig = EngineConfig()) -> LLM:
+        return cls(load_model(model, device=device, dtype=dtype), engine_config)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer.has_chat_template
+
+    @property
+    def context_window(self) -> int:
+        return self.engine.max_model_len
+
+    def prompt_ids(self, prompt: str | list[Message], *, raw: bool = False) -> list[int]:
+        """Chat messages (or one user turn) through the chat template; raw text as is."""
+        if raw or not self.has_chat_template:
+            text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+            return self.tokenizer.encode(text)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return self.tokenizer.encode_chat(messages)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RequestOutput]:
+        """Run one request alone, yielding its output after every step."""
+        request_id = self.engine.add_request(prompt_ids, params)
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort(request_id)  # a no-op when finished; frees blocks if the caller stopped early
+
+    def complete(self, prompt_ids: list[int], params: SamplingParams, on_text=None) -> Completion:
+        """Run one request to the end; `on_text(delta)` sees the text as it is produced."""
+        result = Completion(prompt_tokens=len(prompt_ids))
+        start = time.perf_counter()
+        first = None
+        for out in self.stream(prompt_ids, params):
+            if first is None:
+                first = time.perf_counter()
+            result.token_ids.extend(out.new_token_ids)
+            result.text += out.new_text
+            if on_text is not None and out.new_text:
+                on_text(out.new_text)
+            result.finish_reason = out.finish_reason
+        end = time.perf_counter()
+        result.ttft_s = (first or end) - start
+        result.decode_s = end - (first or end)
+        return result

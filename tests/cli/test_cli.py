@@ -1,0 +1,93 @@
+"""The `luodi` command as a user runs it: exit codes and one-line messages, real model output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from model_cache import cache_home, pulled_model_path
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def luodi(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUODI_HOME": str(cache_home())}
+    return subprocess.run([sys.executable, "-m", "luodi", *args], capture_output=True, text=True, input=stdin,
+                          env=env, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    message = " ".join(lines)
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return pulled_model_path(SMOLLM2)
+
+
+def test_unknown_catalog_name():
+    assert_one_line_error(luodi("generate", "-m", "no-such-model", "-p", "hi"), "no-such-model", "luodi models")
+
+
+def test_missing_gguf_path(tmp_path):
+    assert_one_line_error(luodi("generate", "-m", str(tmp_path / "absent.gguf"), "-p", "hi"), "does not exist")
+
+
+def test_truncated_gguf(tmp_path, smollm2):
+    broken = tmp_path / "broken.gguf"
+    with open(smollm2, "rb") as src:
+        broken.write_bytes(src.read(5_000_000))
+    assert_one_line_error(luodi("generate", "-m", str(broken), "-p", "hi"), "broken.gguf", "truncated")
+
+
+def test_unknown_architecture(tmp_path):
+    path = tmp_path / "bert.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_one_line_error(luodi("generate", "-m", str(path), "-p", "hi"), "bert", "llama")
+
+
+def test_invalid_sampling_value(smollm2):
+    assert_one_line_error(luodi("generate", "-p", "hi", "--temperature", "5"), "temperature")
+
+
+def test_prompt_longer_than_context(smollm2):
+    result = luodi("generate", "-p", "-", "--raw", "-n", "8", stdin="hello " * 9000)
+    assert_one_line_error(result, "context window", "8192")
+
+
+def test_generate_json_reports_tokens_and_timings(smollm2):
+    result = luodi("generate", "-p", "What is 2+2?", "-n", "12", "-t", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["completion_tokens"] == len(data["completion_token_ids"]) <= 12
+    assert data["finish_reason"] in ("stop", "length")
+    assert data["prompt_tokens"] > 5 and data["ttft_s"] > 0 and data["decode_tok_s"] > 0
+    assert "4" in data["text"]
+
+
+def test_chat_reads_piped_stdin_and_resets(smollm2):
+    result = luodi("chat", "-t", "0", "-n", "16", stdin="What is the capital of France?\n/reset\nSay hi.\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_models_lists_pulled(smollm2):
+    result = luodi("models")
+    assert result.returncode == 0 and SMOLLM2 in result.stdout
