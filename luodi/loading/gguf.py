@@ -1,0 +1,520 @@
+"""GGUF files: a fast memory-mapped reader and the translation of GGUF into Hugging Face terms.
+
+Owns: parsing a GGUF header (metadata and tensor table) in bulk, handing out tensors as zero-copy
+views or dequantized float32 (through `gguf.quants`), the one table from GGUF tensor names to HF
+names, undoing llama.cpp's converter transforms (llama q/k row permutation, Gemma's `norm + 1`),
+and building a `ModelConfig` from GGUF metadata. Must not know: tokenization, model code, devices.
+
+Format reference: ggml `docs/gguf.md`; gguf-py `gguf_reader.py` is the oracle in the tests.
+`gguf.GGUFReader` is not used here: it walks every array element in Python, ~15 s on Gemma 3's
+262k-token vocabulary, where this reader takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from luodi.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
+from luodi.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+
+# GGUF metadata value types (ggml docs/gguf.md, `gguf_metadata_value_type`) -> numpy dtype.
+_NUMERIC_TYPES: dict[int, np.dtype[Any]] = {
+    0: np.dtype("<u1"),
+    1: np.dtype("<i1"),
+    2: np.dtype("<u2"),
+    3: np.dtype("<i2"),
+    4: np.dtype("<u4"),
+    5: np.dtype("<i4"),
+    6: np.dtype("<f4"),
+    7: np.dtype("?"),
+    10: np.dtype("<u8"),
+    11: np.dtype("<i8"),
+    12: np.dtype("<f8"),
+}
+_STRING, _ARRAY = 8, 9
+
+# Tensor types stored as plain values, viewable without dequantization.
+_FLOAT_TORCH = {
+    GGMLQuantizationType.F32: torch.float32,
+    GGMLQuantizationType.F16: torch.float16,
+    GGMLQuantizationType.BF16: torch.bfloat16,
+}
+_PLAIN_NUMPY = {
+    GGMLQuantizationType.F32: np.float32,
+    GGMLQuantizationType.F16: np.float16,
+    GGMLQuantizationType.F64: np.float64,
+    GGMLQuantizationType.I8: np.int8,
+    GGMLQuantizationType.I16: np.int16,
+    GGMLQuantizationType.I32: np.int32,
+    GGMLQuantizationType.I64: np.int64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One tensor of a GGUF file: shape in torch order ([rows, cols], ggml's `ne` reversed),
+    storage type, absolute byte offset in the file, and size in bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: GGMLQuantizationType
+    offset: int
+    n_bytes: int
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.ggml_type not in _PLAIN_NUMPY and self.ggml_type != GGMLQuantizationType.BF16
+
+
+class _Cursor:
+    """Reads little-endian GGUF values from a buffer, raising `ModelFormatError` past its end."""
+
+    def __init__(self, buf: memoryview, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.path = path
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise ModelFormatError(
+                f"{self.path} is truncated: its header needs byte {self.pos + n} but the file has "
+                f"{len(self.buf)} bytes; re-download it (`luodi pull NAME` for catalog models)"
+            )
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        self._need(size)
+        values = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return values
+
+    def string(self) -> str:
+        (length,) = self.unpack("<Q")
+        self._need(length)
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFormatError(f"{self.path} has a string that is not UTF-8 at byte {self.pos}") from exc
+
+    def numeric_array(self, dtype: np.dtype[Any], count: int) -> np.ndarray:
+        self._need(count * dtype.itemsize)
+        arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
+        self.pos += count * dtype.itemsize
+        return arr
+
+    def string_array(self, count: int) -> list[str]:
+        # One pass over the lengths with struct, slicing one bytes object: ~0.1 s for 262k strings.
+        buf, pos, out = self.buf, self.pos, []
+        size = len(buf)
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self._need(8)
+            (length,) = unpack(buf, pos)
+            pos += 8
+            out.append(bytes(buf[pos : pos + length]))
+            pos += length
+        self.pos = pos
+        self._need(0)
+        try:
+            return [b.decode("utf-8") for b in out]
+        except UnicodeDecodeError as exc:
+            raise ModelFormatError(f"{self.path} has a string array that is not UTF-8") from exc
+
+    def value(self, value_type: int) -> Any:
+        if value_type in _NUMERIC_TYPES:
+            dtype = _NUMERIC_TYPES[value_type]
+            return self.numeric_array(dtype, 1)[0].item()
+        if value_type == _STRING:
+            return self.string()
+        if value_type == _ARRAY:
+            item_type, count = self.unpack("<IQ")
+            if item_type in _NUMERIC_TYPES:
+                return self.numeric_array(_NUMERIC_TYPES[item_type], count)
+            if item_type == _STRING:
+                return self.string_array(count)
+            return [self.value(item_type) for _ in range(count)]
+        raise ModelFormatError(f"{self.path} has metadata of unknown value type {value_type} at byte {self.pos}")
+
+
+class GGUFFile:
+    """A memory-mapped GGUF file: `metadata`, `tensors`, and tensor data on demand.
+
+    The file is mapped copy-on-write: tensors handed out are writable views that cost no copy and
+    never modify the file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"GGUF file {self.path} does not exist; check the path or `luodi pull NAME`")
+        try:
+            self._data = np.memmap(self.path, mode="c", dtype=np.uint8)
+        except ValueError as exc:  # numpy refuses to map an empty file
+            raise ModelFormatError(f"{self.path} is empty, not a GGUF file; re-download it") from exc
+        cursor = _Cursor(memoryview(self._data), self.path)
+        self.version, n_tensors, n_kv = self._read_preamble(cursor)
+        self.metadata: dict[str, Any] = self._read_metadata(cursor, n_kv)
+        alignment = self._alignment()
+        infos = [self._read_tensor_info(cursor) for _ in range(n_tensors)]
+        self.data_offset = -(-cursor.pos // alignment) * alignment
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, dims, type_id, rel_offset in infos:
+            self._add_tensor(name, dims, type_id, self.data_offset + rel_offset)
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({str(self.path)!r}, {len(self.tensors)} tensors)"
+
+    def _read_preamble(self, cursor: _Cursor) -> tuple[int, int, int]:
+        if len(cursor.buf) < 4 or bytes(cursor.buf[:4]) != GGUF_MAGIC:
+            head = bytes(cursor.buf[:4])
+            raise ModelFormatError(
+                f"{self.path} is not a GGUF file: it starts with {head!r}, not b'GGUF'; "
+                "pass a .gguf file or an HF model directory"
+            )
+        cursor.pos = 4
+        (version,) = cursor.unpack("<I")
+        if version & 0xFFFF == 0:
+            raise ModelFormatError(f"{self.path} is a big-endian GGUF; only little-endian files are supported")
+        if version not in SUPPORTED_VERSIONS:
+            raise ModelFormatError(
+                f"{self.path} is GGUF version {version}; supported versions are {SUPPORTED_VERSIONS}. "
+                "Re-convert it with a current llama.cpp"
+            )
+        n_tensors, n_kv = cursor.unpack("<QQ")
+        return version, n_tensors, n_kv
+
+    def _read_metadata(self, cursor: _Cursor, n_kv: int) -> dict[str, Any]:
+        metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cursor.string()
+            (value_type,) = cursor.unpack("<I")
+            if key in metadata:
+                raise ModelFormatError(f"{self.path} has the metadata key {key!r} twice")
+            metadata[key] = cursor.value(value_type)
+        return metadata
+
+    def _alignment(self) -> int:
+        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise ModelFormatError(f"{self.path} has general.alignment={alignment!r}; it must be a power of two")
+        return alignment
+
+    @staticmethod
+    def _read_tensor_info(cursor: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
+        name = cursor.string()
+        (n_dims,) = cursor.unpack("<I")
+        dims = cursor.unpack(f"<{n_dims}Q")
+        type_id, offset = cursor.unpack("<IQ")
+        return name, tuple(dims), type_id, offset
+
+    def _add_tensor(self, name: str, dims: tuple[int, ...], type_id: int, offset: int) -> None:
+        try:
+            ggml_type = GGMLQuantizationType(type_id)
+        except ValueError:
+            raise ModelFormatError(
+                f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}; "
+                "the file is corrupt or needs a newer `gguf` package"
+            ) from None
+        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+        n_elements = int(np.prod(dims, dtype=np.int64)) if dims else 1
+        if dims and dims[0] % block_size:
+            raise ModelFormatError(
+                f"{self.path}: tensor {name!r} has rows of {dims[0]} values, not a multiple of the "
+                f"{ggml_type.name} block size {block_size}; the file is corrupt"
+            )
+        n_bytes = n_elements // block_size * type_size
+        end, size = offset + n_bytes, len(self._data)
+        if end > size:
+            raise ModelFormatError(
+                f"{self.path} is truncated: tensor {name} ends at byte {end} but the file has {size} bytes; "
+                "re-download it with `luodi pull NAME`"
+            )
+        if name in self.tensors:
+            raise ModelFormatError(f"{self.path} has the tensor {name!r} twice")
+        self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, offset, n_bytes)
+
+    # -- tensor data ---------------------------------------------------------------------------
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{self.path} has no tensor {name!r}") from None
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes, as a flat uint8 view of the mapped file (no copy)."""
+        info = self._info(name)
+        return self._data[info.offset : info.offset + info.n_bytes]
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """The tensor as float32 in torch shape; a zero-copy view for F32 tensors."""
+        info = self._info(name)
+        raw = self.raw(name)
+        if info.ggml_type in _PLAIN_NUMPY:
+            values = raw.view(_PLAIN_NUMPY[info.ggml_type]).reshape(info.shape)
+            return values if values.dtype == np.float32 else values.astype(np.float32)
+        byte_shape = gguf.quant_shape_to_byte_shape(info.shape, info.ggml_type)
+        try:
+            values = gguf.quants.dequantize(raw.reshape(byte_shape), info.ggml_type)
+        except NotImplementedError:
+            raise ModelFormatError(
+                f"{self.path}: tensor {name!r} is {info.ggml_type.name}, which the installed `gguf` package "
+                "cannot dequantize; upgrade `gguf` or use a Q4_K_M / Q8_0 file of the model"
+            ) from None
+        return values.astype(np.float32, copy=False).reshape(info.shape)
+
+    def torch_tensor(self, name: str) -> torch.Tensor:
+        """The tensor for torch: F32/F16/BF16 as zero-copy views in their own dtype, others float32."""
+        info = self._info(name)
+        if info.ggml_type in _FLOAT_TORCH:
+            raw = torch.from_numpy(self.raw(name))
+            return raw.view(_FLOAT_TORCH[info.ggml_type]).reshape(info.shape)
+        return torch.from_numpy(self.dequantize(name))
+
+
+# -- GGUF -> HF config ---------------------------------------------------------------------------
+
+# general.architecture -> HF model_type. Mistral GGUFs say "llama".
+_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+# llama.cpp runs Gemma 3 sliding-window layers with this RoPE base (src/llama-model.cpp).
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
+_GEMMA3_SLIDING_PATTERN = 6
+
+
+def _f32(value: Any) -> float:
+    """A float32 metadata value as the decimal it was written from (9.99e-06 -> 1e-05)."""
+    return float(str(np.float32(value)))
+
+
+def gguf_model_config(f: GGUFFile) -> ModelConfig:
+    """The `ModelConfig` (HF semantics) described by a GGUF file's metadata and tensor names."""
+    arch = f.metadata.get("general.architecture")
+    if arch not in _MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{f.path} holds a {arch!r} model; supported GGUF architectures are {sorted(_MODEL_TYPES)}"
+        )
+    meta = _ArchMetadata(f, arch)
+    hidden = int(meta.require("embedding_length"))
+    num_heads = int(meta.require("attention.head_count"))
+    num_layers = int(meta.require("block_count"))
+    head_dim = int(meta.get("attention.key_length") or meta.get("rope.dimension_count") or hidden // num_heads)
+    model_type = _MODEL_TYPES[arch]
+    is_gemma = model_type == "gemma3_text"
+    return ModelConfig(
+        model_type=model_type,
+        vocab_size=_vocab_size(f, meta),
+        hidden_size=hidden,
+        intermediate_size=int(meta.require("feed_forward_length")),
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=_num_kv_heads(meta, num_heads),
+        head_dim=head_dim,
+        rms_norm_eps=_f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=_f32(meta.get("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(meta),
+        max_position_embeddings=int(meta.get("context_length", 4096)),
+        tie_word_embeddings="output.weight" not in f.tensors,
+        attention_bias="blk.0.attn_q.bias" in f.tensors,
+        hidden_act="gelu_pytorch_tanh" if is_gemma else "silu",
+        bos_token_id=f.metadata.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=gguf_eos_token_ids(f),
+        **(_gemma3_fields(meta, num_layers, hidden, num_heads, head_dim) if is_gemma else {}),
+        extra={"gguf_architecture": arch, "name": f.metadata.get("general.name")},
+    )
+
+
+class _ArchMetadata:
+    """`{arch}.KEY` metadata lookups, with an error naming the missing key."""
+
+    def __init__(self, f: GGUFFile, arch: str) -> None:
+        self.f, self.arch = f, arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.f.metadata.get(f"{self.arch}.{key}", default)
+
+    def require(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise ModelFormatError(f"{self.f.path} lacks the metadata key {self.arch}.{key}; is it a complete GGUF?")
+        return value
+
+
+def _vocab_size(f: GGUFFile, meta: _ArchMetadata) -> int:
+    tokens = f.metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        return len(tokens)
+    if meta.get("vocab_size") is not None:
+        return int(meta.get("vocab_size"))
+    return int(f.tensors["token_embd.weight"].shape[0])
+
+
+def _num_kv_heads(meta: _ArchMetadata, num_heads: int) -> int:
+    value = meta.get("attention.head_count_kv", num_heads)
+    if isinstance(value, np.ndarray):  # per-layer counts (some hybrid models): all equal here
+        values = set(value.tolist())
+        if len(values) != 1:
+            raise UnsupportedArchitectureError(
+                f"{meta.f.path} has per-layer KV head counts {sorted(values)}; Luodi needs one count for all layers"
+            )
+        return int(values.pop())
+    return int(value)
+
+
+def _rope_scaling(meta: _ArchMetadata) -> dict[str, Any] | None:
+    kind = meta.get("rope.scaling.type")
+    factor = meta.get("rope.scaling.factor") or meta.get("rope.scale_linear")
+    if kind is None and meta.get("rope.scale_linear") is not None:
+        kind = "linear"  # old files state only rope.scale_linear
+    if kind in (None, "none") or not factor or float(factor) == 1.0:
+        return None
+    scaling: dict[str, Any] = {"rope_type": kind, "factor": _f32(factor)}
+    original = meta.get("rope.scaling.original_context_length")
+    if original:
+        scaling["original_max_position_embeddings"] = int(original)
+    for gguf_key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+        if meta.get(f"rope.scaling.{gguf_key}") is not None:
+            scaling[hf_key] = _f32(meta.get(f"rope.scaling.{gguf_key}"))
+    if meta.get("rope.scaling.attn_factor") is not None:
+        scaling["attention_factor"] = _f32(meta.get("rope.scaling.attn_factor"))
+    return scaling
+
+
+def gguf_eos_token_ids(f: GGUFFile) -> tuple[int, ...]:
+    """Token ids that end generation: EOS, EOT, and Gemma's <end_of_turn> (as HF's generation_config)."""
+    ids: list[int] = []
+    eos = f.metadata.get("tokenizer.ggml.eos_token_id")
+    if eos is not None:
+        ids.append(int(eos))
+    eot = f.metadata.get("tokenizer.ggml.eot_token_id")
+    if eot is not None and int(eot) not in ids:
+        ids.append(int(eot))
+    tokens = f.metadata.get("tokenizer.ggml.tokens") or []
+    if f.metadata.get("general.architecture") == "gemma3" and "<end_of_turn>" in tokens:  # HF generation_config: eos_token_id [1, 106]
+        end_of_turn = tokens.index("<end_of_turn>")
+        if end_of_turn not in ids:
+            ids.append(end_of_turn)
+    return tuple(ids)
+
+
+def _gemma3_fields(meta: _ArchMetadata, num_layers: int, hidden: int, num_heads: int, head_dim: int) -> dict[str, Any]:
+    # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3) scales queries by 1/sqrt(hidden / heads) for the
+    # 62-layer 27B model and by 1/sqrt(head_dim) otherwise, matching HF's query_pre_attn_scalar.
+    scalar = hidden // num_heads if num_layers == 62 else head_dim
+    softcap = meta.get("final_logit_softcapping")
+    return {
+        "sliding_window": int(meta.get("attention.sliding_window", 4096)),
+        "layer_types": _gemma3_layer_types(meta, num_layers),
+        "rope_local_base_freq": _GEMMA3_LOCAL_ROPE_BASE,
+        "query_pre_attn_scalar": float(scalar),
+        "final_logit_softcapping": _f32(softcap) if softcap else None,
+    }
+
+
+def _gemma3_layer_types(meta: _ArchMetadata, num_layers: int) -> tuple[str, ...]:
+    pattern = meta.get("attention.sliding_window_pattern")
+    if isinstance(pattern, np.ndarray) and len(pattern) == num_layers:  # per layer: True = sliding
+        return tuple("sliding_attention" if is_swa else "full_attention" for is_swa in pattern.tolist())
+    period = int(pattern) if isinstance(pattern, int) and pattern > 0 else _GEMMA3_SLIDING_PATTERN
+    return tuple("full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(num_layers))
+
+
+# -- GGUF -> HF tensors -----------------------------------------------------------------------
+
+# GGUF name (after `blk.N.`) -> HF name (after `model.layers.N.`). Where llama and Gemma 3 differ,
+# the per-architecture table below overrides. Reference: gguf-py `tensor_mapping.py`.
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# Tensors llama.cpp writes that have no HF parameter: RoPE frequency factors (Llama 3.1+).
+_SKIPPED = {"rope_freqs.weight"}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def hf_tensor_name(gguf_name: str, model_type: str) -> str | None:
+    """The HF parameter name of a GGUF tensor, or None if it has none (see `_SKIPPED`)."""
+    if gguf_name in _SKIPPED:
+        return None
+    base, _, suffix = gguf_name.rpartition(".")
+    if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
+        return f"{_GLOBAL_NAMES[base]}.{suffix}"
+    match = _BLOCK_RE.fullmatch(gguf_name)
+    table = _GEMMA3_LAYER_NAMES if model_type == "gemma3_text" else _LAYER_NAMES
+    if match is None or match.group(2) not in table:
+        raise UnsupportedArchitectureError(
+            f"GGUF tensor {gguf_name!r} has no {model_type} equivalent in Luodi's name table; "
+            "the model has parts Luodi does not implement"
+        )
+    layer, part, suffix = match.groups()
+    return f"model.layers.{layer}.{table[part]}.{suffix}"
+
+
+def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py) on q/k rows.
+
+    The converter reorders each head's rows from HF's half-split RoPE layout to GGML's interleaved
+    pairs: rows [h, 2, d/2] -> [h, d/2, 2]. This is its inverse.
+    """
+    rows = weight.shape[0]
+    w = weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+    return w.transpose(1, 2).reshape(weight.shape)
+
+
+def gguf_state_dict(f: GGUFFile, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) for every weight, in HF semantics, for `load_state_dict(assign=True)`.
+
+    Tensors are float32, or zero-copy F16/BF16 views where the file stores them so and no
+    transform applies.
+    """
+    is_llama = config.extra.get("gguf_architecture", config.model_type) == "llama"
+    is_gemma = config.model_type == "gemma3_text"
+    for gguf_name in f.tensors:
+        hf_name = hf_tensor_name(gguf_name, config.model_type)
+        if hf_name is None:
+            continue
+        tensor = f.torch_tensor(gguf_name)
+        if is_llama and ".attn_q." in gguf_name:
+            tensor = unpermute_qk(tensor, config.num_attention_heads)
+        elif is_llama and ".attn_k." in gguf_name:
+            tensor = unpermute_qk(tensor, config.num_key_value_heads)
+        elif is_gemma and gguf_name.endswith("norm.weight"):
+            # llama.cpp's Gemma3Model stores norm weights + 1 (HF's RMSNorm multiplies by 1 + w).
+            tensor = tensor.float() - 1.0
+        yield hf_name, tensor
