@@ -6,7 +6,7 @@ names, undoing llama.cpp's converter transforms (llama q/k row permutation, Gemm
 and building a `ModelConfig` from GGUF metadata. Must not know: tokenization, model code, devices.
 
 Format reference: ggml `docs/gguf.md`; gguf-py `gguf_reader.py` is the oracle in the tests.
-`gguf.GGUFReader` is not used here: it walks every array element in Python, ~15 s on Gemma 3's
+`gguf.GGUFReader` is not used here: it walks every array element in Python, 10+ s on Gemma 3's
 262k-token vocabulary, where this reader takes a fraction of a second.
 """
 
@@ -154,7 +154,9 @@ class _Cursor:
             if item_type == _STRING:
                 return self.string_array(count)
             return [self.value(item_type) for _ in range(count)]
-        raise ModelFormatError(f"{self.path} has metadata of unknown value type {value_type} at byte {self.pos}")
+        raise ModelFormatError(
+            f"{self.path} has metadata of unknown value type {value_type} at byte {self.pos}"
+        )
 
 
 class GGUFFile:
@@ -167,12 +169,14 @@ class GGUFFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelNotFoundError(f"GGUF file {self.path} does not exist; check the path or `luodi pull NAME`")
+            raise ModelNotFoundError(
+                f"GGUF file {self.path} does not exist; check the path or `luodi pull NAME`"
+            )
         try:
             self._data = np.memmap(self.path, mode="c", dtype=np.uint8)
         except ValueError as exc:  # numpy refuses to map an empty file
             raise ModelFormatError(f"{self.path} is empty, not a GGUF file; re-download it") from exc
-        cursor = _Cursor(memoryview(self._data), self.path)
+        cursor = _Cursor(self._data.data, self.path)
         self.version, n_tensors, n_kv = self._read_preamble(cursor)
         self.metadata: dict[str, Any] = self._read_metadata(cursor, n_kv)
         alignment = self._alignment()
@@ -195,7 +199,9 @@ class GGUFFile:
         cursor.pos = 4
         (version,) = cursor.unpack("<I")
         if version & 0xFFFF == 0:
-            raise ModelFormatError(f"{self.path} is a big-endian GGUF; only little-endian files are supported")
+            raise ModelFormatError(
+                f"{self.path} is a big-endian GGUF; only little-endian files are supported"
+            )
         if version not in SUPPORTED_VERSIONS:
             raise ModelFormatError(
                 f"{self.path} is GGUF version {version}; supported versions are {SUPPORTED_VERSIONS}. "
@@ -217,7 +223,9 @@ class GGUFFile:
     def _alignment(self) -> int:
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise ModelFormatError(f"{self.path} has general.alignment={alignment!r}; it must be a power of two")
+            raise ModelFormatError(
+                f"{self.path} has general.alignment={alignment!r}; it must be a power of two"
+            )
         return alignment
 
     @staticmethod
@@ -318,7 +326,9 @@ def gguf_model_config(f: GGUFFile) -> ModelConfig:
     hidden = int(meta.require("embedding_length"))
     num_heads = int(meta.require("attention.head_count"))
     num_layers = int(meta.require("block_count"))
-    head_dim = int(meta.get("attention.key_length") or meta.get("rope.dimension_count") or hidden // num_heads)
+    head_dim = int(
+        meta.get("attention.key_length") or meta.get("rope.dimension_count") or hidden // num_heads
+    )
     model_type = _MODEL_TYPES[arch]
     is_gemma = model_type == "gemma3_text"
     return ModelConfig(
@@ -332,7 +342,7 @@ def gguf_model_config(f: GGUFFile) -> ModelConfig:
         head_dim=head_dim,
         rms_norm_eps=_f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=_f32(meta.get("rope.freq_base", 10000.0)),
-        rope_scaling=_rope_scaling(meta),
+        rope_scaling=_rope_scaling(meta) or _llama3_rope_scaling(f, meta, head_dim),
         max_position_embeddings=int(meta.get("context_length", 4096)),
         tie_word_embeddings="output.weight" not in f.tensors,
         attention_bias="blk.0.attn_q.bias" in f.tensors,
@@ -356,7 +366,9 @@ class _ArchMetadata:
     def require(self, key: str) -> Any:
         value = self.get(key)
         if value is None:
-            raise ModelFormatError(f"{self.f.path} lacks the metadata key {self.arch}.{key}; is it a complete GGUF?")
+            raise ModelFormatError(
+                f"{self.f.path} lacks the metadata key {self.arch}.{key}; is it a complete GGUF?"
+            )
         return value
 
 
@@ -366,7 +378,9 @@ def _vocab_size(f: GGUFFile, meta: _ArchMetadata) -> int:
         return len(tokens)
     if meta.get("vocab_size") is not None:
         return int(meta.get("vocab_size"))
-    return int(f.tensors["token_embd.weight"].shape[0])
+    if "token_embd.weight" in f.tensors:
+        return int(f.tensors["token_embd.weight"].shape[0])
+    raise ModelFormatError(f"{f.path} states no vocabulary size (no token list, no token_embd.weight)")
 
 
 def _num_kv_heads(meta: _ArchMetadata, num_heads: int) -> int:
@@ -375,7 +389,8 @@ def _num_kv_heads(meta: _ArchMetadata, num_heads: int) -> int:
         values = set(value.tolist())
         if len(values) != 1:
             raise UnsupportedArchitectureError(
-                f"{meta.f.path} has per-layer KV head counts {sorted(values)}; Luodi needs one count for all layers"
+                f"{meta.f.path} has per-layer KV head counts {sorted(values)}; "
+                "Luodi needs one count for all layers"
             )
         return int(values.pop())
     return int(value)
@@ -400,6 +415,41 @@ def _rope_scaling(meta: _ArchMetadata) -> dict[str, Any] | None:
     return scaling
 
 
+def _llama3_rope_scaling(f: GGUFFile, meta: _ArchMetadata, head_dim: int) -> dict[str, Any] | None:
+    """HF's `llama3` rope_scaling recovered from the `rope_freqs.weight` tensor of Llama 3.1+ files.
+
+    llama.cpp's converter (LlamaModel.generate_extra_tensors) stores per-frequency divisors instead
+    of the parameters: 1 for high frequencies, `factor` for low ones, and in between
+    1 / ((1 - s) / factor + s) with s = (L / wavelen - low) / (high - low). s is linear in 1 / wavelen,
+    so two in-between frequencies give low and high for a given L (the original context length,
+    which the file does not state; 8192 for every Llama 3.x).
+    """
+    if "rope_freqs.weight" not in f.tensors:
+        return None
+    divisors = f.dequantize("rope_freqs.weight").astype(np.float64)
+    theta = float(meta.get("rope.freq_base", 10000.0))
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor = float(divisors.max())
+    middle = (divisors > 1 + 1e-6) & (divisors < factor - 1e-6)
+    if factor <= 1.0 or middle.sum() < 2 or len(divisors) != len(wavelen):
+        raise UnsupportedArchitectureError(
+            f"{f.path} has RoPE frequency factors (rope_freqs.weight) that are not Llama 3 style; "
+            "Luodi cannot express them as an HF rope_scaling"
+        )
+    original = int(meta.get("rope.scaling.original_context_length") or 8192)
+    smooth = (1 / divisors[middle] - 1 / factor) / (1 - 1 / factor)
+    slope, intercept = np.polyfit(1 / wavelen[middle], smooth, 1)  # s = (L/(h-l)) / w - l/(h-l)
+    low = -intercept * original / slope
+    high = low + original / slope
+    return {
+        "rope_type": "llama3",
+        "factor": round(factor, 4),
+        "low_freq_factor": round(float(low), 4),
+        "high_freq_factor": round(float(high), 4),
+        "original_max_position_embeddings": original,
+    }
+
+
 def gguf_eos_token_ids(f: GGUFFile) -> tuple[int, ...]:
     """Token ids that end generation: EOS, EOT, and Gemma's <end_of_turn> (as HF's generation_config)."""
     ids: list[int] = []
@@ -410,14 +460,18 @@ def gguf_eos_token_ids(f: GGUFFile) -> tuple[int, ...]:
     if eot is not None and int(eot) not in ids:
         ids.append(int(eot))
     tokens = f.metadata.get("tokenizer.ggml.tokens") or []
-    if f.metadata.get("general.architecture") == "gemma3" and "<end_of_turn>" in tokens:  # HF generation_config: eos_token_id [1, 106]
+    if (
+        f.metadata.get("general.architecture") == "gemma3" and "<end_of_turn>" in tokens
+    ):  # HF generation_config: eos_token_id [1, 106]
         end_of_turn = tokens.index("<end_of_turn>")
         if end_of_turn not in ids:
             ids.append(end_of_turn)
     return tuple(ids)
 
 
-def _gemma3_fields(meta: _ArchMetadata, num_layers: int, hidden: int, num_heads: int, head_dim: int) -> dict[str, Any]:
+def _gemma3_fields(
+    meta: _ArchMetadata, num_layers: int, hidden: int, num_heads: int, head_dim: int
+) -> dict[str, Any]:
     # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3) scales queries by 1/sqrt(hidden / heads) for the
     # 62-layer 27B model and by 1/sqrt(head_dim) otherwise, matching HF's query_pre_attn_scalar.
     scalar = hidden // num_heads if num_layers == 62 else head_dim
@@ -436,7 +490,9 @@ def _gemma3_layer_types(meta: _ArchMetadata, num_layers: int) -> tuple[str, ...]
     if isinstance(pattern, np.ndarray) and len(pattern) == num_layers:  # per layer: True = sliding
         return tuple("sliding_attention" if is_swa else "full_attention" for is_swa in pattern.tolist())
     period = int(pattern) if isinstance(pattern, int) and pattern > 0 else _GEMMA3_SLIDING_PATTERN
-    return tuple("full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(num_layers))
+    return tuple(
+        "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(num_layers)
+    )
 
 
 # -- GGUF -> HF tensors -----------------------------------------------------------------------
@@ -463,7 +519,8 @@ _GEMMA3_LAYER_NAMES = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Tensors llama.cpp writes that have no HF parameter: RoPE frequency factors (Llama 3.1+).
+# Tensors llama.cpp writes that have no HF parameter: RoPE frequency divisors (Llama 3.1+), which
+# `_llama3_rope_scaling` turns back into the config's rope_scaling.
 _SKIPPED = {"rope_freqs.weight"}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 

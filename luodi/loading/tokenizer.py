@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import cache
@@ -60,6 +61,7 @@ _SPLIT_REGEXES = {
 _DIGIT_SPLIT_PRES = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
 _GPT2_PRES = {"default", "gpt-2", "gpt2", "olmo", "jais", "poro-chat", "viking", "tekken"}
 _GEMMA_ARCHS = {"gemma", "gemma2", "gemma3"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ChatTemplateError(InvalidParameterError):
@@ -99,7 +101,8 @@ class Tokenizer:
         return None if token is None else self.backend.token_to_id(token)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos_ids={sorted(self.eos_token_ids)})"
+        eos = sorted(self.eos_token_ids)
+        return f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos_ids={eos})"
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -124,7 +127,9 @@ class Tokenizer:
         bos, eos = _token_at(tokens, meta.get("tokenizer.ggml.bos_token_id")), _gguf_eos(meta)
         add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama"))
         add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-        backend.post_processor = _template_processing(backend, bos if add_bos else None, eos if add_eos else None)
+        backend.post_processor = _template_processing(
+            backend, bos if add_bos else None, eos if add_eos else None
+        )
         from luodi.loading.gguf import gguf_eos_token_ids  # the config's EOS set, shared
 
         return cls(
@@ -153,7 +158,8 @@ class Tokenizer:
         config = _read_json(directory / "tokenizer_config.json")
         bos, eos = _token_content(config.get("bos_token")), _token_content(config.get("eos_token"))
         if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
-            # transformers rebuilds the post-processor from these flags (TokenizersBackend.update_post_processor).
+            # transformers rebuilds the post-processor from these flags
+            # (TokenizersBackend.update_post_processor).
             add_bos, add_eos = config.get("add_bos_token", False), config.get("add_eos_token", False)
             backend.post_processor = _template_processing(
                 backend, bos if add_bos else None, eos if add_eos else None
@@ -187,7 +193,14 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; with `add_special_tokens`, BOS/EOS as the model's tokenizer adds them."""
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            if not isinstance(text, str):
+                raise
+            # Lone surrogates (legal in JSON "\ud800" escapes, not in UTF-8) -> U+FFFD, as a decoder would.
+            clean = _LONE_SURROGATE.sub("\ufffd", text)
+            return self.backend.encode(clean, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -222,7 +235,9 @@ class Tokenizer:
         template = _compile_template(self.chat_template)
         variables = {**self.special_tokens, **kwargs}
         try:
-            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+            return template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **variables
+            )
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the model's chat template rejected the messages: {exc}") from exc
 
@@ -245,10 +260,16 @@ def _raise_exception(message: str) -> None:
 
 
 def _tojson(
-    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
 ) -> str:
     # transformers overrides jinja's tojson, which escapes HTML characters, with plain json.dumps.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt: str) -> str:
@@ -258,14 +279,18 @@ def _strftime_now(fmt: str) -> str:
 @cache
 def _compile_template(source: str) -> jinja2.Template:
     """The template compiled as transformers' `_compile_jinja_template` does (sandboxed)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ChatTemplateError(f"the model's chat template does not compile: {exc} (line {exc.lineno})") from exc
+        raise ChatTemplateError(
+            f"the model's chat template does not compile: {exc} (line {exc.lineno})"
+        ) from exc
 
 
 # -- GGUF builders ---------------------------------------------------------------------------------
@@ -274,7 +299,11 @@ def _compile_template(source: str) -> jinja2.Template:
 @cache
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (openai/gpt-2 encoder.py `bytes_to_unicode`)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(printable)
     extra = 0
     for b in range(256):
@@ -309,7 +338,9 @@ def _split_merge(merge: str) -> tuple[str, str]:
 def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     if pre in _SPLIT_REGEXES:
         split = pre_tokenizers.Split(Regex(_SPLIT_REGEXES[pre]), behavior="isolated")
-        return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        return pre_tokenizers.Sequence(
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _DIGIT_SPLIT_PRES:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -333,7 +364,9 @@ def _sentencepiece_bpe(meta: dict[str, Any], is_gemma: bool) -> Backend:
     else:
         merges = _merges_from_vocab(tokens, vocab, meta["tokenizer.ggml.scores"].tolist())
     unk = _token_at(tokens, meta.get("tokenizer.ggml.unknown_token_id"))
-    backend = Backend(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True, dropout=None))
+    backend = Backend(
+        BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True, dropout=None)
+    )
     parts = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if is_gemma:  # transformers' GemmaTokenizer: no prefix space
         backend.normalizer = normalizers.Replace(" ", "▁")
@@ -348,7 +381,9 @@ def _sentencepiece_bpe(meta: dict[str, Any], is_gemma: bool) -> Backend:
     return backend
 
 
-def _merges_from_vocab(tokens: list[str], vocab: dict[str, int], priority: list[float]) -> list[tuple[str, str]]:
+def _merges_from_vocab(
+    tokens: list[str], vocab: dict[str, int], priority: list[float]
+) -> list[tuple[str, str]]:
     """Every (left, right) split of a token into two tokens, best first: by the merged token's
     priority, then longer left part, then vocabulary order (transformers' `generate_merges`)."""
     scores = dict(zip(tokens, priority, strict=True))
@@ -421,7 +456,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc}); restore the file from the model's source") from exc
+        raise ModelFormatError(
+            f"{path} is not valid JSON ({exc}); restore the file from the model's source"
+        ) from exc
     return data if isinstance(data, dict) else {}
 
 
@@ -447,7 +484,9 @@ def _hf_chat_template(directory: Path, config: dict[str, Any]) -> str | None:
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
-    template = config.get("chat_template") or _read_json(directory / "chat_template.json").get("chat_template")
+    template = config.get("chat_template") or _read_json(directory / "chat_template.json").get(
+        "chat_template"
+    )
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
