@@ -95,6 +95,24 @@ def build_metadata(seqs: list[SequenceSlice], block_size: int, device: torch.dev
     )
 
 
+def _decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """One query per sequence: two small batched matmuls beat SDPA's kernel launch here.
+
+    q: [B, H, 1, D]; k, v: [B, Hkv, K, D]; mask: [B, 1, 1, K] or None. Scores are softmaxed in
+    fp32, as HF's eager attention does.
+    """
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    q = q.view(b, hkv, h // hkv, d)  # query heads grouped by their KV head
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G, K]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).view(b, h, 1, d)
+
+
 class PagedAttention:
     """The `AttentionBackend` models call: one instance per forward pass."""
 
@@ -118,6 +136,8 @@ class PagedAttention:
         mask, is_causal = meta.mask, meta.is_causal
         if sliding_window is not None and keys.shape[2] > sliding_window:
             mask, is_causal = self._sliding(sliding_window), False
+        if meta.max_query_len == 1:
+            return self._unpad(_decode_attention(queries, keys.to(q.dtype), values.to(q.dtype), mask, scale))
         out = F.scaled_dot_product_attention(
             queries, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=is_causal,
             scale=scale, enable_gqa=keys.shape[1] != queries.shape[1],

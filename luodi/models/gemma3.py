@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from luodi.models.config import ModelConfig
-from luodi.models.layers import AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, apply_rope
+from luodi.models.layers import (
+    AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, apply_rope, project_qkv,
+)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,10 +40,8 @@ class Gemma3Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
         t = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, H, D]
-        k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = project_qkv(self, x)  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
+        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
         out = kv.attend(self.layer_idx, q, k, v, scale=self.scale, sliding_window=self.sliding_window)
         return self.o_proj(out.reshape(t, -1))
 

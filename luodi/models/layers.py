@@ -35,9 +35,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused kernel
+        return self.weight * normed.to(x.dtype)
 
 
 class GemmaRMSNorm(nn.Module):
@@ -49,9 +48,8 @@ class GemmaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * (1.0 + self.weight.float())).to(x.dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return (normed * (1.0 + self.weight.float())).to(x.dtype)
 
 
 def rope_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:
@@ -110,6 +108,17 @@ ACTIVATIONS = {
 }
 
 
+def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [T, H, D], k and v [T, Hkv, D] — with one matmul once `fuse_projections` has run."""
+    t, h, hkv, d = x.shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim
+    fused = getattr(attn, "qkv_proj", None)
+    if fused is not None:
+        q, k, v = fused(x).split([h * d, hkv * d, hkv * d], dim=-1)
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    return q.view(t, h, d), k.view(t, hkv, d), v.view(t, hkv, d)
+
+
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)) — the MLP of every supported family."""
 
@@ -118,9 +127,13 @@ class GatedMLP(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # set by `fuse_projections` for inference
         if hidden_act not in ACTIVATIONS:
             raise NotImplementedError(f"activation {hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
         self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from luodi.models.config import ModelConfig
-from luodi.models.layers import AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
+from luodi.models.layers import AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, apply_rope, project_qkv
 
 
 class LlamaAttention(nn.Module):
@@ -36,11 +36,8 @@ class LlamaAttention(nn.Module):
         return config.attention_bias
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, H, D]
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        return q, k, v
+        """q [T, H, D], k and v [T, Hkv, D]."""
+        return project_qkv(self, x)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend) -> torch.Tensor:
         q, k, v = self.project_qkv(x)

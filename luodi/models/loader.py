@@ -19,6 +19,7 @@ from luodi.loading.gguf import GGUFFile, gguf_model_config, gguf_state_dict
 from luodi.loading.safetensors import safetensors_state_dict
 from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig, load_hf_config
+from luodi.models.inference import prepare_for_inference
 from luodi.models.registry import build_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,11 +67,14 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_gguf(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+def load_model(spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True) -> LoadedModel:
+    """`for_inference` swaps in the fastest inference-only kernels (no training afterwards)."""
     path = resolve_model(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config, weights = load_config_and_weights(path)
     tokenizer = load_tokenizer(path)
     model = build_model(config, weights, dtype=torch_dtype, device=torch_device)
+    if for_inference:
+        prepare_for_inference(model)
     return LoadedModel(model, tokenizer, config, path, spec)

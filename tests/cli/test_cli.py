@@ -91,3 +91,15 @@ def test_chat_reads_piped_stdin_and_resets(smollm2):
 def test_models_lists_pulled(smollm2):
     result = luodi("models")
     assert result.returncode == 0 and SMOLLM2 in result.stdout
+
+
+def test_cuda_requested_without_gpu(smollm2):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(luodi("generate", "-p", "hi", "--device", "cuda"), "no CUDA GPU", "--device cpu")
+
+
+def test_unknown_dtype(smollm2):
+    assert_one_line_error(luodi("generate", "-p", "hi", "--dtype", "float64"), "float64", "bfloat16")
