@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.layers import AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, apply_rope, project_qkv
 
@@ -79,29 +80,5 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
 
-class LlamaForCausalLM(nn.Module):
-    """`forward(input_ids [T], positions [T], kv, logits_indices [N] | None) -> logits [N, V]`."""
-
-    model_class: type[LlamaModel] = LlamaModel
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.model = self.model_class(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv: AttentionBackend,
-        logits_indices: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        hidden = self.model(input_ids, positions, kv)
-        if logits_indices is not None:
-            hidden = hidden[logits_indices]
-        return self.compute_logits(hidden)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+class LlamaForCausalLM(CausalLM):
+    model_class = LlamaModel
