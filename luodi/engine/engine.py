@@ -17,7 +17,7 @@ from torch import nn
 from luodi.engine.detokenizer import Decoder, IncrementalDetokenizer, StopChecker
 from luodi.engine.kv_cache import KVCacheManager
 from luodi.engine.request import FinishReason, Request
-from luodi.engine.runner import ModelRunner, kv_bytes_per_block
+from luodi.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_dtype
 from luodi.engine.sampling import SamplingParams, TokenLogprobs
 from luodi.engine.scheduler import Scheduler, SchedulerConfig
 from luodi.errors import InvalidParameterError, PromptTooLongError
@@ -69,7 +69,8 @@ class LLMEngine:
         self.config = config
         self.eos_token_ids = frozenset(eos_token_ids or model.config.eos_token_ids)
         self.max_model_len = config.max_model_len or min(model.config.max_position_embeddings, 8192)
-        dtype = next(model.parameters()).dtype
+        param = next(model.parameters())
+        dtype = kv_cache_dtype(param.dtype, param.device)
         num_blocks = config.num_blocks or max(
             config.kv_cache_bytes // kv_bytes_per_block(model, config.block_size, dtype),
             -(-self.max_model_len // config.block_size),

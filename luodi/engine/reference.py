@@ -18,7 +18,7 @@ def full_logits(model: nn.Module, token_ids: list[int]) -> torch.Tensor:
     config = model.config
     param = next(model.parameters())
     n = len(token_ids)
-    shape = (n, config.num_key_value_heads, config.head_dim)
+    shape = (config.num_key_value_heads, n, config.head_dim)
     k_caches = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(config.num_hidden_layers)]
     v_caches = [torch.zeros_like(k) for k in k_caches]
     meta = build_metadata([SequenceSlice(0, n, (0,))], n, param.device)

@@ -25,6 +25,11 @@ class StepResult:
     logprobs: dict[str, TokenLogprobs]
 
 
+def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """fp32 on CPU: decode attention's small matmuls run 2x faster in fp32 than in bf16 there."""
+    return torch.float32 if device.type == "cpu" else model_dtype
+
+
 def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
     c = model.config
     per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
@@ -39,9 +44,10 @@ class ModelRunner:
         self.block_size = block_size
         self.eos_token_ids = tuple(sorted(eos_token_ids))
         c = model.config
-        shape = (num_blocks * block_size, c.num_key_value_heads, c.head_dim)  # [slots, Hkv, D]
-        self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(c.num_hidden_layers)]
-        self.v_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(c.num_hidden_layers)]
+        shape = (c.num_key_value_heads, num_blocks * block_size, c.head_dim)  # [Hkv, slots, D]
+        cache_dtype = kv_cache_dtype(self.dtype, self.device)
+        self.k_caches = [torch.zeros(shape, dtype=cache_dtype, device=self.device) for _ in range(c.num_hidden_layers)]
+        self.v_caches = [torch.zeros(shape, dtype=cache_dtype, device=self.device) for _ in range(c.num_hidden_layers)]
         self._generators: dict[str, torch.Generator | None] = {}
 
     @torch.inference_mode()

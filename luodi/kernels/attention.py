@@ -1,6 +1,7 @@
 """Attention over a paged KV cache, in plain PyTorch.
 
-The cache of one layer is a flat pool of token slots, `[num_blocks * block_size, Hkv, D]`; a
+The cache of one layer is a flat pool of token slots per KV head, `[Hkv, num_blocks * block_size,
+D]` (head-major, so a gathered context is already contiguous per head for the matmuls); a
 sequence owns whole blocks, listed in its block table. For one forward pass the engine computes,
 once, where each new token's k/v goes (`slot_mapping`) and which slots each sequence attends to
 (`kv_slots`, padded), plus the masks; every layer then only scatters, gathers and calls SDPA.
@@ -98,19 +99,27 @@ def build_metadata(seqs: list[SequenceSlice], block_size: int, device: torch.dev
 def _decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """One query per sequence: two small batched matmuls beat SDPA's kernel launch here.
+    """One query per sequence: two small batched matmuls, in the cache's dtype.
 
-    q: [B, H, 1, D]; k, v: [B, Hkv, K, D]; mask: [B, 1, 1, K] or None. Scores are softmaxed in
-    fp32, as HF's eager attention does.
+    q: [B, H, 1, D]; k, v: [B, Hkv, K, D]; mask: [B, 1, 1, K] or None. For one query row SDPA's
+    kernel and bf16 matmuls cost 2-3x more here than fp32 matmuls (measured, 2-core Zen 4), so
+    the CPU cache is fp32 and the scores are softmaxed in fp32, as HF's eager attention does.
     """
     b, h, _, d = q.shape
     hkv = k.shape[1]
-    q = q.view(b, hkv, h // hkv, d)  # query heads grouped by their KV head
+    q = q.to(k.dtype).view(b, hkv, h // hkv, d)  # query heads grouped by their KV head
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G, K]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).view(b, h, 1, d)
+
+
+def _gather(cache: torch.Tensor, kv_slots: torch.Tensor) -> torch.Tensor:
+    """[Hkv, S, D] cache, [B, K] slots -> [B, Hkv, K, D]."""
+    if kv_slots.shape[0] == 1:
+        return cache.index_select(1, kv_slots[0]).unsqueeze(0)
+    return cache[:, kv_slots].transpose(0, 1)
 
 
 class PagedAttention:
@@ -127,17 +136,16 @@ class PagedAttention:
         sliding_window: int | None = None,
     ) -> torch.Tensor:
         meta = self.meta
-        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]
-        k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
-        v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
-        keys = k_cache[meta.kv_slots].transpose(1, 2)  # [B, Hkv, K, D]
-        values = v_cache[meta.kv_slots].transpose(1, 2)
+        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]  # [Hkv, S, D]
+        k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+        v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+        keys, values = _gather(k_cache, meta.kv_slots), _gather(v_cache, meta.kv_slots)  # [B, Hkv, K, D]
         queries = self._pad_queries(q)  # [B, H, Q, D]
         mask, is_causal = meta.mask, meta.is_causal
         if sliding_window is not None and keys.shape[2] > sliding_window:
             mask, is_causal = self._sliding(sliding_window), False
         if meta.max_query_len == 1:
-            return self._unpad(_decode_attention(queries, keys.to(q.dtype), values.to(q.dtype), mask, scale))
+            return self._unpad(_decode_attention(queries, keys, values, mask, scale).to(q.dtype))
         out = F.scaled_dot_product_attention(
             queries, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=is_causal,
             scale=scale, enable_gqa=keys.shape[1] != queries.shape[1],
