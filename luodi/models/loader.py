@@ -67,8 +67,11 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_gguf(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True) -> LoadedModel:
-    """`for_inference` swaps in the fastest inference-only kernels (no training afterwards)."""
+def load_model(
+    spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True, compile: bool = False,
+) -> LoadedModel:
+    """`for_inference` swaps in the fastest inference-only kernels (no training afterwards);
+    `compile` also compiles the forward pass with torch.compile (slow start, faster steps)."""
     path = resolve_model(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -76,5 +79,5 @@ def load_model(spec: str, *, device: str = "auto", dtype: str | None = None, for
     tokenizer = load_tokenizer(path)
     model = build_model(config, weights, dtype=torch_dtype, device=torch_device)
     if for_inference:
-        prepare_for_inference(model)
+        prepare_for_inference(model, compile=compile)
     return LoadedModel(model, tokenizer, config, path, spec)
