@@ -30,31 +30,30 @@ class Conversation:
     def reply(self, user_text: str, params: SamplingParams, on_text: Callable[[str], None] | None = None) -> Completion:
         if not self.is_chat:
             return self.llm.complete(self.llm.prompt_ids(user_text, raw=True), params, on_text)
-        self.turns.append({"role": "user", "content": user_text})
-        try:
-            prompt_ids = self._fitting_prompt(params.max_tokens or 1)
-        except PromptTooLongError:
-            self.turns.pop()
-            raise
+        turns = self.turns + [{"role": "user", "content": user_text}]
+        turns, prompt_ids = self._fit(turns, params.max_tokens or 1)  # raises, history untouched
         completion = self.llm.complete(prompt_ids, params, on_text)
-        self.turns.append({"role": "assistant", "content": completion.text})
+        self.turns = turns + [{"role": "assistant", "content": completion.text}]
         return completion
 
-    def _fitting_prompt(self, room: int) -> list[int]:
+    def _fit(self, turns: list[Message], room: int) -> tuple[list[Message], list[int]]:
         """Drop the oldest exchanges until prompt + `room` answer tokens fit the context window."""
         limit = self.llm.context_window
         while True:
-            ids = self.llm.prompt_ids(self._messages(), raw=False)
+            ids = self.llm.prompt_ids(self._with_system(turns), raw=False)
             if len(ids) + room <= limit:
-                return ids
-            if len(self.turns) <= 1:
+                return turns, ids
+            if len(turns) <= 1:
                 raise PromptTooLongError(
                     f"this message is {len(ids)} tokens; with {room} for the answer it exceeds the "
                     f"{limit}-token context window — send a shorter message or lower --max-tokens",
                     param="prompt",
                 )
-            del self.turns[:2]  # the oldest user turn and its answer
+            turns = turns[2:]  # the oldest user turn and its answer
 
-    def _messages(self) -> list[Message]:
+    def messages(self) -> list[Message]:
+        return self._with_system(self.turns)
+
+    def _with_system(self, turns: list[Message]) -> list[Message]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.turns
+        return system + turns

@@ -61,9 +61,10 @@ class LLM:
                                 eos_token_ids=loaded.tokenizer.eos_token_ids | set(loaded.config.eos_token_ids))
 
     @classmethod
-    def load(cls, model: str, *, device: str = "auto", dtype: str | None = None, compile: bool = False,
+    def load(cls, model: str, *, device: str = "auto", dtype: str | None = None, progress: bool = False,
              engine_config: EngineConfig = EngineConfig()) -> LLM:
-        return cls(load_model(model, device=device, dtype=dtype, compile=compile), engine_config)
+        loaded = load_model(model, device=device, dtype=dtype, progress=progress)
+        return cls(loaded, engine_config)
 
     @property
     def has_chat_template(self) -> bool:

@@ -58,3 +58,23 @@ def test_sharded_hf_directory_gives_the_gguf_tokens(tmp_path):
         ids = from_dir.prompt_ids(prompt)
         assert ids == from_gguf.prompt_ids(prompt)
         assert from_dir.complete(ids, params).token_ids == from_gguf.complete(ids, params).token_ids
+
+
+def test_conversation_drops_oldest_turns_to_fit_the_window():
+    from luodi.conversation import Conversation
+    from luodi.engine.engine import EngineConfig
+    from luodi.errors import PromptTooLongError
+    from luodi.models.loader import load_model
+
+    small = LLM(load_model(str(pulled_model_path(SMOLLM2)), device="cpu"), EngineConfig(max_model_len=160))
+    chat = Conversation(small, system="Be brief.")
+    params = SamplingParams(temperature=0, max_tokens=16)
+    for i in range(6):
+        chat.reply(f"Message {i}: tell me one fact about the number {i}, please.", params)
+        prompt = small.prompt_ids(chat.messages())
+        assert len(prompt) <= small.context_window
+    assert chat.turns[0]["content"].startswith("Message") and not chat.turns[0]["content"].startswith("Message 0")
+    assert chat.turns[-2]["content"].startswith("Message 5")
+    with pytest.raises(PromptTooLongError, match="context window"):
+        chat.reply("word " * 300, params)
+    assert chat.turns[-2]["content"].startswith("Message 5")  # the failed turn left no trace

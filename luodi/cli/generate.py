@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from luodi.cli.options import (
-    DEFAULT_MODEL, CompileOpt, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 from luodi.conversation import Conversation
 from luodi.engine.sampling import SamplingParams
@@ -25,9 +25,8 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def _load(model: str, device: str, dtype: str, compile: bool = False) -> LLM:
-    with err.status(f"loading {model} …"):
-        return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, compile=compile)
+def _load(model: str, device: str, dtype: str) -> LLM:
+    return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)
 
 
 def generate(
@@ -42,13 +41,12 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with text, token ids and timings.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    compile: CompileOpt = False,
 ) -> None:
     """Complete one prompt, streaming the text (or printing JSON with --json)."""
     if prompt == "-":
         prompt = sys.stdin.read()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    llm = _load(model, device, dtype, compile)
+    llm = _load(model, device, dtype)
     if not raw and not llm.has_chat_template:
         err.print(f"[yellow]{model} has no chat template: plain completion of the prompt[/yellow]")
     result = llm.complete(llm.prompt_ids(prompt, raw=raw), params, on_text=None if as_json else _write)
@@ -69,11 +67,10 @@ def chat(
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    compile: CompileOpt = False,
 ) -> None:
     """Talk with a model: streams answers, keeps history within the context window. /reset, /exit."""
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    conversation = Conversation(_load(model, device, dtype, compile), system)
+    conversation = Conversation(_load(model, device, dtype), system)
     interactive = sys.stdin.isatty()
     if not conversation.is_chat:
         err.print(f"[yellow]{model} has no chat template: each line is completed as plain text, "

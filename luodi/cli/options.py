@@ -13,8 +13,7 @@ MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Most toke
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy; 0–2.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, (0, 1].")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model: ~2 min to start, ~25% faster decode.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
 
-__all__ = ["DEFAULT_MODEL", "CompileOpt", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "TemperatureOpt",
+__all__ = ["DEFAULT_MODEL", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "TemperatureOpt",
            "TopKOpt", "TopPOpt"]

@@ -26,7 +26,7 @@ from luodi.errors import InvalidParameterError, PromptTooLongError
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     block_size: int = 16
-    kv_cache_bytes: int = 512 * 2**20
+    kv_cache_bytes: int = 256 * 2**20  # at least one full-length sequence is always made room for
     num_blocks: int | None = None  # overrides kv_cache_bytes (tests use it to force preemption)
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512

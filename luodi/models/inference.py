@@ -34,19 +34,7 @@ def fuse_projections(model: nn.Module) -> None:
             del module.gate_proj, module.up_proj
 
 
-# Inductor options for CPU inference. Freezing turns weights into constants that inductor
-# prepacks for oneDNN itself; the C++ wrapper removes most per-kernel Python overhead. Measured on
-# the 2-core Zen 4 (SmolLM2, bf16, batch 1): eager 14 ms per decode step, compiled 11 ms; the
-# price is ~2 minutes of compilation per process (freezing defeats the on-disk cache), so it is
-# opt-in (`--compile`), for long-running servers.
-COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}
-
-
-def prepare_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Module:
+def prepare_for_inference(model: nn.Module) -> nn.Module:
     fuse_projections(model)
-    model.eval().requires_grad_(False)
-    if compile:
-        model.forward = torch.compile(model.forward, dynamic=True, options=COMPILE_OPTIONS)
-    else:
-        pack_linears(model)
-    return model
+    pack_linears(model)
+    return model.eval().requires_grad_(False)

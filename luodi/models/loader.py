@@ -7,6 +7,7 @@ requests or serving.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,20 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_config_and_weights(path: Path):
-    """(config, iterator of (HF name, tensor)) for a `.gguf` file or an HF directory."""
+def load_config_and_weights(path: Path) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]], int | None]:
+    """(config, iterator of (HF name, tensor), number of tensors if known) for a `.gguf` or HF directory."""
     if path.is_file():
         gguf = GGUFFile(path)
         config = gguf_model_config(gguf)
-        return config, gguf_state_dict(gguf, config)
-    return load_hf_config(path), safetensors_state_dict(path)
+        return config, gguf_state_dict(gguf, config), len(gguf.tensors)
+    return load_hf_config(path), safetensors_state_dict(path), None
+
+
+def _with_progress(weights: Iterator[tuple[str, torch.Tensor]], total: int | None, label: str):
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(weights, total=total, description=f"loading {label}", console=Console(stderr=True), transient=True)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
@@ -68,16 +76,18 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 
 def load_model(
-    spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True, compile: bool = False,
+    spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True,
+    progress: bool = False,
 ) -> LoadedModel:
-    """`for_inference` swaps in the fastest inference-only kernels (no training afterwards);
-    `compile` also compiles the forward pass with torch.compile (slow start, faster steps)."""
+    """`for_inference` swaps in the fastest inference-only kernels (no training afterwards)."""
     path = resolve_model(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    config, weights = load_config_and_weights(path)
+    config, weights, num_tensors = load_config_and_weights(path)
+    if progress:
+        weights = _with_progress(weights, num_tensors, spec)
     tokenizer = load_tokenizer(path)
     model = build_model(config, weights, dtype=torch_dtype, device=torch_device)
     if for_inference:
-        prepare_for_inference(model, compile=compile)
+        prepare_for_inference(model)
     return LoadedModel(model, tokenizer, config, path, spec)

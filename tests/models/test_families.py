@@ -52,7 +52,7 @@ def pair(request, tmp_path_factory):
     hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
     path = tmp_path_factory.mktemp(request.param)
     hf_model.save_pretrained(path, safe_serialization=True)
-    config, weights = load_config_and_weights(path)
+    config, weights, _ = load_config_and_weights(path)
     ours = build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
     return hf_model, ours
 

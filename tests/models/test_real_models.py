@@ -38,7 +38,7 @@ def _load_both(name: str):
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
     ).eval()
-    config, weights = load_config_and_weights(path)
+    config, weights, _ = load_config_and_weights(path)
     ours = build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
     return hf, ours, Tokenizer.from_gguf(GGUFFile(path))
 
