@@ -234,25 +234,42 @@ RUNNERS = {
 }
 
 
+def peak_rss_mb() -> float:
+    """This process's own high-water mark (ru_maxrss would carry over the parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(engine: str, path: str, threads: int, queue: mp.Queue) -> None:
     try:
         result = RUNNERS[engine](path, threads)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         queue.put(result)
     except Exception as exc:  # report, don't hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def measure(engine: str, path: Path, threads: int, scratch: Path) -> dict:
-    if engine == "transformers":
-        path = dense_hf_copy(path, scratch)
+def in_subprocess(target, *args):
+    """Run `target(*args, queue)` in a fresh process and return what it puts on the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(engine, str(path), threads, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     result = queue.get()
     proc.join()
     return result
+
+
+def _dense_copy_child(path: Path, scratch: Path, queue: mp.Queue) -> None:
+    queue.put(dense_hf_copy(path, scratch))
+
+
+def measure(engine: str, path: Path, threads: int, scratch: Path) -> dict:
+    if engine == "transformers":  # converted in a child, so this driver process stays small
+        path = in_subprocess(_dense_copy_child, path, scratch)
+    return in_subprocess(_child, engine, str(path), threads)
 
 
 # -- driver -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ engine was given a tokenizer to decode with — UTF-8-safe text deltas with stop
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from luodi.engine.kv_cache import KVCacheManager
 from luodi.engine.request import FinishReason, Request
 from luodi.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_dtype
 from luodi.engine.sampling import SamplingParams, TokenLogprobs
-from luodi.engine.scheduler import Scheduler, SchedulerConfig
+from luodi.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from luodi.errors import InvalidParameterError, PromptTooLongError
 
 
@@ -58,7 +59,8 @@ class StepStats:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     seconds: float = 0.0
-    history: list[tuple[int, int, float]] = field(default_factory=list)  # (prefill, decode, s) per step
+    # (prefill tokens, decode tokens, seconds) of the most recent steps
+    history: deque[tuple[int, int, float]] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 class LLMEngine:
@@ -135,7 +137,7 @@ class LLMEngine:
             outputs.append(self._output(request, token, result.logprobs.get(request.request_id)))
         return outputs
 
-    def _record(self, schedule, seconds: float) -> None:
+    def _record(self, schedule: SchedulerOutput, seconds: float) -> None:
         decode = sum(1 for c in schedule.chunks if len(c.token_ids) == 1 and c.start > 0)
         prefill = schedule.num_tokens - decode
         self.stats.num_prefill_tokens += prefill

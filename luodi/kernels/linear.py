@@ -38,12 +38,14 @@ def pack_linears(model: nn.Module) -> int:
     """Swap every bf16 CPU `nn.Linear` in `model` for a `PackedLinear`; returns how many."""
     if not can_pack_bf16():
         return 0
+    # Names only: holding the modules themselves would keep every unpacked weight alive until
+    # the end, doubling peak memory.
     swaps = [
-        (parent, name, child)
+        (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"
     ]
-    for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear(child))
+    for parent, name in swaps:
+        setattr(parent, name, PackedLinear(getattr(parent, name)))
     return len(swaps)
