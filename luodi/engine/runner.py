@@ -43,12 +43,20 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.block_size = block_size
         self.eos_token_ids = tuple(sorted(eos_token_ids))
-        c = model.config
-        shape = (c.num_key_value_heads, num_blocks * block_size, c.head_dim)  # [Hkv, slots, D]
-        cache_dtype = kv_cache_dtype(self.dtype, self.device)
-        self.k_caches = [torch.zeros(shape, dtype=cache_dtype, device=self.device) for _ in range(c.num_hidden_layers)]
-        self.v_caches = [torch.zeros(shape, dtype=cache_dtype, device=self.device) for _ in range(c.num_hidden_layers)]
+        # One block more than the pool hands out: the zeroed pad block that padded lookups read.
+        # The rest stays uninitialized — never read before written — so memory is only touched
+        # (and resident) as blocks come into use.
+        self.pad_slot = num_blocks * block_size
+        self.k_caches = [self._empty_cache(num_blocks + 1) for _ in range(model.config.num_hidden_layers)]
+        self.v_caches = [self._empty_cache(num_blocks + 1) for _ in range(model.config.num_hidden_layers)]
         self._generators: dict[str, torch.Generator | None] = {}
+
+    def _empty_cache(self, num_blocks: int) -> torch.Tensor:
+        c = self.model.config
+        shape = (c.num_key_value_heads, num_blocks * self.block_size, c.head_dim)  # [Hkv, slots, D]
+        cache = torch.empty(shape, dtype=kv_cache_dtype(self.dtype, self.device), device=self.device)
+        cache[:, self.pad_slot :].zero_()
+        return cache
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput, requests: dict[str, Request]) -> StepResult:
@@ -63,7 +71,7 @@ class ModelRunner:
             if chunk.needs_sample:
                 sample_rows.append(offset - 1)
                 sample_ids.append(chunk.request_id)
-        meta = build_metadata(seqs, self.block_size, self.device)
+        meta = build_metadata(seqs, self.block_size, self.device, self.pad_slot)
         kv = PagedAttention(self.k_caches, self.v_caches, meta)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)

@@ -55,14 +55,20 @@ def _slots(seq: SequenceSlice, block_size: int) -> torch.Tensor:
     return slots[: seq.num_context + seq.num_query]
 
 
-def build_metadata(seqs: list[SequenceSlice], block_size: int, device: torch.device) -> AttentionMetadata:
-    """Flatten a batch of sequence slices into the index tensors every layer shares."""
+def build_metadata(
+    seqs: list[SequenceSlice], block_size: int, device: torch.device, pad_slot: int = 0,
+) -> AttentionMetadata:
+    """Flatten a batch of sequence slices into the index tensors every layer shares.
+
+    Padding in `kv_slots` points at `pad_slot`, which must hold finite values (masked scores
+    weigh it by 0, and 0 * NaN would still be NaN).
+    """
     num_seqs = len(seqs)
     max_q = max(s.num_query for s in seqs)
     max_k = max(s.num_context + s.num_query for s in seqs)
     slot_mapping: list[torch.Tensor] = []
     query_index: list[int] = []
-    kv_slots = torch.zeros(num_seqs, max_k, dtype=torch.long)
+    kv_slots = torch.full((num_seqs, max_k), pad_slot, dtype=torch.long)
     qpos = torch.zeros(num_seqs, max_q, dtype=torch.long)
     lengths = torch.zeros(num_seqs, dtype=torch.long)
     for b, s in enumerate(seqs):

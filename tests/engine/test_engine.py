@@ -94,3 +94,12 @@ def test_prompt_too_long_and_empty(tiny_model):
         engine.add_request(list(range(30)), SamplingParams(max_tokens=5))
     with pytest.raises(InvalidParameterError, match="empty"):
         engine.add_request([], SamplingParams())
+
+
+def test_unwritten_cache_memory_is_never_read(tiny_model, reference):
+    """The KV cache is allocated uninitialized: poison it, and the tokens must not change."""
+    engine = LLMEngine(tiny_model, config=EngineConfig(block_size=4, max_num_batched_tokens=7))
+    pad = engine.runner.pad_slot
+    for cache in engine.runner.k_caches + engine.runner.v_caches:
+        cache[:, :pad] = float("nan")
+    _check(engine, reference)
