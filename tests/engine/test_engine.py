@@ -103,3 +103,10 @@ def test_unwritten_cache_memory_is_never_read(tiny_model, reference):
     for cache in engine.runner.k_caches + engine.runner.v_caches:
         cache[:, :pad] = float("nan")
     _check(engine, reference)
+
+
+def test_pad_block_is_zero(tiny_model):
+    runner = LLMEngine(tiny_model, config=EngineConfig(block_size=4, num_blocks=8)).runner
+    assert runner.pad_slot == 32
+    for cache in runner.k_caches + runner.v_caches:
+        assert cache.shape[1] == 36 and not cache[:, 32:].any()
