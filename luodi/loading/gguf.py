@@ -292,13 +292,33 @@ class GGUFFile:
             ) from None
         return values.astype(np.float32, copy=False).reshape(info.shape)
 
-    def torch_tensor(self, name: str) -> torch.Tensor:
-        """The tensor for torch: F32/F16/BF16 as zero-copy views in their own dtype, others float32."""
+    def torch_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor for torch: F32/F16/BF16 as zero-copy views in their own dtype, others float32.
+
+        With `dtype`, a quantized tensor is dequantized straight into that dtype, a slab of rows
+        at a time, so no full float32 copy exists (Gemma's 262k-row embedding would be 671 MB).
+        """
         info = self._info(name)
         if info.ggml_type in _FLOAT_TORCH:
             raw = torch.from_numpy(self.raw(name))
             return raw.view(_FLOAT_TORCH[info.ggml_type]).reshape(info.shape)
-        return torch.from_numpy(self.dequantize(name))
+        if dtype is None or dtype == torch.float32 or len(info.shape) != 2:
+            return torch.from_numpy(self.dequantize(name))
+        return self._dequantize_rows(info, dtype)
+
+    def _dequantize_rows(self, info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
+        rows, cols = info.shape
+        byte_rows = self.raw(info.name).reshape(gguf.quant_shape_to_byte_shape(info.shape, info.ggml_type))
+        out = torch.empty(rows, cols, dtype=dtype)
+        step = max(1, _DEQUANT_SLAB_ELEMENTS // cols)
+        for start in range(0, rows, step):
+            slab = gguf.quants.dequantize(byte_rows[start : start + step], info.ggml_type)
+            out[start : start + step] = torch.from_numpy(slab.astype(np.float32, copy=False))
+        return out
+
+
+# Rows of a quantized tensor dequantized at once when converting straight to a smaller dtype.
+_DEQUANT_SLAB_ELEMENTS = 1 << 22
 
 
 # -- GGUF -> HF config ---------------------------------------------------------------------------
@@ -554,11 +574,13 @@ def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(weight.shape)
 
 
-def gguf_state_dict(f: GGUFFile, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def gguf_state_dict(
+    f: GGUFFile, config: ModelConfig, dtype: torch.dtype | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for every weight, in HF semantics, for `load_state_dict(assign=True)`.
 
-    Tensors are float32, or zero-copy F16/BF16 views where the file stores them so and no
-    transform applies.
+    Tensors are float32 (quantized ones in `dtype` if given), or zero-copy F16/BF16 views where
+    the file stores them so and no transform applies.
     """
     is_llama = config.extra.get("gguf_architecture", config.model_type) == "llama"
     is_gemma = config.model_type == "gemma3_text"
@@ -566,7 +588,7 @@ def gguf_state_dict(f: GGUFFile, config: ModelConfig) -> Iterator[tuple[str, tor
         hf_name = hf_tensor_name(gguf_name, config.model_type)
         if hf_name is None:
             continue
-        tensor = f.torch_tensor(gguf_name)
+        tensor = f.torch_tensor(gguf_name, dtype)
         if is_llama and ".attn_q." in gguf_name:
             tensor = unpermute_qk(tensor, config.num_attention_heads)
         elif is_llama and ".attn_k." in gguf_name:

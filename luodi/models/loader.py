@@ -55,12 +55,17 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_config_and_weights(path: Path) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]], int | None]:
-    """(config, iterator of (HF name, tensor), number of tensors if known) for a `.gguf` or HF directory."""
+def load_config_and_weights(
+    path: Path, dtype: torch.dtype | None = None,
+) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]], int | None]:
+    """(config, iterator of (HF name, tensor), number of tensors if known) for a `.gguf` or HF directory.
+
+    `dtype` lets quantized GGUF tensors be dequantized straight into the model's dtype.
+    """
     if path.is_file():
         gguf = GGUFFile(path)
         config = gguf_model_config(gguf)
-        return config, gguf_state_dict(gguf, config), len(gguf.tensors)
+        return config, gguf_state_dict(gguf, config, dtype), len(gguf.tensors)
     return load_hf_config(path), safetensors_state_dict(path), None
 
 
@@ -83,7 +88,7 @@ def load_model(
     path = resolve_model(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    config, weights, num_tensors = load_config_and_weights(path)
+    config, weights, num_tensors = load_config_and_weights(path, torch_dtype)
     if progress:
         weights = _with_progress(weights, num_tensors, spec)
     tokenizer = load_tokenizer(path)

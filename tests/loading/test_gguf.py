@@ -565,3 +565,12 @@ def test_name_table():
     assert hf_tensor_name("rope_freqs.weight", "llama") is None
     with pytest.raises(UnsupportedArchitectureError, match="blk.0.ffn_gate_exps.weight"):
         hf_tensor_name("blk.0.ffn_gate_exps.weight", "qwen3")
+
+
+def test_dequantizing_into_bf16_by_slabs_equals_whole_tensor_cast(smollm2_gguf):
+    f = GGUFFile(smollm2_gguf)
+    name = "token_embd.weight"  # Q4_1, 49152 rows: several slabs
+    assert f.tensors[name].is_quantized
+    slabs = f.torch_tensor(name, torch.bfloat16)
+    whole = torch.from_numpy(f.dequantize(name)).to(torch.bfloat16)
+    assert slabs.dtype == torch.bfloat16 and torch.equal(slabs, whole)
