@@ -13,6 +13,7 @@ Format reference: ggml `docs/gguf.md`; gguf-py `gguf_reader.py` is the oracle in
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 import struct
 from collections.abc import Iterator
@@ -173,9 +174,11 @@ class GGUFFile:
                 f"GGUF file {self.path} does not exist; check the path or `luodi pull NAME`"
             )
         try:
-            self._data = np.memmap(self.path, mode="c", dtype=np.uint8)
-        except ValueError as exc:  # numpy refuses to map an empty file
+            with open(self.path, "rb") as fh:
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        except ValueError as exc:  # mmap refuses an empty file
             raise ModelFormatError(f"{self.path} is empty, not a GGUF file; re-download it") from exc
+        self._data = np.frombuffer(self._mmap, dtype=np.uint8)
         cursor = _Cursor(self._data.data, self.path)
         self.version, n_tensors, n_kv = self._read_preamble(cursor)
         self.metadata: dict[str, Any] = self._read_metadata(cursor, n_kv)
@@ -274,6 +277,20 @@ class GGUFFile:
         """The tensor's bytes, as a flat uint8 view of the mapped file (no copy)."""
         info = self._info(name)
         return self._data[info.offset : info.offset + info.n_bytes]
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's file pages from memory once it has been converted.
+
+        The mapping is private and its pages unmodified, so a later read simply faults them back
+        in from the file; meanwhile they no longer count against the process while the model
+        loads (an F16 file converted to bf16 would otherwise hold both copies at the peak).
+        """
+        info = self._info(name)
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        end = (info.offset + info.n_bytes) // page * page
+        if end > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def dequantize(self, name: str) -> np.ndarray:
         """The tensor as float32 in torch shape; a zero-copy view for F32 tensors."""
@@ -597,3 +614,4 @@ def gguf_state_dict(
             # llama.cpp's Gemma3Model stores norm weights + 1 (HF's RMSNorm multiplies by 1 + w).
             tensor = tensor.float() - 1.0
         yield hf_name, tensor
+        f.release(gguf_name)  # the consumer has converted it by now
