@@ -282,6 +282,12 @@ def summarize(samples: dict[str, list[dict]]) -> dict[str, dict]:
             continue
         keys = [k for k in ok[0] if isinstance(ok[0][k], float | int)]
         summary[engine] = {k: round(statistics.median(r[k] for r in ok if k in r), 1) for k in keys}
+    return with_ratios(summary)
+
+
+def with_ratios(summary: dict) -> dict:
+    """Add Luodi's ratio to each peer, and its batch-8 over batch-1 generation rate."""
+    summary = {k: v for k, v in summary.items() if not k.startswith("luodi_")}
     ours = summary.get("luodi", {})
     for peer in ("llama.cpp", "transformers"):
         theirs = summary.get(peer, {})
@@ -300,8 +306,7 @@ def merge_previous(report: dict) -> dict:
     previous = json.loads(RESULTS.read_text())
     models = previous.get("models", {})
     for name, summary in report["models"].items():
-        old = {k: v for k, v in models.get(name, {}).items() if not k.startswith("luodi_")}
-        models[name] = summary if "luodi" in summary else {**old, **summary}
+        models[name] = summary if "luodi" in summary else with_ratios({**models.get(name, {}), **summary})
     return {**report, "models": models}
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
+from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
     AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, apply_rope, project_qkv,
 )
@@ -20,22 +21,13 @@ from luodi.models.layers import (
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
-class Gemma3Attention(nn.Module):
+class Gemma3Attention(LlamaAttention):
+    """Llama's projections plus per-head q/k norms, and a sliding window on local layers."""
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.scale = config.attention_scale
+        super().__init__(config, layer_idx)
         self.is_sliding = config.is_sliding_layer(layer_idx)
         self.sliding_window = config.sliding_window if self.is_sliding else None
-        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, q_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, kv_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=bias)
-        self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=bias)
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
 
