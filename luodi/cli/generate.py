@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from luodi.cli.options import (
-    DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt, SeedOpt, TemperatureOpt,
+    TopKOpt, TopPOpt,
 )
 from luodi.conversation import Conversation
 from luodi.engine.sampling import SamplingParams
@@ -64,12 +65,17 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     max_tokens: MaxTokensOpt = 512,
     temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.9,
+    top_k: TopKOpt = 40,
+    repetition_penalty: RepetitionPenaltyOpt = 1.1,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Talk with a model: streams answers, keeps history within the context window. /reset, /exit."""
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    # Chat defaults as Ollama's: small models loop without a repetition penalty.
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            repetition_penalty=repetition_penalty, seed=seed)
     conversation = Conversation(_load(model, device, dtype), system)
     interactive = sys.stdin.isatty()
     if not conversation.is_chat:

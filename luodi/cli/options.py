@@ -14,6 +14,7 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", help="0 = 
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, (0, 1].")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
+RepetitionPenaltyOpt = Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages repeats (1 = off).")]
 
-__all__ = ["DEFAULT_MODEL", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "TemperatureOpt",
+__all__ = ["DEFAULT_MODEL", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "RepetitionPenaltyOpt", "TemperatureOpt",
            "TopKOpt", "TopPOpt"]

@@ -103,3 +103,11 @@ def test_cuda_requested_without_gpu(smollm2):
 
 def test_unknown_dtype(smollm2):
     assert_one_line_error(luodi("generate", "-p", "hi", "--dtype", "float64"), "float64", "bfloat16")
+
+
+def test_chat_without_a_template_says_so_and_completes():
+    pulled_model_path("gemma3-270m")
+    result = luodi("chat", "-m", "gemma3-270m", "-t", "0", "-n", "8", stdin="The capital of France is\n")
+    assert result.returncode == 0, result.stderr
+    assert "no chat template" in result.stderr and "plain text" in result.stderr
+    assert result.stdout.strip()  # a plain continuation of the line
