@@ -12,7 +12,6 @@ from collections import deque
 import time
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from luodi.engine.detokenizer import Decoder, IncrementalDetokenizer, StopChecker
@@ -154,8 +153,7 @@ class LLMEngine:
                 delta += state.detokenizer.flush()
             text = state.stops.push(delta)
             if state.stops.stopped and request.finish_reason is None:
-                self.scheduler.abort(request.request_id)  # a stop string ends it
-                request.finish_reason = FinishReason.STOP
+                self.scheduler.abort(request.request_id, FinishReason.STOP)  # a stop string ends it
             elif request.finish_reason is not None:
                 text += state.stops.flush()
         finished = request.finish_reason is not None
@@ -188,6 +186,3 @@ class LLMEngine:
                 outputs[out.request_id].extend(out.new_token_ids)
         return [outputs[i] for i in ids]
 
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cpu" else torch.float16

@@ -66,11 +66,12 @@ class Scheduler:
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
-    def abort(self, request_id: str) -> Request | None:
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> Request | None:
+        """End a request early (cancelled, or a stop string matched in its text); frees its blocks."""
         request = self.requests.get(request_id)
         if request is None or request.is_finished:
             return None
-        request.finish_reason = FinishReason.ABORT
+        request.finish_reason = reason
         self._finish(request)
         return request
 

@@ -6,16 +6,12 @@ shape and numerics of a model; it knows nothing of files, weights or requests.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from luodi.errors import ModelFormatError
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
-
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
@@ -53,17 +49,6 @@ class ModelConfig:
 
     def is_sliding_layer(self, layer_idx: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer_idx] == "sliding_attention"
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The config as an HF-style `config.json` dictionary (for Luodi's saved format)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        out["layer_types"] = list(self.layer_types)
-        out["eos_token_id"] = list(out.pop("eos_token_ids"))
-        out["model_type"] = self.model_type
-        return out
 
 
 def _eos_ids(value: Any) -> tuple[int, ...]:
