@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from luodi.cli.generate import chat, generate
+from luodi.cli.quant import convert, evaluate, quantize
 from luodi.errors import LuodiError
 
 app = typer.Typer(
@@ -25,6 +26,9 @@ err = Console(stderr=True)
 out = Console()
 app.command()(generate)
 app.command()(chat)
+app.command()(quantize)
+app.command()(convert)
+app.command(name="eval")(evaluate)
 
 
 @app.command()

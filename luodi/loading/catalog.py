@@ -335,7 +335,8 @@ def list_pulled(*, root: Path | None = None) -> list[PulledModel]:
 
 
 def resolve_model(spec: str, *, pull_missing: bool = True, root: Path | None = None) -> Path:
-    """Turn a catalog name, a .gguf path or a model directory into a path to load.
+    """Turn a catalog name, a .gguf path, a model directory, or the name of a model saved under
+    `models_dir()` (by `luodi quantize` / `luodi convert`) into a path to load.
 
     Catalog names win over same-named relative paths; write `./NAME` to mean the directory.
     """
@@ -357,6 +358,9 @@ def resolve_model(spec: str, *, pull_missing: bool = True, root: Path | None = N
         raise ModelFormatError(
             f"model path {spec!r} is neither a file nor a directory; pass a .gguf file or a model directory"
         )
+    saved = (root or models_dir()) / spec
+    if "/" not in spec and (saved / "config.json").is_file():
+        return saved  # a model written by `luodi quantize` / `luodi convert` under its default name
     if os.sep in spec or "/" in spec or spec.lower().endswith((".gguf", ".safetensors", ".json")):
         raise ModelNotFoundError(
             f"model path {spec!r} does not exist; pass an existing .gguf file or model directory, "

@@ -25,8 +25,13 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if not self.config.tie_word_embeddings:
+            return
+        embedding = self.model.embed_tokens
+        if isinstance(embedding, nn.Embedding):
+            self.lm_head.weight = embedding.weight
+        else:  # a quantized table (luodi.quant.linear.QuantEmbedding) is the lm_head itself
+            self.lm_head = embedding.table
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv: AttentionBackend,

@@ -150,3 +150,47 @@ def load_hf_config(model_dir: Path) -> ModelConfig:
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path} is not valid JSON ({exc})") from exc
     return config_from_hf_dict(raw)
+
+
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+}
+
+
+def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
+    """The HF `config.json` dictionary of `config`; `config_from_hf_dict` reads it back unchanged.
+
+    Written in the pre-5 transformers style (`rope_theta` + `rope_scaling`), which both major
+    versions of transformers read.
+    """
+    raw: dict[str, Any] = {
+        "architectures": [_ARCHITECTURES.get(config.model_type, "")],
+        "model_type": config.model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": config.rope_scaling,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_bias": config.attention_bias,
+        "hidden_act": config.hidden_act,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(config.eos_token_ids) if len(config.eos_token_ids) != 1 else config.eos_token_ids[0],
+        "final_logit_softcapping": config.final_logit_softcapping,
+    }
+    if config.model_type == "gemma3_text":
+        raw.update(
+            hidden_activation=config.hidden_act,
+            sliding_window=config.sliding_window,
+            layer_types=list(config.layer_types),
+            rope_local_base_freq=config.rope_local_base_freq,
+            query_pre_attn_scalar=config.query_pre_attn_scalar,
+        )
+    return raw

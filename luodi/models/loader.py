@@ -7,7 +7,7 @@ requests or serving.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig, load_hf_config
 from luodi.models.inference import prepare_for_inference
 from luodi.models.registry import build_model
+from luodi.quant.format import is_saved_model, quantized_structure, read_quant_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,6 +81,13 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_gguf(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
 
 
+def saved_model_structure(path: Path) -> Callable[[nn.Module], None] | None:
+    """For Luodi's saved format (a directory with quant.json): the quantized modules to build."""
+    if not is_saved_model(path):
+        return None
+    return quantized_structure(read_quant_spec(path), path)
+
+
 def load_model(
     spec: str, *, device: str = "auto", dtype: str | None = None, for_inference: bool = True,
     progress: bool = False,
@@ -92,7 +100,8 @@ def load_model(
     if progress:
         weights = _with_progress(weights, num_tensors, spec)
     tokenizer = load_tokenizer(path)
-    model = build_model(config, weights, dtype=torch_dtype, device=torch_device)
+    model = build_model(config, weights, dtype=torch_dtype, device=torch_device,
+                        transform=saved_model_structure(path))
     if for_inference:
         prepare_for_inference(model)
     return LoadedModel(model, tokenizer, config, path, spec)

@@ -7,7 +7,7 @@ device changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,13 +41,20 @@ def model_class(config: ModelConfig) -> type[nn.Module]:
 
 def build_model(
     config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]], *, dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device, transform: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Instantiate the family's module and assign `weights` (HF names) converted to dtype/device."""
+    """Instantiate the family's module and assign `weights` (HF names) converted to dtype/device.
+
+    `transform` reshapes the module on `meta` before the weights arrive (a quantized model swaps
+    its linear layers for quantized ones); tensors of quantized modules keep their stored dtypes.
+    """
     cls = model_class(config)
     with torch.device("meta"):
         model = cls(config)
+        if transform is not None:
+            transform(model)
     expected = dict(model.state_dict())
+    fixed_dtype = _quantized_tensor_names(model)
     state = {}
     for name, tensor in weights:
         if name not in expected:
@@ -56,9 +63,12 @@ def build_model(
             raise ModelFormatError(
                 f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
             )
-        state[name] = tensor.to(device=device, dtype=dtype)
+        target = expected[name].dtype if name in fixed_dtype else dtype
+        if tensor.dtype != target and not (tensor.is_floating_point() and target.is_floating_point):
+            raise ModelFormatError(f"weight {name} is stored as {tensor.dtype}, expected {target}")
+        state[name] = tensor.to(device=device, dtype=target)
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
+        expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ModelFormatError(f"the checkpoint lacks {len(missing)} weight(s), e.g. {missing[:3]}")
@@ -66,6 +76,15 @@ def build_model(
     model.tie_weights()
     _materialize_buffers(model, device)
     return model.eval()
+
+
+def _quantized_tensor_names(model: nn.Module) -> set[str]:
+    """Tensors of quantized modules (they carry a `scheme`): integers and scales keep their stored
+    dtypes; a bias is a float like any other and takes the model's."""
+    return {
+        f"{name}.{tensor_name}" for name, module in model.named_modules() if hasattr(module, "scheme")
+        for tensor_name, _ in module.named_buffers() if not tensor_name.endswith("bias")
+    }
 
 
 def _materialize_buffers(model: nn.Module, device: torch.device) -> None:

@@ -1,0 +1,87 @@
+"""Quantizing the real SmolLM2 end to end: the commands a user runs, and tokens against the float model.
+
+Oracle: the float model itself (the GGUF dequantized to bf16, run by the same engine). Int8
+weight-only must give its greedy tokens for 32 steps on every test prompt (parting only at a
+near tie of the float model's logits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from luodi.engine.engine import EngineConfig, LLMEngine
+from luodi.engine.reference import full_logits
+from luodi.engine.sampling import SamplingParams
+from luodi.models.loader import load_model
+from model_cache import cache_home, pulled_model_path
+from oracles import assert_greedy_match
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "请用一句话介绍一下长城。",
+]
+pytestmark = pytest.mark.slow
+
+
+def luodi(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUODI_HOME": str(cache_home())}
+    return subprocess.run([sys.executable, "-m", "luodi", *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return pulled_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def int8_dir(smollm2, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smollm2-int8")
+    result = luodi("quantize", "--model", str(smollm2), "--scheme", "int8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "saved to" in result.stdout
+    return out
+
+
+def _greedy(model: torch.nn.Module, prompts: list[list[int]]) -> list[list[int]]:
+    engine = LLMEngine(model, config=EngineConfig(max_model_len=512))
+    return engine.generate(prompts, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+
+
+def test_int8_greedy_tokens_equal_the_float_model(smollm2, int8_dir):
+    float_model = load_model(str(smollm2), device="cpu", dtype="bfloat16")
+    int8_model = load_model(str(int8_dir), device="cpu", dtype="bfloat16")
+    prompts = [float_model.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
+    assert [int8_model.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS] == prompts
+    for ids, ref, got in zip(prompts, _greedy(float_model.model, prompts), _greedy(int8_model.model, prompts),
+                             strict=True):
+        ref_logits = full_logits(float_model.model, ids + ref)[len(ids) - 1:-1]
+        assert_greedy_match(got, ref, ref_logits)
+
+
+def test_int8_file_is_about_half_of_bf16(int8_dir):
+    quant = json.loads((int8_dir / "quant.json").read_text())
+    assert quant["scheme"] == "int8" and quant["modules"]["model.embed_tokens"] == {"scheme": "int8"}
+    num_params = 134_515_008  # SmolLM2-135M, tied embeddings
+    assert (int8_dir / "model.safetensors").stat().st_size <= 0.55 * 2 * num_params
+
+
+def test_generate_and_eval_run_on_the_quantized_model(int8_dir, smollm2):
+    result = luodi("generate", "--model", str(int8_dir), "-p", "Say hello.", "-n", "8", "-t", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["completion_tokens"] == 8
+    result = luodi("eval", "--model", str(int8_dir), "--ref", str(smollm2), "--max-windows", "2",
+                   "--seq-len", "128", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["greedy_agreement"] > 0.9
+    assert abs(report["delta_ppl_pct"]) < 2.0
+    assert report["num_bytes"] > 0 and report["perplexity_per_byte"] > 1.0
