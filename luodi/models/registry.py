@@ -66,7 +66,7 @@ def build_model(
         target = expected[name].dtype if name in fixed_dtype else dtype
         if tensor.dtype != target and not (tensor.is_floating_point() and target.is_floating_point):
             raise ModelFormatError(f"weight {name} is stored as {tensor.dtype}, expected {target}")
-        state[name] = tensor.to(device=device, dtype=target)
+        state[name] = _aligned(tensor.to(device=device, dtype=target))
     if config.tie_word_embeddings:
         expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     missing = sorted(set(expected) - set(state))
@@ -76,6 +76,12 @@ def build_model(
     model.tie_weights()
     _materialize_buffers(model, device)
     return model.eval()
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy when `tensor` starts off a 64-byte boundary: safetensors places tensors 8-byte aligned,
+    and some CPU kernels (torch 2.13's `_weight_int8pack_mm`) crash on such a buffer."""
+    return tensor.clone() if tensor.device.type == "cpu" and tensor.data_ptr() % 64 else tensor
 
 
 def _quantized_tensor_names(model: nn.Module) -> set[str]:

@@ -122,13 +122,20 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
+def _empty(cls: type, in_features: int, out_features: int, bias: bool, options: dict[str, Any],
+           where: str) -> nn.Module:
+    try:
+        return cls.empty(in_features, out_features, bias=bias, dtype=torch.float32, device="meta", **options)
+    except TypeError:
+        raise ModelFormatError(f"{where}: options {options} do not fit scheme {cls.scheme!r}") from None
+
+
 def _swap_linear(model: nn.Module, name: str, cls: type, options: dict[str, Any], path: Path) -> None:
     linear = _module(model, name, path)
     if not isinstance(linear, nn.Linear):
         raise ModelFormatError(f"{path / QUANT_FILE} quantizes {name!r}, which is not a linear layer")
-    empty = cls.empty(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                      dtype=linear.weight.dtype, device="meta", **options)
-    set_module(model, name, empty)
+    set_module(model, name, _empty(cls, linear.in_features, linear.out_features, linear.bias is not None,
+                                   options, f"{path / QUANT_FILE} module {name!r}"))
 
 
 def _swap_embedding(model: nn.Module, cls: type, options: dict[str, Any], path: Path) -> None:
@@ -138,7 +145,7 @@ def _swap_embedding(model: nn.Module, cls: type, options: dict[str, Any], path: 
     if not isinstance(embedding, nn.Embedding):
         raise ModelFormatError(f"{path / QUANT_FILE} quantizes {EMBEDDING!r}, which is not an embedding")
     vocab, hidden = embedding.weight.shape
-    table = cls.empty(hidden, vocab, bias=False, dtype=embedding.weight.dtype, device="meta", **options)
+    table = _empty(cls, hidden, vocab, False, options, f"{path / QUANT_FILE} module {EMBEDDING!r}")
     set_module(model, EMBEDDING, QuantEmbedding(table))
 
 

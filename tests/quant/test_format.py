@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer as Backend
-from tokenizers import models
+from tokenizers import models, pre_tokenizers
 
 from luodi.engine.reference import full_logits
 from luodi.errors import ModelFormatError
@@ -33,7 +33,9 @@ IDS = list(range(3, 40, 2))
 
 def _tiny_tokenizer() -> Tokenizer:
     vocab = {f"w{i}": i for i in range(TINY["vocab_size"])}
-    return Tokenizer(Backend(models.WordLevel(vocab=vocab, unk_token="w0")), bos_token=None, eos_tokens=["w1"])
+    backend = Backend(models.WordLevel(vocab=vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return Tokenizer(backend, bos_token=None, eos_tokens=["w1"])
 
 
 @pytest.fixture(scope="module", params=["untied", "tied"])
@@ -93,7 +95,8 @@ def _rewrite_quant_json(path: Path, edit) -> None:
     (lambda raw: raw.update(scheme="int3"), "scheme 'int3'"),
     (lambda raw: raw["modules"].update({"model.layers.7.mlp.up_proj": {"scheme": "int8"}}), "does not have"),
     (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(group_size=64), "shape"),
-    (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scheme="int8"), "shape"),
+    (lambda raw: raw["modules"].update({"model.layers.0.mlp.up_proj": {"scheme": "int8"}}), "shape"),
+    (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scheme="int8"), "do not fit scheme 'int8'"),
 ])
 def test_mismatched_quant_json_is_a_clear_error(float_model, tmp_path, edit, message):
     _save(float_model, "int4", tmp_path)

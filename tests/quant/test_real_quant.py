@@ -1,8 +1,11 @@
 """Quantizing the real SmolLM2 end to end: the commands a user runs, and tokens against the float model.
 
-Oracle: the float model itself (the GGUF dequantized to bf16, run by the same engine). Int8
-weight-only must give its greedy tokens for 32 steps on every test prompt (parting only at a
-near tie of the float model's logits).
+Oracle: the float model itself (the GGUF dequantized, run by the same engine, both in fp32 so
+that only the weights' quantization differs). Int8 weight-only must give its greedy tokens for
+32 steps on every test prompt, parting only at a near tie of the float model's logits. "Near"
+is wider than for float-vs-float numerics: per-channel int8 weights move SmolLM2's logits by
+0.3 on average (measured teacher-forced; bf16 rounding alone flips 3.4 % of its greedy choices
+against fp32), so a top-2 gap under QUANT_NEAR_TIE may flip — but only to the second choice.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from luodi.models.loader import load_model
 from model_cache import cache_home, pulled_model_path
 from oracles import assert_greedy_match
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "请用一句话介绍一下长城。",
+PROMPTS = [  # answers longer than 32 tokens, so every compared token is a real answer token
+    "Explain in a few sentences how a bicycle works.",
+    "Write a short story about a lighthouse keeper.",
+    "请介绍一下长城的历史。",
 ]
 pytestmark = pytest.mark.slow
+QUANT_NEAR_TIE = 0.5
 
 
 def luodi(*args: str) -> subprocess.CompletedProcess:
@@ -53,18 +57,20 @@ def int8_dir(smollm2, tmp_path_factory) -> Path:
 
 def _greedy(model: torch.nn.Module, prompts: list[list[int]]) -> list[list[int]]:
     engine = LLMEngine(model, config=EngineConfig(max_model_len=512))
-    return engine.generate(prompts, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+    outputs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=32))
+    assert all(len(tokens) == 32 for tokens in outputs)  # no answer ended early
+    return outputs
 
 
 def test_int8_greedy_tokens_equal_the_float_model(smollm2, int8_dir):
-    float_model = load_model(str(smollm2), device="cpu", dtype="bfloat16")
-    int8_model = load_model(str(int8_dir), device="cpu", dtype="bfloat16")
+    float_model = load_model(str(smollm2), device="cpu", dtype="float32", for_inference=False)
+    int8_model = load_model(str(int8_dir), device="cpu", dtype="float32", for_inference=False)
     prompts = [float_model.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     assert [int8_model.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS] == prompts
     for ids, ref, got in zip(prompts, _greedy(float_model.model, prompts), _greedy(int8_model.model, prompts),
                              strict=True):
         ref_logits = full_logits(float_model.model, ids + ref)[len(ids) - 1:-1]
-        assert_greedy_match(got, ref, ref_logits)
+        assert_greedy_match(got, ref, ref_logits, near_tie=QUANT_NEAR_TIE)
 
 
 def test_int8_file_is_about_half_of_bf16(int8_dir):
