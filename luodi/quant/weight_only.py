@@ -1,0 +1,134 @@
+"""Weight-only quantization arithmetic: INT8 per output channel, INT4 group-wise, and nibble packing.
+
+Owns the numbers only — pure torch functions on tensors, no modules, no kernels, no files. The
+stored forms (what `luodi.quant.linear` saves and the kernels read):
+
+- INT8, symmetric per output channel: `qweight` int8 [N, K] in [-127, 127], `scales` fp32 [N];
+  w ≈ q * scale. -128 is never used, so the grid is symmetric around zero (as in LLM.int8's
+  absmax quantization, Dettmers et al. 2022, and gpt-fast's `WeightOnlyInt8QuantHandler`).
+- INT4, asymmetric round-to-nearest in groups of g consecutive input columns (GPTQ/AWQ-style
+  groups without the error feedback): `q` 0..15 [N, K], `scales` and `mins` fp16 [N, K/g];
+  w ≈ q * scale + min. On disk two nibbles share a byte (`pack_int4`).
+
+Every element is quantized against the *stored* scale and min (after their fp16 rounding), and
+the fp16 min and scale are rounded outward so that the grid still covers the group's [min, max].
+That keeps the round-to-nearest bound |w - ŵ| <= scale / 2 true for what is saved, up to the
+float32 arithmetic error derived in tests/quant/test_weight_only.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from luodi.errors import InvalidParameterError
+
+INT8_MAX = 127
+INT4_LEVELS = 15  # q in 0..15
+GROUP_SIZES = (32, 64, 128)
+
+
+def _as_matrix(weight: Tensor) -> Tensor:
+    if weight.dim() != 2:
+        raise InvalidParameterError(
+            "a weight to quantize must be a 2-D [out_features, in_features] matrix, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    return weight.detach().float()
+
+
+def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-output-channel symmetric INT8: (qweight int8 [N, K], scales fp32 [N]).
+
+    w ≈ q * scales[:, None].
+    """
+    w = _as_matrix(weight)  # [N, K]
+    scales = w.abs().amax(dim=1) / INT8_MAX  # [N]
+    # An all-zero row (or one so small that amax/127 underflows) gets scale 1: q = 0 is then exact
+    # (or off by less than 1/2), and nothing divides by zero.
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    qweight = torch.round(w / scales[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)  # [N, K]
+    return qweight, scales
+
+
+def dequantize_int8(qweight: Tensor, scales: Tensor) -> Tensor:
+    """float32 [N, K] = q * scale."""
+    return qweight.float() * scales.float()[:, None]
+
+
+def check_group_size(out_features: int, in_features: int, group_size: int) -> None:
+    """Raise `InvalidParameterError` unless `group_size` is allowed and divides the layer's K."""
+    if group_size not in GROUP_SIZES:
+        raise InvalidParameterError(
+            f"INT4 group size {group_size} for a [{out_features}, {in_features}] weight is not one of "
+            f"{', '.join(map(str, GROUP_SIZES))}; pick one of those",
+            "group_size",
+        )
+    if in_features % group_size:
+        allowed = [str(g) for g in GROUP_SIZES if in_features % g == 0] or ["none (use int8 for this layer)"]
+        raise InvalidParameterError(
+            f"INT4 group size {group_size} does not divide in_features {in_features} of a "
+            f"[{out_features}, {in_features}] weight; group sizes that fit: {', '.join(allowed)}",
+            "group_size",
+        )
+
+
+def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Group-wise asymmetric INT4 along K: (q uint8 0..15 [N, K], scales fp16 [N, G], mins fp16 [N, G]).
+
+    w ≈ q * scale + min with G = K / group_size groups per row.
+    """
+    w = _as_matrix(weight)
+    n, k = w.shape
+    check_group_size(n, k, group_size)
+    groups = w.view(n, k // group_size, group_size)  # [N, G, g]
+    mins, scales = _int4_grid(groups.amin(dim=2), groups.amax(dim=2), (n, k))  # fp16 [N, G] each
+    steps = (groups - mins.float()[..., None]) / scales.float()[..., None]  # [N, G, g]
+    q = torch.round(steps).clamp_(0, INT4_LEVELS).to(torch.uint8)
+    return q.view(n, k), scales, mins
+
+
+def _int4_grid(low: Tensor, high: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """fp16 (min, scale) per group with min <= low and min + 15 * scale >= high, both exactly.
+
+    Plain round-to-nearest of min and scale to fp16 could shrink the grid by half an fp16 ulp at
+    either end, and the clamped end values would then miss the scale/2 bound.
+    """
+    minus_inf = torch.full_like(low, float("-inf"), dtype=torch.float16)
+    mins = low.half()
+    mins = torch.where(mins.float() > low, torch.nextafter(mins, minus_inf), mins)
+    span = high.double() - mins.double()  # exact: a difference of two floats fits a double here
+    scales = (span / INT4_LEVELS).half()
+    short = scales.double() * INT4_LEVELS + mins.double() < high.double()
+    scales = torch.where(short, torch.nextafter(scales, -minus_inf), scales)
+    # A constant group whose value is an fp16 number has span 0: any positive scale is exact (q = 0).
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    if not (torch.isfinite(mins).all() and torch.isfinite(scales).all()):
+        raise InvalidParameterError(
+            f"a [{shape[0]}, {shape[1]}] weight has values beyond float16's range (±65504) or not finite; "
+            "INT4 stores fp16 scales and mins — use int8 for this model"
+        )
+    return mins, scales
+
+
+def dequantize_int4(q: Tensor, scales: Tensor, mins: Tensor, group_size: int) -> Tensor:
+    """float32 [N, K] = q * scale + min, each group of `group_size` columns with its own scale and min."""
+    n, k = q.shape
+    groups = q.view(n, k // group_size, group_size).float()  # [N, G, g]
+    return torch.addcmul(mins.float()[..., None], groups, scales.float()[..., None]).view(n, k)
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """uint8 [N, K] holding 0..15 -> uint8 [N, K/2]; column 2j in the low nibble, 2j+1 in the high."""
+    if q.dim() != 2 or q.shape[1] % 2:
+        raise InvalidParameterError(
+            f"pack_int4 needs a 2-D [N, K] tensor with even K, got shape {tuple(q.shape)}"
+        )
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)  # [N, K/2]
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    """uint8 [N, K/2] -> uint8 [N, K] holding 0..15 (inverse of `pack_int4`)."""
+    n, half = packed.shape
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).view(n, 2 * half)  # [N, K]

@@ -1,0 +1,146 @@
+"""Weight-only quantization numerics: dequant(quant(W)) within derived bounds, and nibble packing.
+
+Bounds, with u = 2^-24 the unit roundoff of float32 and every quantity below an fp32 number:
+
+INT8 (s = the stored fp32 scale of the row, |w| <= amax = 127 s up to rounding of s):
+  r = fl(w / s) = (w / s)(1 + d), |d| <= u, so |r - w/s| <= 128 u (|w/s| <= 127 (1 + 2u)).
+  q = round(r) clamped to ±127: |q - w/s| <= 1/2 + 128 u (clamping only moves q toward w/s).
+  ŵ = fl(q s) = q s (1 + d'):  |w - ŵ| <= s |w/s - q| + u |q s| <= s (1/2 + 128 u) + 127 u s.
+  => |w - ŵ| <= s (1/2 + 256 u).
+INT4 (per group; m, s the stored fp16 min and scale, chosen so that t = (w - m)/s lies in [0, 15]
+exactly — which the test also checks):
+  r = fl(fl(w - m) / s) = t (1 + d1)(1 + d2), so |r - t| <= 15 (2u + u^2).
+  q = round(r) clamped to 0..15: |q - t| <= 1/2 + 30.1 u.
+  ŵ = fl(q s + m): q s is exact (4-bit q times 11-bit s fits 24 bits), one rounding of the sum,
+  |ŵ - (q s + m)| <= u |q s + m| <= u (|w| + s).
+  => |w - ŵ| <= s/2 + u (31.1 s + |w|) <= s/2 + u (32 s + |w|).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from luodi.errors import InvalidParameterError
+from luodi.quant.weight_only import (
+    dequantize_int4,
+    dequantize_int8,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
+
+U = 2.0**-24
+
+
+def hard_weight(n: int = 48, k: int = 256, seed: int = 0) -> torch.Tensor:
+    """Gaussian weights with the awkward cases: an outlier column, an all-zero row, a constant
+    group, and a row of tiny values."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * 0.05
+    w[:, 5] *= 40.0  # outlier input channel
+    w[3] = 0.0  # all-zero row
+    w[7, :128] = 0.3  # constant groups
+    w[9] *= 1e-6  # below fp16's normal range once divided into 15 steps
+    return w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int8_roundtrip_within_half_a_step(dtype: torch.dtype) -> None:
+    w = hard_weight().to(dtype)
+    q, scales = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape
+    assert scales.dtype == torch.float32 and scales.shape == (w.shape[0],)
+    assert int(q.min()) >= -127 and int(q.max()) <= 127
+    w32 = w.float()
+    err = (w32 - dequantize_int8(q, scales)).abs()
+    bound = scales[:, None] * (0.5 + 256 * U)
+    assert bool((err <= bound).all()), float((err - bound).max())
+    # the bound is not vacuous: rounding really does use up most of half a step somewhere
+    assert float((err / scales[:, None]).max()) > 0.45
+    # each row's largest magnitude sits on the grid's end
+    assert bool((q.abs().amax(dim=1)[torch.arange(w.shape[0]) != 3] == 127).all())
+
+
+def test_int8_all_zero_row_is_exact() -> None:
+    w = hard_weight()
+    q, scales = quantize_int8(w)
+    assert bool((q[3] == 0).all()) and float(scales[3]) == 1.0
+    assert bool((dequantize_int8(q, scales)[3] == 0).all())
+    assert bool(torch.isfinite(scales).all())
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_roundtrip_within_half_a_step(group_size: int, dtype: torch.dtype) -> None:
+    w = hard_weight().to(dtype)
+    n, k = w.shape
+    q, scales, mins = quantize_int4(w, group_size)
+    assert q.dtype == torch.uint8 and q.shape == (n, k) and int(q.max()) <= 15
+    assert scales.dtype == mins.dtype == torch.float16
+    assert scales.shape == mins.shape == (n, k // group_size)
+    assert bool((scales > 0).all())
+    # the stored grid covers every group exactly (what the derivation's t in [0, 15] needs)
+    groups = w.double().view(n, k // group_size, group_size)
+    assert bool((mins.double() <= groups.amin(dim=2)).all())
+    assert bool((mins.double() + 15 * scales.double() >= groups.amax(dim=2)).all())
+    w32 = w.float()
+    s = scales.float().repeat_interleave(group_size, dim=1)  # [N, K]
+    err = (w32 - dequantize_int4(q, scales, mins, group_size)).abs()
+    bound = s / 2 + U * (32 * s + w32.abs())
+    assert bool((err <= bound).all()), float((err - bound).max())
+    assert float((err / s).max()) > 0.45
+
+
+def test_int4_zero_row_and_constant_groups() -> None:
+    w = hard_weight()
+    q, scales, mins = quantize_int4(w, 32)
+    restored = dequantize_int4(q, scales, mins, 32)
+    assert bool((restored[3] == 0).all())
+    # 0.3 is not an fp16 number, so its group gets a tiny positive step and stays within it
+    assert float((restored[7, :128] - 0.3).abs().max()) <= float(scales[7, :4].max()) / 2 + 1e-7
+    assert bool(torch.isfinite(scales.float()).all() and torch.isfinite(mins.float()).all())
+
+
+@pytest.mark.parametrize("group_size", [16, 48, 256])
+def test_int4_rejects_group_sizes_outside_the_allowed_set(group_size: int) -> None:
+    with pytest.raises(InvalidParameterError, match=r"\[8, 256\].*32, 64, 128"):
+        quantize_int4(torch.zeros(8, 256), group_size)
+
+
+def test_int4_rejects_a_group_size_that_does_not_divide_k() -> None:
+    with pytest.raises(InvalidParameterError, match=r"does not divide in_features 96.*fit: 32"):
+        quantize_int4(torch.zeros(8, 96), 64)
+
+
+def test_int4_rejects_values_beyond_fp16() -> None:
+    w = torch.zeros(4, 64)
+    w[1, 3] = -1e6
+    with pytest.raises(InvalidParameterError, match="float16"):
+        quantize_int4(w, 32)
+
+
+def test_quantize_rejects_non_matrices() -> None:
+    with pytest.raises(InvalidParameterError, match=r"2-D.*\(3, 4, 5\)"):
+        quantize_int8(torch.zeros(3, 4, 5))
+
+
+def test_pack_int4_layout_low_nibble_is_the_even_column() -> None:
+    q = torch.tensor([[1, 2, 3, 4], [15, 0, 0, 15]], dtype=torch.uint8)
+    assert pack_int4(q).tolist() == [[0x21, 0x43], [0x0F, 0xF0]]
+
+
+def test_pack_unpack_roundtrip() -> None:
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 16, (37, 128), generator=gen, dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (37, 64)
+    assert torch.equal(unpack_int4(packed), q)
+    every_byte = torch.arange(256, dtype=torch.uint8).view(4, 64)
+    assert torch.equal(pack_int4(unpack_int4(every_byte)), every_byte)
+
+
+def test_pack_int4_rejects_odd_k() -> None:
+    with pytest.raises(InvalidParameterError, match="even K"):
+        pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
