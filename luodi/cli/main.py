@@ -16,6 +16,7 @@ from rich.table import Table
 
 from luodi.cli.generate import chat, generate
 from luodi.cli.quant import convert, evaluate, quantize
+from luodi.cli.serve import keys_app, serve
 from luodi.errors import LuodiError
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ app.command()(chat)
 app.command()(quantize)
 app.command()(convert)
 app.command(name="eval")(evaluate)
+app.command()(serve)
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()

@@ -1,0 +1,226 @@
+"""Server load: `luodi serve` under 1, 4, 16 and 64 concurrent streams on loopback.
+
+Each level sends exactly `concurrency` streaming completions at once (a 128-token prompt of token
+ids, 128 tokens out, `ignore_eos`), bounded in count and by a per-level deadline. Per level:
+aggregate generation tok/s (all output tokens / wall time), TTFT p50/p99, time per output token
+p50/p99 (per request: (last - first) / (n - 1)), errors, and the server's peak RSS (VmHWM).
+Then the prefix-cache check: a ~1,000-token shared system prompt, first request vs a second one
+that shares it (TTFT ratio).
+
+The server runs in its own process (`luodi serve` as a user starts it). llama.cpp's
+`llama-server` is not driven from here yet (it needs a bench-only build); compare with the
+figures in the serving issue.
+
+    python benchmarks/serve_load.py [--levels 1,4,16,64] [--max-tokens 128] [--kv-cache-gb 1]
+
+Writes benchmarks/results/serve_load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
+PROMPT_TOKENS = 128
+MODEL = "smollm2-135m-instruct"
+LAUNCH = "import typer; from luodi.cli.serve import serve; typer.run(serve)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, max_num_seqs: int, kv_cache_gb: float, max_queue: int) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        "--model",
+        MODEL,
+        "--port",
+        str(port),
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--kv-cache-gb",
+        str(kv_cache_gb),
+        "--max-queue",
+        str(max_queue),
+        "--log-level",
+        "warning",
+    ]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not become ready")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one_stream(client: httpx.AsyncClient, body: dict) -> dict:
+    start = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            return {"error": response.status_code}
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk.get("choices"):
+                stamps.append(time.perf_counter())
+    if not stamps:
+        return {"error": "no tokens"}
+    tpot = (stamps[-1] - stamps[0]) / (tokens - 1) if tokens > 1 else float("nan")
+    return {"ttft": stamps[0] - start, "tpot": tpot, "tokens": tokens}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_level(base: str, model_id: str, concurrency: int, max_tokens: int, deadline_s: float) -> dict:
+    prompt = [(i * 7919) % 40000 + 100 for i in range(PROMPT_TOKENS)]  # [PROMPT_TOKENS] fixed ids
+    body = {
+        "model": model_id,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=deadline_s, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    one_stream(client, {**body, "prompt": [_first_token(concurrency, i), *prompt[1:]]})
+                    for i in range(concurrency)
+                )
+            ),
+            deadline_s,
+        )
+        wall = time.perf_counter() - start
+    ok = [r for r in results if "error" not in r]
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "wall_s": round(wall, 3),
+        "aggregate_tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "ttft_p50_s": round(percentile([r["ttft"] for r in ok], 0.5), 3),
+        "ttft_p99_s": round(percentile([r["ttft"] for r in ok], 0.99), 3),
+        "tpot_p50_ms": round(1000 * percentile([r["tpot"] for r in ok], 0.5), 1),
+        "tpot_p99_ms": round(1000 * percentile([r["tpot"] for r in ok], 0.99), 1),
+    }
+
+
+def _first_token(level: int, index: int) -> int:
+    """A distinct first token per request and level, so no request finds another's prompt cached
+    (block hashes chain from the first block)."""
+    return 1000 + 100 * level + index
+
+
+def prefix_cache_check(base: str, model_id: str) -> dict:
+    system = "You answer questions about the company's hardware catalogue, politely and briefly. " * 60
+
+    def ttft(question: str) -> float:
+        body = {
+            "model": model_id,
+            "max_tokens": 1,
+            "temperature": 0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        }
+        start = time.perf_counter()
+        response = httpx.post(base + "/v1/chat/completions", json=body, timeout=300)
+        response.raise_for_status()
+        return time.perf_counter() - start
+
+    first, second = ttft("Do you sell hammers?"), ttft("Do you sell nails?")
+    return {
+        "first_ttft_s": round(first, 3),
+        "second_ttft_s": round(second, 3),
+        "ratio": round(second / first, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="1,4,16,64")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--kv-cache-gb", type=float, default=1.0)
+    parser.add_argument("--deadline", type=float, default=600.0, help="Seconds allowed per level.")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(port, max_num_seqs=max(levels), kv_cache_gb=args.kv_cache_gb, max_queue=max(levels))
+    try:
+        wait_ready(base, proc)
+        model_id = httpx.get(base + "/v1/models").json()["data"][0]["id"]
+        # Warm-up (not measured): first-use costs such as kernel builds or compilation.
+        asyncio.run(run_level(base, model_id, 2, 8, args.deadline))
+        rows = []
+        for level in levels:
+            row = asyncio.run(run_level(base, model_id, level, args.max_tokens, args.deadline))
+            row["peak_rss_mib"] = round(peak_rss_mib(proc.pid), 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        prefix = prefix_cache_check(base, model_id)
+        print(json.dumps({"prefix_cache": prefix}), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    result = {
+        "model": MODEL,
+        "prompt_tokens": PROMPT_TOKENS,
+        "max_tokens": args.max_tokens,
+        "kv_cache_gb": args.kv_cache_gb,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": os.cpu_count(),
+        "levels": rows,
+        "prefix_cache": prefix,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

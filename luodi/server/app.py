@@ -1,0 +1,221 @@
+"""`create_app`: the FastAPI application — routes, auth, limits, error mapping, metrics, web chat.
+
+Owns how the pieces are put together: the OpenAI routes, `/health`, `/metrics`, the static web
+chat at `/`, and three small ASGI middlewares (plain ASGI, not `BaseHTTPMiddleware`, so streamed
+responses and disconnect notices pass through untouched):
+
+- HTTP metrics (outermost): counts every response by route and status;
+- auth: when a keys file is configured, every route except `/health` and the web page's static
+  files needs `Authorization: Bearer KEY` (the page itself holds no secret; its API calls do);
+- body limit: a body over `max_body_bytes` is refused with 413 before it is read in full.
+
+Must not know how generation works: that is `ModelService` and the routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from luodi.server import protocol as p
+from luodi.server.auth import KeyStore, bearer_token
+from luodi.server.errors import (
+    APIError,
+    AuthenticationError,
+    RequestTooLargeError,
+    error_payload,
+    install_error_handlers,
+)
+from luodi.server.openai_routes import router as openai_router
+from luodi.server.service import ModelService
+
+STATIC_DIR = Path(__file__).parent / "static"
+_OPEN_PATHS = ("/health", "/", "/favicon.ico")
+_OPEN_PREFIXES = ("/static/",)
+
+
+def create_app(service: ModelService) -> FastAPI:
+    """The app for one served model. Starting it (lifespan) loads the model if not loaded yet."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        service.close()
+
+    # No /docs: Swagger UI loads scripts from a CDN, and this server must work offline.
+    app = FastAPI(
+        title="Luodi",
+        summary="OpenAI-compatible API for a locally served model",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    _add_service_routes(app, service)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.openapi = partial(_openapi_naming_the_model, app, service.config.model_name)  # type: ignore[method-assign]
+
+    config = service.config
+    keys = KeyStore.open(config.api_keys_file) if config.api_keys_file is not None else None
+    # add_middleware wraps: the last added runs first.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if keys is not None:
+        app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(HTTPMetricsMiddleware, count=service.metrics.http_requests, route_of=_route_namer(app))
+    return app
+
+
+def _openapi_naming_the_model(app: FastAPI, model_name: str) -> dict[str, Any]:
+    """The OpenAPI schema, with `model` in each request body limited to the one model served."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
+            schema["components"]["schemas"][name]["properties"]["model"]["enum"] = [model_name]
+    return app.openapi_schema  # type: ignore[return-value]
+
+
+def _add_service_routes(app: FastAPI, service: ModelService) -> None:
+    @app.get("/health", response_model=p.HealthStatus, responses={503: {"model": p.HealthStatus}})
+    async def health() -> JSONResponse:
+        """200 once the model is loaded; 503 while loading or after a failed load."""
+        body = p.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail)  # type: ignore[arg-type]
+        return JSONResponse(body.model_dump(), status_code=200 if service.status == "ok" else 503)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        content, content_type = service.metrics.render()
+        return Response(content, media_type=content_type)
+
+    @app.get("/", response_class=FileResponse, include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
+    """The route template a request matches (bounded label values), or "other"."""
+    # Included routers are wrapped by FastAPI; match against their own routes.
+    routes = [
+        r for r in (*openai_router.routes, *app.router.routes) if isinstance(getattr(r, "path", None), str)
+    ]
+
+    def route_of(scope: Scope) -> str:
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route.path  # type: ignore[attr-defined]
+        return "other"
+
+    return route_of
+
+
+async def _send_error(exc: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    status, body, headers = error_payload(exc)
+    await JSONResponse(body, status_code=status, headers=headers or None)(scope, receive, send)
+
+
+class HTTPMetricsMiddleware:
+    def __init__(self, app: ASGIApp, count: Counter, route_of: Callable[[Scope], str]) -> None:
+        self.app, self.count, self.route_of = app, count, route_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.route_of(scope)  # before the app runs: routing adds keys to the scope
+        status = 500  # what the client sees if an error escapes before a response starts
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            self.count.labels(route, str(status)).inc()
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _is_open(scope["path"]):
+            token = bearer_token(_header(scope, b"authorization"))
+            if token is None or self.keys.verify(token) is None:
+                message = (
+                    "missing API key: send the header 'Authorization: Bearer KEY' (create a key with "
+                    "`luodi keys add NAME`)"
+                    if token is None
+                    else "invalid API key"
+                )
+                await _send_error(
+                    AuthenticationError(message, headers={"WWW-Authenticate": "Bearer"}), scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(RequestTooLargeError(self._message(int(declared))), scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _message(self, size: int | None) -> str:
+        what = f"{size} bytes" if size is not None else "the request body"
+        return f"{what} exceed the limit of {self.max_bytes} bytes; send a smaller request"
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count a body sent without Content-Length (chunked) as it arrives."""
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body parsing to our error handler.
+                    raise StarletteHTTPException(413, self._message(None))
+            return message
+
+        return receive_limited
+
+
+__all__ = ["create_app"]

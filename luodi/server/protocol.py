@@ -1,0 +1,299 @@
+"""The OpenAI wire format as pydantic models: requests validated at the boundary, responses built.
+
+Owns field names, types and defaults as OpenAI's API reference gives them, plus the sampling
+extras that vLLM-compatible clients send (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
+`ignore_eos`, `stop_token_ids`). Range checks live in `SamplingParams` (one place), so a bad value
+is reported with the same message through the API and the CLI.
+
+Must not know about the engine, tokenization or HTTP: it turns JSON into typed values and back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from luodi.engine.sampling import SamplingParams
+from luodi.errors import InvalidParameterError
+
+
+class _Request(BaseModel):
+    # Unknown fields (`user`, `metadata`, `store`, ...) are accepted and ignored, as OpenAI does.
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class _SamplingFields(_Request):
+    """Fields shared by chat and completions; `None` means "OpenAI's default"."""
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    # Extras beyond OpenAI's API, named as vLLM names them.
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+
+    def check_supported(self) -> None:
+        """Reject what parses but this server does not do, naming the field."""
+        if self.n not in (None, 1):
+            raise InvalidParameterError(
+                f"n={self.n} is not supported: this server returns one choice; "
+                "send n=1 (or several requests)",
+                param="n",
+            )
+        if self.logit_bias:
+            raise InvalidParameterError("logit_bias is not supported; remove it", param="logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidParameterError(
+                "stream_options is only allowed with stream=true", param="stream_options"
+            )
+
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=_default(self.temperature, 1.0),
+            top_p=_default(self.top_p, 1.0),
+            top_k=_default(self.top_k, 0),
+            min_p=_default(self.min_p, 0.0),
+            repetition_penalty=_default(self.repetition_penalty, 1.0),
+            presence_penalty=_default(self.presence_penalty, 0.0),
+            frequency_penalty=_default(self.frequency_penalty, 0.0),
+            seed=self.seed,
+            stop=tuple(stop),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            min_tokens=_default(self.min_tokens, 0),
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.tools:
+            raise InvalidParameterError(
+                "tools (function calling) are not supported yet; remove them", param="tools"
+            )
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise InvalidParameterError(
+                'only response_format {"type": "text"} is supported', param="response_format"
+            )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParameterError("top_logprobs needs logprobs=true", param="top_logprobs")
+
+    def to_sampling_params(self) -> SamplingParams:
+        self.check_supported()
+        # max_completion_tokens replaces the deprecated max_tokens; either works, the newer wins.
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self.sampling_params(max_tokens, logprobs)
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        # The "developer" role is OpenAI's new name for "system"; chat templates know only the latter.
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's completions default
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise InvalidParameterError("echo is not supported; remove it", param="echo")
+        if self.suffix:
+            raise InvalidParameterError("suffix (insertion) is not supported; remove it", param="suffix")
+        if self.best_of not in (None, 1):
+            raise InvalidParameterError("best_of is not supported; send best_of=1", param="best_of")
+
+    def to_sampling_params(self) -> SamplingParams:
+        self.check_supported()
+        return self.sampling_params(self.max_tokens, self.logprobs)
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt (text or token ids); a batch of several is refused with a clear message."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise InvalidParameterError(
+                    f"a batch of {len(prompt)} prompts is not supported; send one "
+                    "prompt per request (they run concurrently)",
+                    param="prompt",
+                )
+            prompt = prompt[0]
+        if isinstance(prompt, list) and not prompt:
+            raise InvalidParameterError(
+                "the prompt is empty; give text or at least one token id", param="prompt"
+            )
+        return prompt  # type: ignore[return-value]
+
+
+class EmbeddingRequest(_Request):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+# -- responses --------------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=now)
+    owned_by: str = "luodi"
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    top_logprobs: list[dict[str, float]] = []
+    text_offset: list[int] = []
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "loading", "failed"]
+    model: str
+    detail: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

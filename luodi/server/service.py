@@ -1,0 +1,196 @@
+"""`ModelService`: the one served model behind the routes — loading, admission, and metered generation.
+
+Owns the model's lifecycle (loading in the background, so the server answers 503 until it is
+ready instead of refusing connections), the admission limit that turns an overfull queue into
+429 rather than unbounded memory and latency, the checks a request must pass before its
+response starts (the model name, the prompt fitting the context window), and the per-request
+metrics (time to first token, time per output token, token counters, finish reasons).
+
+Must not know about HTTP or the OpenAI wire format: routes call it with prompt ids and
+`SamplingParams` and receive `RequestOutput`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from luodi.engine.async_engine import AsyncLLMEngine
+from luodi.engine.engine import LLMEngine, RequestOutput
+from luodi.engine.sampling import SamplingParams
+from luodi.errors import InvalidParameterError, LuodiError, PromptTooLongError
+from luodi.llm import LLM
+from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
+from luodi.server.metrics import ServerMetrics
+
+log = logging.getLogger("luodi.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    model_name: str  # the id clients send as "model" and /v1/models lists
+    max_queue: int = 64  # requests admitted beyond the running batch before 429
+    max_body_bytes: int = 4 * 2**20  # ~1M tokens of text: far above any context window we serve
+    api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
+    retry_after_s: int = 1  # told to clients refused with 429
+
+
+class Admission:
+    """One admitted request's place in the server; `release` is idempotent (called from two paths)."""
+
+    def __init__(self, service: ModelService) -> None:
+        self._service = service
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._service._num_admitted -= 1  # only the event loop thread admits and releases
+
+
+class ModelService:
+    def __init__(self, config: ServerConfig, load: Callable[[], LLM]) -> None:
+        self.config = config
+        self._load = load
+        self._llm: LLM | None = None
+        self._engine: AsyncLLMEngine | None = None
+        self._num_admitted = 0
+        self.status = "loading"
+        self.detail: str | None = None
+        self.metrics = ServerMetrics(self._sync_engine, lambda: self._num_admitted)
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_llm(cls, config: ServerConfig, llm: LLM) -> ModelService:
+        """A service for a model that is already loaded (tests, embedding in another program)."""
+        service = cls(config, lambda: llm)
+        service._ready(llm)
+        return service
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Load the model in a background thread (no-op when already loaded or loading)."""
+        if self._llm is not None or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._load_now, args=(on_failure,), name="luodi-load", daemon=True
+        )
+        self._thread.start()
+
+    def _load_now(self, on_failure: Callable[[str], None] | None) -> None:
+        try:
+            self._ready(self._load())
+            log.info("model %s is ready", self.config.model_name)
+        except LuodiError as exc:
+            self._failed(str(exc), on_failure)
+        except Exception as exc:  # a bug while loading: keep serving errors, log the traceback
+            log.exception("loading %s failed", self.config.model_name)
+            self._failed(
+                f"internal error while loading the model ({type(exc).__name__}); see the server log",
+                on_failure,
+            )
+
+    def _ready(self, llm: LLM) -> None:
+        self._engine = AsyncLLMEngine(llm.engine)
+        self._llm = llm
+        self.status = "ok"
+
+    def _failed(self, detail: str, on_failure: Callable[[str], None] | None) -> None:
+        self.status, self.detail = "failed", detail
+        log.error("cannot serve %s: %s", self.config.model_name, detail)
+        if on_failure is not None:
+            on_failure(detail)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+
+    def _sync_engine(self) -> LLMEngine | None:
+        return self._llm.engine if self._llm is not None else None
+
+    # -- checks before a response starts --------------------------------------------------------
+    def ready_llm(self, requested_model: str | None = None) -> LLM:
+        """The loaded model; 503 while loading (or failed), 404 if the client named another model."""
+        if self._llm is None:
+            message = (
+                f"the model {self.config.model_name} failed to load: {self.detail}"
+                if self.status == "failed"
+                else f"the model {self.config.model_name} is still loading; "
+                "retry shortly (GET /health says when it is ready)"
+            )
+            raise ModelLoadingError(message, headers={"Retry-After": "5"})
+        if requested_model is not None and requested_model != self.config.model_name:
+            raise ModelNotServedError(
+                f"model {requested_model!r} is not served here; this server serves "
+                f"{self.config.model_name!r} (GET /v1/models)",
+                param="model",
+            )
+        return self._llm
+
+    def check_prompt(
+        self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt"
+    ) -> None:
+        """The engine's own checks, made before a streamed response has sent its 200 status."""
+        llm = self.ready_llm()
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty; give at least one token", param=prompt_param)
+        vocab = llm.loaded.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param=prompt_param)
+        n, limit = len(prompt_ids), llm.context_window
+        if n + (params.max_tokens or 1) > limit:
+            asked = f" + max_tokens {params.max_tokens}" if params.max_tokens else ""
+            raise PromptTooLongError(
+                f"{n} prompt tokens{asked} exceed the context window of {limit} tokens; "
+                "shorten the prompt or lower max_tokens",
+                param="max_tokens" if n < limit else prompt_param,
+            )
+
+    def admit(self) -> Admission:
+        """A place for one more request, or 429 when the running batch and the queue are full."""
+        llm = self.ready_llm()
+        capacity = llm.engine.config.max_num_seqs + self.config.max_queue
+        if self._num_admitted >= capacity:
+            raise QueueFullError(
+                f"the server is at capacity ({capacity} requests running or queued); "
+                f"retry after {self.config.retry_after_s} s",
+                headers={"Retry-After": str(self.config.retry_after_s)},
+            )
+        self._num_admitted += 1
+        return Admission(self)
+
+    # -- generation --------------------------------------------------------------------------------
+    async def generate(
+        self, admission: Admission, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Stream one admitted request; leaving early (a client gone) aborts it and frees its blocks."""
+        assert self._engine is not None, "admit() guarantees a loaded model"
+        m = self.metrics
+        start = time.perf_counter()
+        first = last = 0.0
+        final: RequestOutput | None = None
+        reason = "abort"
+        try:
+            async for out in self._engine.generate(prompt_ids, params):
+                last = time.perf_counter()
+                if final is None:
+                    first = last
+                    m.ttft.observe(first - start)
+                    m.prompt_tokens.inc(len(prompt_ids))
+                m.generation_tokens.inc(len(out.new_token_ids))
+                final = out
+                if out.finished:
+                    reason = out.finish_reason or "stop"
+                yield out
+        except Exception:
+            reason = "error"
+            raise
+        finally:
+            admission.release()
+            m.requests_finished.labels(reason).inc()
+            if final is not None and final.num_output_tokens > 1:
+                m.tpot.observe((last - first) / (final.num_output_tokens - 1))

@@ -1,0 +1,197 @@
+// Luodi web chat: streams /v1/chat/completions (server-sent events) into the page.
+// Plain browser JavaScript, no build step, no external assets. Text is inserted with
+// textContent only, never as HTML, so model output cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { model: null, history: [], controller: null };
+
+function apiKey() { return $("api-key").value.trim() || localStorage.getItem("luodi-api-key") || ""; }
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = apiKey();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    return (body.error && body.error.message) || response.statusText;
+  } catch (_) {
+    return response.status + " " + response.statusText;
+  }
+}
+
+async function loadModel() {
+  const response = await fetch("/v1/models", { headers: headers() });
+  if (response.status === 401) {
+    $("model").textContent = "this server needs an API key (Settings)";
+    $("settings").open = true;
+    return;
+  }
+  if (!response.ok) {
+    $("model").textContent = await errorMessage(response);
+    setTimeout(loadModel, 2000); // 503 while the model loads: try again
+    return;
+  }
+  const body = await response.json();
+  state.model = body.data[0].id;
+  $("model").textContent = state.model;
+}
+
+function addMessage(role, text) {
+  const box = document.createElement("div");
+  box.className = "message " + role;
+  const body = document.createElement("div");
+  body.className = "text";
+  body.textContent = text;
+  box.appendChild(body);
+  $("messages").appendChild(box);
+  box.scrollIntoView({ block: "end" });
+  return box;
+}
+
+function setStats(box, text) {
+  let stats = box.querySelector(".stats");
+  if (!stats) {
+    stats = document.createElement("div");
+    stats.className = "stats";
+    box.appendChild(stats);
+  }
+  stats.textContent = text;
+}
+
+// Split an SSE byte stream into `data:` payloads; comments (": ping") are skipped.
+async function* sseData(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
+      if (data.length) yield data.join("\n");
+    }
+  }
+}
+
+function requestBody() {
+  const system = $("system").value.trim();
+  const messages = (system ? [{ role: "system", content: system }] : []).concat(state.history);
+  return {
+    model: state.model,
+    messages: messages,
+    stream: true,
+    stream_options: { include_usage: true },
+    temperature: Number($("temperature").value),
+    max_tokens: Number($("max-tokens").value),
+  };
+}
+
+function formatStats(usage, firstAt, lastAt, startAt, stopped) {
+  const parts = [];
+  if (usage) parts.push(usage.completion_tokens + " tokens");
+  if (usage && lastAt > firstAt && usage.completion_tokens > 1) {
+    parts.push(((usage.completion_tokens - 1) / ((lastAt - firstAt) / 1000)).toFixed(1) + " tok/s");
+  }
+  if (firstAt) parts.push("first token " + ((firstAt - startAt) / 1000).toFixed(2) + " s");
+  if (stopped) parts.push("stopped");
+  return parts.join(" · ");
+}
+
+async function send(text) {
+  state.history.push({ role: "user", content: text });
+  addMessage("user", text);
+  const box = addMessage("assistant", "");
+  box.classList.add("streaming");
+  const out = box.querySelector(".text");
+  state.controller = new AbortController();
+  setBusy(true);
+  const startAt = performance.now();
+  let firstAt = 0, lastAt = 0, usage = null, stopped = false, received = 0;
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const data of sseData(response)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
+      const delta = chunk.choices.length ? chunk.choices[0].delta : null;
+      if (delta && delta.content) {
+        const now = performance.now();
+        if (!firstAt) firstAt = now;
+        lastAt = now;
+        received += 1;
+        out.textContent += delta.content;
+        box.scrollIntoView({ block: "end" });
+      }
+    }
+  } catch (error) {
+    if (error.name === "AbortError") {
+      stopped = true;
+    } else {
+      box.classList.add("error");
+      out.textContent += (out.textContent ? "\n" : "") + "Error: " + error.message;
+    }
+  } finally {
+    box.classList.remove("streaming");
+    setBusy(false);
+    state.controller = null;
+  }
+  if (!usage && received) usage = { completion_tokens: received }; // stopped early: count the deltas
+  setStats(box, formatStats(usage, firstAt, lastAt, startAt, stopped));
+  if (out.textContent && !box.classList.contains("error")) {
+    state.history.push({ role: "assistant", content: out.textContent });
+  } else {
+    state.history.pop(); // keep the history a clean user/assistant alternation
+  }
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || state.controller) return;
+  $("prompt").value = "";
+  if (!state.model) {
+    addMessage("assistant error", "The model is not ready yet.");
+    return;
+  }
+  send(text);
+});
+
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
+
+$("new-chat").addEventListener("click", () => {
+  if (state.controller) state.controller.abort();
+  state.history = [];
+  $("messages").replaceChildren();
+});
+
+$("api-key").addEventListener("change", () => {
+  localStorage.setItem("luodi-api-key", $("api-key").value.trim());
+  loadModel();
+});
+
+loadModel();
