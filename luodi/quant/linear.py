@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from luodi.errors import InvalidParameterError
+from luodi.kernels import lowbit
 from luodi.kernels.linear import can_pack_bf16
 from luodi.quant.weight_only import (
     check_group_size,
@@ -160,7 +161,12 @@ class QuantLinear(nn.Module):
         for name in self._kernel_buffers:
             if hasattr(self, name):
                 delattr(self, name)
+        self.native = None
         self.has_kernel = False
+
+    # The native VNNI GEMV (luodi.kernels.lowbit) when it built on this CPU: it streams weights at
+    # 2-4x the rate of torch's int8/int4 kernels for decode-sized M (benchmarks/lowbit_kernels.py).
+    native: lowbit.PackedInt8 | lowbit.PackedInt4 | None = None
 
     def _kernel_matmul(self, x: Tensor) -> Tensor:
         """bf16 [M, K] contiguous -> bf16 [M, N], no bias."""
@@ -263,9 +269,13 @@ class Int8Linear(QuantLinear):
             return False
         self.qweight = _aligned(self.qweight)  # a memory-mapped file gives any alignment
         self.register_buffer("kernel_scales", self.scales.to(torch.bfloat16), persistent=False)
+        if lowbit.native_available():
+            self.native = lowbit.prepack_int8(self.qweight, self.scales)
         return True
 
     def _kernel_matmul(self, x: Tensor) -> Tensor:
+        if self.native is not None:
+            return lowbit.int8_linear(x, self.native)
         return torch.ops.aten._weight_int8pack_mm(_aligned(x), self.qweight, self.kernel_scales)
 
     def _dequantize_bf16(self, start: int, end: int) -> Tensor:
@@ -326,6 +336,11 @@ class Int4Linear(QuantLinear):
         # The kernel computes w = (q - 8) * scale + zero per group (aten/native/cpu/int4mm_kernel.cpp),
         # so zero = min + 8 * scale; tests/quant/test_linear.py checks this against dequantize().
         # Its packing needs N % 16 == 0: pad with zero-scale rows and slice them off the output.
+        self.register_buffer("kernel_scales", self.scales.to(torch.bfloat16), persistent=False)  # [N, G]
+        self.register_buffer("kernel_mins", self.mins.to(torch.bfloat16), persistent=False)  # [N, G]
+        if lowbit.native_available():
+            self.native = lowbit.prepack_int4(self.qweight, self.scales, self.mins, self.group_size)
+            return True
         n, padded = self.out_features, -(-self.out_features // 16) * 16
         q = F.pad(unpack_int4(self.qweight).to(torch.int32), (0, 0, 0, padded - n))  # [N', K]
         scales, mins = self.scales.float(), self.mins.float()
@@ -336,11 +351,11 @@ class Int4Linear(QuantLinear):
         self.register_buffer("kernel_scales_and_zeros",
                              scales_and_zeros.transpose(0, 1).to(torch.bfloat16).contiguous(),  # [G, N', 2]
                              persistent=False)
-        self.register_buffer("kernel_scales", self.scales.to(torch.bfloat16), persistent=False)  # [N, G]
-        self.register_buffer("kernel_mins", self.mins.to(torch.bfloat16), persistent=False)
         return True
 
     def _kernel_matmul(self, x: Tensor) -> Tensor:
+        if self.native is not None:
+            return lowbit.int4_linear(x, self.native)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.kernel_weight, self.group_size, self.kernel_scales_and_zeros
         )  # [M, N']

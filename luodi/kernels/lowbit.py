@@ -1,0 +1,325 @@
+"""INT8 and INT4 weight-only linear layers for CPU decode: native AVX-512 VNNI GEMV, torch fallback.
+
+Owns turning Luodi's stored quantized weights into a kernel-ready packed form (once, at load time)
+and computing `y = x @ W.T (+ bias)` from it. It knows nothing of models or of how the weights were
+quantized; the stored forms it accepts are
+
+- INT8: `qweight` int8 [N, K], `scales` [N] (per output channel, symmetric): w = q * scale;
+- INT4: `qweight` uint8 [N, K/2] (low nibble = even column), `scales` and `mins` fp16
+  [N, ceil(K/g)], g in {32, 64, 128}: w = q * scale + min, q in 0..15.
+
+Decode is bound by memory bandwidth (every weight byte is read once per token), so the native
+kernels (`native/lowbit.cpp`, compiled at first use into `$LUODI_HOME/build`) stream a tiled
+layout once and do the arithmetic in int8: each activation row is quantized in blocks of 32 with
+one fp32 scale per block (ggml's Q8_0, `quantize_row_q8_0`), and products are summed in int32 with
+`_mm512_dpbusd_epi32`. Packed layouts (16 output rows per tile; N padded to 16, K to 32 or g):
+INT8 `[N/16][K/4][16][4]` bytes holding q + 128; INT4 per tile and group `[g/8][16][4]` bytes
+(low nibble = column k, high = k + 4 within each run of 8 columns) then 16 fp16 scales and 16 fp16
+mins, so a tile is one sequential read.
+
+Accuracy. Only x is rounded; the weights are used exactly as stored, and the sums of x that
+multiply weight terms (the INT8 +128 offset, the INT4 min) are sums of the rounded x, so each
+output is exactly x_rounded @ W.T up to fp32 summation (ggml does the same). Rounding x to
+d_b * q with d_b = max|x_b| / 127 moves each element by at most d_b / 2, so
+
+    |y - x @ W.T| <= sum_b (d_b / 2) * sum_{k in b} |W[n, k]|        (`activation_error_bound`)
+
+plus fp32 summation error and the output's own rounding for bf16/fp16 x. Measured on SmolLM2-135M
+(real weights re-quantized with luodi.quant, real activations of every linear layer on a short
+mixed English/Chinese text; `benchmarks/lowbit_kernels.py --accuracy`), against the float
+reference x @ dequantized(W).T: RMS error / RMS y = 0.21 % (INT8 and INT4 alike, fp32 x) and
+0.29 % with bf16 x — about the size of rounding the output to bf16 (0.21 %). The worst layer's
+max |error| / max |y| is 2.5 % against bf16 rounding's 0.4 %: in blocks holding an outlier
+channel (here v_proj inputs with one channel 26x the RMS) the other elements get few levels. So
+the activation rounding is larger than bf16 rounding at the worst outputs, but 5x smaller than
+what INT4 weight rounding itself costs (1.1 % RMS, 12 % worst-layer max).
+
+Speed (`benchmarks/lowbit_kernels.py`, Zen 4, weights streamed from DRAM, M = 1): SPEED_PLACEHOLDER
+
+If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
+is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
+own forms instead, for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu`
+(fast only for bf16 x). They keep x unrounded and round the scales to bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from luodi.errors import InvalidParameterError, ModelFormatError
+from luodi.paths import luodi_home
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "native" / "lowbit.cpp"
+EXTENSION_NAME = "luodi_lowbit"
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+GROUP_SIZES = (32, 64, 128)
+TILE = 16  # output rows per tile in the native layouts
+BLOCK = 32  # activation quantization block
+# The native kernels take up to 8 rows per pass over the weights (more rows: more passes, the
+# weights then come from cache). Measured against every torch path for the same weights (1 thread,
+# 2048 x 2048) they were faster for all M up to 1024, tying W8A8 `torch._int_mm` from M ~ 256: a
+# prompt batch needs no other path. Beyond NATIVE_MAX_ROWS nothing was measured.
+NATIVE_MAX_ROWS = 1024
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# -- building the native kernels ------------------------------------------------------------------
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _build_dir() -> Path:
+    # Keyed by everything the binary depends on: the source, torch, the flags, and this CPU
+    # (-march=native code must not be reused on another CPU model sharing the home directory).
+    cpu = platform.processor() + " ".join(sorted(_cpu_flags()))
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), cpu.encode()])
+    ).hexdigest()[:16]
+    return luodi_home() / "build" / f"lowbit-{key}"
+
+
+def _compile() -> Any:  # the extension module
+    from torch.utils import cpp_extension
+
+    build_dir = _build_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{EXTENSION_NAME}.so").exists():
+        print(f"luodi: compiling native low-bit kernels into {build_dir} (first use only)", file=sys.stderr)
+    return cpp_extension.load(
+        name=EXTENSION_NAME, sources=[str(SOURCE)], build_directory=str(build_dir),
+        extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"], verbose=False,
+    )
+
+
+_module: Any = None  # the loaded extension, once `native_available()` has found it
+
+
+@functools.cache
+def _native_or_reason() -> tuple[Any, str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None, f"CPU architecture {platform.machine()} is not x86-64"
+    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in _cpu_flags()]
+    if missing:
+        return None, f"CPU lacks {', '.join(missing)}"
+    try:
+        module = _compile()
+    except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch's kernels"
+        return None, f"compiling {SOURCE.name} failed: {type(exc).__name__}: {str(exc).strip()[-500:]}"
+    if not module.cpu_supported():
+        return None, "CPU lacks the instructions the native kernels were compiled for"
+    global _module
+    _module = module
+    return module, ""
+
+
+def native_available() -> bool:
+    """Whether the native kernels can run here (compiles them on first call)."""
+    module, reason = _native_or_reason()
+    if module is None:
+        _log_once(reason)
+    return module is not None
+
+
+def native_unavailable_reason() -> str:
+    """Why `native_available()` is False ('' when it is True)."""
+    return _native_or_reason()[1]
+
+
+@functools.cache
+def _log_once(reason: str) -> None:
+    log.warning("native low-bit kernels unavailable (%s); using torch's int8/int4 kernels", reason)
+
+
+# -- packed forms ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PackedInt8:
+    """An INT8 weight ready for `int8_linear`: the native tiled layout, or torch's int8pack form."""
+
+    weight: torch.Tensor  # native: uint8 [N'/16 * K'/4 * 64]; torch: int8 [N, K']  (K' = K rounded up to 32)
+    scales: torch.Tensor  # float32 [N'] (native; N' = N rounded up to 16) or [N]
+    out_features: int
+    in_features: int
+    padded_in_features: int
+    is_native: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PackedInt4:
+    """An INT4 weight ready for `int4_linear`: the native tiled layout, or torch's int4pack form."""
+
+    weight: torch.Tensor  # native: uint8 [N/16, G, 8g + 64]; torch: its int4pack [N', K'/2]
+    scale_zeros: torch.Tensor | None  # torch only: bf16 [G, N', 2], zero = min + 8 * scale
+    out_features: int
+    in_features: int
+    padded_in_features: int  # G * g
+    group_size: int
+    is_native: bool
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def prepack_int8(qweight: torch.Tensor, scales: torch.Tensor) -> PackedInt8:
+    """Pack an INT8 weight (int8 [N, K], scales [N]) for `int8_linear`."""
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise ModelFormatError(
+            f"INT8 qweight must be a 2-D int8 tensor [N, K], got {qweight.dtype} {tuple(qweight.shape)}; "
+            "quantize the weight per output channel first"
+        )
+    n, k = qweight.shape
+    if scales.numel() != n or not scales.is_floating_point():
+        raise ModelFormatError(
+            f"INT8 scales must be {n} floats (one per output row), got {scales.dtype} {tuple(scales.shape)}"
+        )
+    kp = _round_up(k, BLOCK)  # torch's int8pack also needs K % 32 == 0 (it crashes otherwise)
+    scales = scales.detach().reshape(n).float()
+    if not native_available():
+        return PackedInt8(F.pad(qweight, (0, kp - k)).contiguous(), scales.contiguous(), n, k, kp, False)
+    np_ = _round_up(n, TILE)
+    offset = F.pad(qweight, (0, kp - k, 0, np_ - n)).view(torch.uint8) ^ 0x80  # q + 128, [N', K']
+    tiles = offset.view(np_ // TILE, TILE, kp // 4, 4).permute(0, 2, 1, 3)  # [N'/16, K'/4, 16, 4]
+    return PackedInt8(tiles.contiguous().view(-1), F.pad(scales, (0, np_ - n)).contiguous(), n, k, kp, True)
+
+
+def _check_int4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int) -> None:
+    if group_size not in GROUP_SIZES:
+        raise ModelFormatError(f"INT4 group size {group_size} is not supported; use one of {GROUP_SIZES}")
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise ModelFormatError(
+            f"INT4 qweight must be a 2-D uint8 tensor [N, K/2] of packed nibbles, got {qweight.dtype} "
+            f"{tuple(qweight.shape)}"
+        )
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    groups = -(-k // group_size)
+    for name, t in (("scales", scales), ("mins", mins)):
+        if tuple(t.shape) != (n, groups) or not t.is_floating_point():
+            raise ModelFormatError(
+                f"INT4 {name} must be floats [{n}, {groups}] (N, ceil(K/{group_size})), got {t.dtype} "
+                f"{tuple(t.shape)}"
+            )
+
+
+def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K/2] -> uint8 codes [N, K]; the low nibble is the even column."""
+    return torch.stack([qweight & 0x0F, qweight >> 4], dim=-1).view(qweight.shape[0], -1)
+
+
+def prepack_int4(
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int
+) -> PackedInt4:
+    """Pack an INT4 weight (nibbles uint8 [N, K/2], scales and mins [N, K/g], kept as fp16)."""
+    _check_int4(qweight, scales, mins, group_size)
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    kp, np_ = scales.shape[1] * group_size, _round_up(n, TILE)
+    codes = F.pad(unpack_nibbles(qweight.detach()), (0, kp - k, 0, np_ - n))  # [N', K']
+    scales, mins = (F.pad(t.detach().half(), (0, 0, 0, np_ - n)) for t in (scales, mins))  # [N', G]
+    if not native_available():
+        weight, scale_zeros = _torch_int4_form(codes, scales, mins)
+        return PackedInt4(weight, scale_zeros, n, k, kp, group_size, False)
+    return PackedInt4(_native_int4_layout(codes, scales, mins, group_size), None, n, k, kp, group_size, True)
+
+
+def _native_int4_layout(
+    codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, g: int
+) -> torch.Tensor:
+    """codes uint8 [N', K'], fp16 scales/mins [N', G] -> uint8 [N'/16, G, 8g + 64] (module docstring)."""
+    np_, kp = codes.shape
+    tiles, groups = np_ // TILE, kp // g
+    runs = codes.view(np_, groups, g // 8, 2, 4)  # runs of 8 columns: k..k+3, then k+4..k+7
+    nibbles = runs[:, :, :, 0] | (runs[:, :, :, 1] << 4)  # [N', G, g/8, 4]
+    nibbles = nibbles.view(tiles, TILE, groups, g // 8, 4).permute(0, 2, 3, 1, 4)  # [N'/16, G, g/8, 16, 4]
+
+    def per_tile(t: torch.Tensor) -> torch.Tensor:  # fp16 [N', G] -> bytes [N'/16, G, 32]
+        return t.view(tiles, TILE, groups).transpose(1, 2).contiguous().view(torch.uint8)
+
+    return torch.cat([nibbles.reshape(tiles, groups, 8 * g), per_tile(scales), per_tile(mins)], dim=-1)
+
+
+def _torch_int4_form(
+    codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's int4pack weight and bf16 (scale, zero) [G, N', 2]; torch computes (q - 8) * scale + zero."""
+    zeros = mins.float() + 8 * scales.float()
+    scale_zeros = torch.stack([scales.float().T, zeros.T], dim=-1).to(torch.bfloat16).contiguous()
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1), scale_zeros
+
+
+# -- the linear layers ----------------------------------------------------------------------------
+# The native calls check and reshape x in C++: on a 2-core machine the same checks in Python cost
+# more than the kernel itself for a small decode matmul (~8 us of ~15).
+def int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] (fp32/bf16/fp16) @ W.T + bias -> [..., N] in x's dtype (an fp32 bias is fastest)."""
+    if not packed.is_native:
+        return _torch_int8_linear(x, packed, bias)
+    try:
+        return _module.int8_linear(x, packed.weight, packed.scales, bias, packed.out_features,
+                                   packed.in_features, packed.padded_in_features)
+    except ValueError as exc:
+        raise InvalidParameterError(f"int8_linear: {exc}") from None
+
+
+def int4_linear(x: torch.Tensor, packed: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] (fp32/bf16/fp16) @ W.T + bias -> [..., N] in x's dtype (an fp32 bias is fastest)."""
+    if not packed.is_native:
+        return _torch_int4_linear(x, packed, bias)
+    try:
+        return _module.int4_linear(x, packed.weight, bias, packed.out_features, packed.in_features,
+                                   packed.padded_in_features, packed.group_size)
+    except ValueError as exc:
+        raise InvalidParameterError(f"int4_linear: {exc}") from None
+
+
+def _flatten_input(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    if x.shape[-1] != in_features:
+        raise InvalidParameterError(f"input has {x.shape[-1]} features, the weight expects {in_features}")
+    if x.dtype not in INPUT_DTYPES:
+        raise InvalidParameterError(f"input dtype {x.dtype} is not supported; use one of {INPUT_DTYPES}")
+    return x.reshape(-1, in_features)  # [M, K]
+
+
+def _torch_int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None) -> torch.Tensor:
+    x2 = F.pad(_flatten_input(x, packed.in_features), (0, packed.padded_in_features - packed.in_features))
+    y = torch._weight_int8pack_mm(x2, packed.weight, packed.scales.to(x.dtype))
+    y = y if bias is None else y + bias.to(y.dtype)
+    return y.view(*x.shape[:-1], packed.out_features)
+
+
+def _torch_int4_linear(x: torch.Tensor, packed: PackedInt4, bias: torch.Tensor | None) -> torch.Tensor:
+    assert packed.scale_zeros is not None  # built together with the torch form
+    x2 = F.pad(_flatten_input(x, packed.in_features), (0, packed.padded_in_features - packed.in_features))
+    scale_zeros = packed.scale_zeros.to(x.dtype)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed.weight, packed.group_size, scale_zeros)
+    y = y[:, : packed.out_features]
+    y = y if bias is None else y + bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], packed.out_features)
+
+
+# -- numerics helpers shared with the tests -------------------------------------------------------
+def activation_error_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Worst-case |y - x @ W.T| [M, N] from rounding x to int8 per 32-column block (see docstring)."""
+    m, k = x.shape
+    kp = _round_up(k, BLOCK)
+    step = F.pad(x.float().abs(), (0, kp - k)).view(m, -1, BLOCK).amax(-1) / 127  # [M, K'/32]
+    w_abs = F.pad(weight.float().abs(), (0, kp - k)).view(weight.shape[0], -1, BLOCK).sum(-1)  # [N, K'/32]
+    return (step / 2) @ w_abs.T

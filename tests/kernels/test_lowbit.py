@@ -1,0 +1,277 @@
+"""Low-bit GEMV kernels against the float reference x @ dequantized(W).T.
+
+The native kernels round only the activations (int8 per block of 32, ggml Q8_0), so each output
+must lie within the worst-case bound derived in `luodi.kernels.lowbit` (half a quantization step
+per element times |W|), plus fp32 summation error and, for 16-bit outputs, the output's own
+rounding. The RMS error must also stay near the value the rounding noise predicts (uniform on
+±step/2: variance step² / 12), which a wrong layout or scale would exceed by orders of magnitude.
+The torch fallback keeps x unrounded but stores scales in bf16; it is checked against a reference
+built from those rounded scales, and against the native result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from luodi.errors import InvalidParameterError, ModelFormatError
+from luodi.kernels import lowbit
+
+needs_native = pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
+
+N, K = 67, 300  # N odd and not a multiple of the 16-row tile, K not a multiple of 32 (nor 256)
+FP32_SUM_EPS = 1e-5  # fp32 accumulation over a few hundred terms, relative to sum |x| |w|
+# One ulp of the output, relative to its value, at most (bf16 keeps 8 significant bits, fp16 11).
+OUTPUT_ULP = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+# -- stored forms and their float oracle ---------------------------------------------------------
+def activations(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Hidden-state-like rows: Gaussian with a few outlier channels 20x larger."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    x[:, torch.randperm(k, generator=gen)[:4]] *= 20
+    return x.to(dtype)
+
+
+def weights(n: int, k: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
+def stored_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scales = w.abs().amax(1) / 127  # [N]
+    return torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
+def stored_int4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(nibbles uint8 [N, K/2], scales fp16 [N, G], mins fp16 [N, G]); the last group may be partial."""
+    n, k = w.shape
+    groups = -(-k // g)
+    padded = F.pad(w, (0, groups * g - k)).view(n, groups, g)  # [N, G, g]
+    mins = padded.amin(-1).half()
+    scales = ((padded.amax(-1) - mins.float()) / 15).clamp_min(1e-6).half()
+    steps = (padded - mins.float()[..., None]) / scales.float()[..., None]
+    q = torch.round(steps).clamp(0, 15).to(torch.uint8).view(n, groups * g)[:, :k]  # [N, K]
+    return q[:, 0::2] | (q[:, 1::2] << 4), scales, mins
+
+
+def codes(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K/2] -> float q [N, K]; the low nibble is the even column."""
+    q = torch.empty(nibbles.shape[0], 2 * nibbles.shape[1])
+    q[:, 0::2], q[:, 1::2] = (nibbles & 0x0F).float(), (nibbles >> 4).float()
+    return q
+
+
+def per_column(t: torch.Tensor, g: int, k: int) -> torch.Tensor:
+    """[N, G] per-group values -> [N, K]."""
+    return t.float().repeat_interleave(g, dim=1)[:, :k]
+
+
+def dequant_int4(nibbles: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, g: int) -> torch.Tensor:
+    q = codes(nibbles)
+    return q * per_column(scales, g, q.shape[1]) + per_column(mins, g, q.shape[1])  # [N, K]
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = x.double() @ w.double().T
+    return y if bias is None else y + bias.double()
+
+
+def rms_prediction(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Predicted RMS output error [M, N] from rounding x to int8 per block (uniform noise)."""
+    m, k = x.shape
+    kp = -(-k // 32) * 32
+    step = F.pad(x.float().abs(), (0, kp - k)).view(m, -1, 32).amax(-1) / 127  # [M, K'/32]
+    w_sq = F.pad(w.float() ** 2, (0, kp - k)).view(w.shape[0], -1, 32).sum(-1)  # [N, K'/32]
+    return ((step**2 / 12) @ w_sq.T).sqrt()
+
+
+def assert_within_activation_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias=None) -> None:
+    ref = reference(x, w, bias)
+    err = (y.double() - ref).abs()
+    bound = lowbit.activation_error_bound(x, w).double()
+    bound += FP32_SUM_EPS * (x.double().abs() @ w.double().abs().T) + 1e-6
+    bound += OUTPUT_ULP[y.dtype] * (ref.abs() + bound)
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert (err <= bound).all(), f"max error {err.max():.3g} where bound {bound.flatten()[err.argmax()]:.3g}"
+    # Output rounding adds at most half an ulp RMS on top of the activation noise.
+    noise = (rms_prediction(x, w).double() ** 2 + (OUTPUT_ULP[y.dtype] / 2 * ref) ** 2).mean().sqrt()
+    rms = err.pow(2).mean().sqrt()
+    assert rms <= 1.5 * noise, f"RMS error {rms:.3g}, predicted noise {noise:.3g}"
+
+
+# -- native kernels -------------------------------------------------------------------------------
+@needs_native
+@pytest.mark.parametrize("m", range(1, 10))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_matches_float_reference(m: int, dtype: torch.dtype) -> None:
+    w = weights(N, K)
+    qweight, scales = stored_int8(w)
+    x = activations(m, K, dtype)
+    y = lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales))
+    assert_within_activation_bound(y, x, qweight.float() * scales[:, None])
+
+
+@needs_native
+@pytest.mark.parametrize("m", range(1, 10))
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_matches_float_reference(m: int, group_size: int) -> None:
+    k = 320  # a partial last group for g = 64 and 128
+    nibbles, scales, mins = stored_int4(weights(N, k), group_size)
+    x = activations(m, k, torch.bfloat16 if m % 2 else torch.float32)
+    y = lowbit.int4_linear(x, lowbit.prepack_int4(nibbles, scales, mins, group_size))
+    assert_within_activation_bound(y, x, dequant_int4(nibbles, scales, mins, group_size))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bias_and_leading_dims(dtype: torch.dtype) -> None:
+    w = weights(N, K)
+    bias = torch.randn(N)
+    x = activations(6, K, dtype)
+    qweight, scales = stored_int8(w)
+    y8 = lowbit.int8_linear(x.view(2, 3, K), lowbit.prepack_int8(qweight, scales), bias.to(dtype))
+    assert y8.shape == (2, 3, N)
+    assert_within_activation_bound(y8.view(6, N), x, qweight.float() * scales[:, None], bias.to(dtype))
+    nibbles, s4, m4 = stored_int4(w, 32)
+    y4 = lowbit.int4_linear(x.view(2, 3, K), lowbit.prepack_int4(nibbles, s4, m4, 32), bias)
+    assert_within_activation_bound(y4.view(6, N), x, dequant_int4(nibbles, s4, m4, 32), bias)
+
+
+@needs_native
+def test_zero_and_constant_rows() -> None:
+    # An all-zero block has no scale (max |x| = 0); a constant row quantizes exactly.
+    w = weights(N, K)
+    qweight, scales = stored_int8(w)
+    x = torch.zeros(2, K)
+    x[1] = 0.5
+    y = lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales))
+    ref = reference(x, qweight.float() * scales[:, None], None).float()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert lowbit.int8_linear(torch.zeros(0, K), lowbit.prepack_int8(qweight, scales)).shape == (0, N)
+
+
+# -- fallback -------------------------------------------------------------------------------------
+@pytest.fixture
+def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lowbit, "_native_or_reason", lambda: (None, "disabled by the test"))
+
+
+def fallback_int8_reference(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # torch's int8 kernel takes its scales in the activations' dtype.
+    return qweight.float() * scales.to(dtype).float()[:, None]
+
+
+def fallback_int4_reference(
+    nibbles: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, g: int
+) -> torch.Tensor:
+    # torch's int4 kernel stores bf16 scale and zero = min + 8 * scale, and computes (q - 8) * s + z.
+    q = codes(nibbles)
+    s, z = scales.float().bfloat16(), (mins.float() + 8 * scales.float()).bfloat16()
+    return (q - 8) * per_column(s, g, q.shape[1]) + per_column(z, g, q.shape[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fallback_int8_matches_reference(without_native: None, dtype: torch.dtype) -> None:
+    assert not lowbit.native_available()
+    qweight, scales = stored_int8(weights(N, K))
+    bias = torch.randn(N)
+    x = activations(3, K, dtype)
+    packed = lowbit.prepack_int8(qweight, scales)
+    assert not packed.is_native
+    y = lowbit.int8_linear(x, packed, bias)
+    w = fallback_int8_reference(qweight, scales, dtype)
+    ref = reference(x, w, bias)
+    tol = FP32_SUM_EPS * (x.double().abs() @ w.double().abs().T)
+    # The product is rounded to x's dtype, then the bias (also rounded) is added and rounded again.
+    tol += OUTPUT_ULP[dtype] * (reference(x, w, None).abs() + bias.abs() + ref.abs()) + 1e-5
+    assert y.dtype == dtype and ((y.double() - ref).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_fallback_int4_matches_reference(without_native: None, group_size: int) -> None:
+    nibbles, scales, mins = stored_int4(weights(N, 256), group_size)
+    x = activations(3, 256, torch.bfloat16)
+    packed = lowbit.prepack_int4(nibbles, scales, mins, group_size)
+    assert not packed.is_native
+    y = lowbit.int4_linear(x, packed)
+    w = fallback_int4_reference(nibbles, scales, mins, group_size)
+    ref = reference(x, w, None)
+    tol = FP32_SUM_EPS * (x.double().abs() @ w.double().abs().T) + OUTPUT_ULP[x.dtype] * ref.abs() + 1e-5
+    assert y.shape == (3, N) and ((y.double() - ref).abs() <= tol).all()
+
+
+@needs_native
+def test_fallback_agrees_with_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = weights(N, 256)
+    x = activations(4, 256, torch.bfloat16)
+    qweight, scales = stored_int8(w)
+    nibbles, s4, m4 = stored_int4(w, 64)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        return (lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales)),
+                lowbit.int4_linear(x, lowbit.prepack_int4(nibbles, s4, m4, 64)))
+
+    native = both()
+    monkeypatch.setattr(lowbit, "_native_or_reason", lambda: (None, "disabled by the test"))
+    fallback = both()
+    exact = (qweight.float() * scales[:, None], dequant_int4(nibbles, s4, m4, 64))
+    rounded = (fallback_int8_reference(qweight, scales, x.dtype),
+               fallback_int4_reference(nibbles, s4, m4, 64))
+    for ours, theirs, w_exact, w_rounded in zip(native, fallback, exact, rounded, strict=True):
+        # Each within its own bound of x @ W.T: ours from rounding x, theirs from rounding the scales.
+        ref = reference(x, w_exact, None)
+        allowed = lowbit.activation_error_bound(x, w_exact).double()
+        allowed += x.double().abs() @ (w_rounded - w_exact).double().abs().T
+        allowed += 2 * OUTPUT_ULP[x.dtype] * (ref.abs() + allowed) + 1e-5
+        assert ((ours.double() - theirs.double()).abs() <= allowed).all()
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch: pytest.MonkeyPatch):
+    """Forget whether the native kernels were found, before and after the test."""
+    lowbit._native_or_reason.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    lowbit._native_or_reason.cache_clear()
+
+
+def test_failed_build_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
+    def failing_build() -> None:
+        raise RuntimeError("Error building extension 'luodi_lowbit': g++ not found")
+
+    fresh_probe.setattr(lowbit, "_cpu_flags", lambda: set(lowbit.REQUIRED_CPU_FLAGS))
+    fresh_probe.setattr(lowbit, "_compile", failing_build)
+    assert not lowbit.native_available()
+    assert "g++ not found" in lowbit.native_unavailable_reason()
+    qweight, scales = stored_int8(weights(N, K))
+    x = activations(2, K, torch.float32)
+    y = lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales))
+    torch.testing.assert_close(y, reference(x, qweight.float() * scales[:, None], None).float())
+
+
+def test_cpu_without_vnni_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
+    fresh_probe.setattr(lowbit, "_cpu_flags", lambda: {"avx512f", "avx512bw"})
+    assert not lowbit.native_available()
+    assert "avx512_vnni" in lowbit.native_unavailable_reason()
+
+
+# -- boundaries -----------------------------------------------------------------------------------
+def test_bad_stored_forms_name_the_problem() -> None:
+    with pytest.raises(ModelFormatError, match="int8"):
+        lowbit.prepack_int8(torch.zeros(4, 8), torch.ones(4))
+    with pytest.raises(ModelFormatError, match="scales"):
+        lowbit.prepack_int8(torch.zeros(4, 8, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ModelFormatError, match="group size 48"):
+        lowbit.prepack_int4(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 2), torch.ones(4, 2), 48)
+    with pytest.raises(ModelFormatError, match=r"\[4, 3\]"):
+        lowbit.prepack_int4(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 2), torch.ones(4, 2), 32)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    packed = lowbit.prepack_int8(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4))
+    with pytest.raises(InvalidParameterError, match="63 features"):
+        lowbit.int8_linear(torch.zeros(1, 63), packed)
+    with pytest.raises(InvalidParameterError, match="dtype"):
+        lowbit.int8_linear(torch.zeros(1, 64, dtype=torch.float64), packed)
