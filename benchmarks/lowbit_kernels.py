@@ -2,9 +2,9 @@
 
 Decode on CPU is bound by memory bandwidth, so each kernel is scored in GB/s of weight bytes
 (quantized values + scales + mins, as stored) and as a fraction of the machine's read bandwidth,
-measured in the same run by a plain streaming read (native; torch's sum is a little slower).
-Every kernel rotates through many distinct
-weights (more than the L3 cache in total), so each weight is read from DRAM as in a real model.
+measured in the same run by a plain streaming read (native; torch's sum is a little slower). Every
+kernel rotates through many distinct weights (more than the L3 cache in total), so each weight is
+read from DRAM as in a real model.
 Kernels alternate (A B C ... A B C ...) and medians are reported, with the best sample beside them.
 
     python benchmarks/lowbit_kernels.py [--rows 1,4,8] [--reps 9] [--threads 2] [--pool-mb 128]
@@ -215,6 +215,8 @@ def measure_shape(
             "gbps": {name: round(v, 1) for name, v in medians.items()},
             "pct_of_read_bandwidth": {n: round(100 * v / limit) for n, v in medians.items()} if limit else {},
             "gbps_best": {name: round(max(v), 1) for name, v in samples.items() if v},
+            # Formats read different bytes: compare kernels by time where compute, not reading, bounds them.
+            "us_per_call": {name: round(pools[name].nbytes / v / 1e3, 1) for name, v in medians.items()},
             "samples": {name: len(v) for name, v in samples.items()},
         }
         print(json.dumps({"shape": f"{n}x{k}", "M": m, **result[f"M={m}"]}), flush=True)
@@ -317,6 +319,7 @@ def main() -> None:
                         help="cpu: this thread's CPU time (--threads 1); undisturbed: only calls no context "
                         "switch interrupted (both immune to preemption by neighbours on a busy machine)")
     parser.add_argument("--accuracy", metavar="MODEL", help="instead: the kernels' error on MODEL's layers")
+    parser.add_argument("--output", type=Path, help="where to write the JSON (default: by threads and clock)")
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread; use it with --threads 1")
@@ -339,8 +342,8 @@ def main() -> None:
         "group_size": GROUP_SIZE, "reps": args.reps, "pool_mb": args.pool_mb,
         "median_pct_of_read_bandwidth": summarize(shapes),
         "shapes": shapes,
-    }, RESULTS if (args.threads, args.clock) == (2, "wall") else
-        RESULTS.with_name(f"lowbit_kernels_{args.threads}t_{args.clock}.json"))
+    }, args.output or (RESULTS if (args.threads, args.clock) == (2, "wall") else
+                       RESULTS.with_name(f"lowbit_kernels_{args.threads}t_{args.clock}.json")))
 
 
 if __name__ == "__main__":

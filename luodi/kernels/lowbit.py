@@ -34,7 +34,16 @@ channel (here v_proj inputs with one channel 26x the RMS) the other elements get
 the activation rounding is larger than bf16 rounding at the worst outputs, but 5x smaller than
 what INT4 weight rounding itself costs (1.1 % RMS, 12 % worst-layer max).
 
-Speed (`benchmarks/lowbit_kernels.py`, Zen 4, weights streamed from DRAM, M = 1): SPEED_PLACEHOLDER
+Speed (`benchmarks/lowbit_kernels.py`; 2-vCPU Zen 4, weights streamed from DRAM, % of a plain
+streaming read measured in the same run, median over five Llama-like shapes; shared machine, so
+the clocks that ignore preemption by neighbours):
+
+    M = 1 / 4 / 8                          INT8          INT4     torch int8pack / int4pack / bf16
+    1 thread, CPU time (~34 GB/s)    86 / 80 / 75  85 / 87 / 62   42 / 55 / 80 (M = 1)
+    2 threads, unpreempted (~45-60)  88 / 82 / 76  78 / 77 / 62   50 / 52 / 68 (M = 1)
+
+With 2 threads, 2048 x 5632 reaches 95 % (INT8) and 92 % (INT4) at M = 1; SmolLM2's small layers
+(576 x 1536) 85 % and 75 %, where the ~2 us fixed cost of a call is a tenth of its time.
 
 If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
 is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
@@ -69,9 +78,10 @@ GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
 # The native kernels take up to 8 rows per pass over the weights (more rows: more passes, the
-# weights then come from cache). Measured against every torch path for the same weights (1 thread,
-# 2048 x 2048) they were faster for all M up to 1024, tying W8A8 `torch._int_mm` from M ~ 256: a
-# prompt batch needs no other path. Beyond NATIVE_MAX_ROWS nothing was measured.
+# weights then come from cache). Against every torch path for the same weights they were fastest
+# for all M measured, up to 1024, with W8A8 `torch._int_mm` tying at M = 256 (1 thread, 2048 x 2048:
+# `benchmarks/lowbit_kernels.py --threads 1 --clock cpu --shapes 2048x2048 --rows 16,64,256,1024`).
+# So a prompt batch needs no other path up to NATIVE_MAX_ROWS; beyond it nothing was measured.
 NATIVE_MAX_ROWS = 1024
 INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

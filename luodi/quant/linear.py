@@ -188,7 +188,10 @@ class QuantLinear(nn.Module):
     def _cpu_forward(self, rows: Tensor) -> Tensor:
         x = rows.to(torch.bfloat16).contiguous()  # the int kernels are fast only with bf16 activations
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-        if rows.shape[0] >= self.gemm_min_rows:
+        # The native kernels beat dequantize + bf16 GEMM up to NATIVE_MAX_ROWS rows (measured);
+        # torch's int kernels only below gemm_min_rows.
+        gemm_min_rows = lowbit.NATIVE_MAX_ROWS if self.native is not None else self.gemm_min_rows
+        if rows.shape[0] >= gemm_min_rows:
             out = self._gemm(x, bias)
         else:
             out = self._kernel_matmul(x)
