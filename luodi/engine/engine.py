@@ -88,7 +88,7 @@ class LLMEngine:
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
         request_id = request_id or f"req-{next(self._ids)}"
-        self._check_prompt(prompt_ids, params)
+        self.check_request(prompt_ids, params)
         request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len)
         if self.tokenizer is not None:
             self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
@@ -104,19 +104,23 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
-    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    def check_request(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt") -> None:
+        """Raise the error `add_request` would raise; callers use it before they commit to a response.
+
+        `prompt_param` names the client's field that carried the prompt (e.g. "messages").
+        """
         if not prompt_ids:
-            raise InvalidParameterError("the prompt is empty; give at least one token", param="prompt")
+            raise InvalidParameterError("the prompt is empty; give at least one token", param=prompt_param)
         vocab = self.model.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+            raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param=prompt_param)
         n, limit = len(prompt_ids), self.max_model_len
         wanted = n + (params.max_tokens or 1)
         if wanted > limit:
             what = f"{n} prompt tokens" + (f" + max_tokens {params.max_tokens}" if params.max_tokens else "")
             raise PromptTooLongError(
                 f"{what} exceed the context window of {limit} tokens; shorten the prompt or lower max_tokens",
-                param="max_tokens" if n < limit else "prompt",
+                param="max_tokens" if n < limit else prompt_param,
             )
 
     # -- the loop -----------------------------------------------------------------------------

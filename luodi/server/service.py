@@ -22,7 +22,7 @@ from pathlib import Path
 from luodi.engine.async_engine import AsyncLLMEngine
 from luodi.engine.engine import LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
-from luodi.errors import InvalidParameterError, LuodiError, PromptTooLongError
+from luodi.errors import LuodiError
 from luodi.llm import LLM
 from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
 from luodi.server.metrics import ServerMetrics
@@ -135,20 +135,7 @@ class ModelService:
         self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt"
     ) -> None:
         """The engine's own checks, made before a streamed response has sent its 200 status."""
-        llm = self.ready_llm()
-        if not prompt_ids:
-            raise InvalidParameterError("the prompt is empty; give at least one token", param=prompt_param)
-        vocab = llm.loaded.config.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param=prompt_param)
-        n, limit = len(prompt_ids), llm.context_window
-        if n + (params.max_tokens or 1) > limit:
-            asked = f" + max_tokens {params.max_tokens}" if params.max_tokens else ""
-            raise PromptTooLongError(
-                f"{n} prompt tokens{asked} exceed the context window of {limit} tokens; "
-                "shorten the prompt or lower max_tokens",
-                param="max_tokens" if n < limit else prompt_param,
-            )
+        self.ready_llm().engine.check_request(prompt_ids, params, prompt_param)
 
     def admit(self) -> Admission:
         """A place for one more request, or 429 when the running batch and the queue are full."""
