@@ -6,6 +6,8 @@ sequence owns whole blocks, listed in its block table. For one forward pass the 
 once, where each new token's k/v goes (`slot_mapping`) and which slots each sequence attends to
 (`kv_slots`, padded), plus the masks; every layer then only scatters, gathers and calls SDPA.
 All layers write before they read, so requests in one batch may share freshly filled blocks.
+On CPU decode steps `attend_rotary` does RoPE, the cache write and attention in one native call
+(`luodi.kernels.fused`) instead of the ~20 small ops below.
 
 This module knows tensors and slot indices only — not requests, blocks or the scheduler.
 """
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from luodi.kernels import fused
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class AttentionMetadata:
     is_causal: bool  # single sequence, no cached context: SDPA's own causal mask is exact
     query_positions: torch.Tensor  # [B, Q] absolute position of each padded query
     key_positions: torch.Tensor  # [K]
+    seq_lens: torch.Tensor  # [B] keys each sequence attends to (cached + new): the first of its kv_slots
 
     def sliding_mask(self, window: int) -> torch.Tensor:
         """The mask restricted to keys within `window` positions of each query (Gemma 3)."""
@@ -99,6 +104,7 @@ def build_metadata(
         is_causal=is_causal,
         query_positions=qpos.to(device),
         key_positions=key_positions.to(device),
+        seq_lens=lengths.to(device),
     )
 
 
@@ -157,6 +163,29 @@ class PagedAttention:
             scale=scale, enable_gqa=keys.shape[1] != queries.shape[1],
         )
         return self._unpad(out)
+
+    def attend_rotary(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+        sin: torch.Tensor, *, scale: float, sliding_window: int | None = None,
+        q_norm_weight: torch.Tensor | None = None, k_norm_weight: torch.Tensor | None = None,
+        norm_eps: float = 1e-6, norm_is_offset: bool = False,
+    ) -> torch.Tensor | None:
+        """Head norms, RoPE, store and attend in one native call — decode steps only, else None.
+
+        q [T, H*D], k and v [T, Hkv*D] unrotated; returns [T, H*D]. None tells the caller to
+        rotate and call `attend` itself (prompt chunks, GPU, no native ops, autograd on).
+        """
+        meta = self.meta
+        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]  # [Hkv, S, D]
+        is_native = k_cache.dtype == torch.float32 and k_cache.shape[2] in fused.NATIVE_HEAD_DIMS
+        if meta.max_query_len != 1 or not is_native or not fused.enabled_for(q):
+            return None
+        return fused.rope_attend_decode(
+            q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, meta.kv_slots, meta.seq_lens,
+            num_heads=q.shape[1] // k_cache.shape[2], scale=scale, sliding_window=sliding_window,
+            q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
+            norm_is_offset=norm_is_offset,
+        )
 
     def _sliding(self, window: int) -> torch.Tensor:
         if window not in self._sliding_masks:

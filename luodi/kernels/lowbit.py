@@ -54,10 +54,7 @@ own forms instead, for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_i
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +63,14 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
-from luodi.paths import luodi_home
+from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "native" / "lowbit.cpp"
-EXTENSION_NAME = "luodi_lowbit"
-CFLAGS = ("-O3", "-march=native", "-fopenmp")
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+EXTENSION = NativeExtension(
+    "luodi_lowbit", "lowbit.cpp", "low-bit kernels",
+    required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
+)
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
@@ -86,60 +83,14 @@ NATIVE_MAX_ROWS = 1024
 INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# -- building the native kernels ------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _build_dir() -> Path:
-    # Keyed by everything the binary depends on: the source, torch, the flags, and this CPU
-    # (-march=native code must not be reused on another CPU model sharing the home directory).
-    cpu = platform.processor() + " ".join(sorted(_cpu_flags()))
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), cpu.encode()])
-    ).hexdigest()[:16]
-    return luodi_home() / "build" / f"lowbit-{key}"
-
-
-def _compile() -> Any:  # the extension module
-    from torch.utils import cpp_extension
-
-    build_dir = _build_dir()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if not (build_dir / f"{EXTENSION_NAME}.so").exists():
-        print(f"luodi: compiling native low-bit kernels into {build_dir} (first use only)", file=sys.stderr)
-    return cpp_extension.load(
-        name=EXTENSION_NAME, sources=[str(SOURCE)], build_directory=str(build_dir),
-        extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"], verbose=False,
-    )
-
-
 _module: Any = None  # the loaded extension, once `native_available()` has found it
 
 
 @functools.cache
 def _native_or_reason() -> tuple[Any, str]:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None, f"CPU architecture {platform.machine()} is not x86-64"
-    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in _cpu_flags()]
-    if missing:
-        return None, f"CPU lacks {', '.join(missing)}"
-    try:
-        module = _compile()
-    except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch's kernels"
-        return None, f"compiling {SOURCE.name} failed: {type(exc).__name__}: {str(exc).strip()[-500:]}"
-    if not module.cpu_supported():
-        return None, "CPU lacks the instructions the native kernels were compiled for"
     global _module
-    _module = module
-    return module, ""
+    _module, reason = EXTENSION.load()
+    return _module, reason
 
 
 def native_available() -> bool:

@@ -15,7 +15,7 @@ from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
-    AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, apply_rope, project_qkv,
+    AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -32,11 +32,10 @@ class Gemma3Attention(LlamaAttention):
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = project_qkv(self, x)  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
-        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        out = kv.attend(self.layer_idx, q, k, v, scale=self.scale, sliding_window=self.sliding_window)
-        return self.o_proj(out.reshape(t, -1))
+        out = rotary_attention(
+            self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm, sliding_window=self.sliding_window
+        )
+        return self.o_proj(out)
 
 
 class Gemma3DecoderLayer(nn.Module):
@@ -50,9 +49,16 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = GemmaRMSNorm(dim, eps)
         self.post_feedforward_layernorm = GemmaRMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, kv))
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, rope: Rope, kv: AttentionBackend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Llama's residual-stream contract; this layer's output is the post-normed MLP output."""
+        h, residual = add_rms_norm(x, residual, self.input_layernorm)
+        attn = self.self_attn(h, rope, kv)
+        norms = self.pre_feedforward_layernorm, self.post_attention_layernorm
+        h, residual = add_rms_norm(attn, residual, norms[0], x_norm=norms[1])  # residual + post(attn)
+        out, _ = add_rms_norm(self.mlp(h), None, self.post_feedforward_layernorm)
+        return out, residual
 
 
 class Gemma3Model(nn.Module):
@@ -72,9 +78,10 @@ class Gemma3Model(nn.Module):
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         rope_global = self.rotary_emb(positions, x.dtype)
         rope_local = self.rotary_emb_local(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope_local if layer.self_attn.is_sliding else rope_global, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope_local if layer.self_attn.is_sliding else rope_global, kv)
+        return add_rms_norm(x, residual, self.norm)[0]
 
 
 class Gemma3ForCausalLM(CausalLM):

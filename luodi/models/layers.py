@@ -1,8 +1,13 @@
-"""Building blocks shared by the model families: norms, rotary embeddings, the gated MLP.
+"""Building blocks shared by the model families: norms, rotary embeddings, attention, the gated MLP.
 
 Numerics follow the Hugging Face implementations they replace (cited per class), so that a
 model built from these blocks matches transformers' logits. Nothing here knows about requests,
 batches or the KV cache layout: attention reaches the cache only through `AttentionBackend`.
+
+Layers pass the residual stream vLLM-style — each returns its output and the running sum
+separately — so the add and the next norm can be one fused op (`luodi.kernels.fused`) when
+running inference on CPU; with autograd on, or anywhere the fused ops do not apply, the same
+helpers run the plain torch modules below.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from luodi.kernels import fused
 
 
 class AttentionBackend(Protocol):
@@ -25,9 +32,21 @@ class AttentionBackend(Protocol):
         """Store k/v ([T, Hkv, D]) for the new tokens, attend q ([T, H, D]); returns [T, H, D]."""
         ...
 
+    def attend_rotary(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+        sin: torch.Tensor, *, scale: float, sliding_window: int | None = None,
+        q_norm_weight: torch.Tensor | None = None, k_norm_weight: torch.Tensor | None = None,
+        norm_eps: float = 1e-6, norm_is_offset: bool = False,
+    ) -> torch.Tensor | None:
+        """Norm (optional) and rotate q [T, H*D] / k [T, Hkv*D], store, attend -> [T, H*D]; or None
+        when the backend cannot fuse this step (the caller then does it step by step)."""
+        ...
+
 
 class RMSNorm(nn.Module):
     """HF `LlamaRMSNorm`: normalize in fp32, scale by `weight` in the input dtype."""
+
+    is_offset = False  # the weight is the scale itself
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -41,6 +60,8 @@ class RMSNorm(nn.Module):
 
 class GemmaRMSNorm(nn.Module):
     """HF `Gemma3RMSNorm`: the stored weight is an offset, applied as (1 + weight), all in fp32."""
+
+    is_offset = True
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -94,6 +115,37 @@ class RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+Norm = RMSNorm | GemmaRMSNorm
+
+
+def _is_fusable(norm: nn.Module | None, x: torch.Tensor) -> bool:
+    # Llama's norm returns weight * normed.to(T): computed natively only when the weight is T too
+    # (otherwise torch's type promotion decides the output dtype).
+    return type(norm) is GemmaRMSNorm or (type(norm) is RMSNorm and norm.weight.dtype == x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, norm: Norm, x_norm: Norm | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(h), h) for h = x + residual, the residual stream's next value (h = x when it is None).
+
+    `x_norm` first normalizes x (Gemma 3's post-attention norm, applied before the add).
+    """
+    # The native op takes one eps and one weight flavour for both norms (true of Gemma 3's layers).
+    x_norm_ok = x_norm is None or (
+        _is_fusable(x_norm, x) and (x_norm.is_offset, x_norm.eps) == (norm.is_offset, norm.eps)
+    )
+    if x_norm_ok and _is_fusable(norm, x) and fused.enabled_for(x):
+        x_weight = None if x_norm is None else x_norm.weight
+        return fused.add_rms_norm(
+            x, residual, norm.weight, norm.eps, is_offset=norm.is_offset, x_weight=x_weight
+        )
+    if x_norm is not None:
+        x = x_norm(x)
+    h = x if residual is None else x + residual
+    return norm(h), h
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [T, H, D]; HF `apply_rotary_pos_emb` with `rotate_half`."""
     half = x.shape[-1] // 2
@@ -109,14 +161,41 @@ ACTIVATIONS = {
 
 
 def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [T, H, D], k and v [T, Hkv, D] — with one matmul once `fuse_projections` has run."""
-    t, h, hkv, d = x.shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim
-    fused = getattr(attn, "qkv_proj", None)
-    if fused is not None:
-        q, k, v = fused(x).split([h * d, hkv * d, hkv * d], dim=-1)
-    else:
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    return q.view(t, h, d), k.view(t, hkv, d), v.view(t, hkv, d)
+    """q [T, H*D], k and v [T, Hkv*D] — with one matmul once `fuse_projections` has run."""
+    h, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    qkv_proj = getattr(attn, "qkv_proj", None)
+    if qkv_proj is not None:
+        q, k, v = qkv_proj(x).split([h * d, hkv * d, hkv * d], dim=-1)
+        return q, k, v
+    return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+
+def rotary_attention(
+    attn: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend, *,
+    q_norm: Norm | None = None, k_norm: Norm | None = None, sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Project, norm q/k per head (Qwen3, Gemma 3), rotate, attend: [T, H*D] for `o_proj`.
+
+    On a CPU decode step the backend does norms, RoPE, the cache write and attention in one
+    native call; otherwise each step runs as the torch modules here.
+    """
+    q, k, v = project_qkv(attn, x)  # [T, H*D], [T, Hkv*D], [T, Hkv*D]
+    if q_norm is None or (_is_fusable(q_norm, q) and _is_fusable(k_norm, q)):  # the backend decides the rest
+        norms = {} if q_norm is None or k_norm is None else dict(
+            q_norm_weight=q_norm.weight, k_norm_weight=k_norm.weight, norm_eps=q_norm.eps,
+            norm_is_offset=q_norm.is_offset)
+        out = kv.attend_rotary(
+            attn.layer_idx, q, k, v, *rope, scale=attn.scale, sliding_window=sliding_window, **norms
+        )
+        if out is not None:
+            return out
+    t, d = x.shape[0], attn.head_dim
+    q, k, v = q.view(t, -1, d), k.view(t, -1, d), v.view(t, -1, d)
+    if q_norm is not None and k_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = kv.attend(attn.layer_idx, q, k, v, scale=attn.scale, sliding_window=sliding_window)
+    return out.reshape(t, -1)
 
 
 class GatedMLP(nn.Module):
@@ -130,10 +209,14 @@ class GatedMLP(nn.Module):
         self.gate_up_proj: nn.Module | None = None  # set by `fuse_projections` for inference
         if hidden_act not in ACTIVATIONS:
             raise NotImplementedError(f"activation {hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
+        self.hidden_act = hidden_act
         self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)  # [T, 2I]
+            if self.hidden_act in fused.GATED_ACTS and fused.enabled_for(gate_up):
+                return self.down_proj(fused.gated_act(gate_up, self.hidden_act))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -12,7 +12,11 @@ from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
-from luodi.models.layers import AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, apply_rope, project_qkv
+from luodi.models.layers import (
+    AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
+)
+
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
@@ -36,15 +40,8 @@ class LlamaAttention(nn.Module):
     def has_o_bias(self, config: ModelConfig) -> bool:
         return config.attention_bias
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [T, H, D], k and v [T, Hkv, D]."""
-        return project_qkv(self, x)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend) -> torch.Tensor:
-        q, k, v = self.project_qkv(x)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = kv.attend(self.layer_idx, q, k, v, scale=self.scale)
-        return self.o_proj(out.reshape(x.shape[0], -1))
+    def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
+        return self.o_proj(rotary_attention(self, x, rope, kv))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -57,9 +54,17 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, rope: Rope, kv: AttentionBackend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden state is residual + x (just x for the first layer, whose residual is None).
+
+        Returns this layer's (MLP output, residual): the sum is its output hidden state. Keeping
+        the two apart lets the add join the next norm in one fused op.
+        """
+        h, residual = add_rms_norm(x, residual, self.input_layernorm)
+        h, residual = add_rms_norm(self.self_attn(h, rope, kv), residual, self.post_attention_layernorm)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -75,9 +80,10 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: AttentionBackend) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary_emb(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, kv)
+        return add_rms_norm(x, residual, self.norm)[0]
 
 
 class LlamaForCausalLM(CausalLM):

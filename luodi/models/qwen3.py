@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from luodi.models.config import ModelConfig
-from luodi.models.layers import AttentionBackend, RMSNorm, apply_rope
+from luodi.models.layers import AttentionBackend, RMSNorm, rotary_attention
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
@@ -16,10 +16,7 @@ class Qwen3Attention(LlamaAttention):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend) -> torch.Tensor:
-        q, k, v = self.project_qkv(x)
-        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        out = kv.attend(self.layer_idx, q, k, v, scale=self.scale)
-        return self.o_proj(out.reshape(x.shape[0], -1))
+        return self.o_proj(rotary_attention(self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm))
 
 
 class Qwen3DecoderLayer(LlamaDecoderLayer):

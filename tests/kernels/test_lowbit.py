@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
-from luodi.kernels import lowbit
+from luodi.kernels import lowbit, native_build
 
 needs_native = pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
 
@@ -238,11 +238,11 @@ def fresh_probe(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_failed_build_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
-    def failing_build() -> None:
+    def failing_build(self) -> None:
         raise RuntimeError("Error building extension 'luodi_lowbit': g++ not found")
 
-    fresh_probe.setattr(lowbit, "_cpu_flags", lambda: set(lowbit.REQUIRED_CPU_FLAGS))
-    fresh_probe.setattr(lowbit, "_compile", failing_build)
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset(lowbit.EXTENSION.required_cpu_flags))
+    fresh_probe.setattr(native_build.NativeExtension, "_compile", failing_build)
     assert not lowbit.native_available()
     assert "g++ not found" in lowbit.native_unavailable_reason()
     qweight, scales = stored_int8(weights(N, K))
@@ -252,7 +252,7 @@ def test_failed_build_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
 
 
 def test_cpu_without_vnni_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
-    fresh_probe.setattr(lowbit, "_cpu_flags", lambda: {"avx512f", "avx512bw"})
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset({"avx512f", "avx512bw"}))
     assert not lowbit.native_available()
     assert "avx512_vnni" in lowbit.native_unavailable_reason()
 

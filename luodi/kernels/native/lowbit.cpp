@@ -24,6 +24,8 @@
 #include <immintrin.h>
 #include <torch/csrc/utils/pybind.h>  // lighter than torch/extension.h: halves the build time
 
+#include "avx512_lanes.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -31,6 +33,10 @@
 #include <vector>
 
 namespace {
+
+using luodi::load16;
+using luodi::store16;
+using luodi::tail_mask;
 
 constexpr int64_t kBlock = 32;       // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;        // output rows per tile: the int32 lanes of a zmm
@@ -42,53 +48,6 @@ constexpr int64_t kPrefetchBytes = 8 << 10;
 
 inline void prefetch(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-}
-
-inline __mmask16 tail_mask(int64_t remaining) {
-  if (remaining >= 16) return 0xFFFF;
-  if (remaining <= 0) return 0;
-  return static_cast<__mmask16>((1u << remaining) - 1);
-}
-
-// -- activation loads and output stores -----------------------------------------------------------
-template <typename T>
-inline __m512 load16(const T* p, __mmask16 mask);
-
-template <>
-inline __m512 load16<float>(const float* p, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, p);
-}
-
-template <>
-inline __m512 load16<c10::BFloat16>(const c10::BFloat16* p, __mmask16 mask) {
-  // bf16 is the top half of an fp32: widen and shift.
-  __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
-template <>
-inline __m512 load16<c10::Half>(const c10::Half* p, __mmask16 mask) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
-}
-
-template <typename T>
-inline void store16(T* p, __m512 v, __mmask16 mask);
-
-template <>
-inline void store16<float>(float* p, __m512 v, __mmask16 mask) {
-  _mm512_mask_storeu_ps(p, mask, v);
-}
-
-template <>
-inline void store16<c10::BFloat16>(c10::BFloat16* p, __m512 v, __mmask16 mask) {
-  // Round to nearest even, like torch's float -> bf16 conversion.
-  __m256i bits = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-  _mm256_mask_storeu_epi16(p, mask, bits);
-}
-
-template <>
-inline void store16<c10::Half>(c10::Half* p, __m512 v, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
 // -- activation quantization ----------------------------------------------------------------------

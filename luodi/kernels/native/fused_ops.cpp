@@ -1,0 +1,627 @@
+// Fused CPU ops for token generation: the work between a transformer layer's matmuls, done in one
+// call each instead of the ~40 small eager ops it takes in PyTorch (each ~8 us of dispatch on a
+// 2-core machine, more than the arithmetic). Owns the inner loops only: when an op applies, and
+// its torch reference, live in luodi/kernels/fused.py; nothing here knows about models.
+//
+// Ops (x, weights and outputs in the model dtype T: fp32, bf16 or fp16):
+//   add_rms_norm       normed = rms_norm(x [+ residual]) and the new residual, one pass per row;
+//   gated_act          act(gate) * up over the fused [T, 2I] gate/up projection (SiLU, GELU-tanh);
+//   rope_attend_decode per-head q/k norm, RoPE, store k/v in the paged fp32 cache, and attention
+//                      of one query token per sequence over its cached keys (GQA, sliding window).
+//
+// Numerics mirror the torch code they replace op by op: every intermediate that torch rounds to T
+// is rounded here too (round-to-nearest-even, c10's `round_to_nearest_even` / the AVX-512
+// `cvtfp32_bf16`), and the file is compiled with -ffp-contract=off so `a * b + c * d` is not fused
+// into an FMA that torch does not do. What remains is summation order (norm sums of squares,
+// attention dot products) and exp/tanh approximations within ~2 fp32 ulp of torch's Sleef ones:
+// fp32 results agree to ~1e-6 relative, T results to one ulp of T where a rounding boundary falls
+// between the two.
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <torch/extension.h>
+
+#include "avx512_lanes.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using luodi::load16;
+using luodi::store16;
+using luodi::tail_mask;
+using luodi::to_bf16_bits;
+
+constexpr int64_t kMinTaskElements = 1 << 17;  // per thread, for the row-wise ops
+constexpr int64_t kMinTaskFlops = 1 << 20;     // per thread, for decode attention
+
+// The value torch would hold after an op that outputs T: v rounded to T, back in fp32.
+template <typename T>
+inline __m512 round_to(__m512 v);
+
+template <>
+inline __m512 round_to<float>(__m512 v) {
+  return v;
+}
+
+template <>
+inline __m512 round_to<c10::BFloat16>(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_bits(v)), 16));
+}
+
+template <>
+inline __m512 round_to<c10::Half>(__m512 v) {
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// -- exp and tanh ------------------------------------------------------------------------------
+// exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln2 / 2, exp(r) by its degree-7 Taylor
+// polynomial (Cephes `expf` reduction with a split ln 2): < 2 ulp over the fp32 range.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-103.9f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);  // exact scaling by 2^n, gradual underflow included
+}
+
+// tanh as Cephes `tanhf`: an odd polynomial for |y| < 0.625, 1 - 2 / (exp(2|y|) + 1) above (no
+// cancellation left there); within ~2 ulp of tanh, like the Sleef tanhf torch uses.
+inline __m512 tanh16(__m512 y) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 abs_y = _mm512_abs_ps(y);
+  __m512 e = exp16(_mm512_add_ps(abs_y, abs_y));
+  __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+  __m512i sign = _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32(INT32_MIN));
+  big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), sign));
+  __m512 z = _mm512_mul_ps(y, y);
+  __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+  __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), y, y);
+  __mmask16 is_small = _mm512_cmp_ps_mask(abs_y, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(is_small, big, small);
+}
+
+// -- small helpers --------------------------------------------------------------------------------
+// A weight vector as fp32 (exact for every T), without an ATen op: these run once per layer call.
+template <typename W>
+std::vector<float> widen(const Tensor& w) {
+  const W* p = w.data_ptr<W>();
+  std::vector<float> out(static_cast<size_t>(w.numel()));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
+  return out;
+}
+
+std::vector<float> to_floats(const Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous(), "norm weights must be contiguous CPU tensors");
+  switch (w.scalar_type()) {
+    case at::kFloat: return widen<float>(w);
+    case at::kBFloat16: return widen<c10::BFloat16>(w);
+    case at::kHalf: return widen<c10::Half>(w);
+    default: TORCH_CHECK(false, "norm weight dtype ", w.scalar_type(), " is not fp32, bf16 or fp16");
+  }
+}
+
+// Sum of squares of n floats of a row of T (fp32 accumulation, as torch's mean(x.float()^2)).
+template <typename T>
+inline float sum_squares(const T* x, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 v = load16(x + i, tail_mask(n - i));
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// HF's RMSNorm, from fp32 `v` (already in registers) to the value torch holds afterwards:
+//   Llama (is_offset false): round_T(w * round_T(v * inv_rms))      (`weight * normed.to(T)`)
+//   Gemma (is_offset true):  round_T(v * inv_rms * (1 + w))          (all in fp32, then to T)
+template <typename T>
+inline __m512 norm16(__m512 v, __m512 inv_rms, const float* w, __mmask16 mask, bool is_offset) {
+  __m512 weight = _mm512_maskz_loadu_ps(mask, w);
+  __m512 normed = _mm512_mul_ps(v, inv_rms);
+  if (is_offset) return round_to<T>(_mm512_mul_ps(normed, _mm512_add_ps(_mm512_set1_ps(1.0f), weight)));
+  return round_to<T>(_mm512_mul_ps(weight, round_to<T>(normed)));
+}
+
+// 1 / sqrt(mean + eps) as torch computes it: sum / n, + eps, sqrt, divide (each correctly rounded).
+inline __m512 inv_rms(float sum_sq, int64_t n, float eps) {
+  float mean = sum_sq / static_cast<float>(n);
+  return _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+}
+
+struct NormSpec {
+  std::vector<float> weight;  // fp32 copy
+  float eps;
+  bool is_offset;
+};
+
+// Normalize n values of `x` into `out` (both rows of T). `out` may alias `x`.
+template <typename T>
+void norm_row(const T* x, T* out, int64_t n, const NormSpec& spec) {
+  __m512 scale = inv_rms(sum_squares(x, n), n, spec.eps);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    store16(out + i, norm16<T>(load16(x + i, m), scale, spec.weight.data() + i, m, spec.is_offset), m);
+  }
+}
+
+// -- add_rms_norm ---------------------------------------------------------------------------------
+// One row: y = x, or norm_x(x) when a pre-norm is given (Gemma's post-attention norm);
+// r = round_T(y + residual) when there is a residual, else y; normed = norm(r).
+template <typename T>
+void add_rms_norm_row(const T* x, const T* residual, T* new_residual, T* normed, int64_t n,
+                      const NormSpec& norm, const NormSpec* x_norm) {
+  const T* r = x;
+  if (x_norm != nullptr || residual != nullptr) {
+    const __m512 x_scale = x_norm != nullptr ? inv_rms(sum_squares(x, n), n, x_norm->eps) : _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+      __mmask16 m = tail_mask(n - i);
+      __m512 y = load16(x + i, m);
+      if (x_norm != nullptr) y = norm16<T>(y, x_scale, x_norm->weight.data() + i, m, x_norm->is_offset);
+      if (residual != nullptr) y = round_to<T>(_mm512_add_ps(y, load16(residual + i, m)));
+      store16(new_residual + i, y, m);
+    }
+    r = new_residual;
+  }
+  norm_row(r, normed, n, norm);
+}
+
+template <typename T>
+void add_rms_norm_impl(const Tensor& x, const Tensor* residual, Tensor& new_residual, Tensor& normed,
+                       const NormSpec& norm, const NormSpec* x_norm) {
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  const T* px = x.data_ptr<T>();
+  const T* pres = residual != nullptr ? residual->data_ptr<T>() : nullptr;
+  T* pnew = new_residual.data_ptr<T>();
+  T* pout = normed.data_ptr<T>();
+  // Threads only for prompt-sized inputs: a fork/join costs ~5 us on an idle 2-core machine and
+  // milliseconds on a busy one, while a decode row takes well under a microsecond.
+  at::parallel_for(0, rows, std::max<int64_t>(1, kMinTaskElements / n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const T* res_row = pres != nullptr ? pres + row * n : nullptr;
+      add_rms_norm_row(px + row * n, res_row, pnew + row * n, pout + row * n, n, norm, x_norm);
+    }
+  });
+}
+
+void check_rows(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// (normed, new_residual). new_residual is `x` itself when there is neither a residual nor a pre-norm.
+std::tuple<Tensor, Tensor> add_rms_norm(const Tensor& x, const c10::optional<Tensor>& residual,
+                                        const Tensor& weight, double eps, bool is_offset,
+                                        const c10::optional<Tensor>& x_weight, double x_eps) {
+  check_rows(x, "x", x);
+  const int64_t n = x.size(-1);
+  TORCH_CHECK(weight.numel() == n, "weight has ", weight.numel(), " elements, x rows have ", n);
+  if (residual) {
+    check_rows(*residual, "residual", x);
+    TORCH_CHECK(residual->sizes() == x.sizes(), "residual shape ", residual->sizes(), " != x shape ", x.sizes());
+  }
+  NormSpec norm{to_floats(weight), static_cast<float>(eps), is_offset};
+  NormSpec pre{};
+  if (x_weight) {
+    TORCH_CHECK(x_weight->numel() == n, "x_weight has ", x_weight->numel(), " elements, x rows have ", n);
+    pre = NormSpec{to_floats(*x_weight), static_cast<float>(x_eps), is_offset};
+  }
+  const bool writes_residual = residual.has_value() || x_weight.has_value();
+  Tensor new_residual = writes_residual ? at::empty_like(x) : x;
+  Tensor normed = at::empty_like(x);
+  const Tensor* res = residual ? &*residual : nullptr;
+  const NormSpec* pre_ptr = x_weight ? &pre : nullptr;
+  switch (x.scalar_type()) {
+    case at::kFloat: add_rms_norm_impl<float>(x, res, new_residual, normed, norm, pre_ptr); break;
+    case at::kBFloat16: add_rms_norm_impl<c10::BFloat16>(x, res, new_residual, normed, norm, pre_ptr); break;
+    case at::kHalf: add_rms_norm_impl<c10::Half>(x, res, new_residual, normed, norm, pre_ptr); break;
+    default: TORCH_CHECK(false, "add_rms_norm: unsupported dtype ", x.scalar_type());
+  }
+  return {normed, new_residual};
+}
+
+// -- gated activation ---------------------------------------------------------------------------
+enum class Act { kSilu = 0, kGeluTanh = 1 };
+
+// ATen's CPU kernels: silu = x / (1 + exp(-x)); gelu tanh = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+inline __m512 act16(__m512 x, Act act) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  if (act == Act::kSilu) {
+    __m512 neg_x = _mm512_sub_ps(_mm512_setzero_ps(), x);
+    return _mm512_div_ps(x, _mm512_add_ps(one, exp16(neg_x)));
+  }
+  const __m512 beta = _mm512_set1_ps(static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5));
+  const __m512 kappa = _mm512_set1_ps(0.044715f);
+  __m512 cube = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+  __m512 inner = _mm512_mul_ps(beta, _mm512_add_ps(x, _mm512_mul_ps(kappa, cube)));
+  // torch's own form, 1 + tanh(y) included: for y << 0 it cancels, and matching torch there
+  // needs the same cancellation rather than the better-conditioned x * sigmoid(2y).
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, tanh16(inner)));
+}
+
+template <typename T>
+void gated_act_impl(const Tensor& gate_up, Tensor& out, Act act) {
+  const int64_t width = out.size(-1), rows = out.numel() / width;
+  const T* in = gate_up.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / 2 / width);  // exp + divide: ~2x a norm's cost
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const T* gate = in + row * 2 * width;
+      const T* up = gate + width;
+      T* dst = o + row * width;
+      for (int64_t i = 0; i < width; i += 16) {
+        __mmask16 m = tail_mask(width - i);
+        // torch: act(gate) is a T tensor, then T * T -> T
+        __m512 a = round_to<T>(act16(load16(gate + i, m), act));
+        store16(dst + i, _mm512_mul_ps(a, load16(up + i, m)), m);
+      }
+    }
+  });
+}
+
+// gate_up [..., 2I] (gate first, then up) -> act(gate) * up [..., I]
+Tensor gated_act(const Tensor& gate_up, int64_t act) {
+  check_rows(gate_up, "gate_up", gate_up);
+  TORCH_CHECK(gate_up.size(-1) % 2 == 0, "gate_up's last dimension must be even, got ", gate_up.size(-1));
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (silu) or 1 (gelu tanh), got ", act);
+  auto sizes = gate_up.sizes().vec();
+  sizes.back() /= 2;
+  Tensor out = at::empty(sizes, gate_up.options());
+  switch (gate_up.scalar_type()) {
+    case at::kFloat: gated_act_impl<float>(gate_up, out, static_cast<Act>(act)); break;
+    case at::kBFloat16: gated_act_impl<c10::BFloat16>(gate_up, out, static_cast<Act>(act)); break;
+    case at::kHalf: gated_act_impl<c10::Half>(gate_up, out, static_cast<Act>(act)); break;
+    default: TORCH_CHECK(false, "gated_act: unsupported dtype ", gate_up.scalar_type());
+  }
+  return out;
+}
+
+// -- rope + cache store + decode attention ------------------------------------------------------
+struct DecodeArgs {
+  int64_t num_seqs, num_heads, num_kv_heads, head_dim;
+  int64_t q_stride, k_stride, v_stride, rope_stride;  // row strides, in elements
+  int64_t cache_slots;                                  // S of the [Hkv, S, D] caches
+  int64_t max_keys;                                     // K of kv_slots [B, K]
+  float scale;
+  int64_t sliding_window;  // 0: none
+  const NormSpec* q_norm;  // per-head norms before RoPE (Qwen3, Gemma 3), or null
+  const NormSpec* k_norm;
+};
+
+// One head vector of D values: optional head norm, then HF `apply_rotary_pos_emb` (rotate-half),
+// each torch op's rounding to T kept: round(round(x * cos) + round(rotate_half(x) * sin)).
+// Writes fp32 (the values torch would hold in T, converted exactly).
+template <typename T>
+void norm_rope_head(const T* x, const T* cos, const T* sin, float* out, int64_t d, const NormSpec* norm) {
+  float buf[256];  // head_dim <= 256 (checked); holds the normed head in T's values
+  const int64_t half = d / 2;
+  if (norm != nullptr) {
+    __m512 scale = inv_rms(sum_squares(x, d), d, norm->eps);
+    for (int64_t i = 0; i < d; i += 16) {
+      __mmask16 m = tail_mask(d - i);
+      __m512 normed = norm16<T>(load16(x + i, m), scale, norm->weight.data() + i, m, norm->is_offset);
+      _mm512_mask_storeu_ps(buf + i, m, normed);
+    }
+  } else {
+    for (int64_t i = 0; i < d; i += 16) {
+      __mmask16 m = tail_mask(d - i);
+      _mm512_mask_storeu_ps(buf + i, m, load16(x + i, m));
+    }
+  }
+  for (int64_t i = 0; i < half; i += 16) {
+    __mmask16 m = tail_mask(half - i);
+    __m512 x1 = _mm512_maskz_loadu_ps(m, buf + i), x2 = _mm512_maskz_loadu_ps(m, buf + half + i);
+    __m512 c1 = load16(cos + i, m), c2 = load16(cos + half + i, m);
+    __m512 s1 = load16(sin + i, m), s2 = load16(sin + half + i, m);
+    __m512 neg_x2 = _mm512_sub_ps(_mm512_setzero_ps(), x2);
+    __m512 lo = _mm512_add_ps(round_to<T>(_mm512_mul_ps(x1, c1)), round_to<T>(_mm512_mul_ps(neg_x2, s1)));
+    __m512 hi = _mm512_add_ps(round_to<T>(_mm512_mul_ps(x2, c2)), round_to<T>(_mm512_mul_ps(x1, s2)));
+    lo = round_to<T>(lo);
+    hi = round_to<T>(hi);
+    _mm512_mask_storeu_ps(out + i, m, lo);
+    _mm512_mask_storeu_ps(out + half + i, m, hi);
+  }
+}
+
+// Store the new token's k (normed, rotated) and v of every KV head into the fp32 caches.
+template <typename T>
+void store_kv(const DecodeArgs& a, const T* k, const T* v, const T* cos, const T* sin,
+              const int64_t* slot_mapping, float* k_cache, float* v_cache) {
+  const int64_t d = a.head_dim;
+  for (int64_t b = 0; b < a.num_seqs; ++b) {
+    const int64_t slot = slot_mapping[b];
+    for (int64_t h = 0; h < a.num_kv_heads; ++h) {
+      float* kdst = k_cache + (h * a.cache_slots + slot) * d;
+      float* vdst = v_cache + (h * a.cache_slots + slot) * d;
+      const T* rope_row_cos = cos + b * a.rope_stride;
+      const T* rope_row_sin = sin + b * a.rope_stride;
+      norm_rope_head(k + b * a.k_stride + h * d, rope_row_cos, rope_row_sin, kdst, d, a.k_norm);
+      const T* vsrc = v + b * a.v_stride + h * d;
+      for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 m = tail_mask(d - i);
+        _mm512_mask_storeu_ps(vdst + i, m, load16(vsrc + i, m));
+      }
+    }
+  }
+}
+
+// Sixteen vectors -> one vector of their sixteen horizontal sums (out[j] = sum of v[j]): halve
+// the width four times, pairing vectors (256-bit, then 128-bit halves, then within 128-bit lanes),
+// which leaves the sums in lane order kSumOrder; one permute restores key order. ~2 instructions
+// per key instead of a full reduction each.
+inline __m512 sum16x16(__m512 v[16]) {
+  __m512 s1[8], s2[4], s3[2];
+  for (int i = 0; i < 8; ++i) {
+    __m512 lo = _mm512_shuffle_f32x4(v[i], v[i + 8], 0x44), hi = _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE);
+    s1[i] = _mm512_add_ps(lo, hi);
+  }
+  for (int i = 0; i < 4; ++i) {
+    __m512 even = _mm512_shuffle_f32x4(s1[i], s1[i + 4], 0x88), odd = _mm512_shuffle_f32x4(s1[i], s1[i + 4], 0xDD);
+    s2[i] = _mm512_add_ps(even, odd);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s3[i] = _mm512_add_ps(_mm512_shuffle_ps(s2[i], s2[i + 2], 0x44), _mm512_shuffle_ps(s2[i], s2[i + 2], 0xEE));
+  }
+  __m512 r = _mm512_add_ps(_mm512_shuffle_ps(s3[0], s3[1], 0x88), _mm512_shuffle_ps(s3[0], s3[1], 0xDD));
+  // lane l of r holds the sum of v[kSumOrder[l]]; the order is its own inverse
+  const __m512i kSumOrder = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+  return _mm512_permutexvar_ps(kSumOrder, r);
+}
+
+// softmax(scores[0:n]) in place, as torch: exp(s - max) / sum.
+inline void softmax_inplace(float* s, int64_t n) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; j += 16) {
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - j), s + j));
+  }
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    __mmask16 m = tail_mask(n - j);
+    __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), mx));
+    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+    _mm512_mask_storeu_ps(s + j, m, e);
+  }
+  const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(vsum));
+  for (int64_t j = 0; j < n; j += 16) {
+    __mmask16 m = tail_mask(n - j);
+    _mm512_mask_storeu_ps(s + j, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, s + j), total));
+  }
+}
+
+// scores[t] = scale * q . k[slots[t]] for t < n; q is NC 16-float chunks held in registers.
+template <int NC>
+void head_scores(const __m512 (&q)[NC], const float* kc, const int64_t* slots, int64_t n, float scale,
+                 float* scores) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t t0 = 0; t0 < n; t0 += 16) {
+    const int64_t count = std::min<int64_t>(16, n - t0);
+    __m512 partial[16];
+    for (int64_t t = 0; t < 16; ++t) {
+      partial[t] = _mm512_setzero_ps();
+      if (t >= count) continue;
+      const float* krow = kc + slots[t0 + t] * (NC * 16);
+      for (int c = 0; c < NC; ++c) {
+        partial[t] = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(krow + 16 * c), partial[t]);
+      }
+    }
+    _mm512_mask_storeu_ps(scores + t0, tail_mask(count), _mm512_mul_ps(sum16x16(partial), vscale));
+  }
+}
+
+// Attention of sequence b's query heads that share KV head g: q (normed, rotated) from the new
+// token, keys and values gathered through kv_slots[b] from the fp32 caches (already holding this
+// token). NC = head_dim / 16, fixed at compile time so q and the output stay in registers.
+template <typename T, int NC>
+void attend_group(const DecodeArgs& a, int64_t b, int64_t g, const T* q, const T* cos, const T* sin,
+                  const float* k_cache, const float* v_cache, const int64_t* kv_slots, const int64_t* seq_lens,
+                  T* out, std::vector<float>& scores) {
+  constexpr int64_t d = NC * 16;
+  const int64_t group = a.num_heads / a.num_kv_heads;
+  const int64_t length = seq_lens[b];
+  const int64_t start = a.sliding_window > 0 ? std::max<int64_t>(0, length - a.sliding_window) : 0;
+  const int64_t n = length - start;
+  const int64_t* slots = kv_slots + b * a.max_keys + start;
+  const float* kc = k_cache + g * a.cache_slots * d;
+  const float* vc = v_cache + g * a.cache_slots * d;
+  scores.resize(static_cast<size_t>(n + 16));
+  float qh[d];
+  for (int64_t j = 0; j < group; ++j) {
+    const int64_t h = g * group + j;
+    const T* rope_row_cos = cos + b * a.rope_stride;
+    const T* rope_row_sin = sin + b * a.rope_stride;
+    norm_rope_head(q + b * a.q_stride + h * d, rope_row_cos, rope_row_sin, qh, d, a.q_norm);
+    __m512 qv[NC];
+    for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(qh + 16 * c);
+    head_scores<NC>(qv, kc, slots, n, a.scale, scores.data());
+    softmax_inplace(scores.data(), n);
+    __m512 acc[NC];
+    for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; ++t) {
+      const __m512 p = _mm512_set1_ps(scores[t]);
+      const float* vrow = vc + slots[t] * d;
+      for (int c = 0; c < NC; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vrow + 16 * c), acc[c]);
+    }
+    T* dst = out + b * a.num_heads * d + h * d;
+    for (int c = 0; c < NC; ++c) store16(dst + 16 * c, acc[c], 0xFFFF);
+  }
+}
+
+template <typename T>
+void rope_attend_decode_impl(const DecodeArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& cos, const Tensor& sin, Tensor& k_cache, Tensor& v_cache,
+                             const Tensor& slot_mapping, const Tensor& kv_slots, const Tensor& seq_lens,
+                             Tensor& out) {
+  const T* pcos = cos.data_ptr<T>();
+  const T* psin = sin.data_ptr<T>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  // Every write before any read: a sequence attends to its own new token.
+  store_kv(a, k.data_ptr<T>(), v.data_ptr<T>(), pcos, psin, slot_mapping.data_ptr<int64_t>(), kc, vc);
+  const T* pq = q.data_ptr<T>();
+  const int64_t* slots = kv_slots.data_ptr<int64_t>();
+  const int64_t* lens = seq_lens.data_ptr<int64_t>();
+  T* pout = out.data_ptr<T>();
+  const int64_t tasks = a.num_seqs * a.num_kv_heads;
+  // A task (one sequence, one KV head) costs ~4 * group * keys * D flops; hand tasks to another
+  // thread only in chunks of ~1 MFLOP (tens of microseconds), well above a fork/join's cost.
+  const int64_t flops_per_task = 4 * (a.num_heads / a.num_kv_heads) * a.max_keys * a.head_dim;
+  const int64_t grain = std::max<int64_t>(1, kMinTaskFlops / std::max<int64_t>(1, flops_per_task));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / a.num_kv_heads, g = task % a.num_kv_heads;
+      switch (a.head_dim / 16) {
+        case 1: attend_group<T, 1>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        case 2: attend_group<T, 2>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        case 4: attend_group<T, 4>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        case 6: attend_group<T, 6>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        case 8: attend_group<T, 8>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        case 16: attend_group<T, 16>(a, b, g, pq, pcos, psin, kc, vc, slots, lens, pout, scores); break;
+        default: TORCH_CHECK(false, "head_dim ", a.head_dim, " has no native kernel");
+      }
+    }
+  });
+}
+
+bool is_native_head_dim(int64_t head_dim) {
+  const int64_t nc = head_dim / 16;
+  return head_dim % 16 == 0 && (nc == 1 || nc == 2 || nc == 4 || nc == 6 || nc == 8 || nc == 16);
+}
+
+int64_t row_stride(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, name, " must be 2-D with contiguous rows, got sizes ", t.sizes(),
+              " strides ", t.strides());
+  return t.stride(0);
+}
+
+void check_cache(const Tensor& cache, const char* name, int64_t num_kv_heads, int64_t head_dim) {
+  TORCH_CHECK(cache.device().is_cpu() && cache.scalar_type() == at::kFloat && cache.is_contiguous() &&
+                  cache.dim() == 3,
+              name, " must be a contiguous fp32 [Hkv, S, D] CPU tensor");
+  TORCH_CHECK(cache.size(0) == num_kv_heads && cache.size(2) == head_dim, name, " has shape ", cache.sizes(),
+              ", expected [", num_kv_heads, ", S, ", head_dim, "]");
+}
+
+// The engine builds these indices itself, but a bad one would touch memory out of bounds: check
+// them (plain loops over B and the used keys; ATen reductions would cost more than the op).
+void check_slots(const Tensor& slot_mapping, const Tensor& kv_slots, const Tensor& seq_lens, int64_t num_seqs,
+                 int64_t num_slots) {
+  for (const Tensor* t : {&slot_mapping, &kv_slots, &seq_lens}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
+                "slot_mapping, kv_slots and seq_lens must be contiguous int64 CPU tensors");
+  }
+  TORCH_CHECK(slot_mapping.numel() == num_seqs && seq_lens.numel() == num_seqs && kv_slots.dim() == 2 &&
+                  kv_slots.size(0) == num_seqs,
+              "one slot, one length and one kv_slots row per sequence are needed");
+  const int64_t max_keys = kv_slots.size(1);
+  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+  const int64_t* lens = seq_lens.data_ptr<int64_t>();
+  const int64_t* ks = kv_slots.data_ptr<int64_t>();
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    TORCH_CHECK(sm[b] >= 0 && sm[b] < num_slots, "slot_mapping[", b, "] = ", sm[b], " is outside [0, ", num_slots,
+                ")");
+    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_keys, "seq_lens[", b, "] = ", lens[b], " is outside [1, ", max_keys,
+                "]");
+    for (int64_t j = 0; j < lens[b]; ++j) {
+      const int64_t slot = ks[b * max_keys + j];
+      TORCH_CHECK(slot >= 0 && slot < num_slots, "kv_slots[", b, ", ", j, "] = ", slot, " is outside [0, ",
+                  num_slots, ")");
+    }
+  }
+}
+
+// q [B, H*D], k and v [B, Hkv*D] (rows may be strided: views into a fused qkv output);
+// cos and sin [B, D] (or [B, 1, D]); caches fp32 [Hkv, S, D]; slot_mapping [B], kv_slots [B, K],
+// seq_lens [B] int64. Returns the attention output [B, H*D] in q's dtype.
+Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos, const Tensor& sin,
+                          Tensor k_cache, Tensor v_cache, const Tensor& slot_mapping, const Tensor& kv_slots,
+                          const Tensor& seq_lens, int64_t num_heads, int64_t num_kv_heads, double scale,
+                          int64_t sliding_window, const c10::optional<Tensor>& q_norm_weight,
+                          const c10::optional<Tensor>& k_norm_weight, double norm_eps, bool norm_is_offset) {
+  TORCH_CHECK(q.dim() == 2 && k.dim() == 2 && v.dim() == 2, "q, k and v must be 2-D [B, heads * head_dim]");
+  const int64_t num_seqs = q.size(0);
+  TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+              "num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (", num_kv_heads, ")");
+  const int64_t head_dim = q.size(1) / num_heads;
+  TORCH_CHECK(head_dim * num_heads == q.size(1) && is_native_head_dim(head_dim), "q's width ", q.size(1),
+              " is not num_heads (", num_heads, ") x a head_dim in {16, 32, 64, 96, 128, 256}");
+  TORCH_CHECK(k.size(1) == num_kv_heads * head_dim && v.size(1) == k.size(1), "k/v width must be ",
+              num_kv_heads * head_dim);
+  TORCH_CHECK(k.size(0) == num_seqs && v.size(0) == num_seqs, "q, k and v must have the same number of rows");
+  for (const Tensor* t : {&q, &k, &v, &cos, &sin}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(),
+                "q, k, v, cos and sin must be CPU tensors of one dtype");
+  }
+  // [B, D] rows, read through their data pointers (a reshape would be one more dispatched op)
+  for (const Tensor* t : {&cos, &sin}) {
+    TORCH_CHECK(t->is_contiguous() && t->numel() == num_seqs * head_dim, "cos and sin must be contiguous with ",
+                num_seqs, " x ", head_dim, " elements, got shape ", t->sizes());
+  }
+  check_cache(k_cache, "k_cache", num_kv_heads, head_dim);
+  check_cache(v_cache, "v_cache", num_kv_heads, head_dim);
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
+  check_slots(slot_mapping, kv_slots, seq_lens, num_seqs, k_cache.size(1));
+  NormSpec qn{}, kn{};
+  if (q_norm_weight) {
+    TORCH_CHECK(k_norm_weight && q_norm_weight->numel() == head_dim && k_norm_weight->numel() == head_dim,
+                "q and k norm weights must both be given, with head_dim (", head_dim, ") elements");
+    qn = NormSpec{to_floats(*q_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
+    kn = NormSpec{to_floats(*k_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
+  }
+  DecodeArgs a{num_seqs, num_heads, num_kv_heads, head_dim,
+               row_stride(q, "q"), row_stride(k, "k"), row_stride(v, "v"), head_dim,
+               k_cache.size(1), kv_slots.size(1), static_cast<float>(scale), std::max<int64_t>(0, sliding_window),
+               q_norm_weight ? &qn : nullptr, q_norm_weight ? &kn : nullptr};
+  Tensor out = at::empty({num_seqs, num_heads * head_dim}, q.options());
+  switch (q.scalar_type()) {
+    case at::kFloat: rope_attend_decode_impl<float>(a, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+                                                    kv_slots, seq_lens, out); break;
+    case at::kBFloat16: rope_attend_decode_impl<c10::BFloat16>(a, q, k, v, cos, sin, k_cache, v_cache,
+                                                               slot_mapping, kv_slots, seq_lens, out); break;
+    case at::kHalf: rope_attend_decode_impl<c10::Half>(a, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+                                                       kv_slots, seq_lens, out); break;
+    default: TORCH_CHECK(false, "rope_attend_decode: unsupported dtype ", q.scalar_type());
+  }
+  return out;
+}
+
+bool cpu_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("add_rms_norm", &add_rms_norm, "(rms_norm(x [+ residual]), new residual) in one pass");
+  m.def("gated_act", &gated_act, "act(gate) * up over a fused [.., 2I] gate/up projection");
+  m.def("rope_attend_decode", &rope_attend_decode,
+        "q/k norm + RoPE, k/v into the paged cache, and one-query-per-sequence attention");
+  m.def("is_native_head_dim", &is_native_head_dim, "whether rope_attend_decode has a kernel for this head_dim");
+  m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+}

@@ -1,0 +1,87 @@
+"""Compiling Luodi's C++ CPU kernels at first use, and deciding whether they can run here.
+
+Owns the one recipe both native modules (`lowbit`, `fused`) share: check the CPU architecture and
+flags, compile the source with torch's `cpp_extension` into `$LUODI_HOME/build/NAME-KEY/`, load it,
+and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
+never an exception: callers fall back to torch ops. The build key covers everything the binary
+depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
+on another CPU model that shares the home directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from luodi.paths import luodi_home
+
+NATIVE_DIR = Path(__file__).resolve().parent / "native"
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class NativeExtension:
+    name: str  # the Python module name the extension defines
+    source: str  # file under kernels/native/
+    what: str  # for messages: "low-bit kernels"
+    required_cpu_flags: tuple[str, ...]
+    cflags: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp")
+
+    @property
+    def source_path(self) -> Path:
+        return NATIVE_DIR / self.source
+
+    def build_dir(self) -> Path:
+        cpu = platform.processor() + " ".join(sorted(cpu_flags()))
+        sources = [self.source_path, *sorted(NATIVE_DIR.glob("*.h"))]  # the headers it may include
+        key = hashlib.sha256(b"\0".join([
+            *(path.read_bytes() for path in sources), torch.__version__.encode(), " ".join(self.cflags).encode(),
+            cpu.encode(),
+        ])).hexdigest()[:16]
+        return luodi_home() / "build" / f"{self.name}-{key}"
+
+    def load(self) -> tuple[Any, str]:
+        """(the extension module, '') or (None, why it cannot run here). Compiles on first use."""
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return None, f"CPU architecture {platform.machine()} is not x86-64"
+        missing = [flag for flag in self.required_cpu_flags if flag not in cpu_flags()]
+        if missing:
+            return None, f"CPU lacks {', '.join(missing)}"
+        try:
+            module = self._compile()
+        except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch ops"
+            return None, f"compiling {self.source} failed: {type(exc).__name__}: {str(exc).strip()[-500:]}"
+        if not module.cpu_supported():
+            return None, f"CPU lacks the instructions the {self.what} were compiled for"
+        return module, ""
+
+    def _compile(self) -> Any:
+        from torch.utils import cpp_extension
+
+        build_dir = self.build_dir()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not (build_dir / f"{self.name}.so").exists():
+            print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
+        return cpp_extension.load(
+            name=self.name, sources=[str(self.source_path)], build_directory=str(build_dir),
+            extra_cflags=list(self.cflags), extra_ldflags=["-fopenmp"], verbose=False,
+        )
