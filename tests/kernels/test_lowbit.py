@@ -152,6 +152,38 @@ def test_zero_and_constant_rows() -> None:
     assert lowbit.int8_linear(torch.zeros(0, K), lowbit.prepack_int8(qweight, scales)).shape == (0, N)
 
 
+# -- bf16 weights ----------------------------------------------------------------------------------
+def assert_bf16_product(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias=None) -> None:
+    """The kernel computes bf16(x) @ bf16(w).T exactly but for fp32 summation and output rounding."""
+    xb, wb = x.bfloat16(), w.bfloat16()
+    ref = reference(xb, wb, bias)
+    bound = FP32_SUM_EPS * (xb.double().abs() @ wb.double().abs().T) + 1e-6
+    bound += OUTPUT_ULP[y.dtype] * (ref.abs() + bound)
+    err = (y.double() - ref).abs()
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert (err <= bound).all(), f"max error {err.max():.3g} where bound {bound.flatten()[err.argmax()]:.3g}"
+
+
+@needs_native
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16, 17, 24, 40])  # decode passes, then 12-row blocks + rest
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bf16_matches_float_reference(m: int, dtype: torch.dtype) -> None:
+    w = weights(N, K)
+    x = activations(m, K, dtype)
+    assert_bf16_product(lowbit.bf16_linear(x, lowbit.prepack_bf16(w)), x, w)
+
+
+@needs_native
+@pytest.mark.parametrize("m", [6, 30])
+def test_bf16_bias_and_leading_dims(m: int) -> None:
+    w, bias = weights(N, K), torch.randn(N)
+    x = activations(m, K, torch.bfloat16)
+    y = lowbit.bf16_linear(x.view(2, m // 2, K), lowbit.prepack_bf16(w), bias)
+    assert y.shape == (2, m // 2, N)
+    assert_bf16_product(y.view(m, N), x, w, bias)
+    assert lowbit.bf16_linear(torch.zeros(0, K), lowbit.prepack_bf16(w)).shape == (0, N)
+
+
 # -- fallback -------------------------------------------------------------------------------------
 @pytest.fixture
 def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
