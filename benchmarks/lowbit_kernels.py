@@ -13,7 +13,7 @@ Kernels alternate (A B C ... A B C ...) and medians are reported, with the best 
     python benchmarks/lowbit_kernels.py --accuracy smollm2-135m-instruct   # error on a real model
 
 Peers: `torch._weight_int8pack_mm`, `torch.ops.aten._weight_int4pack_mm_for_cpu` (both with bf16
-activations, their fast path), the oneDNN-packed bf16 linear Luodi uses for float weights, and for
+activations, their fast path), oneDNN's prepacked bf16 linear against Luodi's native bf16 kernel, and for
 INT8 the prompt-batch path: per-row int8 activations through `torch._int_mm` (W8A8).
 Writes benchmarks/results/lowbit_kernels.json (other threads or clock: lowbit_kernels_<T>t_<clock>.json;
 --accuracy: lowbit_accuracy.json).
@@ -111,7 +111,8 @@ def make_pools(n: int, k: int, pool_bytes: int) -> dict[str, Pool]:
     # torch's int4 dequantizes as (q - 8) * scale + zero, so zero = min + 8 * scale.
     scale_zero = torch.stack([s4.float().T, (m4.float() + 8 * s4.float()).T], -1).to(torch.bfloat16)
     torch_q4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
-    onednn = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k, generator=gen).bfloat16(), 1)
+    w16 = torch.randn(n, k, generator=gen).bfloat16()
+    onednn = torch.ops.mkldnn._reorder_linear_weight(w16, 1)
     pools = {
         "torch_int8pack": pool(lambda x, w: torch._weight_int8pack_mm(x, *w), (q8, s8.bfloat16()),
                                int8_bytes, pool_bytes),
@@ -125,6 +126,7 @@ def make_pools(n: int, k: int, pool_bytes: int) -> dict[str, Pool]:
         p4 = lowbit.prepack_int4(nibbles, s4, m4, GROUP_SIZE)
         pools["luodi_int8"] = pool(lowbit.int8_linear, lowbit.prepack_int8(q8, s8), int8_bytes, pool_bytes)
         pools["luodi_int4"] = pool(lowbit.int4_linear, p4, int4_bytes, pool_bytes)
+        pools["luodi_bf16"] = pool(lowbit.bf16_linear, lowbit.prepack_bf16(w16), 2 * n * k, pool_bytes)
     return pools
 
 

@@ -4,7 +4,8 @@ Measured on a 2-core Zen 4 (benchmarks/engine_speed.py has the model-level figur
 decode shape (one row) `F.linear` on bf16 reads weights at ~20 GB/s; oneDNN's prepacked kernel
 reads them at the bandwidth wall but costs ~13 us of dispatch per call, so over SmolLM2's 121
 matmuls a token it reaches ~30 GB/s; Luodi's native bf16 kernel (`luodi.kernels.lowbit`, ~1.5 us
-per call) ~40 GB/s, and it stays within 7 % of oneDNN up to 512-row prompt batches. So the native
+per call) ~40 GB/s, and it stays within 7 % of oneDNN up to 512-row prompt batches
+(`luodi.kernels.lowbit` has the figures). So the native
 layout is the one copy kept when it builds; oneDNN's otherwise. fp16 is fast only for one row (no
 AVX512-FP16 here), so bf16 + packing is the default. The packed copy replaces the plain weight,
 so memory does not grow (except a tied lm_head).

@@ -49,9 +49,11 @@ BF16 weights (`prepack_bf16`, used by `luodi.kernels.linear` for float models) a
 way, `[N'/16][K'/2][16][2]` bf16 (N padded to 32, K to 32), and multiplied with `_mm512_dpbf16_ps`
 on bf16 x (other dtypes are rounded to bf16 first), summing in fp32. Up to 16 rows each tile is
 streamed once per 8 rows; larger batches use a register-blocked kernel (2 tiles x 12 rows). Against
-oneDNN's prepacked bf16 matmul on SmolLM2's layer shapes (all 30 layers + lm_head, 2 threads):
-1.35x faster at M = 1 (~40 GB/s, the read bandwidth: oneDNN spends ~13 us per call on dispatch),
-1.06x at M = 64, 0.93x at M = 512 (`benchmarks/lowbit_kernels.py --bf16`).
+oneDNN's prepacked bf16 linear (`benchmarks/lowbit_kernels.py --rows 1,8,64`, median over the five
+shapes, 2 threads): 1.3x faster at M = 1, 1.44x at M = 8, equal at M = 64 — oneDNN spends ~13 us
+per call on dispatch, which at decode is a fifth of a small layer's time. At 512-row prompt
+batches it measured 0.93x oneDNN over SmolLM2's layer shapes, so prompt processing loses a little
+to keep one packed copy of the weights instead of two.
 
 If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
 is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
