@@ -8,7 +8,8 @@ per call) ~40 GB/s, and it stays within 7 % of oneDNN up to 512-row prompt batch
 (`luodi.kernels.lowbit` has the figures). So the native
 layout is the one copy kept when it builds; oneDNN's otherwise. fp16 is fast only for one row (no
 AVX512-FP16 here), so bf16 + packing is the default. The packed copy replaces the plain weight,
-so memory does not grow (except a tied lm_head).
+so memory does not grow; a tied embedding table reads its rows from the lm_head's native copy
+(`PackedEmbedding`), so it is kept once too (Gemma 3's 262k-token table alone is 335 MB in bf16).
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 {kernel}-packed"
 
 
+class PackedEmbedding(nn.Module):
+    """Inference-only stand-in for an `nn.Embedding` tied to a natively packed lm_head: rows are
+    gathered from the lm_head's tiles ([N'/16][K'/2][16][2] bf16, `luodi.kernels.lowbit`)."""
+
+    def __init__(self, lm_head: PackedLinear) -> None:
+        super().__init__()
+        packed = lm_head.native
+        assert packed is not None, "only the native layout can be read row by row"
+        self.num_embeddings, self.embedding_dim = packed.out_features, packed.in_features
+        tiles = packed.weight.numel() // (packed.padded_in_features * lowbit.TILE * 2)
+        self.tiles = packed.weight.view(torch.bfloat16).view(tiles, packed.padded_in_features // 2, lowbit.TILE, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.tiles[ids // lowbit.TILE, :, ids % lowbit.TILE]  # [..., K'/2, 2]
+        return rows.flatten(-2)[..., : self.embedding_dim]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rows of the tied lm_head's bf16 native tiles"
+
+
 def pack_linears(model: nn.Module) -> int:
     """Swap every bf16 CPU `nn.Linear` in `model` for a `PackedLinear`; returns how many."""
     if not (lowbit.native_available() or can_pack_bf16()):
@@ -57,6 +78,24 @@ def pack_linears(model: nn.Module) -> int:
         for name, child in parent.named_children()
         if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"
     ]
+    packed_by_weight = {}
     for parent, name in swaps:
-        setattr(parent, name, PackedLinear(getattr(parent, name)))
+        linear = getattr(parent, name)
+        packed = PackedLinear(linear)
+        packed_by_weight[id(linear.weight)] = packed
+        setattr(parent, name, packed)
+    _share_tied_embeddings(model, packed_by_weight)
     return len(swaps)
+
+
+def _share_tied_embeddings(model: nn.Module, packed_by_weight: dict[int, PackedLinear]) -> None:
+    """Point each embedding whose table was a packed layer's weight at that packed copy."""
+    tied = [
+        (parent, name, packed_by_weight[id(child.weight)])
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Embedding and id(child.weight) in packed_by_weight
+    ]
+    for parent, name, packed in tied:
+        if packed.native is not None:
+            setattr(parent, name, PackedEmbedding(packed))

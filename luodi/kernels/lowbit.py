@@ -306,7 +306,9 @@ def prepack_bf16(weight: torch.Tensor) -> PackedBf16:
         raise ModelFormatError(f"a bf16 weight must be a 2-D float tensor, got {weight.dtype} {list(weight.shape)}")
     n, k = weight.shape
     np_, kp = _round_up(n, BF16_ROW_PADDING), _round_up(k, BLOCK)
-    w = F.pad(weight.detach().to(torch.bfloat16), (0, kp - k, 0, np_ - n))
+    w = weight.detach().to(torch.bfloat16)  # no copy when it is bf16 already
+    if (np_, kp) != (n, k):
+        w = F.pad(w, (0, kp - k, 0, np_ - n))
     tiled = w.view(np_ // TILE, TILE, kp // 2, 2).permute(0, 2, 1, 3).contiguous()  # [N'/16, K'/2, 16, 2]
     return PackedBf16(tiled.view(torch.uint8).flatten(), n, k, kp)
 

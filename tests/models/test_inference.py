@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from luodi.engine.reference import full_logits
-from luodi.kernels.linear import PackedLinear, can_pack_bf16
+from luodi.kernels import lowbit
+from luodi.kernels.linear import PackedEmbedding, PackedLinear, can_pack_bf16
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
@@ -41,3 +43,23 @@ def test_packed_bf16_linear_equals_plain_bf16_linear():
     for rows in (1, 7, 64):
         x = torch.randn(rows, 64, dtype=torch.bfloat16)
         torch.testing.assert_close(packed(x), linear(x), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
+def test_a_tied_embedding_reads_the_packed_lm_head():
+    """bf16, tied: the table is kept once (in the lm_head's tiles) and every row reads back exactly."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(GEMMA3, vocab_size=200, tie_word_embeddings=True)  # 200: a partial tile
+    model = Gemma3ForCausalLM(config).to(torch.bfloat16).eval()
+    model.tie_weights()
+    table = model.model.embed_tokens.weight.detach().clone()
+    ids = torch.randint(0, 200, (24,)).tolist()
+    before = full_logits(model, ids)
+    prepared = prepare_for_inference(model)
+    embedding = prepared.model.embed_tokens
+    assert isinstance(embedding, PackedEmbedding)
+    assert embedding.tiles.data_ptr() == prepared.lm_head.native.weight.data_ptr()
+    all_ids = torch.arange(200)
+    assert torch.equal(embedding(all_ids), table)
+    assert torch.equal(embedding(all_ids.view(10, 20)), table.view(10, 20, -1))
+    torch.testing.assert_close(full_logits(prepared, ids), before, rtol=0.05, atol=0.05)
