@@ -162,14 +162,30 @@ class QuantLinear(nn.Module):
             if hasattr(self, name):
                 delattr(self, name)
         self.native = None
+        self._native_bias = None
         self.has_kernel = False
 
     # The native VNNI GEMV (luodi.kernels.lowbit) when it built on this CPU: it streams weights at
     # 2-4x the rate of torch's int8/int4 kernels for decode-sized M (benchmarks/lowbit_kernels.py).
     native: lowbit.PackedInt8 | lowbit.PackedInt4 | None = None
 
+    @property
+    def native_bias(self) -> Tensor | None:
+        """The bias as the native kernels add it (fp32: no conversion per call)."""
+        if self.bias is None:
+            return None
+        if self._native_bias is None:
+            self._native_bias = self.bias.float()
+        return self._native_bias
+
+    _native_bias: Tensor | None = None
+
     def _kernel_matmul(self, x: Tensor) -> Tensor:
         """bf16 [M, K] contiguous -> bf16 [M, N], no bias."""
+        raise NotImplementedError
+
+    def _native_matmul(self, x: Tensor) -> Tensor:
+        """x [..., K] @ W.T + bias through the native kernel (`self.native` is set)."""
         raise NotImplementedError
 
     def _dequantize_bf16(self, start: int, end: int) -> Tensor:
@@ -177,6 +193,10 @@ class QuantLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native is not None and x.is_cpu and x.numel() < lowbit.NATIVE_MAX_ROWS * self.in_features:
+            # Kept short: it runs ~120 times a token. The native kernels take x in any float dtype
+            # and any leading dims, and add the fp32 bias themselves.
+            return self._native_matmul(x)
         rows = x.reshape(-1, self.in_features)  # [M, K]
         if self.has_kernel and rows.device.type == "cpu":
             out = self._cpu_forward(rows)
@@ -281,6 +301,9 @@ class Int8Linear(QuantLinear):
             return lowbit.int8_linear(x, self.native)
         return torch.ops.aten._weight_int8pack_mm(_aligned(x), self.qweight, self.kernel_scales)
 
+    def _native_matmul(self, x: Tensor) -> Tensor:
+        return lowbit.int8_linear(x, self.native, self.native_bias)
+
     def _dequantize_bf16(self, start: int, end: int) -> Tensor:
         # int8 * bf16 promotes to bf16 in one pass; the bf16 scale is the one the kernel uses.
         return self.qweight[start:end] * self.kernel_scales[start:end, None]
@@ -363,6 +386,9 @@ class Int4Linear(QuantLinear):
             x, self.kernel_weight, self.group_size, self.kernel_scales_and_zeros
         )  # [M, N']
         return out if out.shape[1] == self.out_features else out[:, : self.out_features]
+
+    def _native_matmul(self, x: Tensor) -> Tensor:
+        return lowbit.int4_linear(x, self.native, self.native_bias)
 
     def _dequantize_bf16(self, start: int, end: int) -> Tensor:
         # Straight to bf16, one broadcast multiply-add: ~1.4x faster than dequantize() (fp32) + cast.
