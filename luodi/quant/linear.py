@@ -149,6 +149,8 @@ class QuantLinear(nn.Module):
             return
         self._drop_kernel()
         self.has_kernel = device.type == "cpu" and can_pack_bf16() and self._prepare_cpu_kernel()
+        if self.native is not None and self.bias is not None:
+            self.native_bias = self.bias.float()
 
     _weight_buffer: ClassVar[str] = "qweight"
     _kernel_buffers: ClassVar[tuple[str, ...]] = ()
@@ -162,23 +164,14 @@ class QuantLinear(nn.Module):
             if hasattr(self, name):
                 delattr(self, name)
         self.native = None
-        self._native_bias = None
+        self.native_bias = None
         self.has_kernel = False
 
     # The native VNNI GEMV (luodi.kernels.lowbit) when it built on this CPU: it streams weights at
     # 2-4x the rate of torch's int8/int4 kernels for decode-sized M (benchmarks/lowbit_kernels.py).
     native: lowbit.PackedInt8 | lowbit.PackedInt4 | None = None
 
-    @property
-    def native_bias(self) -> Tensor | None:
-        """The bias as the native kernels add it (fp32: no conversion per call)."""
-        if self.bias is None:
-            return None
-        if self._native_bias is None:
-            self._native_bias = self.bias.float()
-        return self._native_bias
-
-    _native_bias: Tensor | None = None
+    native_bias: Tensor | None = None  # the bias as the native kernels add it (fp32), set by finalize
 
     def _kernel_matmul(self, x: Tensor) -> Tensor:
         """bf16 [M, K] contiguous -> bf16 [M, N], no bias."""
@@ -252,22 +245,9 @@ def _float_bias(linear: nn.Linear) -> Tensor | None:
     return None if linear.bias is None else linear.bias.detach().clone()
 
 
-class Int8Linear(QuantLinear):
-    """Per-output-channel symmetric INT8: `qweight` int8 [N, K], `scales` fp32 [N]."""
-
-    scheme = "int8"
-    gemm_min_rows = 48
-    _kernel_buffers = ("kernel_scales",)
-    qweight: Tensor
-    scales: Tensor
-    kernel_scales: Tensor  # bf16 [N], made by finalize
-
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype,
-                 device: torch.device | str = "meta") -> None:
-        super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
-        shape = (out_features, in_features)
-        self.register_buffer("qweight", torch.empty(shape, dtype=torch.int8, device=device))
-        self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
+class Int8Storage:
+    """Per-output-channel symmetric INT8 weights (`qweight` int8 [N, K], `scales` fp32 [N]): how
+    they are made and read back, shared by weight-only INT8 and SmoothQuant W8A8."""
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **options: Any) -> Self:
@@ -285,6 +265,24 @@ class Int8Linear(QuantLinear):
     def dequantize_rows(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
         rows = self.qweight[ids].float() * self.scales[ids].unsqueeze(-1)  # [*ids, K]
         return rows.to(dtype)
+
+
+class Int8Linear(Int8Storage, QuantLinear):
+    """Per-output-channel symmetric INT8: `qweight` int8 [N, K], `scales` fp32 [N]."""
+
+    scheme = "int8"
+    gemm_min_rows = 48
+    _kernel_buffers = ("kernel_scales",)
+    qweight: Tensor
+    scales: Tensor
+    kernel_scales: Tensor  # bf16 [N], made by finalize
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype,
+                 device: torch.device | str = "meta") -> None:
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
+        shape = (out_features, in_features)
+        self.register_buffer("qweight", torch.empty(shape, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
 
     def _prepare_cpu_kernel(self) -> bool:
         # aten._weight_int8pack_mm gives wrong sums or crashes unless K % 16 == 0 (torch 2.13, measured).

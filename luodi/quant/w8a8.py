@@ -35,14 +35,13 @@ twice the bytes); at 512 rows the integer matmul does ~1.8x the bf16 GEMM's work
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from luodi.errors import InvalidParameterError
-from luodi.quant.linear import QuantLinear
-from luodi.quant.weight_only import INT8_MAX, dequantize_int8, quantize_int8
+from luodi.quant.linear import Int8Storage, QuantLinear
+from luodi.quant.weight_only import INT8_MAX
 
 _TINY = torch.finfo(torch.float32).tiny
 _U8_ZERO_POINT = 128  # q + 128 lies in [1, 255]
@@ -77,7 +76,7 @@ def onednn_int8_available() -> bool:
     return torch.backends.mkldnn.is_available() and bool(is_vnni())
 
 
-class W8A8Linear(QuantLinear):
+class W8A8Linear(Int8Storage, QuantLinear):
     """W8A8: `qweight` int8 [N, K] and `scales` fp32 [N] stored; activations quantized per call."""
 
     scheme = "w8a8"
@@ -94,26 +93,6 @@ class W8A8Linear(QuantLinear):
         # copies and pickles of the module leave behind (see __getstate__).
         self._packed: Tensor | None = None
         self._zero_points: Tensor | None = None
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, **options: Any) -> Self:
-        if options:
-            raise InvalidParameterError(f"W8A8Linear takes no options, got {', '.join(sorted(options))}")
-        layer = cls.empty(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                          dtype=linear.weight.dtype, device="meta")
-        qweight, scales = quantize_int8(linear.weight)
-        state = {"qweight": qweight, "scales": scales}
-        if linear.bias is not None:
-            state["bias"] = linear.bias.detach().clone()
-        layer.load_state_dict(state, assign=True)
-        return layer
-
-    def dequantize(self) -> Tensor:
-        return dequantize_int8(self.qweight, self.scales)
-
-    def dequantize_rows(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
-        rows = self.qweight[ids].float() * self.scales[ids].unsqueeze(-1)  # [*ids, K]
-        return rows.to(dtype)
 
     # -- kernels ---------------------------------------------------------------------------------
 
