@@ -38,3 +38,11 @@ class InvalidParameterError(LuodiError):
 
 class PromptTooLongError(InvalidParameterError):
     """Prompt plus requested tokens do not fit in the model's context window."""
+
+
+class DocumentError(LuodiError):
+    """A document that cannot be read: unsupported type, corrupt file, no text found."""
+
+
+class KnowledgeBaseError(LuodiError):
+    """A knowledge base that does not exist, already exists, or cannot be opened."""
