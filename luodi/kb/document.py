@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     """A run of text a loader took from a document: a paragraph, a table, an OCRed page region.
 
@@ -20,7 +20,7 @@ class Block:
     heading: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A retrievable passage: one or more blocks' text within a token budget, with its place."""
 
@@ -30,7 +30,7 @@ class Chunk:
     ordinal: int  # position of the chunk within its document, from 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A chunk found by a search, with where it came from. `score`: higher is better."""
 

@@ -22,7 +22,7 @@ import numpy as np
 from luodi.kb.document import Chunk, Hit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KnowledgeBaseInfo:
     name: str
     owner: str
@@ -32,7 +32,7 @@ class KnowledgeBaseInfo:
     chunks: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DocumentInfo:
     source: str  # the document's name as added (a path relative to what the user passed)
     content_hash: str  # sha256 of the file's bytes
