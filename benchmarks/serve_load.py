@@ -7,11 +7,13 @@ p50/p99 (per request: (last - first) / (n - 1)), errors, and the server's peak R
 Then the prefix-cache check: a ~1,000-token shared system prompt, first request vs a second one
 that shares it (TTFT ratio).
 
-The server runs in its own process (`luodi serve` as a user starts it). llama.cpp's
-`llama-server` is not driven from here yet (it needs a bench-only build); compare with the
-figures in the serving issue.
+Each server runs in its own process as a user starts it. The peer is llama.cpp's `llama-server`
+on the same GGUF (build it with `bash benchmarks/build_llama_server.sh`), restarted per level with
+`--parallel` = concurrency and continuous batching; Luodi and llama-server alternate level by level.
+Without a llama-server binary only Luodi is measured.
 
     python benchmarks/serve_load.py [--levels 1,4,16,64] [--max-tokens 128] [--kv-cache-gb 1]
+                                    [--llama-server PATH | --no-peer]
 
 Writes benchmarks/results/serve_load.json.
 """
@@ -35,12 +37,26 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 PROMPT_TOKENS = 128
 MODEL = "smollm2-135m-instruct"
 LAUNCH = "import typer; from luodi.cli.serve import serve; typer.run(serve)"
+THREADS = 2
+SLOT_CONTEXT = 512  # llama-server tokens per slot: prompt + output + slack
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def default_llama_server() -> Path:
+    home = Path(os.environ.get("LUODI_HOME") or Path.home() / ".cache" / "luodi")
+    return home / "build" / "llama-server" / "bin" / "llama-server"
+
+
+def start_llama_server(binary: Path, gguf: Path, port: int, parallel: int) -> subprocess.Popen:
+    args = [str(binary), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1",
+            "--parallel", str(parallel), "--cont-batching", "-c", str(SLOT_CONTEXT * max(parallel, 2)),
+            "--threads", str(THREADS), "--threads-batch", str(THREADS), "--no-webui"]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_server(port: int, max_num_seqs: int, kv_cache_gb: float, max_queue: int) -> subprocess.Popen:
@@ -98,10 +114,11 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> dict:
             chunk = json.loads(line[5:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            elif chunk.get("choices"):
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
                 stamps.append(time.perf_counter())
     if not stamps:
         return {"error": "no tokens"}
+    tokens = tokens or len(stamps)
     tpot = (stamps[-1] - stamps[0]) / (tokens - 1) if tokens > 1 else float("nan")
     return {"ttft": stamps[0] - start, "tpot": tpot, "tokens": tokens}
 
@@ -180,35 +197,93 @@ def prefix_cache_check(base: str, model_id: str) -> dict:
     }
 
 
+def measure(base: str, proc: subprocess.Popen, level: int, max_tokens: int, deadline: float) -> dict:
+    model_id = httpx.get(base + "/v1/models").json()["data"][0]["id"]
+    row = asyncio.run(run_level(base, model_id, level, max_tokens, deadline))
+    row["peak_rss_mib"] = round(peak_rss_mib(proc.pid), 1)
+    return row
+
+
+class LlamaServerPeer:
+    """llama-server, restarted for each level with --parallel = that level."""
+
+    def __init__(self, binary: Path, gguf: Path) -> None:
+        self.binary, self.gguf = binary, gguf
+
+    def run(self, level: int, max_tokens: int, deadline: float, prefix: bool = False) -> dict:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = start_llama_server(self.binary, self.gguf, port, level)
+        try:
+            wait_ready(base, proc)
+            if prefix:
+                model_id = httpx.get(base + "/v1/models").json()["data"][0]["id"]
+                return prefix_cache_check(base, model_id)
+            asyncio.run(run_level(base, "x", 2, 8, deadline))  # warm-up
+            return measure(base, proc, level, max_tokens, deadline)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _peer(args: argparse.Namespace) -> LlamaServerPeer | None:
+    if args.no_peer:
+        return None
+    binary = Path(args.llama_server) if args.llama_server else default_llama_server()
+    if not binary.exists():
+        print(f"no llama-server at {binary} (bash benchmarks/build_llama_server.sh): Luodi only", file=sys.stderr)
+        return None
+    from luodi.loading.catalog import resolve_model
+
+    return LlamaServerPeer(binary, resolve_model(MODEL))
+
+
+def _ratios(luodi: dict, peer: dict) -> dict:
+    return {
+        "aggregate_tok_s": round(luodi["aggregate_tok_s"] / peer["aggregate_tok_s"], 2),
+        "ttft_p50": round(luodi["ttft_p50_s"] / peer["ttft_p50_s"], 2),
+        "ttft_p99": round(luodi["ttft_p99_s"] / peer["ttft_p99_s"], 2),
+        "tpot_p50": round(luodi["tpot_p50_ms"] / peer["tpot_p50_ms"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--kv-cache-gb", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=600.0, help="Seconds allowed per level.")
+    parser.add_argument("--llama-server", help="llama-server binary (default: where build_llama_server.sh puts it).")
+    parser.add_argument("--no-peer", action="store_true", help="Measure Luodi only.")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    peer = _peer(args)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(port, max_num_seqs=max(levels), kv_cache_gb=args.kv_cache_gb, max_queue=max(levels))
+    rows = []
     try:
         wait_ready(base, proc)
         model_id = httpx.get(base + "/v1/models").json()["data"][0]["id"]
         # Warm-up (not measured): first-use costs such as kernel builds or compilation.
         asyncio.run(run_level(base, model_id, 2, 8, args.deadline))
-        rows = []
         for level in levels:
-            row = asyncio.run(run_level(base, model_id, level, args.max_tokens, args.deadline))
-            row["peak_rss_mib"] = round(peak_rss_mib(proc.pid), 1)
+            row = {"luodi": measure(base, proc, level, args.max_tokens, args.deadline)}
+            if peer is not None:
+                row["llama_server"] = peer.run(level, args.max_tokens, args.deadline)
+                row["ratio"] = _ratios(row["luodi"], row["llama_server"])
             rows.append(row)
             print(json.dumps(row), flush=True)
-        prefix = prefix_cache_check(base, model_id)
-        print(json.dumps({"prefix_cache": prefix}), flush=True)
+        prefix = {"luodi": prefix_cache_check(base, model_id)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    if peer is not None:
+        prefix["llama_server"] = peer.run(1, 1, args.deadline, prefix=True)
+    print(json.dumps({"prefix_cache": prefix}), flush=True)
     result = {
         "model": MODEL,
+        "peer": "llama-server (llama.cpp from llama-cpp-python's sdist), --parallel = concurrency" if peer else None,
         "prompt_tokens": PROMPT_TOKENS,
         "max_tokens": args.max_tokens,
         "kv_cache_gb": args.kv_cache_gb,
