@@ -1,0 +1,21 @@
+"""Image files (.png, .jpg, .jpeg) → blocks, by OCR: one block per paragraph of recognized text.
+
+Owns opening the image (EXIF rotation applied, so phone photos read upright). The recognition
+itself is `ocr`'s. Knows nothing about chunking or storage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from luodi.kb.document import Block
+from luodi.kb.ingest.ocr import read_paragraphs
+
+
+def load_image(path: Path) -> list[Block]:
+    """The OCRed text of an image file as paragraph blocks (no page, no section)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)
+        return [Block(text=p) for p in read_paragraphs(upright)]
