@@ -57,7 +57,8 @@ class Store(Protocol):
     def replace_document(self, name: str, source: str, content_hash: str, chunks: Sequence[Chunk],
                          vectors: np.ndarray, *, owner: str) -> None:
         """Put `source` with these chunks (and their L2-normalized float32 vectors, one row each)
-        in place of whatever `source` had, in one transaction."""
+        in place of whatever `source` had, in one transaction. `KnowledgeBaseError` if the
+        vectors' width is not the knowledge base's `dim`."""
 
     def documents(self, name: str, *, owner: str) -> list[DocumentInfo]: ...
 
@@ -65,9 +66,11 @@ class Store(Protocol):
         """Remove `source` and its chunks; False if it was not there."""
 
     def search_text(self, name: str, query: str, k: int, *, owner: str) -> list[Hit]:
-        """BM25 over `luodi.kb.terms.index_terms` of each chunk; best first."""
+        """BM25 over `luodi.kb.terms.index_terms` of each chunk, any query word matching; best
+        first, `score` higher is better. (PostgreSQL ranks BM25-like, not exact BM25.)"""
 
     def search_vector(self, name: str, vector: np.ndarray, k: int, *, owner: str) -> list[Hit]:
-        """Nearest chunks by cosine similarity to `vector` (L2-normalized); best first."""
+        """Nearest chunks by cosine similarity to `vector` (L2-normalized); best first, `score`
+        the cosine similarity."""
 
     def close(self) -> None: ...
