@@ -29,10 +29,10 @@ from luodi.kb.store.base import Store
 KB = "kb"  # the knowledge-base name the crash tests use
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def luodi_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Keep jieba's cache (and anything else under LUODI_HOME) out of the real home; children
-    started by the tests inherit it."""
+    started by the tests inherit it. Module scope: the setting must not outlive tests/kb."""
     home = tmp_path_factory.mktemp("luodi_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LUODI_HOME", str(home))
