@@ -45,4 +45,13 @@ class DocumentError(LuodiError):
 
 
 class KnowledgeBaseError(LuodiError):
-    """A knowledge base that does not exist, already exists, or cannot be opened."""
+    """A knowledge base (or document in it) that cannot be created, opened or changed as asked."""
+
+
+class KnowledgeBaseNotFoundError(KnowledgeBaseError):
+    """No such knowledge base for this owner (another owner's looks exactly the same), or no
+    such document in it."""
+
+
+class KnowledgeBaseExistsError(KnowledgeBaseError):
+    """A knowledge base of that name exists already."""
