@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from luodi.cli.generate import chat, generate
+from luodi.cli.kb import ask, kb_app
 from luodi.cli.quant import convert, evaluate, quantize
 from luodi.cli.serve import keys_app, serve
 from luodi.errors import LuodiError
@@ -32,6 +33,8 @@ app.command()(convert)
 app.command(name="eval")(evaluate)
 app.command()(serve)
 app.add_typer(keys_app, name="keys")
+app.add_typer(kb_app, name="kb")
+app.command()(ask)
 
 
 @app.command()

@@ -97,6 +97,10 @@ def serve(
         str | None,
         typer.Option("--served-model-name", help="The model id clients use (default: the model's name)."),
     ] = None,
+    kb_store: Annotated[
+        str | None,
+        typer.Option("--kb-store", help="Knowledge bases: default SQLite under $LUODI_HOME/kb, or postgresql://…"),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
@@ -113,7 +117,8 @@ def serve(
     keys_file = resolve_keys_file(api_key_file, host, insecure_no_auth)
     engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30))
     config = ServerConfig(
-        model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file
+        model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file,
+        kb_store=kb_store,
     )
 
     def load() -> LLM:

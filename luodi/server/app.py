@@ -7,13 +7,15 @@ responses and disconnect notices pass through untouched):
 - HTTP metrics (outermost): counts every response by route and status;
 - auth: when a keys file is configured, every route except `/health` and the web page's static
   files needs `Authorization: Bearer KEY` (the page itself holds no secret; its API calls do);
-- body limit: a body over `max_body_bytes` is refused with 413 before it is read in full.
+- body limit: a body over `max_body_bytes` (`max_upload_bytes` for a document uploaded to a
+  knowledge base) is refused with 413 before it is read in full.
 
 Must not know how generation works: that is `ModelService` and the routes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from luodi.kb.embedding import embedder_names
 from luodi.server import protocol as p
 from luodi.server.auth import KeyStore, bearer_token
 from luodi.server.errors import (
@@ -37,22 +40,27 @@ from luodi.server.errors import (
     error_payload,
     install_error_handlers,
 )
+from luodi.server.kb_routes import router as kb_router
+from luodi.server.kb_service import KnowledgeService
 from luodi.server.openai_routes import router as openai_router
-from luodi.server.service import ModelService
+from luodi.server.service import ModelService, ServerConfig
 
 STATIC_DIR = Path(__file__).parent / "static"
 _OPEN_PATHS = ("/health", "/", "/favicon.ico")
 _OPEN_PREFIXES = ("/static/",)
 
 
-def create_app(service: ModelService) -> FastAPI:
-    """The app for one served model. Starting it (lifespan) loads the model if not loaded yet."""
+def create_app(service: ModelService, knowledge: KnowledgeService | None = None) -> FastAPI:
+    """The app for one served model and the knowledge bases beside it. Starting it (lifespan)
+    loads the model if not loaded yet."""
+    knowledge = knowledge or KnowledgeService(partial(_open_kb_store, service.config.kb_store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
         yield
         service.close()
+        knowledge.close()
 
     # No /docs: Swagger UI loads scripts from a CDN, and this server must work offline.
     app = FastAPI(
@@ -63,8 +71,10 @@ def create_app(service: ModelService) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.knowledge = knowledge
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(kb_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = partial(_openapi_naming_the_model, app, service.config.model_name)  # type: ignore[method-assign]
@@ -72,7 +82,7 @@ def create_app(service: ModelService) -> FastAPI:
     config = service.config
     keys = KeyStore.open(config.api_keys_file) if config.api_keys_file is not None else None
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit_of=partial(_body_limit, config))
     if keys is not None:
         app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(HTTPMetricsMiddleware, count=service.metrics.http_requests, route_of=_route_namer(app))
@@ -83,8 +93,9 @@ def _openapi_naming_the_model(app: FastAPI, model_name: str) -> dict[str, Any]:
     """The OpenAPI schema, with `model` in each request body limited to the one model served."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
-        for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
             schema["components"]["schemas"][name]["properties"]["model"]["enum"] = [model_name]
+        schema["components"]["schemas"]["EmbeddingRequest"]["properties"]["model"]["enum"] = list(embedder_names())
     return app.openapi_schema  # type: ignore[return-value]
 
 
@@ -106,11 +117,27 @@ def _add_service_routes(app: FastAPI, service: ModelService) -> None:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+def _open_kb_store(location: str | None):
+    from luodi.kb.store import open_store
+
+    return open_store(location)
+
+
+_UPLOAD_PATH = re.compile(r"^/v1/kb/[^/]+/documents/[^/]+$")
+
+
+def _body_limit(config: ServerConfig, scope: Scope) -> int:
+    if scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"]):
+        return config.max_upload_bytes
+    return config.max_body_bytes
+
+
 def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
     """The route template a request matches (bounded label values), or "other"."""
     # Included routers are wrapped by FastAPI; match against their own routes.
     routes = [
-        r for r in (*openai_router.routes, *app.router.routes) if isinstance(getattr(r, "path", None), str)
+        r for r in (*openai_router.routes, *kb_router.routes, *app.router.routes)
+        if isinstance(getattr(r, "path", None), str)
     ]
 
     def route_of(scope: Scope) -> str:
@@ -158,7 +185,8 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _is_open(scope["path"]):
             token = bearer_token(_header(scope, b"authorization"))
-            if token is None or self.keys.verify(token) is None:
+            key_name = self.keys.verify(token) if token is not None else None
+            if key_name is None:
                 message = (
                     "missing API key: send the header 'Authorization: Bearer KEY' (create a key with "
                     "`luodi keys add NAME`)"
@@ -169,6 +197,8 @@ class AuthMiddleware:
                     AuthenticationError(message, headers={"WWW-Authenticate": "Bearer"}), scope, receive, send
                 )
                 return
+            # Routes read it as request.state.api_key_name: what a caller owns (its knowledge bases).
+            scope.setdefault("state", {})["api_key_name"] = key_name
         await self.app(scope, receive, send)
 
 
@@ -184,38 +214,41 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, limit_of: Callable[[Scope], int]) -> None:
+        self.app, self.limit_of = app, limit_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_of(scope)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(RequestTooLargeError(self._message(int(declared))), scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_error(RequestTooLargeError(_too_large(int(declared), limit)), scope, receive, send)
             return
-        await self.app(scope, self._limited(receive), send)
+        await self.app(scope, _limited(receive, limit), send)
 
-    def _message(self, size: int | None) -> str:
-        what = f"{size} bytes" if size is not None else "the request body"
-        return f"{what} exceed the limit of {self.max_bytes} bytes; send a smaller request"
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Count a body sent without Content-Length (chunked) as it arrives."""
-        received = 0
+def _too_large(size: int | None, limit: int) -> str:
+    what = f"{size} bytes" if size is not None else "the request body"
+    return f"{what} exceed the limit of {limit} bytes; send a smaller request"
 
-        async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # An HTTPException passes through FastAPI's body parsing to our error handler.
-                    raise StarletteHTTPException(413, self._message(None))
-            return message
 
-        return receive_limited
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Count a body sent without Content-Length (chunked) as it arrives."""
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                # An HTTPException passes through FastAPI's body parsing to our error handler.
+                raise StarletteHTTPException(413, _too_large(None, limit))
+        return message
+
+    return receive_limited
 
 
 __all__ = ["create_app"]

@@ -18,7 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from luodi.errors import InvalidParameterError, LuodiError, PromptTooLongError
+from luodi.errors import (
+    InvalidParameterError,
+    KnowledgeBaseExistsError,
+    KnowledgeBaseNotFoundError,
+    LuodiError,
+    PromptTooLongError,
+)
 
 log = logging.getLogger("luodi.server")
 
@@ -72,11 +78,6 @@ class ClientClosedRequest(APIError):
     code = "client_closed_request"
 
 
-class EmbeddingsNotConfiguredError(APIError):
-    status_code = 400
-    code = "embeddings_not_configured"
-
-
 class ModelLoadingError(APIError):
     status_code = 503
     error_type = "service_unavailable"
@@ -107,6 +108,10 @@ def error_payload(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, st
         return 400, error_body(str(exc), "invalid_request_error", exc.param, "context_length_exceeded"), {}
     if isinstance(exc, InvalidParameterError):
         return 400, error_body(str(exc), "invalid_request_error", exc.param, "invalid_value"), {}
+    if isinstance(exc, KnowledgeBaseNotFoundError):
+        return 404, error_body(str(exc), "invalid_request_error", code="knowledge_base_not_found"), {}
+    if isinstance(exc, KnowledgeBaseExistsError):
+        return 409, error_body(str(exc), "invalid_request_error", code="knowledge_base_exists"), {}
     if isinstance(exc, LuodiError):
         return 400, error_body(str(exc), "invalid_request_error"), {}
     return (

@@ -14,6 +14,7 @@ Must not know how the engine schedules or a model computes: it calls `ModelServi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
@@ -28,21 +29,14 @@ from luodi.engine.engine import RequestOutput
 from luodi.engine.sampling import SamplingParams, TokenLogprobs
 from luodi.llm import LLM
 from luodi.server import protocol as p
-from luodi.server.errors import ClientClosedRequest, EmbeddingsNotConfiguredError, error_payload
+from luodi.errors import InvalidParameterError
+from luodi.kb.answer import cited_numbers
+from luodi.kb.embedding import embedder_names
+from luodi.server.errors import ClientClosedRequest, ModelNotServedError, error_payload
+from luodi.server.kb_routes import request_owner
 from luodi.server.service import Admission, ModelService
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": p.ErrorResponse, "description": what}
-    for status, what in (
-        (400, "Invalid request"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (413, "Request body too large"),
-        (429, "Queue full; retry after Retry-After seconds"),
-        (503, "Model still loading"),
-    )
-}
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(responses=p.ERROR_RESPONSES)
 
 
 def _service(request: Request) -> ModelService:
@@ -59,6 +53,7 @@ class _Answer:
     params: SamplingParams
     id: str
     created: int = field(default_factory=p.now)
+    sources: list[dict[str, Any]] | None = None  # a knowledge-base answer's [n] → passage
 
     def token_text(self, token_id: int) -> str:
         return self.llm.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -131,9 +126,16 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
     service = _service(request)
     llm = service.ready_llm(body.model)
     params = body.to_sampling_params()
-    prompt_ids = llm.prompt_ids(body.chat_messages())
+    sources = None
+    if body.kb:
+        knowledge = request.app.state.knowledge
+        grounded = await knowledge.run(knowledge.grounded_prompt, llm, body.kb, request_owner(request),
+                                       body.chat_messages(), body.kb_k, params.max_tokens or 256)
+        prompt_ids, sources = grounded.prompt_ids, grounded.sources
+    else:
+        prompt_ids = llm.prompt_ids(body.chat_messages())
     service.check_prompt(prompt_ids, params, prompt_param="messages")
-    answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"))
+    answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"), sources=sources)
     admission = service.admit()
     outputs = service.generate(admission, prompt_ids, params)
     if body.stream:
@@ -155,7 +157,15 @@ def _chat_completion(answer: _Answer, outputs: list[RequestOutput]) -> p.ChatCom
         model=answer.model,
         choices=[choice],
         usage=p.Usage(**answer.usage(final)),
+        sources=_cited(answer.sources, choice.message.content),
     )
+
+
+def _cited(sources: list[dict[str, Any]] | None, text: str) -> list[dict[str, Any]] | None:
+    if sources is None:
+        return None
+    cited = cited_numbers(text)
+    return [{**source, "cited": source["n"] in cited} for source in sources]
 
 
 async def _chat_events(
@@ -173,7 +183,12 @@ async def _chat_events(
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return _dumps({**base, "choices": [choice], **extra})
 
-    yield chunk({"role": "assistant", "content": ""})
+    first = {"role": "assistant", "content": ""}
+    if answer.sources is not None:  # a knowledge-base answer: the passages it may cite, up front
+        yield _dumps({**base, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}],
+                      "sources": answer.sources, **extra})
+    else:
+        yield chunk(first)
     final = None
     try:
         async with aclosing(outputs):
@@ -262,12 +277,27 @@ async def _completion_events(
 
 @router.post("/v1/embeddings")
 async def create_embeddings(body: p.EmbeddingRequest, request: Request) -> Any:
-    _service(request).ready_llm()
-    raise EmbeddingsNotConfiguredError(
-        f"no embedding model is configured on this server (it serves the generation model "
-        f"{_service(request).config.model_name!r}); embeddings arrive with the knowledge base",
-        param="model",
-    )
+    """Vectors from the knowledge base's embedders (`model`: one of their names)."""
+    if body.model not in embedder_names():
+        raise ModelNotServedError(
+            f"{body.model!r} is not an embedding model here; use one of: {', '.join(embedder_names())}", param="model")
+    texts = body.texts()
+    if body.dimensions is not None:
+        raise InvalidParameterError("dimensions is not supported: the embedders' width is fixed", param="dimensions")
+    knowledge = request.app.state.knowledge
+    embedder = await knowledge.run(knowledge.embedder, body.model)
+    vectors = await knowledge.run(embedder.embed_passages, texts)
+    tokens = sum(embedder.count_tokens(text) for text in texts)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(row, body.encoding_format)}
+            for i, row in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _encode(vector: Any, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
+    # Luodi's extension: answer the last user turn from this knowledge base, with sources.
+    kb: str | None = Field(None, description="Knowledge base to answer from (its passages, cited [n]).")
+    kb_k: int = Field(8, ge=1, le=32, description="Passages to retrieve from the knowledge base.")
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -191,6 +194,19 @@ class CompletionRequest(_SamplingFields):
 class EmbeddingRequest(_Request):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+    def texts(self) -> list[str]:
+        """The input as a list of texts; token ids are refused (embedders tokenize themselves)."""
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidParameterError("input must be a string or a non-empty list of strings", param="input")
+        if any(not t.strip() for t in texts):
+            raise InvalidParameterError("input contains an empty string", param="input")
+        if len(texts) > 2048:
+            raise InvalidParameterError(f"{len(texts)} inputs: send at most 2048 per request", param="input")
+        return texts  # type: ignore[return-value]
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -257,6 +273,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    sources: list[dict[str, Any]] | None = None  # with `kb`: [n] → source, page, section, text, cited
 
 
 class CompletionLogprobs(BaseModel):
@@ -297,3 +314,18 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+# The error statuses every route documents in the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "Invalid request"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model or knowledge base"),
+        (409, "Knowledge base exists"),
+        (413, "Request body too large"),
+        (429, "Queue full; retry after Retry-After seconds"),
+        (503, "Model still loading"),
+    )
+}

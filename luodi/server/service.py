@@ -35,6 +35,8 @@ class ServerConfig:
     model_name: str  # the id clients send as "model" and /v1/models lists
     max_queue: int = 64  # requests admitted beyond the running batch before 429
     max_body_bytes: int = 4 * 2**20  # ~1M tokens of text: far above any context window we serve
+    max_upload_bytes: int = 64 * 2**20  # one document uploaded to a knowledge base
+    kb_store: str | None = None  # where knowledge bases live: None = SQLite under $LUODI_HOME/kb
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
 

