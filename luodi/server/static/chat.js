@@ -190,7 +190,8 @@ async function loadKnowledgeBases(select) {
   const current = select || $("kb").value;
   $("kb").replaceChildren(new Option("none", ""));
   for (const kb of body.data) {
-    $("kb").appendChild(new Option(kb.name + " (" + kb.documents + " docs)", kb.name));
+    const docs = kb.documents === 1 ? " doc)" : " docs)";
+    $("kb").appendChild(new Option(kb.name + " (" + kb.documents + docs, kb.name));
   }
   $("kb").value = body.data.some((kb) => kb.name === current) ? current : "";
   $("upload").disabled = !$("kb").value;
@@ -200,8 +201,10 @@ async function createKnowledgeBase() {
   const name = $("kb-name").value.trim();
   if (!name) return;
   const response = await fetch("/v1/kb", { method: "POST", headers: headers(), body: JSON.stringify({ name: name }) });
-  $("kb-status").textContent = response.ok ? "created " + name : await errorMessage(response);
-  if (response.ok) { $("kb-name").value = ""; await loadKnowledgeBases(name); }
+  if (!response.ok) { $("kb-status").textContent = await errorMessage(response); return; }
+  $("kb-name").value = "";
+  await loadKnowledgeBases(name);
+  $("kb-status").textContent = "created " + name;
 }
 
 async function uploadDocuments(files) {
