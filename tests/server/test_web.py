@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -56,78 +57,66 @@ def _playwright():
     return sync_api
 
 
-def test_chat_in_headless_chromium(base_url):
+@contextmanager
+def chat_page(base_url: str, width: int = 900, height: int = 640):
+    """The web chat in headless Chromium, model connected and settings open; yields (page, expect)."""
     sync_api = _playwright()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(base_url + "/")
             sync_api.expect(page.locator("#model")).to_have_text("smollm2", timeout=30_000)
             page.click("#settings summary")
-            page.fill("#system", "You are a geography teacher. Answer in one sentence.")
-            page.fill("#max-tokens", "16")
-            page.fill("#prompt", "What is the capital of France?")
-            page.press("#prompt", "Enter")
-            stats = page.locator(".message.assistant .stats")
-            sync_api.expect(stats).to_contain_text("tok/s", timeout=120_000)
-            answer = page.locator(".message.assistant .text").inner_text()
-            assert answer.strip() and "Error" not in answer
-            assert page.locator(".message.user .text").inner_text() == "What is the capital of France?"
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
+            yield page, sync_api.expect
         finally:
             browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_chat_in_headless_chromium(base_url):
+    with chat_page(base_url) as (page, expect):
+        page.fill("#system", "You are a geography teacher. Answer in one sentence.")
+        page.fill("#max-tokens", "16")
+        page.fill("#prompt", "What is the capital of France?")
+        page.press("#prompt", "Enter")
+        expect(page.locator(".message.assistant .stats")).to_contain_text("tok/s", timeout=120_000)
+        answer = page.locator(".message.assistant .text").inner_text()
+        assert answer.strip() and "Error" not in answer
+        assert page.locator(".message.user .text").inner_text() == "What is the capital of France?"
+        screenshot(page, "web-chat.png")
 
 
 def test_stop_button_ends_the_stream(base_url):
-    sync_api = _playwright()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(base_url + "/")
-            sync_api.expect(page.locator("#model")).to_have_text("smollm2", timeout=30_000)
-            page.click("#settings summary")
-            page.fill("#max-tokens", "2000")
-            page.fill("#prompt", "Write a very long story about a lighthouse keeper.")
-            page.click("#send")
-            text = page.locator(".message.assistant .text")
-            sync_api.expect(text).not_to_have_text("", timeout=60_000)  # streaming has begun
-            page.click("#stop")
-            sync_api.expect(page.locator(".message.assistant .stats")).to_contain_text(
-                "stopped", timeout=30_000
-            )
-            assert page.locator("#send").is_enabled()
-        finally:
-            browser.close()
+    with chat_page(base_url) as (page, expect):
+        page.fill("#max-tokens", "2000")
+        page.fill("#prompt", "Write a very long story about a lighthouse keeper.")
+        page.click("#send")
+        expect(page.locator(".message.assistant .text")).not_to_have_text("", timeout=60_000)  # streaming began
+        page.click("#stop")
+        expect(page.locator(".message.assistant .stats")).to_contain_text("stopped", timeout=30_000)
+        assert page.locator("#send").is_enabled()
 
 
 def test_knowledge_base_upload_and_cited_sources_in_headless_chromium(base_url, tmp_path):
-    sync_api = _playwright()
     document = tmp_path / "travel.md"
     document.write_text("# Travel\n\nHotel costs in Shanghai are reimbursed up to 650 yuan per night.\n")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.goto(base_url + "/")
-            sync_api.expect(page.locator("#model")).to_have_text("smollm2", timeout=30_000)
-            page.click("#settings summary")
-            page.fill("#kb-name", "travel")
-            page.click("#kb-create")
-            sync_api.expect(page.locator("#kb-status")).to_have_text("created travel", timeout=30_000)
-            assert page.locator("#kb").input_value() == "travel"
-            page.set_input_files("#upload", str(document))
-            sync_api.expect(page.locator("#kb-status")).to_have_text("travel.md: added", timeout=120_000)
-            page.fill("#max-tokens", "24")
-            page.fill("#prompt", "How much is the hotel limit in Shanghai?")
-            page.press("#prompt", "Enter")
-            sync_api.expect(page.locator(".message.assistant .stats")).to_contain_text("tok/s", timeout=120_000)
-            source = page.locator(".message.assistant ol.sources li").first
-            sync_api.expect(source.locator(".place")).to_have_text("travel.md · Travel")
-            assert "650 yuan" in source.locator(".passage").inner_text()
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "web-chat-kb.png"), full_page=True)
-        finally:
-            browser.close()
+    with chat_page(base_url, width=1000, height=700) as (page, expect):
+        page.fill("#kb-name", "travel")
+        page.click("#kb-create")
+        expect(page.locator("#kb-status")).to_have_text("created travel", timeout=30_000)
+        assert page.locator("#kb").input_value() == "travel"
+        page.set_input_files("#upload", str(document))
+        expect(page.locator("#kb-status")).to_have_text("travel.md: added", timeout=120_000)
+        page.fill("#max-tokens", "24")
+        page.fill("#prompt", "How much is the hotel limit in Shanghai?")
+        page.press("#prompt", "Enter")
+        expect(page.locator(".message.assistant .stats")).to_contain_text("tok/s", timeout=120_000)
+        source = page.locator(".message.assistant ol.sources li").first
+        expect(source.locator(".place")).to_have_text("travel.md · Travel")
+        assert "650 yuan" in source.locator(".passage").inner_text()
+        screenshot(page, "web-chat-kb.png")
