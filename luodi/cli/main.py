@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
 from luodi.cli.kb import ask, kb_app
 from luodi.cli.quant import convert, evaluate, quantize
@@ -31,6 +32,8 @@ app.command()(chat)
 app.command()(quantize)
 app.command()(convert)
 app.command(name="eval")(evaluate)
+app.command()(finetune)
+app.command()(merge)
 app.command()(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
