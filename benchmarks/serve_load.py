@@ -177,19 +177,23 @@ def _first_token(level: int, index: int) -> int:
 def prefix_cache_check(base: str, model_id: str) -> dict:
     system = "You answer questions about the company's hardware catalogue, politely and briefly. " * 60
 
-    def ttft(question: str) -> float:
-        body = {
-            "model": model_id,
-            "max_tokens": 1,
-            "temperature": 0,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-        }
-        start = time.perf_counter()
-        response = httpx.post(base + "/v1/chat/completions", json=body, timeout=300)
-        response.raise_for_status()
-        return time.perf_counter() - start
+    # One kept-alive connection, opened before the clock starts, as an application holds it:
+    # a fresh httpx client per request adds ~20 ms of client set-up to each measurement.
+    with httpx.Client(base_url=base, timeout=300) as client:
+        client.get("/v1/models").raise_for_status()
 
-    first, second = ttft("Do you sell hammers?"), ttft("Do you sell nails?")
+        def ttft(question: str) -> float:
+            body = {
+                "model": model_id,
+                "max_tokens": 1,
+                "temperature": 0,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            }
+            start = time.perf_counter()
+            client.post("/v1/chat/completions", json=body).raise_for_status()
+            return time.perf_counter() - start
+
+        first, second = ttft("Do you sell hammers?"), ttft("Do you sell nails?")
     return {
         "first_ttft_s": round(first, 3),
         "second_ttft_s": round(second, 3),
