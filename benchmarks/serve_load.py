@@ -14,6 +14,7 @@ Without a llama-server binary only Luodi is measured.
 
     python benchmarks/serve_load.py [--levels 1,4,16,64] [--max-tokens 128] [--kv-cache-gb 1]
                                     [--llama-server PATH | --no-peer]
+    python benchmarks/serve_load.py --levels ""    # only the prefix-cache check → serve_load_prefix.json
 
 Writes benchmarks/results/serve_load.json.
 """
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -174,15 +176,15 @@ def _first_token(level: int, index: int) -> int:
     return 1000 + 100 * level + index
 
 
-def prefix_cache_check(base: str, model_id: str) -> dict:
-    system = "You answer questions about the company's hardware catalogue, politely and briefly. " * 60
-
+def prefix_cache_check(base: str, model_id: str, reps: int = 3) -> dict:
+    """TTFT of a request with a ~1,000-token system prompt, then of one sharing it; `reps` times
+    with a different system prompt each time (so no rep finds the previous one cached), medians."""
     # One kept-alive connection, opened before the clock starts, as an application holds it:
     # a fresh httpx client per request adds ~20 ms of client set-up to each measurement.
     with httpx.Client(base_url=base, timeout=300) as client:
         client.get("/v1/models").raise_for_status()
 
-        def ttft(question: str) -> float:
+        def ttft(system: str, question: str) -> float:
             body = {
                 "model": model_id,
                 "max_tokens": 1,
@@ -193,11 +195,16 @@ def prefix_cache_check(base: str, model_id: str) -> dict:
             client.post("/v1/chat/completions", json=body).raise_for_status()
             return time.perf_counter() - start
 
-        first, second = ttft("Do you sell hammers?"), ttft("Do you sell nails?")
+        pairs = []
+        for rep in range(reps):
+            system = f"Catalogue {rep}. " + "You answer questions about the company's hardware catalogue, politely and briefly. " * 60
+            pairs.append((ttft(system, "Do you sell hammers?"), ttft(system, "Do you sell nails?")))
+    first, second = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     return {
-        "first_ttft_s": round(first, 3),
-        "second_ttft_s": round(second, 3),
-        "ratio": round(second / first, 3),
+        "first_ttft_s": round(first, 4),
+        "second_ttft_s": round(second, 4),
+        "ratio": round(statistics.median(b / a for a, b in pairs), 4),
+        "reps": [[round(a, 4), round(b, 4)] for a, b in pairs],
     }
 
 
@@ -260,11 +267,12 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama-server binary (default: where build_llama_server.sh puts it).")
     parser.add_argument("--no-peer", action="store_true", help="Measure Luodi only.")
     args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]  # --levels "": the prefix-cache check only
     peer = _peer(args)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(port, max_num_seqs=max(levels), kv_cache_gb=args.kv_cache_gb, max_queue=max(levels))
+    most = max(levels, default=16)
+    proc = start_server(port, max_num_seqs=most, kv_cache_gb=args.kv_cache_gb, max_queue=most)
     rows = []
     try:
         wait_ready(base, proc)
@@ -296,9 +304,10 @@ def main() -> None:
         "levels": rows,
         "prefix_cache": prefix,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    path = RESULTS if levels else RESULTS.with_name("serve_load_prefix.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
