@@ -2,17 +2,20 @@
 
 Owns turning text into prompt ids (the chat template, or raw completion), running one request to
 the end or streaming it, and measuring the two phases apart: time to first token (prompt
-processing) and the decode rate after it.
+processing) and the decode rate after it. LoRA adapters given at load are served unmerged: a
+request names one (`adapter=`) or runs on the base model.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from luodi.engine.engine import EngineConfig, LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
+from luodi.models.adapters import attach_adapters, read_adapter
 from luodi.models.loader import LoadedModel, load_model
 
 Message = dict[str, str]
@@ -62,9 +65,16 @@ class LLM:
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str | None = None, progress: bool = False,
-             engine_config: EngineConfig = EngineConfig()) -> LLM:
+             engine_config: EngineConfig = EngineConfig(), adapters: Mapping[str, str | Path] | None = None) -> LLM:
+        """`adapters`: name -> LoRA adapter directory (peft's format), each servable by name."""
         loaded = load_model(model, device=device, dtype=dtype, progress=progress)
+        if adapters:
+            attach_adapters(loaded.model, [read_adapter(name, path) for name, path in adapters.items()])
         return cls(loaded, engine_config)
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return self.engine.adapter_names
 
     @property
     def has_chat_template(self) -> bool:
@@ -82,9 +92,9 @@ class LLM:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return self.tokenizer.encode_chat(messages)
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RequestOutput]:
-        """Run one request alone, yielding its output after every step."""
-        request_id = self.engine.add_request(prompt_ids, params)
+    def stream(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Iterator[RequestOutput]:
+        """Run one request alone (on a LoRA adapter, if named), yielding its output after every step."""
+        request_id = self.engine.add_request(prompt_ids, params, adapter=adapter)
         try:
             while True:
                 for out in self.engine.step():
@@ -95,12 +105,13 @@ class LLM:
         finally:
             self.engine.abort(request_id)  # a no-op when finished; frees blocks if the caller stopped early
 
-    def complete(self, prompt_ids: list[int], params: SamplingParams, on_text=None) -> Completion:
+    def complete(self, prompt_ids: list[int], params: SamplingParams, on_text=None,
+                 adapter: str | None = None) -> Completion:
         """Run one request to the end; `on_text(delta)` sees the text as it is produced."""
         result = Completion(prompt_tokens=len(prompt_ids))
         start = time.perf_counter()
         first = None
-        for out in self.stream(prompt_ids, params):
+        for out in self.stream(prompt_ids, params, adapter):
             if first is None:
                 first = time.perf_counter()
             result.token_ids.extend(out.new_token_ids)

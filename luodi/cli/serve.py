@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -70,6 +71,31 @@ def served_name(model: str) -> str:
     return path.stem if path.suffix == ".gguf" else path.name or model
 
 
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def parse_lora_specs(specs: list[str]) -> dict[str, Path]:
+    """`--lora NAME=DIR` values as {name: adapter directory}, each checked to be a LoRA adapter."""
+    from luodi.models.adapters import read_adapter_config
+
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not directory or not _ADAPTER_NAME.fullmatch(name):
+            raise InvalidParameterError(
+                f"--lora {spec!r} is not NAME=DIR (NAME: letters, digits, '.', '_', '-'; e.g. --lora support=./out)",
+                param="lora",
+            )
+        if name in adapters:
+            raise InvalidParameterError(f"--lora {name} is given twice; give each adapter its own name", param="lora")
+        path = Path(directory).expanduser()
+        if not path.is_dir():
+            raise InvalidParameterError(f"--lora {spec!r}: {path} is not a directory", param="lora")
+        read_adapter_config(path)
+        adapters[name] = path
+    return adapters
+
+
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     host: Annotated[
@@ -101,6 +127,10 @@ def serve(
         str | None,
         typer.Option("--kb-store", help="Knowledge bases: default SQLite under $LUODI_HOME/kb, or postgresql://…"),
     ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="Serve a LoRA adapter unmerged as model MODEL:NAME (NAME=DIR; repeatable)."),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
@@ -113,6 +143,7 @@ def serve(
     from luodi.server import ModelService, ServerConfig, create_app
 
     _check_serve_options(port, max_num_seqs, kv_cache_gb, max_queue)
+    adapters = parse_lora_specs(lora or [])
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
     keys_file = resolve_keys_file(api_key_file, host, insecure_no_auth)
     engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30))
@@ -123,7 +154,8 @@ def serve(
 
     def load() -> LLM:
         return LLM.load(
-            model, device=device, dtype=None if dtype == "auto" else dtype, engine_config=engine_config
+            model, device=device, dtype=None if dtype == "auto" else dtype, engine_config=engine_config,
+            adapters=adapters,
         )
 
     service = ModelService(config, load)
@@ -141,13 +173,17 @@ def serve(
     service.start(on_failure=stop)
     auth = f"API keys from {keys_file}" if keys_file else "no authentication"
     err.print(
-        f"[green]luodi[/green] serving {config.model_name} on http://{host}:{port} ({auth}); "
+        f"[green]luodi[/green] serving {config.model_name}{_adapter_ids(config.model_name, adapters)} on http://{host}:{port} ({auth}); "
         f"web chat at http://{host}:{port}/",
         soft_wrap=True,
     )
     server.run()
     if failure:
         raise LuodiError(f"could not serve {model}: {failure[0]}")
+
+
+def _adapter_ids(model_name: str, adapters: dict[str, Path]) -> str:
+    return f" (adapters: {', '.join(f'{model_name}:{name}' for name in adapters)})" if adapters else ""
 
 
 def _check_serve_options(port: int, max_num_seqs: int, kv_cache_gb: float, max_queue: int) -> None:

@@ -36,6 +36,7 @@ class _Add:
     prompt_ids: list[int]
     params: SamplingParams
     stream: _Stream
+    adapter: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +55,13 @@ class AsyncLLMEngine:
         self._thread = threading.Thread(target=self._loop, name="luodi-engine", daemon=True)
         self._thread.start()
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream one request's outputs; raises the engine's validation errors at once."""
-        self.engine.check_request(prompt_ids, params)  # reads only config: safe beside a step
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                       adapter: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream one request's outputs (on a LoRA adapter, if named); raises validation errors at once."""
+        self.engine.check_request(prompt_ids, params, adapter=adapter)  # reads only config: safe beside a step
         request_id = request_id or f"async-{next(self._ids)}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._send(_Add(request_id, list(prompt_ids), params, stream))
+        self._send(_Add(request_id, list(prompt_ids), params, stream, adapter))
         finished = False
         try:
             while not finished:
@@ -113,7 +114,7 @@ class AsyncLLMEngine:
                 self.engine.abort(message.request_id)
                 continue
             try:
-                self.engine.add_request(message.prompt_ids, message.params, message.request_id)
+                self.engine.add_request(message.prompt_ids, message.params, message.request_id, message.adapter)
             except Exception as exc:  # checked by the caller already; deliver, never drop
                 self._put(message.stream, exc)
                 continue

@@ -86,10 +86,13 @@ class LLMEngine:
         self.stats = StepStats()
 
     # -- requests ---------------------------------------------------------------------------
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> str:
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    adapter: str | None = None) -> str:
+        """`adapter`: one of the model's LoRA adapters (`adapter_names`) to run with; None = the base."""
         request_id = request_id or f"req-{next(self._ids)}"
-        self.check_request(prompt_ids, params)
-        request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len)
+        self.check_request(prompt_ids, params, adapter=adapter)
+        request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len,
+                          adapter=adapter)
         if self.tokenizer is not None:
             self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                                 StopChecker(params.stop))
@@ -104,11 +107,21 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
-    def check_request(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt") -> None:
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        adapters = getattr(self.model, "adapters", None)
+        return adapters.names if adapters is not None else ()
+
+    def check_request(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt",
+                      adapter: str | None = None) -> None:
         """Raise the error `add_request` would raise; callers use it before they commit to a response.
 
         `prompt_param` names the client's field that carried the prompt (e.g. "messages").
         """
+        if adapter is not None and adapter not in self.adapter_names:
+            raise InvalidParameterError(
+                f"adapter {adapter!r} is not loaded; loaded: {', '.join(self.adapter_names) or 'none'}",
+                param="model")
         if not prompt_ids:
             raise InvalidParameterError("the prompt is empty; give at least one token", param=prompt_param)
         vocab = self.model.config.vocab_size
@@ -180,10 +193,12 @@ class LLMEngine:
         self.runner.forget(request_id)
 
     # -- convenience --------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
-        """Run prompts to completion together; returns each one's output token ids."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 adapters: list[str | None] | None = None) -> list[list[int]]:
+        """Run prompts to completion together (each on its adapter, if given); returns their output ids."""
         per_prompt = params if isinstance(params, list) else [params] * len(prompts)
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
+        per_adapter = adapters if adapters is not None else [None] * len(prompts)
+        ids = [self.add_request(p, sp, adapter=a) for p, sp, a in zip(prompts, per_prompt, per_adapter, strict=True)]
         outputs: dict[str, list[int]] = {i: [] for i in ids}
         while self.has_unfinished:
             for out in self.step():

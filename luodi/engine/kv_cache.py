@@ -3,7 +3,9 @@
 Deals in block ids only — never tensors (the runner owns the cache memory). A full block is
 identified by the hash of its tokens chained to the hash of the block before it, so two requests
 that share a token prefix share its blocks. Blocks whose reference count falls to zero stay
-cached and are reused least-recently-freed first; a reused block loses its cache entry.
+cached and are reused least-recently-freed first; a reused block loses its cache entry. A
+request's LoRA adapter seeds its chain: the same tokens under another adapter have other keys
+and values, so they never share blocks.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class KVCacheManager:
         tokens = request.all_token_ids
         max_blocks = (len(tokens) - 1) // self.block_size
         hits: list[int] = []
-        for block_hash in self._hashes(tokens, max_blocks, table):
+        for block_hash in self._hashes(request, max_blocks, table):
             block_id = self.pool.lookup(block_hash)
             if block_id is None:
                 break
@@ -156,15 +158,16 @@ class KVCacheManager:
 
     def _register_full_blocks(self, request: Request, table: _RequestBlocks, num_tokens: int) -> None:
         num_full = min(num_tokens, len(request.all_token_ids)) // self.block_size
-        tokens = request.all_token_ids
-        for i, block_hash in enumerate(self._hashes(tokens, num_full, table)):
+        for i, block_hash in enumerate(self._hashes(request, num_full, table)):
             self.pool.register(table.block_ids[i], block_hash)
 
-    def _hashes(self, tokens: list[int], num_blocks: int, table: _RequestBlocks) -> list[int]:
+    def _hashes(self, request: Request, num_blocks: int, table: _RequestBlocks) -> list[int]:
         """Chained hashes of the first `num_blocks` full blocks, extending the request's memo."""
         bs = self.block_size
+        tokens = request.all_token_ids
+        seed = 0 if request.adapter is None else hash(("adapter", request.adapter))
         while len(table.hashes) < num_blocks:
             i = len(table.hashes)
-            parent = table.hashes[-1] if table.hashes else 0
+            parent = table.hashes[-1] if table.hashes else seed
             table.hashes.append(hash((parent, tuple(tokens[i * bs : (i + 1) * bs]))))
         return table.hashes[:num_blocks]

@@ -2,12 +2,15 @@
 
 It flattens every scheduled chunk into `input_ids` / `positions` of shape [T], builds the shared
 attention metadata once, runs the model once for the whole batch, and samples one token for each
-request whose chunk reached its last known token. Knows tensors, block ids and sampling params;
-not text or scheduling policy.
+request whose chunk reached its last known token. A model serving LoRA adapters (one with an
+`adapters` set, `luodi.models.adapters`) is told which adapter each token uses; requests on
+different adapters and the base share the one forward pass. Knows tensors, block ids and
+sampling params; not text or scheduling policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -75,10 +78,22 @@ class ModelRunner:
         kv = PagedAttention(self.k_caches, self.v_caches, meta)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
-        logits = self.model(ids, torch.cat(positions).to(self.device), kv, rows)
+        with self._adapters_for(step, requests):
+            logits = self.model(ids, torch.cat(positions).to(self.device), kv, rows)
         if not sample_ids:
             return StepResult({}, {})
         return self._sample(logits.float().cpu(), [requests[i] for i in sample_ids])
+
+    def _adapters_for(self, step: SchedulerOutput, requests: dict[str, Request]) -> contextlib.AbstractContextManager:
+        """The scope in which the model runs each token on its request's adapter (none: a no-op)."""
+        adapters = getattr(self.model, "adapters", None)
+        chosen = [requests[c.request_id].adapter for c in step.chunks]
+        if adapters is None or not any(a is not None for a in chosen):
+            return contextlib.nullcontext()
+        per_token = [-1 if a is None else adapters.index(a) for a in chosen]
+        counts = torch.tensor([len(c.token_ids) for c in step.chunks])
+        token_adapters = torch.tensor(per_token).repeat_interleave(counts)  # [T]; -1 = the base
+        return adapters.use(token_adapters.to(self.device))
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> StepResult:
         generators = [self._generator(r) for r in requests]

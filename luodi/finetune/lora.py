@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from luodi.errors import InvalidParameterError, LuodiError
+# The adapter file format is the models layer's (it serves adapters unmerged); re-exported here.
+from luodi.models.adapters import PROJECTIONS, AdapterError, read_adapter_config
 from luodi.models.loader import LoadedModel, load_model
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAIN_DTYPES = ("float32", "bfloat16")
-
-
-class AdapterError(LuodiError):
-    """An adapter directory that is missing, incomplete, or does not fit the base model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +100,6 @@ def save_adapter(peft_model: nn.Module, out: Path, base_model: str) -> Path:
     # whether `base_model` (a Luodi catalog name, to it) resized its vocabulary.
     peft_model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
     return out
-
-
-def read_adapter_config(adapter: Path) -> dict[str, Any]:
-    config_file, weights_file = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise AdapterError(
-                f"{adapter} is not a LoRA adapter: {file.name} is missing — pass the --out directory "
-                "of `luodi finetune`"
-            )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{config_file} is not readable JSON ({exc})") from exc
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        kind = config.get("peft_type") if isinstance(config, dict) else None
-        raise AdapterError(f"{config_file} is not a LoRA adapter config (peft_type {kind!r})")
-    return config
 
 
 def load_adapter(model: nn.Module, adapter: Path) -> nn.Module:

@@ -77,7 +77,7 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     app.include_router(kb_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.openapi = partial(_openapi_naming_the_model, app, service.config.model_name)  # type: ignore[method-assign]
+    app.openapi = partial(_openapi_naming_the_model, app, service)  # type: ignore[method-assign]
 
     config = service.config
     keys = KeyStore.open(config.api_keys_file) if config.api_keys_file is not None else None
@@ -89,12 +89,12 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     return app
 
 
-def _openapi_naming_the_model(app: FastAPI, model_name: str) -> dict[str, Any]:
-    """The OpenAPI schema, with `model` in each request body limited to the one model served."""
+def _openapi_naming_the_model(app: FastAPI, service: ModelService) -> dict[str, Any]:
+    """The OpenAPI schema, with `model` in each request body limited to the model (and its adapters) served."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         for name in ("ChatCompletionRequest", "CompletionRequest"):
-            schema["components"]["schemas"][name]["properties"]["model"]["enum"] = [model_name]
+            schema["components"]["schemas"][name]["properties"]["model"]["enum"] = service.model_ids()
         schema["components"]["schemas"]["EmbeddingRequest"]["properties"]["model"]["enum"] = list(embedder_names())
     return app.openapi_schema  # type: ignore[return-value]
 

@@ -109,7 +109,8 @@ class _Answer:
 async def list_models(request: Request) -> p.ModelList:
     service = _service(request)
     llm = service.ready_llm()
-    return p.ModelList(data=[p.ModelCard(id=service.config.model_name, max_model_len=llm.context_window)])
+    return p.ModelList(data=[p.ModelCard(id=model_id, max_model_len=llm.context_window)
+                             for model_id in service.model_ids()])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=p.ModelCard)
@@ -134,10 +135,11 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
         prompt_ids, sources = grounded.prompt_ids, grounded.sources
     else:
         prompt_ids = llm.prompt_ids(body.chat_messages())
-    service.check_prompt(prompt_ids, params, prompt_param="messages")
+    adapter = service.adapter_for(body.model)
+    service.check_prompt(prompt_ids, params, prompt_param="messages", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"), sources=sources)
     admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params)
+    outputs = service.generate(admission, prompt_ids, params, adapter)
     if body.stream:
         return _event_stream(_chat_events(answer, outputs, body.include_usage), admission)
     return _chat_completion(answer, await _collect(request, outputs, admission))
@@ -217,10 +219,11 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     params = body.to_sampling_params()
     prompt = body.single_prompt()
     prompt_ids = llm.prompt_ids(prompt, raw=True) if isinstance(prompt, str) else list(prompt)
-    service.check_prompt(prompt_ids, params, prompt_param="prompt")
+    adapter = service.adapter_for(body.model)
+    service.check_prompt(prompt_ids, params, prompt_param="prompt", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("cmpl"))
     admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params)
+    outputs = service.generate(admission, prompt_ids, params, adapter)
     if body.stream:
         return _event_stream(_completion_events(answer, outputs, body.include_usage), admission)
     return _completion(answer, await _collect(request, outputs, admission))

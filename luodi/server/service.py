@@ -6,6 +6,9 @@ ready instead of refusing connections), the admission limit that turns an overfu
 response starts (the model name, the prompt fitting the context window), and the per-request
 metrics (time to first token, time per output token, token counters, finish reasons).
 
+A model with LoRA adapters is served under several ids: the base as `model_name`, each adapter as
+`model_name:ADAPTER`; requests for any of them share one engine and its batches.
+
 Must not know about HTTP or the OpenAI wire format: routes call it with prompt ids and
 `SamplingParams` and receive `RequestOutput`s.
 """
@@ -115,6 +118,17 @@ class ModelService:
         return self._llm.engine if self._llm is not None else None
 
     # -- checks before a response starts --------------------------------------------------------
+    def model_ids(self) -> list[str]:
+        """The ids clients may send as "model": the base's, then one per adapter (once loaded)."""
+        names = self._llm.adapter_names if self._llm is not None else ()
+        return [self.config.model_name, *(f"{self.config.model_name}:{name}" for name in names)]
+
+    def adapter_for(self, requested_model: str | None) -> str | None:
+        """The adapter a model id names (None: the base); call after `ready_llm` has checked the id."""
+        if requested_model is None or requested_model == self.config.model_name:
+            return None
+        return requested_model.removeprefix(f"{self.config.model_name}:")
+
     def ready_llm(self, requested_model: str | None = None) -> LLM:
         """The loaded model; 503 while loading (or failed), 404 if the client named another model."""
         if self._llm is None:
@@ -125,19 +139,20 @@ class ModelService:
                 "retry shortly (GET /health says when it is ready)"
             )
             raise ModelLoadingError(message, headers={"Retry-After": "5"})
-        if requested_model is not None and requested_model != self.config.model_name:
+        if requested_model is not None and requested_model not in self.model_ids():
+            served = ", ".join(repr(m) for m in self.model_ids())
             raise ModelNotServedError(
-                f"model {requested_model!r} is not served here; this server serves "
-                f"{self.config.model_name!r} (GET /v1/models)",
+                f"model {requested_model!r} is not served here; this server serves {served} (GET /v1/models)",
                 param="model",
             )
         return self._llm
 
     def check_prompt(
-        self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt"
+        self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt",
+        adapter: str | None = None,
     ) -> None:
         """The engine's own checks, made before a streamed response has sent its 200 status."""
-        self.ready_llm().engine.check_request(prompt_ids, params, prompt_param)
+        self.ready_llm().engine.check_request(prompt_ids, params, prompt_param, adapter=adapter)
 
     def admit(self) -> Admission:
         """A place for one more request, or 429 when the running batch and the queue are full."""
@@ -154,9 +169,10 @@ class ModelService:
 
     # -- generation --------------------------------------------------------------------------------
     async def generate(
-        self, admission: Admission, prompt_ids: list[int], params: SamplingParams
+        self, admission: Admission, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Stream one admitted request; leaving early (a client gone) aborts it and frees its blocks."""
+        """Stream one admitted request (on `adapter`, if named); leaving early (a client gone) aborts
+        it and frees its blocks."""
         assert self._engine is not None, "admit() guarantees a loaded model"
         m = self.metrics
         start = time.perf_counter()
@@ -164,7 +180,7 @@ class ModelService:
         final: RequestOutput | None = None
         reason = "abort"
         try:
-            async for out in self._engine.generate(prompt_ids, params):
+            async for out in self._engine.generate(prompt_ids, params, adapter=adapter):
                 last = time.perf_counter()
                 if final is None:
                     first = last
