@@ -104,6 +104,9 @@ def _import_psycopg() -> Any:
     return psycopg, register_vector
 
 
+ANALYZE_EVERY_ROWS = 2000  # chunk rows written between planner-statistics refreshes
+
+
 class PostgresStore:
     """Knowledge bases in a PostgreSQL database with pgvector; see the module docstring."""
 
@@ -128,6 +131,7 @@ class PostgresStore:
         register_vector(self._conn)
         self._errors = psycopg.errors
         self._lock = threading.RLock()  # one connection: one thread's transaction at a time
+        self._rows_since_analyze = 0
 
     # -- knowledge bases -----------------------------------------------------------------
 
@@ -208,6 +212,20 @@ class PostgresStore:
                           index_terms(c.text), v) for c, v in zip(chunks, matrix, strict=True)))
         except self._errors.ForeignKeyViolation:
             raise unknown_kb(name) from None  # dropped while we were writing
+        self._analyze_after_bulk_writes(len(chunks))
+
+    def _analyze_after_bulk_writes(self, rows: int) -> None:
+        """Refresh the planner's statistics after every ANALYZE_EVERY_ROWS chunks written.
+
+        Right after a bulk ingest the statistics still describe a small table, and the planner
+        scans instead of using the text index (measured: text search 24-28 ms instead of 2-6 ms
+        at 10k chunks, query p99 ~300 ms) until autovacuum's own ANALYZE comes round.
+        """
+        self._rows_since_analyze += rows
+        if self._rows_since_analyze >= ANALYZE_EVERY_ROWS:
+            with self._lock:
+                self._conn.execute("ANALYZE luodi_kb.documents, luodi_kb.chunks")
+            self._rows_since_analyze = 0
 
     def documents(self, name: str, *, owner: str) -> list[DocumentInfo]:
         kb_id, _, _ = self._kb(name, owner)
