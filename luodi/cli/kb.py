@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt
+from luodi.kb.store.base import LOCAL_OWNER
 
-LOCAL_OWNER = "local"
 kb_app = typer.Typer(help="Knowledge bases of private documents: create, add, list, remove, search.",
                      no_args_is_help=True)
 out = Console()

@@ -87,8 +87,10 @@ class ModelRunner:
     def _adapters_for(self, step: SchedulerOutput, requests: dict[str, Request]) -> contextlib.AbstractContextManager:
         """The scope in which the model runs each token on its request's adapter (none: a no-op)."""
         adapters = getattr(self.model, "adapters", None)
+        if adapters is None:
+            return contextlib.nullcontext()
         chosen = [requests[c.request_id].adapter for c in step.chunks]
-        if adapters is None or not any(a is not None for a in chosen):
+        if all(a is None for a in chosen):
             return contextlib.nullcontext()
         per_token = [-1 if a is None else adapters.index(a) for a in chosen]
         counts = torch.tensor([len(c.token_ids) for c in step.chunks])

@@ -168,8 +168,9 @@ def rope_attend_decode(
     )
 
 
-def apply_rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D], cos/sin [T, 1, D]: HF `apply_rotary_pos_emb` with `rotate_half`."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D], cos/sin [T, 1, D]: HF `apply_rotary_pos_emb` with `rotate_half` (torch ops; the
+    models' RoPE for prompt chunks and the native decode op's oracle)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -189,7 +190,7 @@ def rope_attend_decode_reference(
         q = rms_norm_reference(q, q_norm_weight, norm_eps, norm_is_offset)
         k = rms_norm_reference(k, k_norm_weight, norm_eps, norm_is_offset)
     cos, sin = cos.reshape(b, 1, d), sin.reshape(b, 1, d)
-    q, k = apply_rope_reference(q, cos, sin), apply_rope_reference(k, cos, sin)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_cache.index_copy_(1, slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     v_cache.index_copy_(1, slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
     keys = k_cache[:, kv_slots].transpose(0, 1)  # [B, Hkv, K, D]

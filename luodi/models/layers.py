@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luodi.kernels import fused
+from luodi.kernels.fused import apply_rope
 
 
 class AttentionBackend(Protocol):
@@ -144,13 +145,6 @@ def add_rms_norm(
         x = x_norm(x)
     h = x if residual is None else x + residual
     return norm(h), h
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, H, D]; HF `apply_rotary_pos_emb` with `rotate_half`."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 ACTIVATIONS = {

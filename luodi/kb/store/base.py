@@ -21,6 +21,8 @@ import numpy as np
 
 from luodi.kb.document import Chunk, Hit
 
+LOCAL_OWNER = "local"  # who owns what the CLI makes, and what a server without API keys makes
+
 
 @dataclass(frozen=True, slots=True)
 class KnowledgeBaseInfo:
