@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.sampling import SamplingParams
 from luodi.kernels import fused, native_build
-from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
+from luodi.kernels.attention import ROW_ATTENTION_MAX_QUERY, PagedAttention, SequenceSlice, build_metadata
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
@@ -214,12 +214,82 @@ def _unfused_attention(q, k, v, cos, sin, caches, meta, d, window, kwargs):
     return out.reshape(t, -1)
 
 
-def test_prompt_chunks_are_left_to_the_unfused_path():
-    meta = build_metadata([SequenceSlice(0, 3, (0,))], 4, torch.device("cpu"))
-    caches = [torch.zeros(1, 8, 16)]
-    q = torch.randn(3, 32)
-    cos, sin = _rope(torch.arange(3), 16, torch.float32)
+def test_long_prompt_chunks_alone_are_left_to_the_unfused_path():
+    n = ROW_ATTENTION_MAX_QUERY + 1
+    meta = build_metadata([SequenceSlice(0, n, tuple(range(-(-n // 4))))], 4, torch.device("cpu"))
+    caches = [torch.zeros(1, 4 * (n // 4 + 2), 16)]
+    q = torch.randn(n, 32)
+    cos, sin = _rope(torch.arange(n), 16, torch.float32)
     assert PagedAttention(caches, caches, meta).attend_rotary(0, q, q[:, :16], q[:, :16], cos, sin, scale=0.25) is None
+
+
+LONG = ROW_ATTENTION_MAX_QUERY + 8
+MIXED_STEPS = {  # (cached tokens, new tokens) per sequence of one step
+    "few-new-tokens-after-a-cached-prefix": [(45, 7)],
+    "decodes-beside-a-long-prompt-chunk": [(17, 1), (0, LONG), (5, 1), (33, 12)],
+    "continued-long-chunk-and-short-prompt": [(20, LONG), (0, 9), (9, 1)],
+}
+HEADS = {  # heads, kv heads, head dim, window, head norms
+    "gqa": (9, 3, 64, None, None),
+    "gemma-norms-window": (4, 1, 256, 16, "gemma"),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("step", list(MIXED_STEPS))
+def test_mixed_step_matches_exact_attention(dtype, heads, step):
+    """Short chunks go row by row through the native kernel, long ones through SDPA, in one step;
+    every token's output must be exact attention (fp64) over its own sequence up to itself."""
+    h, hkv, d, window, norms = HEADS[heads]
+    parts = MIXED_STEPS[step]
+    block_size = 4
+    num_blocks = sum(-(-(c + n) // block_size) for c, n in parts) + 4
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(7)).tolist()
+    seqs = []
+    for cached, new in parts:
+        count = -(-(cached + new) // block_size)
+        seqs.append(SequenceSlice(cached, new, tuple(perm[:count])))
+        perm = perm[count:]
+    meta = build_metadata(seqs, block_size, torch.device("cpu"), pad_slot=num_blocks * block_size)
+    g = torch.Generator().manual_seed(5)
+    caches = [torch.randn(hkv, (num_blocks + 1) * block_size, d, generator=g) for _ in range(2)]
+    t = sum(n for _, n in parts)
+    q, k, v = torch.randn(t, (h + 2 * hkv) * d, generator=g).to(dtype).split([h * d, hkv * d, hkv * d], dim=-1)
+    positions = torch.cat([torch.arange(c, c + n) for c, n in parts])
+    cos, sin = _rope(positions, d, dtype)
+    kwargs = {}
+    if norms is not None:
+        kwargs = dict(q_norm_weight=(torch.randn(d, generator=g) * 0.2).to(dtype),
+                      k_norm_weight=(torch.randn(d, generator=g) * 0.2).to(dtype), norm_eps=1e-6, norm_is_offset=True)
+    out = PagedAttention(caches[:1], caches[1:], meta).attend_rotary(
+        0, q, k, v, cos, sin, scale=d**-0.5, sliding_window=window, **kwargs)
+    assert out is not None and out.shape == (t, h * d)
+
+    queries = _unfused_queries(q, cos, sin, d, kwargs).double()  # [T, H, D]
+    keys, values = caches[0].double(), caches[1].double()  # written by the step itself
+    expected = torch.empty(t, h, d, dtype=torch.float64)
+    row = 0
+    for seq in seqs:
+        slots = torch.tensor([b * block_size + i for b in seq.block_ids for i in range(block_size)])
+        for i in range(seq.num_query):
+            length = seq.num_context + i + 1
+            visible = slots[max(0, length - window) if window else 0 : length]
+            kk = keys[:, visible].repeat_interleave(h // hkv, dim=0)  # [H, n, D]
+            vv = values[:, visible].repeat_interleave(h // hkv, dim=0)
+            probs = torch.softmax((queries[row, :, None, :] * kk).sum(-1) * d**-0.5, dim=-1)  # [H, n]
+            expected[row] = (probs[..., None] * vv).sum(1)
+            row += 1
+    # the stored keys are the rotated ones: compare with the torch path's rotation (bf16 SDPA in
+    # the long chunks rounds keys, values and probabilities to T: a few eps_T of max|v|)
+    stored_k = fused.apply_rope(
+        (fused.rms_norm_reference(k.reshape(t, hkv, d), kwargs["k_norm_weight"], 1e-6, True) if kwargs
+         else k.reshape(t, hkv, d)), cos, sin)
+    torch.testing.assert_close(keys[:, meta.slot_mapping].transpose(0, 1), stored_k.double(),
+                               rtol=2 * _eps(dtype), atol=1e-6)
+    tolerance = 8 * _eps(dtype) * float(values.abs().max())
+    torch.testing.assert_close(out.double().view(t, h, d), expected, rtol=0, atol=tolerance)
 
 
 @needs_native
@@ -256,7 +326,7 @@ def _tiny(name: str, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _decode_logits(model: torch.nn.Module, prompts: list[list[int]]) -> torch.Tensor:
-    """Prefill every prompt (one batch), then one decode step for all: that step's logits [B, V]."""
+    """Prefill every prompt (one batch, torch ops), then one decode step for all: its logits [B, V]."""
     c = model.config
     block_size, num_blocks = 4, 64
     caches = [torch.zeros(c.num_key_value_heads, (num_blocks + 1) * block_size, c.head_dim) for _ in range(4)]
@@ -270,7 +340,8 @@ def _decode_logits(model: torch.nn.Module, prompts: list[list[int]]) -> torch.Te
     meta = build_metadata(seqs, block_size, torch.device("cpu"), pad_slot=num_blocks * block_size)
     ids = torch.tensor([t for p in prompts for t in p])
     positions = torch.cat([torch.arange(len(p)) for p in prompts])
-    logits = model(ids, positions, PagedAttention(k_caches, v_caches, meta))
+    with fused.disabled():  # short prompts would go native too: keep both runs' caches equal
+        logits = model(ids, positions, PagedAttention(k_caches, v_caches, meta))
     ends = torch.tensor([len(p) for p in prompts]).cumsum(0) - 1
     next_ids = logits[ends].argmax(-1)
     seqs = [SequenceSlice(len(p), 1, t) for p, t in zip(prompts, tables)]
