@@ -7,11 +7,10 @@ once, where each new token's k/v goes (`slot_mapping`) and which slots each sequ
 (`kv_slots`, padded), plus the masks; every layer then only scatters, gathers and calls SDPA.
 All layers write before they read, so requests in one batch may share freshly filled blocks.
 
-On CPU `attend_rotary` does RoPE, the cache write and attention in one native call
-(`luodi.kernels.fused`) for every token of a short chunk — a decode token, or the few new tokens
-of a prompt whose prefix was cached — one query row at a time, reading keys in place. Long prompt
-chunks keep SDPA, each on its own: padding a batch's decode rows to a long chunk's length would
-multiply the attention work by the batch size.
+On CPU `attend_rotary` does head norms, RoPE, the cache write and attention in one native call
+(`luodi.kernels.fused`) instead of the ~20 small ops below: a decode step one query row per
+sequence, any other step chunk by chunk (each sequence's new tokens against its own keys, so no
+sequence is padded to another's length). The ops below are the GPU and autograd path.
 
 This module knows tensors and slot indices only — not requests, blocks or the scheduler.
 """
@@ -34,32 +33,6 @@ class SequenceSlice:
     num_context: int
     num_query: int
     block_ids: tuple[int, ...]  # the sequence's block table: position p lives in block p // block_size
-
-
-# Chunks of at most this many new tokens attend row by row in the native kernel; longer ones use
-# SDPA, whose matmuls reuse each key across query rows. Measured on SmolLM2's and Gemma 3's
-# shapes (2 cores; SDPA time / kernel time, store and RoPE included): 8 new tokens 1.5-2.1x at
-# 0-848 cached; 32 new tokens 1.0-1.8x there, 0.7-1.0x after 2,000 cached; 64 new 0.8-1.8x.
-ROW_ATTENTION_MAX_QUERY = 32
-
-
-@dataclass(frozen=True, slots=True)
-class RowBatch:
-    """Tokens attended one query row at a time: token r sits at `slot_mapping[r]` and attends to
-    `kv_slots[r, :seq_lens[r]]` (its sequence's keys up to and including itself)."""
-
-    token_index: torch.Tensor | None  # [R] rows of the step's [T] tokens; None: all of them, in order
-    slot_mapping: torch.Tensor  # [R]
-    kv_slots: torch.Tensor  # [R, K]
-    seq_lens: torch.Tensor  # [R]
-
-
-@dataclass(frozen=True, slots=True)
-class LongChunk:
-    """A prompt chunk attended with SDPA on its own: its rows of [T] and its sequence's metadata."""
-
-    tokens: slice
-    meta: AttentionMetadata
 
 
 @dataclass(frozen=True)
@@ -94,41 +67,15 @@ class AttentionMetadata:
         return self.key_positions[None, None, None, :] <= self.query_positions[:, None, :, None]
 
     @functools.cached_property
-    def rows(self) -> RowBatch | None:
-        """The tokens of short chunks, for the native row kernel (None: there are none)."""
-        tokens: list[int] = []
-        lengths: list[int] = []
-        owners: list[int] = []  # each row's sequence in the batch
-        offset = 0
-        for b, s in enumerate(self.seqs):
-            if s.num_query <= ROW_ATTENTION_MAX_QUERY:
-                tokens.extend(range(offset, offset + s.num_query))
-                lengths.extend(range(s.num_context + 1, s.num_context + s.num_query + 1))
-                owners.extend([b] * s.num_query)
-            offset += s.num_query
-        if not tokens:
-            return None
-        if self.max_query_len == 1:  # a decode batch: the sequences' own tensors already are the rows
-            return RowBatch(None, self.slot_mapping, self.kv_slots, self.seq_lens)
-        device = self.slot_mapping.device
-        index = None if len(tokens) == offset else torch.tensor(tokens, device=device)
-        return RowBatch(
-            token_index=index,
-            slot_mapping=self.slot_mapping if index is None else self.slot_mapping[index],
-            kv_slots=self.kv_slots[torch.tensor(owners, device=device)],
-            seq_lens=torch.tensor(lengths, device=device),
-        )
+    def chunk_bounds(self) -> torch.Tensor:
+        """[B + 1] the first row of each sequence's new tokens in the step's [T] (and T last)."""
+        counts = torch.tensor([0] + [s.num_query for s in self.seqs])
+        return counts.cumsum(0).to(self.slot_mapping.device)
 
     @functools.cached_property
-    def long_chunks(self) -> tuple[LongChunk, ...]:
-        """The prompt chunks too long for the row kernel, each with metadata of its own."""
-        chunks, offset = [], 0
-        for s in self.seqs:
-            if s.num_query > ROW_ATTENTION_MAX_QUERY:
-                meta = build_metadata([s], self.block_size, self.slot_mapping.device, self.pad_slot)
-                chunks.append(LongChunk(slice(offset, offset + s.num_query), meta))
-            offset += s.num_query
-        return tuple(chunks)
+    def context_lens(self) -> torch.Tensor:
+        """[B] tokens each sequence had cached before this step."""
+        return torch.tensor([s.num_context for s in self.seqs], device=self.slot_mapping.device)
 
 
 def _slots(seq: SequenceSlice, block_size: int) -> torch.Tensor:
@@ -219,17 +166,10 @@ class PagedAttention:
         sliding_window: int | None = None,
     ) -> torch.Tensor:
         """q [T, H, D], k and v [T, Hkv, D], already rotated: store k/v, attend -> [T, H, D]."""
-        self._store(layer_idx, k, v)
-        return self._read(layer_idx, q, scale, sliding_window)
-
-    def _store(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]  # [Hkv, S, D]
-        k_cache.index_copy_(1, self.meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
-        v_cache.index_copy_(1, self.meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
-
-    def _read(self, layer_idx: int, q: torch.Tensor, scale: float, sliding_window: int | None) -> torch.Tensor:
         meta = self.meta
-        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]
+        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]  # [Hkv, S, D]
+        k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+        v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
         keys, values = _gather(k_cache, meta.kv_slots), _gather(v_cache, meta.kv_slots)  # [B, Hkv, K, D]
         queries = self._pad_queries(q)  # [B, H, Q, D]
         mask, is_causal = meta.mask, meta.is_causal
@@ -249,47 +189,24 @@ class PagedAttention:
         q_norm_weight: torch.Tensor | None = None, k_norm_weight: torch.Tensor | None = None,
         norm_eps: float = 1e-6, norm_is_offset: bool = False,
     ) -> torch.Tensor | None:
-        """Head norms, RoPE, store and attend, natively for the tokens of short chunks; or None.
+        """Head norms, RoPE, store and attend in one native call; or None.
 
-        q [T, H*D], k and v [T, Hkv*D] unrotated; cos, sin [T, 1, D]; returns [T, H*D]. Long
-        prompt chunks beside short ones are normed, rotated and attended here with torch ops.
-        None tells the caller to rotate and call `attend` itself (only long chunks, GPU, no
-        native ops, autograd on).
+        q [T, H*D], k and v [T, Hkv*D] unrotated; cos, sin [T, 1, D]; returns [T, H*D]. None tells
+        the caller to rotate and call `attend` itself (GPU, no native ops, autograd on).
         """
         meta = self.meta
-        k_cache = self.k_caches[layer_idx]  # [Hkv, S, D]
+        k_cache, v_cache = self.k_caches[layer_idx], self.v_caches[layer_idx]  # [Hkv, S, D]
         is_native = k_cache.dtype == torch.float32 and k_cache.shape[2] in fused.NATIVE_HEAD_DIMS
-        if meta.rows is None or not is_native or not fused.enabled_for(q):
+        if not is_native or not fused.enabled_for(q):
             return None
-        norms = dict(q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
-                     norm_is_offset=norm_is_offset)
-        num_heads = q.shape[1] // k_cache.shape[2]
-        if not meta.long_chunks:
-            return self._attend_rows(layer_idx, q, k, v, cos, sin, num_heads, scale, sliding_window, norms)
-        # Every write before any read (sequences in one step may share freshly filled blocks):
-        # the long chunks store first, the row kernel stores then reads, the long chunks read last.
-        chunks = [_ChunkStep(chunk, PagedAttention(self.k_caches, self.v_caches, chunk.meta))
-                  for chunk in meta.long_chunks]
-        for step in chunks:
-            step.store(layer_idx, q, k, v, cos, sin, norms)
-        out = q.new_empty(q.shape)
-        index = meta.rows.token_index
-        out[index] = self._attend_rows(layer_idx, q[index], k[index], v[index], cos[index], sin[index],
-                                       num_heads, scale, sliding_window, norms)
-        for step in chunks:
-            out[step.chunk.tokens] = step.read(layer_idx, scale, sliding_window)
-        return out
-
-    def _attend_rows(
-        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-        sin: torch.Tensor, num_heads: int, scale: float, sliding_window: int | None, norms: dict,
-    ) -> torch.Tensor:
-        rows = self.meta.rows
-        return fused.rope_attend_decode(
-            q, k, v, cos, sin, self.k_caches[layer_idx], self.v_caches[layer_idx], rows.slot_mapping,
-            rows.kv_slots, rows.seq_lens, num_heads=num_heads, scale=scale, sliding_window=sliding_window,
-            **norms,
-        )
+        options = dict(num_heads=q.shape[1] // k_cache.shape[2], scale=scale, sliding_window=sliding_window,
+                       q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight, norm_eps=norm_eps,
+                       norm_is_offset=norm_is_offset)
+        if meta.max_query_len == 1:
+            return fused.rope_attend_decode(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, meta.kv_slots,
+                                            meta.seq_lens, **options)
+        return fused.rope_attend_chunks(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, meta.kv_slots,
+                                        meta.chunk_bounds, meta.context_lens, **options)
 
     def _sliding(self, window: int) -> torch.Tensor:
         if window not in self._sliding_masks:
@@ -315,32 +232,3 @@ class PagedAttention:
         flat = out.transpose(1, 2).reshape(meta.num_seqs * meta.max_query_len, *out.shape[1:2], out.shape[3])
         return flat[meta.query_index]
 
-
-@dataclass(slots=True)
-class _ChunkStep:
-    """A long chunk inside a mixed step: normed and rotated q held between its store and its read."""
-
-    chunk: LongChunk
-    backend: PagedAttention
-    queries: torch.Tensor | None = None
-
-    def store(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-              sin: torch.Tensor, norms: dict) -> None:
-        rows = self.chunk.tokens
-        d = self.backend.k_caches[layer_idx].shape[2]
-        n = rows.stop - rows.start
-        self.queries = _rotate(q[rows].reshape(n, -1, d), cos[rows], sin[rows], norms["q_norm_weight"], norms)
-        keys = _rotate(k[rows].reshape(n, -1, d), cos[rows], sin[rows], norms["k_norm_weight"], norms)
-        self.backend._store(layer_idx, keys, v[rows].reshape(n, -1, d))
-
-    def read(self, layer_idx: int, scale: float, sliding_window: int | None) -> torch.Tensor:
-        out = self.backend._read(layer_idx, self.queries, scale, sliding_window)
-        return out.reshape(out.shape[0], -1)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None,
-            norms: dict) -> torch.Tensor:
-    """Head norm (when the model has one) then RoPE, as the models' unfused path computes them."""
-    if norm_weight is not None:
-        x = fused.rms_norm_reference(x, norm_weight, norms["norm_eps"], norms["norm_is_offset"])
-    return fused.apply_rope(x, cos, sin)

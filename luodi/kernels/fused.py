@@ -168,6 +168,27 @@ def rope_attend_decode(
     )
 
 
+def rope_attend_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, kv_slots: torch.Tensor,
+    bounds: torch.Tensor, context_lens: torch.Tensor, *, num_heads: int, scale: float,
+    sliding_window: int | None = None, q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None, norm_eps: float = 1e-6, norm_is_offset: bool = False,
+) -> torch.Tensor:
+    """Prompt chunks: q/k head norms, RoPE, k/v into the cache, causal attention; [T, H*D].
+
+    Rows [bounds[c], bounds[c + 1]) are the new tokens of one sequence after `context_lens[c]`
+    cached ones, at slots `slot_mapping`; each attends to `kv_slots[c, :position + 1]` (the last
+    `sliding_window` of them when set). Shapes otherwise as `rope_attend_decode`. Native only: the
+    caller checks `enabled_for(q)` and keeps its torch path otherwise.
+    """
+    num_kv_heads = k_cache.shape[0]
+    return _native().rope_attend_chunks(
+        q, k, v, cos, sin, k_cache, v_cache, slot_mapping, kv_slots, bounds, context_lens, num_heads,
+        num_kv_heads, scale, sliding_window or 0, q_norm_weight, k_norm_weight, norm_eps, norm_is_offset,
+    )
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [T, H, D], cos/sin [T, 1, D]: HF `apply_rotary_pos_emb` with `rotate_half` (torch ops; the
     models' RoPE for prompt chunks and the native decode op's oracle)."""

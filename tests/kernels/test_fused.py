@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.sampling import SamplingParams
 from luodi.kernels import fused, native_build
-from luodi.kernels.attention import ROW_ATTENTION_MAX_QUERY, PagedAttention, SequenceSlice, build_metadata
+from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
@@ -214,20 +214,21 @@ def _unfused_attention(q, k, v, cos, sin, caches, meta, d, window, kwargs):
     return out.reshape(t, -1)
 
 
-def test_long_prompt_chunks_alone_are_left_to_the_unfused_path():
-    n = ROW_ATTENTION_MAX_QUERY + 1
-    meta = build_metadata([SequenceSlice(0, n, tuple(range(-(-n // 4))))], 4, torch.device("cpu"))
-    caches = [torch.zeros(1, 4 * (n // 4 + 2), 16)]
-    q = torch.randn(n, 32)
-    cos, sin = _rope(torch.arange(n), 16, torch.float32)
-    assert PagedAttention(caches, caches, meta).attend_rotary(0, q, q[:, :16], q[:, :16], cos, sin, scale=0.25) is None
+def test_autograd_is_left_to_the_unfused_path():
+    meta = build_metadata([SequenceSlice(0, 3, (0,))], 4, torch.device("cpu"))
+    caches = [torch.zeros(1, 8, 16)]
+    q = torch.randn(3, 32, requires_grad=True)
+    cos, sin = _rope(torch.arange(3), 16, torch.float32)
+    with torch.enable_grad():
+        assert PagedAttention(caches, caches, meta).attend_rotary(0, q, q[:, :16], q[:, :16], cos, sin, scale=0.25) is None
 
 
-LONG = ROW_ATTENTION_MAX_QUERY + 8
+LONG = 70  # more than two 32-key score blocks and several 12-row tiles
 MIXED_STEPS = {  # (cached tokens, new tokens) per sequence of one step
     "few-new-tokens-after-a-cached-prefix": [(45, 7)],
     "decodes-beside-a-long-prompt-chunk": [(17, 1), (0, LONG), (5, 1), (33, 12)],
     "continued-long-chunk-and-short-prompt": [(20, LONG), (0, 9), (9, 1)],
+    "long-context": [(300, 40), (250, 1)],
 }
 HEADS = {  # heads, kv heads, head dim, window, head norms
     "gqa": (9, 3, 64, None, None),
@@ -240,8 +241,8 @@ HEADS = {  # heads, kv heads, head dim, window, head norms
 @pytest.mark.parametrize("heads", list(HEADS))
 @pytest.mark.parametrize("step", list(MIXED_STEPS))
 def test_mixed_step_matches_exact_attention(dtype, heads, step):
-    """Short chunks go row by row through the native kernel, long ones through SDPA, in one step;
-    every token's output must be exact attention (fp64) over its own sequence up to itself."""
+    """Decode rows and prompt chunks of other lengths in one native step: every token's output must
+    be exact attention (fp64) over its own sequence up to itself."""
     h, hkv, d, window, norms = HEADS[heads]
     parts = MIXED_STEPS[step]
     block_size = 4
@@ -281,13 +282,14 @@ def test_mixed_step_matches_exact_attention(dtype, heads, step):
             probs = torch.softmax((queries[row, :, None, :] * kk).sum(-1) * d**-0.5, dim=-1)  # [H, n]
             expected[row] = (probs[..., None] * vv).sum(1)
             row += 1
-    # the stored keys are the rotated ones: compare with the torch path's rotation (bf16 SDPA in
-    # the long chunks rounds keys, values and probabilities to T: a few eps_T of max|v|)
+    # the stored keys are the rotated ones, as the torch path rotates them (a head norm's other sum
+    # order may move a normed value by one ulp of T before RoPE: eps_T of the largest key); the
+    # output is rounded to T once, after fp32 scores, softmax and sums (a few eps_T of max|v|)
     stored_k = fused.apply_rope(
         (fused.rms_norm_reference(k.reshape(t, hkv, d), kwargs["k_norm_weight"], 1e-6, True) if kwargs
          else k.reshape(t, hkv, d)), cos, sin)
     torch.testing.assert_close(keys[:, meta.slot_mapping].transpose(0, 1), stored_k.double(),
-                               rtol=2 * _eps(dtype), atol=1e-6)
+                               rtol=2 * _eps(dtype), atol=_eps(dtype) * float(stored_k.abs().max()))
     tolerance = 8 * _eps(dtype) * float(values.abs().max())
     torch.testing.assert_close(out.double().view(t, h, d), expected, rtol=0, atol=tolerance)
 
@@ -301,6 +303,20 @@ def test_bad_slot_raises_instead_of_writing_out_of_bounds():
     bad = torch.tensor([12])  # one past the end
     with pytest.raises(RuntimeError, match="slot_mapping"):
         fused.rope_attend_decode(q, q, q, cos, sin, *caches, bad, meta.kv_slots, meta.seq_lens, num_heads=1, scale=1.0)
+
+
+@needs_native
+def test_bad_chunk_bounds_raise_instead_of_reading_out_of_bounds():
+    caches = torch.zeros(1, 12, 16), torch.zeros(1, 12, 16)
+    q = torch.randn(3, 16)
+    cos, sin = _rope(torch.arange(3), 16, torch.float32)
+    slots, kv_slots = torch.arange(3), torch.arange(8)[None]
+    with pytest.raises(RuntimeError, match="bounds"):  # the chunk claims 4 rows of 3
+        fused.rope_attend_chunks(q, q, q, cos, sin, *caches, slots, kv_slots, torch.tensor([0, 4]), torch.tensor([0]),
+                                 num_heads=1, scale=1.0)
+    with pytest.raises(RuntimeError, match="exceed"):  # 6 cached + 3 new > 8 keys
+        fused.rope_attend_chunks(q, q, q, cos, sin, *caches, slots, kv_slots, torch.tensor([0, 3]), torch.tensor([6]),
+                                 num_heads=1, scale=1.0)
 
 
 # -- whole models ---------------------------------------------------------------------------------------

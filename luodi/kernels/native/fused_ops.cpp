@@ -7,7 +7,8 @@
 //   add_rms_norm       normed = rms_norm(x [+ residual]) and the new residual, one pass per row;
 //   gated_act          act(gate) * up over the fused [T, 2I] gate/up projection (SiLU, GELU-tanh);
 //   rope_attend_decode per-head q/k norm, RoPE, store k/v in the paged fp32 cache, and attention
-//                      of one query token per sequence over its cached keys (GQA, sliding window).
+//                      of one query token per sequence over its cached keys (GQA, sliding window);
+//   rope_attend_chunks the same for chunks of several new tokens of one sequence each (prompts).
 //
 // Numerics mirror the torch code they replace op by op: every intermediate that torch rounds to T
 // is rounded here too (round-to-nearest-even, c10's `round_to_nearest_even` / the AVX-512
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -507,6 +509,226 @@ void rope_attend_decode_impl(const DecodeArgs& a, const Tensor& q, const Tensor&
   });
 }
 
+// -- rope + cache store + chunk attention ----------------------------------------------------------
+// Several new tokens of one sequence (a prompt chunk) attend together: per KV head, its G query
+// heads x Q rows form an [M, D] matrix, and attention is two small GEMMs against the sequence's
+// keys instead of a dot product per row. Keys are packed transposed once per (chunk, KV head)
+// ([D, n], keys contiguous), so a score tile is 12 query vectors x 32 keys held in 24 registers,
+// each key vector loaded once per 12 rows; the P V tile is 6 rows x 64 values, reading value rows
+// in place through the slots. Softmax is per row over its own causal (and sliding) range.
+struct ChunkArgs {
+  const DecodeArgs* a;
+  const int64_t* bounds;        // [C + 1] first row of each chunk
+  const int64_t* context_lens;  // [C] cached tokens before each chunk
+  int64_t num_chunks;
+};
+
+constexpr int kScoreRows = 12;  // query vectors per score tile (x 2 key vectors: 24 accumulators)
+constexpr int kValueRows = 6;   // query vectors per P V tile (x 4 value vectors: 24 accumulators)
+
+// Keys a row attends to, as [begin, end) positions in its sequence.
+inline std::pair<int64_t, int64_t> visible_keys(int64_t position, int64_t window) {
+  const int64_t end = position + 1;
+  return {window > 0 ? std::max<int64_t>(0, end - window) : 0, end};
+}
+
+// s[i][t] = scale * q_i . k_t for the R query vectors `qs` and keys t in [t_begin, t_end) of the
+// packed kt ([D, ld], key t at column t); t_begin is a multiple of 32, ld covers t_end rounded up.
+template <int R>
+void score_tile(const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin, int64_t t_end,
+                float scale, float* s, int64_t lds) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += 32) {
+    __m512 acc[R][2];
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < d; ++j) {
+      const float* krow = kt + j * ld + t0;
+      const __m512 k0 = _mm512_loadu_ps(krow), k1 = _mm512_loadu_ps(krow + 16);  // ld covers t0 + 32
+      for (int i = 0; i < R; ++i) {
+        const __m512 b = _mm512_set1_ps(qs[i][j]);
+        acc[i][0] = _mm512_fmadd_ps(b, k0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(b, k1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      _mm512_storeu_ps(s + i * lds + t0, _mm512_mul_ps(acc[i][0], vscale));
+      _mm512_storeu_ps(s + i * lds + t0 + 16, _mm512_mul_ps(acc[i][1], vscale));
+    }
+  }
+}
+
+// o[i][c0 : c0 + 16 NV] = sum over t in [t_begin, t_end) of p[i][t] * v[slots[t]][c0 : ...].
+template <int R, int NV>
+void value_slice(const float* p, int64_t lds, const float* vc, const int64_t* slots, int64_t d, int64_t c0,
+                 int64_t t_begin, int64_t t_end, float* o) {
+  __m512 acc[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_setzero_ps();
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const float* vrow = vc + slots[t] * d + c0;
+    __m512 vv[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = _mm512_loadu_ps(vrow + 16 * c);
+    for (int i = 0; i < R; ++i) {
+      const __m512 b = _mm512_set1_ps(p[i * lds + t]);
+      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(b, vv[c], acc[i][c]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(o + i * d + c0 + 16 * c, acc[i][c]);
+}
+
+template <int R>
+void value_tile(const float* p, int64_t lds, const float* vc, const int64_t* slots, int64_t d, int64_t t_begin,
+                int64_t t_end, float* o) {
+  for (int64_t c0 = 0; c0 < d; c0 += 64) {
+    switch (std::min<int64_t>(4, (d - c0) / 16)) {
+      case 1: value_slice<R, 1>(p, lds, vc, slots, d, c0, t_begin, t_end, o); break;
+      case 2: value_slice<R, 2>(p, lds, vc, slots, d, c0, t_begin, t_end, o); break;
+      case 3: value_slice<R, 3>(p, lds, vc, slots, d, c0, t_begin, t_end, o); break;
+      default: value_slice<R, 4>(p, lds, vc, slots, d, c0, t_begin, t_end, o); break;
+    }
+  }
+}
+
+template <int R>
+void score_dispatch(int rows, const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin,
+                    int64_t t_end, float scale, float* s, int64_t lds) {
+  if constexpr (R > 1) {
+    if (rows < R) return score_dispatch<R - 1>(rows, qs, kt, ld, d, t_begin, t_end, scale, s, lds);
+  }
+  score_tile<R>(qs, kt, ld, d, t_begin, t_end, scale, s, lds);
+}
+
+template <int R>
+void value_dispatch(int rows, const float* p, int64_t lds, const float* vc, const int64_t* slots, int64_t d,
+                    int64_t t_begin, int64_t t_end, float* o) {
+  if constexpr (R > 1) {
+    if (rows < R) return value_dispatch<R - 1>(rows, p, lds, vc, slots, d, t_begin, t_end, o);
+  }
+  value_tile<R>(p, lds, vc, slots, d, t_begin, t_end, o);
+}
+
+// One chunk's keys for KV head g, transposed: kt[j * ld + t] = k of key (key0 + t), dim j; the
+// columns past the last key are zero (score tiles read whole 32-key blocks).
+void pack_keys(const float* k_cache, int64_t cache_slots, int64_t g, int64_t d, const int64_t* slots,
+               int64_t key0, int64_t n, int64_t ld, float* kt) {
+  const float* kc = k_cache + g * cache_slots * d;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* krow = kc + slots[key0 + t] * d;
+    for (int64_t j = 0; j < d; ++j) kt[j * ld + t] = krow[j];
+  }
+  for (int64_t j = 0; j < d; ++j) std::fill(kt + j * ld + n, kt + (j + 1) * ld, 0.0f);
+}
+
+struct ChunkLayout {
+  int64_t key0, n, ld;  // packed keys: positions [key0, key0 + n), row stride ld
+  size_t kt_offset;     // where this (chunk, KV head)'s packed keys start in the shared buffer
+};
+
+// Query vectors [m0, m1) of chunk c for KV head g: vector m is row (bounds[c] + m / G), head g G + m % G.
+template <typename T>
+void attend_chunk_tile(const ChunkArgs& ca, const ChunkLayout& lay, int64_t c, int64_t g, int64_t m0, int64_t m1,
+                       const float* qrot, const float* kt, const float* v_cache, const int64_t* kv_slots,
+                       T* out, std::vector<float>& s, std::vector<float>& o) {
+  const DecodeArgs& a = *ca.a;
+  const int64_t d = a.head_dim, group = a.num_heads / a.num_kv_heads;
+  const int64_t row0 = ca.bounds[c], ctx = ca.context_lens[c];
+  const int64_t* slots = kv_slots + c * a.max_keys;
+  const float* vc = v_cache + g * a.cache_slots * d;
+  const int rows = static_cast<int>(m1 - m0);
+  const float* qs[kScoreRows];
+  int64_t begin[kScoreRows], end[kScoreRows];
+  int64_t lo = INT64_MAX, hi = 0;
+  for (int i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i, r = m / group, h = g * group + m % group;
+    qs[i] = qrot + ((row0 + r) * a.num_heads + h) * d;
+    std::tie(begin[i], end[i]) = visible_keys(ctx + r, a.sliding_window);
+    begin[i] -= lay.key0;
+    end[i] -= lay.key0;
+    lo = std::min(lo, begin[i]);
+    hi = std::max(hi, end[i]);
+  }
+  const int64_t t_begin = lo / 32 * 32;  // score tiles cover whole 32-key blocks, inside ld
+  s.resize(static_cast<size_t>(kScoreRows * lay.ld));
+  o.resize(static_cast<size_t>(kValueRows * d));
+  score_dispatch<kScoreRows>(rows, qs, kt, lay.ld, d, t_begin, hi, a.scale, s.data(), lay.ld);
+  for (int i = 0; i < rows; ++i) {  // softmax over the row's own keys, zero weight elsewhere in [lo, hi)
+    float* row = s.data() + i * lay.ld;
+    softmax_inplace(row + begin[i], end[i] - begin[i]);
+    std::fill(row + lo, row + begin[i], 0.0f);
+    std::fill(row + end[i], row + hi, 0.0f);
+  }
+  for (int i0 = 0; i0 < rows; i0 += kValueRows) {
+    const int n = std::min(kValueRows, rows - i0);
+    value_dispatch<kValueRows>(n, s.data() + i0 * lay.ld, lay.ld, vc, slots + lay.key0, d, lo, hi, o.data());
+    for (int i = 0; i < n; ++i) {
+      const int64_t m = m0 + i0 + i, r = m / group, h = g * group + m % group;
+      T* dst = out + (row0 + r) * a.num_heads * d + h * d;
+      for (int64_t j = 0; j < d; j += 16) store16(dst + j, _mm512_loadu_ps(o.data() + i * d + j), 0xFFFF);
+    }
+  }
+}
+
+template <typename T>
+void rope_attend_chunks_impl(const ChunkArgs& ca, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& cos, const Tensor& sin, Tensor& k_cache, Tensor& v_cache,
+                             const Tensor& slot_mapping, const Tensor& kv_slots, Tensor& out) {
+  const DecodeArgs& a = *ca.a;
+  const int64_t d = a.head_dim, group = a.num_heads / a.num_kv_heads;
+  const T* pcos = cos.data_ptr<T>();
+  const T* psin = sin.data_ptr<T>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  const int64_t* slots = kv_slots.data_ptr<int64_t>();
+  // Every write before any read: rows attend to their own chunk's new keys.
+  store_kv(a, k.data_ptr<T>(), v.data_ptr<T>(), pcos, psin, slot_mapping.data_ptr<int64_t>(), kc, vc);
+  std::vector<float> qrot(static_cast<size_t>(a.num_seqs * a.num_heads * d));  // normed, rotated, fp32
+  const T* pq = q.data_ptr<T>();
+  at::parallel_for(0, a.num_seqs, std::max<int64_t>(1, kMinTaskElements / (a.num_heads * d * 16)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t h = 0; h < a.num_heads; ++h)
+        norm_rope_head(pq + r * a.q_stride + h * d, pcos + r * a.rope_stride, psin + r * a.rope_stride,
+                       qrot.data() + (r * a.num_heads + h) * d, d, a.q_norm);
+  });
+  std::vector<ChunkLayout> layouts(static_cast<size_t>(ca.num_chunks));
+  size_t kt_size = 0;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const int64_t ctx = ca.context_lens[c], rows = ca.bounds[c + 1] - ca.bounds[c];
+    const int64_t key0 = visible_keys(ctx, a.sliding_window).first, n = ctx + rows - key0;
+    // rows of kt are ld apart: whole 32-key blocks, plus 16 so that ld is never a power of two
+    // (a power-of-two stride maps every row of a transposing store to one L1 set)
+    layouts[c] = ChunkLayout{key0, n, (n + 31) / 32 * 32 + 16, kt_size};
+    kt_size += static_cast<size_t>(a.num_kv_heads * d * layouts[c].ld);
+  }
+  std::vector<float> kt(kt_size);
+  at::parallel_for(0, ca.num_chunks * a.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / a.num_kv_heads, g = task % a.num_kv_heads;
+      const ChunkLayout& lay = layouts[c];
+      pack_keys(kc, a.cache_slots, g, d, slots + c * a.max_keys, lay.key0, lay.n, lay.ld,
+                kt.data() + lay.kt_offset + g * d * lay.ld);
+    }
+  });
+  struct Tile { int64_t c, g, m0, m1; };
+  std::vector<Tile> tiles;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const int64_t vectors = (ca.bounds[c + 1] - ca.bounds[c]) * group;
+    for (int64_t g = 0; g < a.num_kv_heads; ++g)
+      for (int64_t m0 = 0; m0 < vectors; m0 += kScoreRows) tiles.push_back({c, g, m0, std::min(vectors, m0 + kScoreRows)});
+  }
+  T* pout = out.data_ptr<T>();
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s, o;
+    for (int64_t i = begin; i < end; ++i) {
+      const Tile& t = tiles[i];
+      const ChunkLayout& lay = layouts[t.c];
+      attend_chunk_tile<T>(ca, lay, t.c, t.g, t.m0, t.m1, qrot.data(), kt.data() + lay.kt_offset + t.g * d * lay.ld,
+                           vc, slots, pout, s, o);
+    }
+  });
+}
+
 bool is_native_head_dim(int64_t head_dim) {
   const int64_t nc = head_dim / 16;
   return head_dim % 16 == 0 && (nc == 1 || nc == 2 || nc == 4 || nc == 6 || nc == 8 || nc == 16);
@@ -554,16 +776,23 @@ void check_slots(const Tensor& slot_mapping, const Tensor& kv_slots, const Tenso
   }
 }
 
+// The checked arguments of the attention ops; `a`'s norm pointers point into this object.
+struct AttendInputs {
+  DecodeArgs a;
+  NormSpec qn, kn;
+  AttendInputs() = default;
+  AttendInputs(const AttendInputs&) = delete;
+};
+
 // q [B, H*D], k and v [B, Hkv*D] (rows may be strided: views into a fused qkv output);
-// cos and sin [B, D] (or [B, 1, D]); caches fp32 [Hkv, S, D]; slot_mapping [B], kv_slots [B, K],
-// seq_lens [B] int64. Returns the attention output [B, H*D] in q's dtype.
-Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos, const Tensor& sin,
-                          Tensor k_cache, Tensor v_cache, const Tensor& slot_mapping, const Tensor& kv_slots,
-                          const Tensor& seq_lens, int64_t num_heads, int64_t num_kv_heads, double scale,
-                          int64_t sliding_window, const c10::optional<Tensor>& q_norm_weight,
-                          const c10::optional<Tensor>& k_norm_weight, double norm_eps, bool norm_is_offset) {
+// cos and sin [B, D] (or [B, 1, D]); caches fp32 [Hkv, S, D].
+void check_attend_inputs(AttendInputs& in, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
+                         const Tensor& sin, const Tensor& k_cache, const Tensor& v_cache, const Tensor& kv_slots,
+                         int64_t num_heads, int64_t num_kv_heads, double scale, int64_t sliding_window,
+                         const c10::optional<Tensor>& q_norm_weight, const c10::optional<Tensor>& k_norm_weight,
+                         double norm_eps, bool norm_is_offset) {
   TORCH_CHECK(q.dim() == 2 && k.dim() == 2 && v.dim() == 2, "q, k and v must be 2-D [B, heads * head_dim]");
-  const int64_t num_seqs = q.size(0);
+  const int64_t num_rows = q.size(0);
   TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
               "num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (", num_kv_heads, ")");
   const int64_t head_dim = q.size(1) / num_heads;
@@ -571,32 +800,45 @@ Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, con
               " is not num_heads (", num_heads, ") x a head_dim in {16, 32, 64, 96, 128, 256}");
   TORCH_CHECK(k.size(1) == num_kv_heads * head_dim && v.size(1) == k.size(1), "k/v width must be ",
               num_kv_heads * head_dim);
-  TORCH_CHECK(k.size(0) == num_seqs && v.size(0) == num_seqs, "q, k and v must have the same number of rows");
+  TORCH_CHECK(k.size(0) == num_rows && v.size(0) == num_rows, "q, k and v must have the same number of rows");
   for (const Tensor* t : {&q, &k, &v, &cos, &sin}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(),
                 "q, k, v, cos and sin must be CPU tensors of one dtype");
   }
   // [B, D] rows, read through their data pointers (a reshape would be one more dispatched op)
   for (const Tensor* t : {&cos, &sin}) {
-    TORCH_CHECK(t->is_contiguous() && t->numel() == num_seqs * head_dim, "cos and sin must be contiguous with ",
-                num_seqs, " x ", head_dim, " elements, got shape ", t->sizes());
+    TORCH_CHECK(t->is_contiguous() && t->numel() == num_rows * head_dim, "cos and sin must be contiguous with ",
+                num_rows, " x ", head_dim, " elements, got shape ", t->sizes());
   }
   check_cache(k_cache, "k_cache", num_kv_heads, head_dim);
   check_cache(v_cache, "v_cache", num_kv_heads, head_dim);
   TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
-  check_slots(slot_mapping, kv_slots, seq_lens, num_seqs, k_cache.size(1));
-  NormSpec qn{}, kn{};
   if (q_norm_weight) {
     TORCH_CHECK(k_norm_weight && q_norm_weight->numel() == head_dim && k_norm_weight->numel() == head_dim,
                 "q and k norm weights must both be given, with head_dim (", head_dim, ") elements");
-    qn = NormSpec{to_floats(*q_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
-    kn = NormSpec{to_floats(*k_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
+    in.qn = NormSpec{to_floats(*q_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
+    in.kn = NormSpec{to_floats(*k_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
   }
-  DecodeArgs a{num_seqs, num_heads, num_kv_heads, head_dim,
-               row_stride(q, "q"), row_stride(k, "k"), row_stride(v, "v"), head_dim,
-               k_cache.size(1), kv_slots.size(1), static_cast<float>(scale), std::max<int64_t>(0, sliding_window),
-               q_norm_weight ? &qn : nullptr, q_norm_weight ? &kn : nullptr};
-  Tensor out = at::empty({num_seqs, num_heads * head_dim}, q.options());
+  in.a = DecodeArgs{num_rows, num_heads, num_kv_heads, head_dim,
+                    row_stride(q, "q"), row_stride(k, "k"), row_stride(v, "v"), head_dim,
+                    k_cache.size(1), kv_slots.size(1), static_cast<float>(scale),
+                    std::max<int64_t>(0, sliding_window),
+                    q_norm_weight ? &in.qn : nullptr, q_norm_weight ? &in.kn : nullptr};
+}
+
+// One query row per sequence: slot_mapping [B], kv_slots [B, K], seq_lens [B] int64. Returns the
+// attention output [B, H*D] in q's dtype.
+Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos, const Tensor& sin,
+                          Tensor k_cache, Tensor v_cache, const Tensor& slot_mapping, const Tensor& kv_slots,
+                          const Tensor& seq_lens, int64_t num_heads, int64_t num_kv_heads, double scale,
+                          int64_t sliding_window, const c10::optional<Tensor>& q_norm_weight,
+                          const c10::optional<Tensor>& k_norm_weight, double norm_eps, bool norm_is_offset) {
+  AttendInputs in;
+  check_attend_inputs(in, q, k, v, cos, sin, k_cache, v_cache, kv_slots, num_heads, num_kv_heads, scale,
+                      sliding_window, q_norm_weight, k_norm_weight, norm_eps, norm_is_offset);
+  const DecodeArgs& a = in.a;
+  check_slots(slot_mapping, kv_slots, seq_lens, a.num_seqs, k_cache.size(1));
+  Tensor out = at::empty({a.num_seqs, num_heads * a.head_dim}, q.options());
   switch (q.scalar_type()) {
     case at::kFloat: rope_attend_decode_impl<float>(a, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
                                                     kv_slots, seq_lens, out); break;
@@ -605,6 +847,59 @@ Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, con
     case at::kHalf: rope_attend_decode_impl<c10::Half>(a, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
                                                        kv_slots, seq_lens, out); break;
     default: TORCH_CHECK(false, "rope_attend_decode: unsupported dtype ", q.scalar_type());
+  }
+  return out;
+}
+
+// Chunks of consecutive rows, each chunk the new tokens of one sequence: rows [bounds[c],
+// bounds[c + 1]) follow context_lens[c] cached tokens and attend to kv_slots[c, :position + 1].
+// slot_mapping [T], kv_slots [C, K], bounds [C + 1], context_lens [C] int64.
+Tensor rope_attend_chunks(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos, const Tensor& sin,
+                          Tensor k_cache, Tensor v_cache, const Tensor& slot_mapping, const Tensor& kv_slots,
+                          const Tensor& bounds, const Tensor& context_lens, int64_t num_heads, int64_t num_kv_heads,
+                          double scale, int64_t sliding_window, const c10::optional<Tensor>& q_norm_weight,
+                          const c10::optional<Tensor>& k_norm_weight, double norm_eps, bool norm_is_offset) {
+  AttendInputs in;
+  check_attend_inputs(in, q, k, v, cos, sin, k_cache, v_cache, kv_slots, num_heads, num_kv_heads, scale,
+                      sliding_window, q_norm_weight, k_norm_weight, norm_eps, norm_is_offset);
+  const DecodeArgs& a = in.a;
+  for (const Tensor* t : {&slot_mapping, &kv_slots, &bounds, &context_lens}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
+                "slot_mapping, kv_slots, bounds and context_lens must be contiguous int64 CPU tensors");
+  }
+  const int64_t num_chunks = context_lens.numel(), num_slots = k_cache.size(1), max_keys = kv_slots.size(1);
+  TORCH_CHECK(slot_mapping.numel() == a.num_seqs && bounds.numel() == num_chunks + 1 && kv_slots.dim() == 2 &&
+                  kv_slots.size(0) == num_chunks,
+              "one slot per row, one kv_slots row and one context length per chunk, and C + 1 bounds are needed");
+  const int64_t* b = bounds.data_ptr<int64_t>();
+  const int64_t* ctx = context_lens.data_ptr<int64_t>();
+  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+  const int64_t* ks = kv_slots.data_ptr<int64_t>();
+  TORCH_CHECK(b[0] == 0 && b[num_chunks] == a.num_seqs, "bounds must run from 0 to the number of rows");
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    TORCH_CHECK(b[c + 1] > b[c] && ctx[c] >= 0 && ctx[c] + b[c + 1] - b[c] <= max_keys, "chunk ", c,
+                ": rows [", b[c], ", ", b[c + 1], ") after ", ctx[c], " cached tokens exceed kv_slots' ", max_keys,
+                " keys");
+    for (int64_t j = 0; j < ctx[c] + b[c + 1] - b[c]; ++j) {
+      const int64_t slot = ks[c * max_keys + j];
+      TORCH_CHECK(slot >= 0 && slot < num_slots, "kv_slots[", c, ", ", j, "] = ", slot, " is outside [0, ",
+                  num_slots, ")");
+    }
+  }
+  for (int64_t r = 0; r < a.num_seqs; ++r) {
+    TORCH_CHECK(sm[r] >= 0 && sm[r] < num_slots, "slot_mapping[", r, "] = ", sm[r], " is outside [0, ", num_slots,
+                ")");
+  }
+  ChunkArgs ca{&a, b, ctx, num_chunks};
+  Tensor out = at::empty({a.num_seqs, num_heads * a.head_dim}, q.options());
+  switch (q.scalar_type()) {
+    case at::kFloat: rope_attend_chunks_impl<float>(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+                                                    kv_slots, out); break;
+    case at::kBFloat16: rope_attend_chunks_impl<c10::BFloat16>(ca, q, k, v, cos, sin, k_cache, v_cache,
+                                                               slot_mapping, kv_slots, out); break;
+    case at::kHalf: rope_attend_chunks_impl<c10::Half>(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+                                                       kv_slots, out); break;
+    default: TORCH_CHECK(false, "rope_attend_chunks: unsupported dtype ", q.scalar_type());
   }
   return out;
 }
@@ -622,6 +917,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_act", &gated_act, "act(gate) * up over a fused [.., 2I] gate/up projection");
   m.def("rope_attend_decode", &rope_attend_decode,
         "q/k norm + RoPE, k/v into the paged cache, and one-query-per-sequence attention");
+  m.def("rope_attend_chunks", &rope_attend_chunks,
+        "q/k norm + RoPE, k/v into the paged cache, and attention of prompt chunks (rows of one sequence each)");
   m.def("is_native_head_dim", &is_native_head_dim, "whether rope_attend_decode has a kernel for this head_dim");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
 }
