@@ -25,7 +25,10 @@ from luodi.errors import InvalidParameterError, PromptTooLongError
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    block_size: int = 16
+    # 8, not the usual 16: a prefix is reused in whole blocks, so a request sharing a system prompt
+    # recomputes on average half a block; measured (serve_load, SmolLM2) the second request's TTFT
+    # fell from 31 to 22 ms, with decode and 16/64-stream throughput unchanged or better.
+    block_size: int = 8
     kv_cache_bytes: int = 256 * 2**20  # at least one full-length sequence is always made room for
     num_blocks: int | None = None  # overrides kv_cache_bytes (tests use it to force preemption)
     max_num_seqs: int = 16

@@ -912,9 +912,12 @@ bool cpu_supported() {
 
 }  // namespace
 
+// The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
+constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("add_rms_norm", &add_rms_norm, "(rms_norm(x [+ residual]), new residual) in one pass");
-  m.def("gated_act", &gated_act, "act(gate) * up over a fused [.., 2I] gate/up projection");
+  m.def("add_rms_norm", &add_rms_norm, kNoGil, "(rms_norm(x [+ residual]), new residual) in one pass");
+  m.def("gated_act", &gated_act, kNoGil, "act(gate) * up over a fused [.., 2I] gate/up projection");
   m.def("rope_attend_decode", &rope_attend_decode,
         "q/k norm + RoPE, k/v into the paged cache, and one-query-per-sequence attention");
   m.def("rope_attend_chunks", &rope_attend_chunks,

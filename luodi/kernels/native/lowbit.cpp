@@ -468,9 +468,12 @@ bool cpu_supported() {
 
 }  // namespace
 
+// The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
+constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "y = x @ W.T for a packed INT8 weight");
-  m.def("int4_linear", &int4_linear, "y = x @ W.T for a packed INT4 weight");
-  m.def("bf16_linear", &bf16_linear, "y = x @ W.T for a packed BF16 weight");
+  m.def("int8_linear", &int8_linear, kNoGil, "y = x @ W.T for a packed INT8 weight");
+  m.def("int4_linear", &int4_linear, kNoGil, "y = x @ W.T for a packed INT4 weight");
+  m.def("bf16_linear", &bf16_linear, kNoGil, "y = x @ W.T for a packed BF16 weight");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
 }
