@@ -608,16 +608,15 @@ void value_dispatch(int rows, const float* p, int64_t lds, const float* vc, cons
   value_tile<R>(p, lds, vc, slots, d, t_begin, t_end, o);
 }
 
-// One chunk's keys for KV head g, transposed: kt[j * ld + t] = k of key (key0 + t), dim j; the
-// columns past the last key are zero (score tiles read whole 32-key blocks).
+// Keys [t_begin, t_end) (positions key0 + t) of one chunk for KV head g, transposed into kt:
+// kt[j * ld + t] = dim j of key t. The caller zeroes the columns past the last key.
 void pack_keys(const float* k_cache, int64_t cache_slots, int64_t g, int64_t d, const int64_t* slots,
-               int64_t key0, int64_t n, int64_t ld, float* kt) {
+               int64_t key0, int64_t t_begin, int64_t t_end, int64_t ld, float* kt) {
   const float* kc = k_cache + g * cache_slots * d;
-  for (int64_t t = 0; t < n; ++t) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const float* krow = kc + slots[key0 + t] * d;
     for (int64_t j = 0; j < d; ++j) kt[j * ld + t] = krow[j];
   }
-  for (int64_t j = 0; j < d; ++j) std::fill(kt + j * ld + n, kt + (j + 1) * ld, 0.0f);
 }
 
 struct ChunkLayout {
@@ -702,12 +701,25 @@ void rope_attend_chunks_impl(const ChunkArgs& ca, const Tensor& q, const Tensor&
     kt_size += static_cast<size_t>(a.num_kv_heads * d * layouts[c].ld);
   }
   std::vector<float> kt(kt_size);
-  at::parallel_for(0, ca.num_chunks * a.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task / a.num_kv_heads, g = task % a.num_kv_heads;
-      const ChunkLayout& lay = layouts[c];
-      pack_keys(kc, a.cache_slots, g, d, slots + c * a.max_keys, lay.key0, lay.n, lay.ld,
-                kt.data() + lay.kt_offset + g * d * lay.ld);
+  // Packing tasks of 64 keys of one (chunk, KV head): a few hundred keys of three KV heads would
+  // otherwise leave one of two threads idle half the time.
+  constexpr int64_t kPackKeys = 64;
+  struct Pack { int64_t c, g, t_begin, t_end; };
+  std::vector<Pack> packs;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const ChunkLayout& lay = layouts[c];
+    for (int64_t g = 0; g < a.num_kv_heads; ++g) {
+      float* dst = kt.data() + lay.kt_offset + g * d * lay.ld;
+      for (int64_t j = 0; j < d; ++j) std::fill(dst + j * lay.ld + lay.n, dst + (j + 1) * lay.ld, 0.0f);
+      for (int64_t t0 = 0; t0 < lay.n; t0 += kPackKeys) packs.push_back({c, g, t0, std::min(lay.n, t0 + kPackKeys)});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(packs.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const Pack& p = packs[i];
+      const ChunkLayout& lay = layouts[p.c];
+      pack_keys(kc, a.cache_slots, p.g, d, slots + p.c * a.max_keys, lay.key0, p.t_begin, p.t_end, lay.ld,
+                kt.data() + lay.kt_offset + p.g * d * lay.ld);
     }
   });
   struct Tile { int64_t c, g, m0, m1; };
