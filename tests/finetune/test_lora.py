@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.finetune.data import IGNORE_INDEX, TrainingExample
+from luodi.finetune import forward
 from luodi.finetune.forward import all_logits, batch_loss, pack
 from luodi.finetune.lora import (
     AdapterError, LoraOptions, attach_lora, enable_gradient_checkpointing, load_adapter, load_for_training,
@@ -120,6 +121,47 @@ def test_masked_loss_equals_hand_computed(tiny_model_dir):
                 count += 1
     assert count == 7 + 4
     assert abs(float(batch_loss(model, pack(_examples()))) - total / count) < 1e-5
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_loss_and_gradient_equal_autograd_through_full_logits(monkeypatch, softcap):
+    """`_LinearCrossEntropy` (a few rows at a time, gradient computed with the loss) against
+    autograd through the whole [N, V] fp32 logits; chunks of 3 rows over 10 rows."""
+    monkeypatch.setattr(forward, "_LOSS_CHUNK_ELEMENTS", 3 * 50)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, 16, generator=g, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g)
+    targets = torch.randint(0, 50, (10,), generator=g)
+    loss = forward._LinearCrossEntropy.apply(hidden, weight, targets, softcap)
+    (grad,) = torch.autograd.grad(3.0 * loss, hidden)
+    logits = hidden @ weight.T
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = F.cross_entropy(logits, targets)
+    (ref_grad,) = torch.autograd.grad(3.0 * ref, hidden)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=2e-6)  # sums of 50 fp32 terms ~1
+
+
+def test_lora_gradients_through_chunked_loss_equal_full_logits(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(forward, "_LOSS_CHUNK_ELEMENTS", 4 * 256)  # a few rows a chunk
+    torch.manual_seed(1)
+    model = attach_lora(_base(tiny_model_dir), LoraOptions(rank=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = pack(_examples())
+    results = []
+    for loss_of in (batch_loss, lambda m, b: F.cross_entropy(*forward.trained_logits(m, b))):
+        model.zero_grad(set_to_none=True)
+        loss = loss_of(model, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss, grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_adapter_save_load_and_merge_match_base_plus_adapter(tiny_model_dir, tmp_path):
