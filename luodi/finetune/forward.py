@@ -132,21 +132,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
                 softcap: float | None) -> torch.Tensor:
         n = hidden.shape[0]
-        rows = max(1, _LOSS_CHUNK_ELEMENTS // weight.shape[0])
+        rows = min(n, max(1, _LOSS_CHUNK_ELEMENTS // weight.shape[0]))
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
+        # One set of [rows, V] buffers for all chunks, every op in place or into them: a fresh
+        # buffer of this size costs ~25 ms of page faults here, more than the arithmetic on it.
+        low = torch.empty(rows, weight.shape[0], dtype=weight.dtype, device=hidden.device)
+        logits = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=hidden.device)
+        dcap = torch.empty_like(logits) if softcap is not None else None
         for start in range(0, n, rows):
-            h, t = hidden[start:start + rows], targets[start:start + rows]
-            logits = F.linear(h, weight).float()
+            m = min(rows, n - start)
+            h, t, z, zl = hidden[start:start + m], targets[start:start + m], logits[:m], low[:m]
+            torch.matmul(h.to(weight.dtype), weight.t(), out=zl)  # the head in the weight's dtype,
+            z.copy_(zl)  # then fp32, as `CausalLM.compute_logits`
             if softcap is not None:
-                logits = torch.tanh(logits / softcap) * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            dlogits = torch.exp(logits - lse[:, None])  # softmax, then minus the one-hot target
-            dlogits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                z.div_(softcap).tanh_().mul_(softcap)
+                torch.mul(z, 1.0 / softcap, out=dcap[:m]).square_().neg_().add_(1.0)  # d tanh
+            picked = z.gather(1, t[:, None]).squeeze(1)
+            peak = z.amax(dim=-1)
+            z.sub_(peak[:, None]).exp_()  # from here z holds exp(logits - peak), then the softmax
+            sums = z.sum(dim=-1)
+            total += (peak + sums.log() - picked).sum()
+            z.div_(sums[:, None])
+            z[torch.arange(m, device=t.device), t] -= 1.0  # minus the one-hot target
             if softcap is not None:
-                dlogits *= 1.0 - (logits / softcap) ** 2  # d tanh
-            grad[start:start + rows] = (dlogits / n).to(weight.dtype) @ weight
+                z.mul_(dcap[:m])
+            zl.copy_(z.div_(n))
+            grad[start:start + m] = zl @ weight
         ctx.save_for_backward(grad)
         return total / n
 
