@@ -118,8 +118,11 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     return base() if callable(base) else model
 
 
-# fp32 logits per chunk: 4M elements (16 MB), under glibc's 32 MB limit for reusing freed memory
+# Rows of logits per chunk: ~4M fp32 elements (85 rows of SmolLM2's 49k vocabulary), but at least
+# 64, since each chunk reads the whole lm_head again (335 MB for Gemma 3's 262k vocabulary: 16-row
+# chunks would read it 64 times a 512-token step, against the page faults of a larger buffer).
 _LOSS_CHUNK_ELEMENTS = 1 << 22
+_LOSS_MIN_ROWS = 64
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -132,7 +135,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # noqa: ANN001
                 softcap: float | None) -> torch.Tensor:
         n = hidden.shape[0]
-        rows = min(n, max(1, _LOSS_CHUNK_ELEMENTS // weight.shape[0]))
+        rows = min(n, max(_LOSS_MIN_ROWS, _LOSS_CHUNK_ELEMENTS // weight.shape[0]))
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         # One set of [rows, V] buffers for all chunks, every op in place or into them: a fresh

@@ -128,6 +128,7 @@ def test_chunked_loss_and_gradient_equal_autograd_through_full_logits(monkeypatc
     """`_LinearCrossEntropy` (a few rows at a time, gradient computed with the loss) against
     autograd through the whole [N, V] fp32 logits; chunks of 3 rows over 10 rows."""
     monkeypatch.setattr(forward, "_LOSS_CHUNK_ELEMENTS", 3 * 50)
+    monkeypatch.setattr(forward, "_LOSS_MIN_ROWS", 1)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(10, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g)
@@ -144,7 +145,8 @@ def test_chunked_loss_and_gradient_equal_autograd_through_full_logits(monkeypatc
 
 
 def test_lora_gradients_through_chunked_loss_equal_full_logits(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(forward, "_LOSS_CHUNK_ELEMENTS", 4 * 256)  # a few rows a chunk
+    monkeypatch.setattr(forward, "_LOSS_CHUNK_ELEMENTS", 4 * 128)  # 4 rows a chunk (vocabulary 128)
+    monkeypatch.setattr(forward, "_LOSS_MIN_ROWS", 1)
     torch.manual_seed(1)
     model = attach_lora(_base(tiny_model_dir), LoraOptions(rank=4, alpha=8))
     with torch.no_grad():
