@@ -90,7 +90,7 @@ class CausalAttention:
 
 def trained_logits(model: nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, V] at the N positions whose next token is trained, their targets [N])."""
-    index = (batch.targets != IGNORE_INDEX).nonzero().squeeze(1)
+    index = _trained_rows(batch)
     logits = model(batch.input_ids, batch.positions, CausalAttention(batch.seq_lens), index)
     return logits, batch.targets[index]
 
@@ -107,9 +107,14 @@ def batch_loss(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     if type(head) is not nn.Linear or head.weight.requires_grad or head.bias is not None:
         logits, targets = trained_logits(model, batch)  # a trained or adapted head: plain autograd
         return F.cross_entropy(logits.float(), targets, reduction="mean")
-    index = (batch.targets != IGNORE_INDEX).nonzero().squeeze(1)
+    index = _trained_rows(batch)
     hidden = lm.model(batch.input_ids, batch.positions, CausalAttention(batch.seq_lens))[index]
     return _LinearCrossEntropy.apply(hidden, head.weight, batch.targets[index], lm.config.final_logit_softcapping)
+
+
+def _trained_rows(batch: PackedBatch) -> torch.Tensor:
+    """[N] the positions whose next token is trained."""
+    return (batch.targets != IGNORE_INDEX).nonzero().squeeze(1)
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:

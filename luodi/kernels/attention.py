@@ -47,8 +47,6 @@ class AttentionMetadata:
     key_positions: torch.Tensor  # [K]
     seq_lens: torch.Tensor  # [B] keys each sequence attends to (cached + new): the first of its kv_slots
     seqs: tuple[SequenceSlice, ...]
-    block_size: int
-    pad_slot: int
 
     @functools.cached_property
     def mask(self) -> torch.Tensor | None:
@@ -121,8 +119,6 @@ def build_metadata(
         key_positions=torch.arange(max_k, device=device),
         seq_lens=lengths.to(device),
         seqs=tuple(seqs),
-        block_size=block_size,
-        pad_slot=pad_slot,
     )
 
 
@@ -231,4 +227,3 @@ class PagedAttention:
             return out.squeeze(2)
         flat = out.transpose(1, 2).reshape(meta.num_seqs * meta.max_query_len, *out.shape[1:2], out.shape[3])
         return flat[meta.query_index]
-

@@ -157,12 +157,12 @@ def attach_adapters(model: nn.Module, adapters: list[LoraAdapter]) -> AdapterSet
             if not isinstance(child, nn.Module) or isinstance(child, LoraLinear):
                 continue
             lora = []
+            widths, device = _widths(parent, parts, child), _device_of(child)
             for adapter, seen in zip(adapters, used, strict=True):
                 pieces = [adapter.weights.get(prefix + p) for p in parts]
                 seen.update(prefix + p for p, piece in zip(parts, pieces, strict=True) if piece is not None)
                 where = f"{adapter.name} at {prefix}{child_name}"
-                widths = _widths(parent, parts, child)
-                lora.append(_fuse(pieces, child.in_features, widths, where, _device_of(child), dtype))
+                lora.append(_fuse(pieces, child.in_features, widths, where, device, dtype))
             if any(lora):
                 setattr(parent, child_name, LoraLinear(child, adapter_set, lora))
     for adapter, seen in zip(adapters, used, strict=True):
