@@ -62,6 +62,8 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
+    native_decode = None  # set by `luodi.models.native_decode.attach` for inference
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -78,6 +80,8 @@ class Gemma3Model(nn.Module):
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         rope_global = self.rotary_emb(positions, x.dtype)
         rope_local = self.rotary_emb_local(positions, x.dtype)
+        if self.native_decode is not None and (out := self.native_decode(x, (rope_global, rope_local), kv)) is not None:
+            return out
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, rope_local if layer.self_attn.is_sliding else rope_global, kv)

@@ -25,6 +25,7 @@
 #include <torch/extension.h>
 
 #include "avx512_lanes.h"
+#include "kernel_api.h"
 
 #include <algorithm>
 #include <cmath>
@@ -927,13 +928,16 @@ bool cpu_supported() {
 // The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
 constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
 
+const luodi::FusedApi kApi{&add_rms_norm, &gated_act, &rope_attend_decode};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, kNoGil, "(rms_norm(x [+ residual]), new residual) in one pass");
   m.def("gated_act", &gated_act, kNoGil, "act(gate) * up over a fused [.., 2I] gate/up projection");
-  m.def("rope_attend_decode", &rope_attend_decode,
+  m.def("rope_attend_decode", &rope_attend_decode, kNoGil,
         "q/k norm + RoPE, k/v into the paged cache, and one-query-per-sequence attention");
-  m.def("rope_attend_chunks", &rope_attend_chunks,
+  m.def("rope_attend_chunks", &rope_attend_chunks, kNoGil,
         "q/k norm + RoPE, k/v into the paged cache, and attention of prompt chunks (rows of one sequence each)");
   m.def("is_native_head_dim", &is_native_head_dim, "whether rope_attend_decode has a kernel for this head_dim");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+  m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the FusedApi table (kernel_api.h)");
 }

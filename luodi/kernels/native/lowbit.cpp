@@ -27,6 +27,7 @@
 #include <torch/csrc/utils/pybind.h>  // lighter than torch/extension.h: halves the build time
 
 #include "avx512_lanes.h"
+#include "kernel_api.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -471,9 +472,12 @@ bool cpu_supported() {
 // The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
 constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
 
+const luodi::LowbitApi kApi{&int8_linear, &int4_linear, &bf16_linear};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, kNoGil, "y = x @ W.T for a packed INT8 weight");
   m.def("int4_linear", &int4_linear, kNoGil, "y = x @ W.T for a packed INT4 weight");
   m.def("bf16_linear", &bf16_linear, kNoGil, "y = x @ W.T for a packed BF16 weight");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+  m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the LowbitApi table (kernel_api.h)");
 }

@@ -1,0 +1,166 @@
+"""Decode steps through the whole decoder stack in one native call (`native/decode_stack.cpp`).
+
+A decode step on a small model is bound by per-call overhead as much as by memory: the Python
+path calls ~8 native kernels a layer, with module lookups and argument checks around each (~0.7
+ms a token on SmolLM2's 30 layers, as long as reading 5 layers' weights). Once a model is ready
+for inference, `attach` describes every layer to the native stack, which then runs those same
+kernels back to back: same calls, same order, so the hidden states are bit-identical to the
+Python path's.
+
+It applies where every layer is one the kernels run natively — packed bf16, INT8 or INT4 weights
+(not W8A8), norms the fused op computes exactly, a native head_dim — on CPU steps with one new
+token per sequence, no autograd, and no LoRA adapter (attaching adapters detaches the stack).
+Anything else runs the Python path, which stays the reference. Set `LUODI_NATIVE_DECODE=0` to
+turn it off (for measuring what it saves).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from luodi.kernels import fused, lowbit
+from luodi.kernels.attention import PagedAttention
+from luodi.kernels.linear import PackedLinear
+from luodi.kernels.native_build import NativeExtension
+from luodi.models.layers import GemmaRMSNorm, RMSNorm
+
+log = logging.getLogger(__name__)
+
+EXTENSION = NativeExtension(
+    "luodi_decode", "decode_stack.cpp", "decode stack",
+    required_cpu_flags=lowbit.EXTENSION.required_cpu_flags,  # it runs lowbit's kernels
+)
+_disabled = os.environ.get("LUODI_NATIVE_DECODE", "1") == "0"
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+@functools.cache
+def _native() -> Any:
+    module, reason = EXTENSION.load()
+    if module is None:
+        log.debug("native decode stack unavailable (%s); decode steps run the Python path", reason)
+    return module
+
+
+class NativeDecode:
+    """The decoder stack of one model as the native op holds it; see the module docstring."""
+
+    def __init__(self, stack: Any, dtype: torch.dtype) -> None:
+        self.stack = stack
+        self.dtype = dtype  # of the activations its norms were checked for
+
+    def __call__(self, x: torch.Tensor, ropes: tuple[Rope, ...], kv: Any) -> torch.Tensor | None:
+        """Final-normed hidden states [B, hidden] for embedded decode tokens x [B, hidden] — or
+        None when this step is not one the stack runs (the caller then runs its layers)."""
+        if _disabled or x.dtype != self.dtype or not fused.enabled_for(x) or not isinstance(kv, PagedAttention):
+            return None
+        meta = kv.meta
+        if meta.max_query_len != 1 or kv.k_caches[0].dtype != torch.float32:  # the native attention's cache
+            return None
+        return self.stack.forward(
+            x.contiguous(), [cos for cos, _ in ropes], [sin for _, sin in ropes], kv.k_caches, kv.v_caches,
+            meta.slot_mapping, meta.kv_slots, meta.seq_lens,
+        )
+
+
+def attach(model: nn.Module) -> bool:
+    """Give the backbone of an inference-ready model (`model.model`) a `NativeDecode`, where every
+    layer qualifies; returns whether it did."""
+    backbone = getattr(model, "model", None)
+    if backbone is None or not hasattr(backbone, "native_decode") or not fused.native_available():
+        return False
+    native = _native() if lowbit.native_available() else None
+    if native is None:
+        return False
+    dtype = next(model.parameters()).dtype
+    layers = [_layer(native, layer, dtype) for layer in backbone.layers]
+    final_norm = _norm(native, backbone.norm, dtype)
+    if any(layer is None for layer in layers) or final_norm is None:
+        return False
+    stack = native.DecodeStack(lowbit._module.api(), fused._native().api(), layers, final_norm)
+    backbone.native_decode = NativeDecode(stack, dtype)
+    return True
+
+
+def detach(model: nn.Module) -> None:
+    """Run every decode step in Python from now on (its layers were changed after `attach`)."""
+    backbone = getattr(model, "model", None)
+    if getattr(backbone, "native_decode", None) is not None:
+        backbone.native_decode = None
+
+
+def _layer(native: Any, layer: nn.Module, dtype: torch.dtype) -> Any:
+    """The native description of a Llama-style or Gemma 3 layer, or None if it does not qualify."""
+    attn, mlp = layer.self_attn, layer.mlp
+    is_gemma = hasattr(layer, "pre_feedforward_layernorm")
+    pre_mlp = layer.pre_feedforward_layernorm if is_gemma else layer.post_attention_layernorm
+    spec = native.Layer()
+    parts = {
+        "input_norm": _norm(native, layer.input_layernorm, dtype), "pre_mlp_norm": _norm(native, pre_mlp, dtype),
+        "qkv": _linear(native, getattr(attn, "qkv_proj", None)), "o": _linear(native, attn.o_proj),
+        "gate_up": _linear(native, mlp.gate_up_proj), "down": _linear(native, mlp.down_proj),
+    }
+    if any(part is None for part in parts.values()) or mlp.hidden_act not in fused.GATED_ACTS:
+        return None
+    if attn.head_dim not in fused.NATIVE_HEAD_DIMS:
+        return None
+    for name, part in parts.items():
+        setattr(spec, name, part)
+    if is_gemma:
+        # The fused op applies one eps and flavour to both norms of an add (as the Python path requires).
+        extra = (layer.post_attention_layernorm, layer.post_feedforward_layernorm)
+        if any(_norm_key(n) != _norm_key(pre_mlp) for n in extra):
+            return None
+        spec.post_attention_norm, spec.post_mlp_norm = extra[0].weight.detach(), extra[1].weight.detach()
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    if q_norm is not None:
+        if _norm(native, q_norm, dtype) is None or _norm_key(q_norm) != _norm_key(k_norm) or type(k_norm) is not type(q_norm):
+            return None
+        spec.q_norm, spec.k_norm = q_norm.weight.detach(), k_norm.weight.detach()
+        spec.head_norm_eps, spec.head_norm_is_offset = q_norm.eps, q_norm.is_offset
+    spec.act = fused.GATED_ACTS[mlp.hidden_act]
+    spec.num_heads, spec.num_kv_heads, spec.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    spec.scale = attn.scale
+    spec.sliding_window = getattr(attn, "sliding_window", None) or 0
+    spec.rope = 1 if getattr(attn, "is_sliding", False) else 0  # Gemma 3's local layers: the second table
+    return spec
+
+
+def _norm_key(norm: nn.Module) -> tuple:
+    return type(norm), norm.eps
+
+
+def _norm(native: Any, norm: nn.Module, dtype: torch.dtype) -> Any:
+    """A norm the fused op computes exactly for `dtype` activations (as `layers._is_fusable`
+    decides), or None."""
+    if not (type(norm) is GemmaRMSNorm or (type(norm) is RMSNorm and norm.weight.dtype == dtype)):
+        return None
+    spec = native.Norm()
+    spec.weight, spec.eps, spec.is_offset = norm.weight.detach(), norm.eps, norm.is_offset
+    return spec
+
+
+def _linear(native: Any, module: nn.Module | None) -> Any:
+    """A packed bf16 / INT8 / INT4 layer's native description, or None for any other layer."""
+    packed = getattr(module, "native", None)
+    if packed is None:
+        return None
+    spec = native.Linear()
+    if type(module) is PackedLinear:
+        spec.kind, spec.bias = 0, module.bias
+    elif getattr(module, "scheme", None) == "int8" and packed.is_native:
+        spec.kind, spec.scales, spec.bias = 1, packed.scales, module.native_bias
+    elif getattr(module, "scheme", None) == "int4" and packed.is_native:
+        spec.kind, spec.bias, spec.group_size = 2, module.native_bias, packed.group_size
+    else:
+        return None
+    spec.weight = packed.weight
+    spec.out_features, spec.in_features = packed.out_features, packed.in_features
+    spec.padded_in_features = packed.padded_in_features
+    return spec

@@ -1,0 +1,131 @@
+"""The native decode stack runs the same kernels as the Python path in the same order: its decode
+logits must be bit-identical to the Python path's, for every family and weight kind it takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from luodi.kernels import fused, lowbit
+from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
+from luodi.models import native_decode
+from luodi.models.adapters import LoraAdapter, attach_adapters
+from luodi.models.config import ModelConfig
+from luodi.models.gemma3 import Gemma3ForCausalLM
+from luodi.models.inference import prepare_for_inference
+from luodi.models.llama import LlamaForCausalLM
+from luodi.models.qwen2 import Qwen2ForCausalLM
+from luodi.models.qwen3 import Qwen3ForCausalLM
+from luodi.quant.quantize import QuantizeOptions, quantize_modules
+
+pytestmark = pytest.mark.skipif(
+    not (lowbit.native_available() and fused.native_available() and native_decode._native() is not None),
+    reason="native kernels unavailable on this CPU",
+)
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+FAMILIES = {
+    "llama": (LlamaForCausalLM, ModelConfig(model_type="llama", **TINY)),
+    "qwen2": (Qwen2ForCausalLM, ModelConfig(model_type="qwen2", **TINY, attention_bias=True)),
+    "qwen3": (Qwen3ForCausalLM, ModelConfig(model_type="qwen3", **TINY)),
+    "gemma3": (Gemma3ForCausalLM, ModelConfig(
+        model_type="gemma3_text", **{**TINY, "num_key_value_heads": 1}, hidden_act="gelu_pytorch_tanh",
+        sliding_window=6, query_pre_attn_scalar=16,
+        layer_types=("sliding_attention", "full_attention", "sliding_attention"), rope_local_base_freq=10000.0)),
+}
+PROMPTS = [[5, 9, 200, 31, 7, 7, 1], [100], list(range(40, 60)), [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
+BLOCK_SIZE, NUM_BLOCKS = 4, 64
+
+
+def _model(name: str, scheme: str) -> torch.nn.Module:
+    cls, config = FAMILIES[name]
+    torch.manual_seed(0)
+    model = cls(config)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    model = model.to(torch.bfloat16).eval()
+    if scheme != "bf16":
+        quantize_modules(model, QuantizeOptions(scheme))
+    return prepare_for_inference(model)
+
+
+@torch.inference_mode()
+def _decode_logits(model: torch.nn.Module, steps: int) -> list[torch.Tensor]:
+    """Prefill PROMPTS in one batch, then `steps` greedy decode steps for all: each step's logits."""
+    c = model.config
+    shape = (c.num_key_value_heads, (NUM_BLOCKS + 1) * BLOCK_SIZE, c.head_dim)
+    k_caches = [torch.zeros(shape) for _ in range(c.num_hidden_layers)]
+    v_caches = [torch.zeros(shape) for _ in range(c.num_hidden_layers)]
+    tables, start = [], 0
+    for p in PROMPTS:
+        count = -(-(len(p) + steps) // BLOCK_SIZE)
+        tables.append(tuple(range(start, start + count)))
+        start += count
+
+    def forward(seqs: list[SequenceSlice], ids: list[int], positions: list[int]) -> torch.Tensor:
+        meta = build_metadata(seqs, BLOCK_SIZE, torch.device("cpu"), pad_slot=NUM_BLOCKS * BLOCK_SIZE)
+        return model(torch.tensor(ids), torch.tensor(positions), PagedAttention(k_caches, v_caches, meta))
+
+    logits = forward([SequenceSlice(0, len(p), t) for p, t in zip(PROMPTS, tables)],
+                     [t for p in PROMPTS for t in p], [i for p in PROMPTS for i in range(len(p))])
+    last = logits[torch.tensor([len(p) for p in PROMPTS]).cumsum(0) - 1]
+    out = []
+    for step in range(steps):
+        lengths = [len(p) + step for p in PROMPTS]
+        seqs = [SequenceSlice(n, 1, t) for n, t in zip(lengths, tables)]
+        last = forward(seqs, last.argmax(-1).tolist(), lengths)
+        out.append(last)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_decode_logits_equal_the_python_path(name, scheme, monkeypatch):
+    model = _model(name, scheme)
+    stack = model.model.native_decode
+    assert stack is not None
+    calls = []
+    monkeypatch.setattr(stack, "stack", _Counting(stack.stack, calls))
+    got = _decode_logits(model, steps=10)  # Gemma 3's window (6) is passed by every prompt but one
+    assert len(calls) == 10  # every decode step ran natively; the prompt batch did not
+    monkeypatch.setattr(native_decode, "_disabled", True)
+    want = _decode_logits(model, steps=10)
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(g, w), f"decode step {step}: max |diff| {float((g - w).abs().max())}"
+
+
+class _Counting:
+    def __init__(self, stack, calls: list) -> None:
+        self.stack, self.calls = stack, calls
+
+    def forward(self, *args):
+        self.calls.append(args[0].shape[0])
+        return self.stack.forward(*args)
+
+
+def test_models_it_cannot_run_keep_the_python_path():
+    assert _model("llama", "w8a8").model.native_decode is None  # W8A8 layers have no native kernel here
+    cls, config = FAMILIES["llama"]
+    fp32 = prepare_for_inference(cls(config).eval())  # fp32 weights are not packed
+    assert fp32.model.native_decode is None
+
+
+def test_attaching_adapters_detaches_the_stack():
+    model = _model("llama", "bf16")
+    assert model.model.native_decode is not None
+    a, b = torch.randn(2, 96), torch.randn(64, 2)  # down_proj: 96 -> 64
+    attach_adapters(model, [LoraAdapter("x", "unused", {"model.layers.0.mlp.down_proj": (a, b)})])
+    assert model.model.native_decode is None
+
+
+def test_a_mismatched_step_is_a_clear_error():
+    model = _model("llama", "bf16")
+    stack = model.model.native_decode.stack
+    x = torch.zeros(1, 64, dtype=torch.bfloat16)
+    cos = sin = torch.ones(1, 16, dtype=torch.bfloat16)
+    caches = [torch.zeros(2, 8, 16)]  # one layer's caches for a three-layer stack
+    slots = torch.zeros(1, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="one k and one v cache per layer"):
+        stack.forward(x, [cos], [sin], caches, caches, slots, slots.view(1, 1), torch.ones(1, dtype=torch.long))
+
