@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from luodi.errors import LuodiError
-from luodi.models import native_decode
+from luodi.models import native_stack
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -171,7 +171,7 @@ def attach_adapters(model: nn.Module, adapters: list[LoraAdapter]) -> AdapterSet
         if missing:
             raise AdapterError(f"adapter {adapter.name} ({adapter.path}) names {missing[0]}, "
                                "which this model does not have: it was trained for another model")
-    native_decode.detach(model)  # the native stack reads the base layers only
+    native_stack.detach(model)  # the native stack reads the base layers only
     model.adapters = adapter_set
     return adapter_set
 

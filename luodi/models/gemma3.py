@@ -62,7 +62,7 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
-    native_decode = None  # set by `luodi.models.native_decode.attach` for inference
+    native_stack = None  # set by `luodi.models.native_stack.attach` for inference
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -80,7 +80,7 @@ class Gemma3Model(nn.Module):
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         rope_global = self.rotary_emb(positions, x.dtype)
         rope_local = self.rotary_emb_local(positions, x.dtype)
-        if self.native_decode is not None and (out := self.native_decode(x, (rope_global, rope_local), kv)) is not None:
+        if self.native_stack is not None and (out := self.native_stack(x, (rope_global, rope_local), kv)) is not None:
             return out
         residual = None
         for layer in self.layers:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from luodi.kernels.linear import pack_linears
-from luodi.models import native_decode
+from luodi.models import native_stack
 
 
 def _concat_linears(layers: list[nn.Module]) -> nn.Module:
@@ -56,5 +56,5 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     fuse_projections(model)
     finalize_quantized(model)
     pack_linears(model)
-    native_decode.attach(model)
+    native_stack.attach(model)
     return model.eval().requires_grad_(False)

@@ -69,7 +69,7 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     layer_class: type[LlamaDecoderLayer] = LlamaDecoderLayer
-    native_decode = None  # set by `luodi.models.native_decode.attach` for inference
+    native_stack = None  # set by `luodi.models.native_stack.attach` for inference
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: AttentionBackend) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
         rope = self.rotary_emb(positions, x.dtype)
-        if self.native_decode is not None and (out := self.native_decode(x, (rope,), kv)) is not None:
+        if self.native_stack is not None and (out := self.native_stack(x, (rope,), kv)) is not None:
             return out
         residual = None
         for layer in self.layers:

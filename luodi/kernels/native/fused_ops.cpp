@@ -928,7 +928,7 @@ bool cpu_supported() {
 // The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
 constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
 
-const luodi::FusedApi kApi{&add_rms_norm, &gated_act, &rope_attend_decode};
+const luodi::FusedApi kApi{&add_rms_norm, &gated_act, &rope_attend_decode, &rope_attend_chunks};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, kNoGil, "(rms_norm(x [+ residual]), new residual) in one pass");

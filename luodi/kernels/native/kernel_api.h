@@ -1,6 +1,6 @@
 // The ops one native extension offers another, as tables of function pointers. Each extension is
 // compiled on its own (their flags differ: fused_ops keeps torch's rounding with
-// -ffp-contract=off), so the decode stack (decode_stack.cpp) cannot link against the kernels;
+// -ffp-contract=off), so the layer stack (layer_stack.cpp) cannot link against the kernels;
 // instead each kernel module fills its table here and hands its address to Python (`api()`), and
 // the stack is built with those addresses. Both sides include this header, so a signature that
 // changes on one side fails to compile on the other rather than at run time.
@@ -38,6 +38,13 @@ struct FusedApi {
                                    const at::Tensor& seq_lens, int64_t num_heads, int64_t num_kv_heads,
                                    double scale, int64_t sliding_window, const OptTensor& q_norm_weight,
                                    const OptTensor& k_norm_weight, double norm_eps, bool norm_is_offset);
+  at::Tensor (*rope_attend_chunks)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& cos, const at::Tensor& sin, at::Tensor k_cache,
+                                   at::Tensor v_cache, const at::Tensor& slot_mapping, const at::Tensor& kv_slots,
+                                   const at::Tensor& bounds, const at::Tensor& context_lens, int64_t num_heads,
+                                   int64_t num_kv_heads, double scale, int64_t sliding_window,
+                                   const OptTensor& q_norm_weight, const OptTensor& k_norm_weight, double norm_eps,
+                                   bool norm_is_offset);
 };
 
 }  // namespace luodi

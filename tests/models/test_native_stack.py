@@ -1,5 +1,6 @@
-"""The native decode stack runs the same kernels as the Python path in the same order: its decode
-logits must be bit-identical to the Python path's, for every family and weight kind it takes."""
+"""The native layer stack runs the same kernels as the Python path in the same order: its logits
+must be bit-identical to the Python path's — prompt chunks and decode steps alike — for every
+family and weight kind it takes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from luodi.kernels import fused, lowbit
 from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
-from luodi.models import native_decode
+from luodi.models import native_stack
 from luodi.models.adapters import LoraAdapter, attach_adapters
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
@@ -19,7 +20,7 @@ from luodi.models.qwen3 import Qwen3ForCausalLM
 from luodi.quant.quantize import QuantizeOptions, quantize_modules
 
 pytestmark = pytest.mark.skipif(
-    not (lowbit.native_available() and fused.native_available() and native_decode._native() is not None),
+    not (lowbit.native_available() and fused.native_available() and native_stack._native() is not None),
     reason="native kernels unavailable on this CPU",
 )
 
@@ -51,7 +52,7 @@ def _model(name: str, scheme: str) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def _decode_logits(model: torch.nn.Module, steps: int) -> list[torch.Tensor]:
+def _step_logits(model: torch.nn.Module, steps: int) -> list[torch.Tensor]:
     """Prefill PROMPTS in one batch, then `steps` greedy decode steps for all: each step's logits."""
     c = model.config
     shape = (c.num_key_value_heads, (NUM_BLOCKS + 1) * BLOCK_SIZE, c.head_dim)
@@ -70,7 +71,7 @@ def _decode_logits(model: torch.nn.Module, steps: int) -> list[torch.Tensor]:
     logits = forward([SequenceSlice(0, len(p), t) for p, t in zip(PROMPTS, tables)],
                      [t for p in PROMPTS for t in p], [i for p in PROMPTS for i in range(len(p))])
     last = logits[torch.tensor([len(p) for p in PROMPTS]).cumsum(0) - 1]
-    out = []
+    out = [logits]
     for step in range(steps):
         lengths = [len(p) + step for p in PROMPTS]
         seqs = [SequenceSlice(n, 1, t) for n, t in zip(lengths, tables)]
@@ -81,51 +82,57 @@ def _decode_logits(model: torch.nn.Module, steps: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_decode_logits_equal_the_python_path(name, scheme, monkeypatch):
+def test_step_logits_equal_the_python_path(name, scheme, monkeypatch):
     model = _model(name, scheme)
-    stack = model.model.native_decode
+    stack = model.model.native_stack
     assert stack is not None
     calls = []
     monkeypatch.setattr(stack, "stack", _Counting(stack.stack, calls))
-    got = _decode_logits(model, steps=10)  # Gemma 3's window (6) is passed by every prompt but one
-    assert len(calls) == 10  # every decode step ran natively; the prompt batch did not
-    monkeypatch.setattr(native_decode, "_disabled", True)
-    want = _decode_logits(model, steps=10)
+    got = _step_logits(model, steps=10)  # Gemma 3's window (6) is passed by every prompt but one
+    assert calls == ["chunks"] + ["decode"] * 10  # every step ran natively
+    monkeypatch.setattr(native_stack, "_disabled", True)
+    want = _step_logits(model, steps=10)
     for step, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert torch.equal(g, w), f"decode step {step}: max |diff| {float((g - w).abs().max())}"
+        assert torch.equal(g, w), f"step {step}: max |diff| {float((g - w).abs().max())}"
 
 
 class _Counting:
+    """The native stack, noting which of its entry points each step called."""
+
     def __init__(self, stack, calls: list) -> None:
         self.stack, self.calls = stack, calls
 
-    def forward(self, *args):
-        self.calls.append(args[0].shape[0])
-        return self.stack.forward(*args)
+    def decode(self, *args):
+        self.calls.append("decode")
+        return self.stack.decode(*args)
+
+    def chunks(self, *args):
+        self.calls.append("chunks")
+        return self.stack.chunks(*args)
 
 
 def test_models_it_cannot_run_keep_the_python_path():
-    assert _model("llama", "w8a8").model.native_decode is None  # W8A8 layers have no native kernel here
+    assert _model("llama", "w8a8").model.native_stack is None  # W8A8 layers have no native kernel here
     cls, config = FAMILIES["llama"]
     fp32 = prepare_for_inference(cls(config).eval())  # fp32 weights are not packed
-    assert fp32.model.native_decode is None
+    assert fp32.model.native_stack is None
 
 
 def test_attaching_adapters_detaches_the_stack():
     model = _model("llama", "bf16")
-    assert model.model.native_decode is not None
+    assert model.model.native_stack is not None
     a, b = torch.randn(2, 96), torch.randn(64, 2)  # down_proj: 96 -> 64
     attach_adapters(model, [LoraAdapter("x", "unused", {"model.layers.0.mlp.down_proj": (a, b)})])
-    assert model.model.native_decode is None
+    assert model.model.native_stack is None
 
 
 def test_a_mismatched_step_is_a_clear_error():
     model = _model("llama", "bf16")
-    stack = model.model.native_decode.stack
+    stack = model.model.native_stack.stack
     x = torch.zeros(1, 64, dtype=torch.bfloat16)
     cos = sin = torch.ones(1, 16, dtype=torch.bfloat16)
     caches = [torch.zeros(2, 8, 16)]  # one layer's caches for a three-layer stack
     slots = torch.zeros(1, dtype=torch.long)
     with pytest.raises(RuntimeError, match="one k and one v cache per layer"):
-        stack.forward(x, [cos], [sin], caches, caches, slots, slots.view(1, 1), torch.ones(1, dtype=torch.long))
+        stack.decode(x, [cos], [sin], caches, caches, slots, slots.view(1, 1), torch.ones(1, dtype=torch.long))
 

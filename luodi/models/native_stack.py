@@ -1,17 +1,18 @@
-"""Decode steps through the whole decoder stack in one native call (`native/decode_stack.cpp`).
+"""Forward steps through the whole decoder stack in one native call (`native/layer_stack.cpp`).
 
-A decode step on a small model is bound by per-call overhead as much as by memory: the Python
-path calls ~8 native kernels a layer, with module lookups and argument checks around each (~0.7
-ms a token on SmolLM2's 30 layers, as long as reading 5 layers' weights). Once a model is ready
-for inference, `attach` describes every layer to the native stack, which then runs those same
-kernels back to back: same calls, same order, so the hidden states are bit-identical to the
-Python path's.
+A step with few new tokens on a small model is bound by per-call overhead as much as by memory:
+the Python path calls ~8 native kernels a layer, with module lookups and argument checks around
+each (~0.7 ms a step on SmolLM2's 30 layers, as long as reading 5 layers' weights). Once a model
+is ready for inference, `attach` describes every layer to the native stack, which then runs those
+same kernels back to back: same calls, same order, so the hidden states are bit-identical to the
+Python path's. Decode steps gain most; so do short prompt chunks after a cached prefix.
 
 It applies where every layer is one the kernels run natively — packed bf16, INT8 or INT4 weights
-(not W8A8), norms the fused op computes exactly, a native head_dim — on CPU steps with one new
-token per sequence, no autograd, and no LoRA adapter (attaching adapters detaches the stack).
-Anything else runs the Python path, which stays the reference. Set `LUODI_NATIVE_DECODE=0` to
-turn it off (for measuring what it saves).
+(not W8A8), norms the fused op computes exactly, a native head_dim — on CPU steps with no
+autograd, no LoRA adapter (attaching adapters detaches the stack), and fewer rows than
+`lowbit.NATIVE_MAX_ROWS` (where quantized layers switch to GEMMs). Anything else runs the Python
+path, which stays the reference. Set `LUODI_NATIVE_STACK=0` to turn it off (for measuring what it
+saves).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from luodi.models.layers import GemmaRMSNorm, RMSNorm
 log = logging.getLogger(__name__)
 
 EXTENSION = NativeExtension(
-    "luodi_decode", "decode_stack.cpp", "decode stack",
+    "luodi_stack", "layer_stack.cpp", "layer stack",
     required_cpu_flags=lowbit.EXTENSION.required_cpu_flags,  # it runs lowbit's kernels
 )
-_disabled = os.environ.get("LUODI_NATIVE_DECODE", "1") == "0"
+_disabled = os.environ.get("LUODI_NATIVE_STACK", "1") == "0"
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -44,11 +45,11 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 def _native() -> Any:
     module, reason = EXTENSION.load()
     if module is None:
-        log.debug("native decode stack unavailable (%s); decode steps run the Python path", reason)
+        log.debug("native layer stack unavailable (%s); every step runs the Python path", reason)
     return module
 
 
-class NativeDecode:
+class NativeStack:
     """The decoder stack of one model as the native op holds it; see the module docstring."""
 
     def __init__(self, stack: Any, dtype: torch.dtype) -> None:
@@ -56,24 +57,26 @@ class NativeDecode:
         self.dtype = dtype  # of the activations its norms were checked for
 
     def __call__(self, x: torch.Tensor, ropes: tuple[Rope, ...], kv: Any) -> torch.Tensor | None:
-        """Final-normed hidden states [B, hidden] for embedded decode tokens x [B, hidden] — or
+        """Final-normed hidden states [T, hidden] for the step's embedded tokens x [T, hidden] — or
         None when this step is not one the stack runs (the caller then runs its layers)."""
         if _disabled or x.dtype != self.dtype or not fused.enabled_for(x) or not isinstance(kv, PagedAttention):
             return None
-        meta = kv.meta
-        if meta.max_query_len != 1 or kv.k_caches[0].dtype != torch.float32:  # the native attention's cache
+        if x.shape[0] >= lowbit.NATIVE_MAX_ROWS or kv.k_caches[0].dtype != torch.float32:  # as attend_rotary
             return None
-        return self.stack.forward(
-            x.contiguous(), [cos for cos, _ in ropes], [sin for _, sin in ropes], kv.k_caches, kv.v_caches,
-            meta.slot_mapping, meta.kv_slots, meta.seq_lens,
-        )
+        meta, cos, sin = kv.meta, [cos for cos, _ in ropes], [sin for _, sin in ropes]
+        x = x.contiguous()
+        if meta.max_query_len == 1:
+            return self.stack.decode(x, cos, sin, kv.k_caches, kv.v_caches, meta.slot_mapping, meta.kv_slots,
+                                     meta.seq_lens)
+        return self.stack.chunks(x, cos, sin, kv.k_caches, kv.v_caches, meta.slot_mapping, meta.kv_slots,
+                                 meta.chunk_bounds, meta.context_lens)
 
 
 def attach(model: nn.Module) -> bool:
-    """Give the backbone of an inference-ready model (`model.model`) a `NativeDecode`, where every
+    """Give the backbone of an inference-ready model (`model.model`) a `NativeStack`, where every
     layer qualifies; returns whether it did."""
     backbone = getattr(model, "model", None)
-    if backbone is None or not hasattr(backbone, "native_decode") or not fused.native_available():
+    if backbone is None or not hasattr(backbone, "native_stack") or not fused.native_available():
         return False
     native = _native() if lowbit.native_available() else None
     if native is None:
@@ -83,16 +86,16 @@ def attach(model: nn.Module) -> bool:
     final_norm = _norm(native, backbone.norm, dtype)
     if any(layer is None for layer in layers) or final_norm is None:
         return False
-    stack = native.DecodeStack(lowbit._module.api(), fused._native().api(), layers, final_norm)
-    backbone.native_decode = NativeDecode(stack, dtype)
+    stack = native.LayerStack(lowbit._module.api(), fused._native().api(), layers, final_norm)
+    backbone.native_stack = NativeStack(stack, dtype)
     return True
 
 
 def detach(model: nn.Module) -> None:
-    """Run every decode step in Python from now on (its layers were changed after `attach`)."""
+    """Run every step in Python from now on (its layers were changed after `attach`)."""
     backbone = getattr(model, "model", None)
-    if getattr(backbone, "native_decode", None) is not None:
-        backbone.native_decode = None
+    if getattr(backbone, "native_stack", None) is not None:
+        backbone.native_stack = None
 
 
 def _layer(native: Any, layer: nn.Module, dtype: torch.dtype) -> Any:
