@@ -163,7 +163,7 @@ def measure_speed(paths: dict[str, Path], reps: int, threads: int) -> dict[str, 
     return summary
 
 
-def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Path) -> dict:
+def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Path, previous: dict) -> dict:
     schemes = args.schemes.split(",")
     made = {s: luodi_model(source, s, scratch) for s in ["bf16", *schemes]}
     ggufs = {kind: llamacpp_model(source, kind, scratch) for kind in LLAMA_CPP_TYPES}
@@ -175,6 +175,9 @@ def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Pat
     if name not in SPEED_ONLY and not args.skip_accuracy:
         dirs = {s: str(path) for s, (path, _) in made.items() if s != "bf16"}
         report["accuracy"] = in_subprocess(_accuracy_child, str(made["bf16"][0]), dirs)
+    elif "accuracy" in previous:  # a speed-only rerun keeps the last measured accuracy, marked as such
+        report["accuracy"] = previous["accuracy"]
+        report["accuracy_from_earlier_run"] = True
     speed_paths = {f"luodi-{s}": made[s][0] for s in ["bf16", *schemes] if s != "w8a8-0.5"}
     speed_paths.update({f"llama.cpp-{k}": p for k, p in ggufs.items()})
     report["speed"] = measure_speed(speed_paths, args.reps, args.threads)
@@ -206,7 +209,8 @@ def main() -> None:
     parser.add_argument("--schemes", default="int8,int4-g32,w8a8-auto,w8a8-0.5")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true",
+                        help="Measure size and speed only; keep the accuracy of the last stored run.")
     parser.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "luodi-bench"))
     args = parser.parse_args()
     scratch = Path(args.scratch)
@@ -215,7 +219,7 @@ def main() -> None:
     if RESULTS.exists():
         report["models"] = json.loads(RESULTS.read_text()).get("models", {})
     for name, source in model_paths(args.models.split(","), scratch).items():
-        report["models"][name] = report_model(name, source, args, scratch)
+        report["models"][name] = report_model(name, source, args, scratch, report["models"].get(name, {}))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({name: report["models"][name]}, indent=2), flush=True)
