@@ -77,6 +77,12 @@ def native_unavailable_reason() -> str:
     return _native_or_reason()[1]
 
 
+def native_api() -> int:
+    """The address of the native ops' table (`native/kernel_api.h`), for the layer stack. Needs
+    `native_available()`."""
+    return _native().api()
+
+
 def enabled_for(x: torch.Tensor) -> bool:
     """Whether the native ops apply to activations like `x`: CPU, a float dtype, no autograd."""
     # Called several times per layer: cheapest tests first (~0.3 us in all).

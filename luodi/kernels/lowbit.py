@@ -115,6 +115,12 @@ def native_unavailable_reason() -> str:
     return _native_or_reason()[1]
 
 
+def native_api() -> int:
+    """The address of the native kernels' table (`native/kernel_api.h`), for the layer stack.
+    Needs `native_available()`."""
+    return _module.api()
+
+
 @functools.cache
 def _log_once(reason: str) -> None:
     log.warning("native low-bit kernels unavailable (%s); using torch's int8/int4 kernels", reason)

@@ -59,7 +59,9 @@ class NativeStack:
     def __call__(self, x: torch.Tensor, ropes: tuple[Rope, ...], kv: Any) -> torch.Tensor | None:
         """Final-normed hidden states [T, hidden] for the step's embedded tokens x [T, hidden] — or
         None when this step is not one the stack runs (the caller then runs its layers)."""
-        if _disabled or x.dtype != self.dtype or not fused.enabled_for(x) or not isinstance(kv, PagedAttention):
+        if _disabled or x.dtype != self.dtype or not fused.enabled_for(x):
+            return None
+        if not isinstance(kv, PagedAttention):
             return None
         if x.shape[0] >= lowbit.NATIVE_MAX_ROWS or kv.k_caches[0].dtype != torch.float32:  # as attend_rotary
             return None
@@ -86,7 +88,7 @@ def attach(model: nn.Module) -> bool:
     final_norm = _norm(native, backbone.norm, dtype)
     if any(layer is None for layer in layers) or final_norm is None:
         return False
-    stack = native.LayerStack(lowbit._module.api(), fused._native().api(), layers, final_norm)
+    stack = native.LayerStack(lowbit.native_api(), fused.native_api(), layers, final_norm)
     backbone.native_stack = NativeStack(stack, dtype)
     return True
 
@@ -103,40 +105,52 @@ def _layer(native: Any, layer: nn.Module, dtype: torch.dtype) -> Any:
     attn, mlp = layer.self_attn, layer.mlp
     is_gemma = hasattr(layer, "pre_feedforward_layernorm")
     pre_mlp = layer.pre_feedforward_layernorm if is_gemma else layer.post_attention_layernorm
-    spec = native.Layer()
     parts = {
-        "input_norm": _norm(native, layer.input_layernorm, dtype), "pre_mlp_norm": _norm(native, pre_mlp, dtype),
+        "input_norm": _norm(native, layer.input_layernorm, dtype),
+        "pre_mlp_norm": _norm(native, pre_mlp, dtype),
         "qkv": _linear(native, getattr(attn, "qkv_proj", None)), "o": _linear(native, attn.o_proj),
         "gate_up": _linear(native, mlp.gate_up_proj), "down": _linear(native, mlp.down_proj),
     }
     if any(part is None for part in parts.values()) or mlp.hidden_act not in fused.GATED_ACTS:
         return None
-    if attn.head_dim not in fused.NATIVE_HEAD_DIMS:
-        return None
+    spec = native.Layer()
     for name, part in parts.items():
         setattr(spec, name, part)
-    if is_gemma:
-        # The fused op applies one eps and flavour to both norms of an add (as the Python path requires).
-        extra = (layer.post_attention_layernorm, layer.post_feedforward_layernorm)
-        if any(_norm_key(n) != _norm_key(pre_mlp) for n in extra):
-            return None
-        spec.post_attention_norm, spec.post_mlp_norm = extra[0].weight.detach(), extra[1].weight.detach()
+    spec.act = fused.GATED_ACTS[mlp.hidden_act]
+    if is_gemma and not _add_gemma_norms(spec, layer, pre_mlp):
+        return None
+    return spec if _add_attention(native, spec, attn, dtype) else None
+
+
+def _add_gemma_norms(spec: Any, layer: nn.Module, pre_mlp: nn.Module) -> bool:
+    """Gemma 3's norms of the attention and MLP outputs. The fused op applies one eps and flavour
+    to both norms of an add, so they must match the pre-MLP norm's (as the Python path requires)."""
+    post_attention, post_mlp = layer.post_attention_layernorm, layer.post_feedforward_layernorm
+    if any(_norm_key(n) != _norm_key(pre_mlp) for n in (post_attention, post_mlp)):
+        return False
+    spec.post_attention_norm, spec.post_mlp_norm = post_attention.weight.detach(), post_mlp.weight.detach()
+    return True
+
+
+def _add_attention(native: Any, spec: Any, attn: nn.Module, dtype: torch.dtype) -> bool:
+    """Heads, scale, window, RoPE table and per-head norms, where the native attention takes them."""
+    if attn.head_dim not in fused.NATIVE_HEAD_DIMS:
+        return False
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-    if q_norm is not None:
-        if _norm(native, q_norm, dtype) is None or _norm_key(q_norm) != _norm_key(k_norm) or type(k_norm) is not type(q_norm):
-            return None
+    if q_norm is not None:  # Qwen3, Gemma 3: one eps and flavour for both
+        if _norm(native, q_norm, dtype) is None or _norm_key(q_norm) != _norm_key(k_norm):
+            return False
         spec.q_norm, spec.k_norm = q_norm.weight.detach(), k_norm.weight.detach()
         spec.head_norm_eps, spec.head_norm_is_offset = q_norm.eps, q_norm.is_offset
-    spec.act = fused.GATED_ACTS[mlp.hidden_act]
     spec.num_heads, spec.num_kv_heads, spec.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
     spec.scale = attn.scale
     spec.sliding_window = getattr(attn, "sliding_window", None) or 0
     spec.rope = 1 if getattr(attn, "is_sliding", False) else 0  # Gemma 3's local layers: the second table
-    return spec
+    return True
 
 
-def _norm_key(norm: nn.Module) -> tuple:
-    return type(norm), norm.eps
+def _norm_key(norm: nn.Module | None) -> tuple:
+    return type(norm), getattr(norm, "eps", None)  # the type decides the flavour
 
 
 def _norm(native: Any, norm: nn.Module, dtype: torch.dtype) -> Any:

@@ -73,6 +73,9 @@ def build_model(
     if missing:
         raise ModelFormatError(f"the checkpoint lacks {len(missing)} weight(s), e.g. {missing[:3]}")
     model.load_state_dict(state, strict=False, assign=True)
+    for module in model.modules():
+        if hasattr(module, "scheme"):  # built as placeholders: their float outputs take the model's dtype
+            module.dtype = dtype
     model.tie_weights()
     _materialize_buffers(model, device)
     return model.eval()

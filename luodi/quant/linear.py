@@ -413,7 +413,11 @@ class QuantEmbedding(nn.Module):
     def __init__(self, table: QuantLinear, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.table = table
-        self.dtype = table.dtype if dtype is None else dtype
+        self.row_dtype = dtype  # None: the table's, which is the model's float dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.table.dtype if self.row_dtype is None else self.row_dtype
 
     @property
     def num_embeddings(self) -> int:

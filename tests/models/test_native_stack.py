@@ -33,7 +33,8 @@ FAMILIES = {
     "gemma3": (Gemma3ForCausalLM, ModelConfig(
         model_type="gemma3_text", **{**TINY, "num_key_value_heads": 1}, hidden_act="gelu_pytorch_tanh",
         sliding_window=6, query_pre_attn_scalar=16,
-        layer_types=("sliding_attention", "full_attention", "sliding_attention"), rope_local_base_freq=10000.0)),
+        layer_types=("sliding_attention", "full_attention", "sliding_attention"),
+        rope_local_base_freq=10000.0)),
 }
 PROMPTS = [[5, 9, 200, 31, 7, 7, 1], [100], list(range(40, 60)), [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
@@ -134,5 +135,6 @@ def test_a_mismatched_step_is_a_clear_error():
     caches = [torch.zeros(2, 8, 16)]  # one layer's caches for a three-layer stack
     slots = torch.zeros(1, dtype=torch.long)
     with pytest.raises(RuntimeError, match="one k and one v cache per layer"):
-        stack.decode(x, [cos], [sin], caches, caches, slots, slots.view(1, 1), torch.ones(1, dtype=torch.long))
+        lengths = torch.ones(1, dtype=torch.long)
+        stack.decode(x, [cos], [sin], caches, caches, slots, slots.view(1, 1), lengths)
 

@@ -72,8 +72,10 @@ def test_quantized_file_is_smaller_and_fused_inference_agrees(float_model, schem
     fused = load_model(str(tmp_path), device="cpu", dtype="bfloat16", for_inference=True)
     assert not hasattr(fused.model.model.layers[0].self_attn, "q_proj")  # q/k/v became one layer
     ref, got = full_logits(plain.model, IDS), full_logits(fused.model, IDS)
-    # Same integers and scales; only bf16 summation order and kernel layout differ.
-    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    # Same integers and scales. The native kernels also round the bf16 activations to int8 per
+    # 32-column block (luodi.kernels.lowbit: up to ~2.5 % of a layer's largest output), and the
+    # reference rounds the dequantized weights to bf16: over two layers 4-5 % of the largest logit.
+    assert (got - ref).abs().max() <= 0.08 * ref.abs().max()
 
 
 def test_unquantized_format_is_a_transformers_checkpoint(float_model, tmp_path):
