@@ -5,8 +5,8 @@ alpha and fixed α = 0.5); llama.cpp's Q8_0 and Q4_0 made from the same source f
 llama.cpp's own quantizer. For each: file size, perplexity per byte on the bundled held-out text
 and its change vs bf16, greedy agreement with bf16, pp512 / tg128 tok/s and peak RSS (a fresh
 process per measurement, engines alternating A B C A B C, medians), and the memory-bandwidth limit
-of token generation (weight bytes per token ÷ read bandwidth: the best of one probe per rep, taken
-between the engines' runs).
+of token generation (weight bytes per token ÷ read bandwidth: the median of one probe per rep,
+taken between the engines' runs).
 
     python benchmarks/quant_report.py [--models smollm2,gemma3,tinyllama] [--reps 2] [--threads 2]
 
@@ -185,8 +185,9 @@ def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Pat
     speed_paths = {f"luodi-{s}": made[s][0] for s in ["bf16", *schemes] if s != "w8a8-0.5"}
     speed_paths.update({f"llama.cpp-{k}": p for k, p in ggufs.items()})
     report["speed"], probes = measure_speed(speed_paths, args.reps, args.threads)
-    # Neighbours' load only ever lowers a probe, so the best one is what the memory can deliver.
-    bandwidth = max(probes)
+    # The median, like the speeds: on a shared machine single probes swing both ways (seen here:
+    # 40, 75 and 48 GB/s in one run), so neither the best nor the worst stands for the run.
+    bandwidth = statistics.median(probes)
     report["read_bandwidth_gb_s"] = round(bandwidth, 1)
     report["read_bandwidth_probes_gb_s"] = [round(b, 1) for b in probes]
     report["bandwidth_limit_tg"] = {}
