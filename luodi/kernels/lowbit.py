@@ -244,13 +244,18 @@ def _torch_int4_form(
 # -- the linear layers ----------------------------------------------------------------------------
 # The native calls check and reshape x in C++: on a 2-core machine the same checks in Python cost
 # more than the kernel itself for a small decode matmul (~8 us of ~15).
-def int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] (fp32/bf16/fp16) @ W.T + bias -> [..., N] in x's dtype (an fp32 bias is fastest)."""
+def int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None = None, *,
+                per_row: bool = False) -> torch.Tensor:
+    """x [..., K] (fp32/bf16/fp16) @ W.T + bias -> [..., N] in x's dtype (an fp32 bias is fastest).
+
+    The native kernel rounds x to int8 per 32 columns, or with `per_row` per row (SmoothQuant's
+    per-token scale, `luodi.quant.w8a8`); the torch fallback keeps x unrounded.
+    """
     if not packed.is_native:
         return _torch_int8_linear(x, packed, bias)
     try:
         return _module.int8_linear(x, packed.weight, packed.scales, bias, packed.out_features,
-                                   packed.in_features, packed.padded_in_features)
+                                   packed.in_features, packed.padded_in_features, per_row)
     except ValueError as exc:
         raise InvalidParameterError(f"int8_linear: {exc}") from None
 

@@ -7,8 +7,8 @@ is ready for inference, `attach` describes every layer to the native stack, whic
 same kernels back to back: same calls, same order, so the hidden states are bit-identical to the
 Python path's. Decode steps gain most; so do short prompt chunks after a cached prefix.
 
-It applies where every layer is one the kernels run natively — packed bf16, INT8 or INT4 weights
-(not W8A8), norms the fused op computes exactly, a native head_dim — on CPU steps with no
+It applies where every layer is one the kernels run natively — packed bf16, INT8, INT4 or W8A8
+weights, norms the fused op computes exactly, a native head_dim — on CPU steps with no
 autograd, no LoRA adapter (attaching adapters detaches the stack), and fewer rows than
 `lowbit.NATIVE_MAX_ROWS` (where quantized layers switch to GEMMs). Anything else runs the Python
 path, which stays the reference. Set `LUODI_NATIVE_STACK=0` to turn it off (for measuring what it
@@ -164,15 +164,16 @@ def _norm(native: Any, norm: nn.Module, dtype: torch.dtype) -> Any:
 
 
 def _linear(native: Any, module: nn.Module | None) -> Any:
-    """A packed bf16 / INT8 / INT4 layer's native description, or None for any other layer."""
+    """A packed bf16 / INT8 / INT4 / W8A8 layer's native description, or None for any other layer."""
     packed = getattr(module, "native", None)
     if packed is None:
         return None
     spec = native.Linear()
     if type(module) is PackedLinear:
         spec.kind, spec.bias = 0, module.bias
-    elif getattr(module, "scheme", None) == "int8" and packed.is_native:
+    elif getattr(module, "scheme", None) in ("int8", "w8a8") and packed.is_native:
         spec.kind, spec.scales, spec.bias = 1, packed.scales, module.native_bias
+        spec.per_row = module.scheme == "w8a8"  # SmoothQuant: per-token activation scales
     elif getattr(module, "scheme", None) == "int4" and packed.is_native:
         spec.kind, spec.bias, spec.group_size = 2, module.native_bias, packed.group_size
     else:

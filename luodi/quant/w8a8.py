@@ -31,6 +31,14 @@ twice the bytes); at 512 rows the integer matmul does ~1.8x the bf16 GEMM's work
   INT4's kernel layout does (`luodi.quant.linear`); a memory-mapped `qweight` stays evictable.
 - What the paths add to the bare matmul is eager PyTorch's per-token quantization and rescale:
   ~10 small ops, ~0.02 ms at one row and ~2 ms at 512 rows of this shape.
+
+Where Luodi's native kernels build (`luodi.kernels.lowbit`, AVX-512 VNNI), they replace both up
+to `lowbit.NATIVE_MAX_ROWS` rows: the INT8 kernel in its per-row mode quantizes each row with the
+same scale and rounding as above (q_x and s_x bit-identical to the torch path) and streams the
+tiled weight once per pass, so a W8A8 model decodes as fast as weight-only INT8 and runs inside
+the native layer stack (`luodi.models.native_stack`). Only the fp32 summation order differs from
+`torch._int_mm`'s single int32 sum: block sums of 32 products are exact, then scaled and added in
+fp32, a few ulps of the output apart.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from luodi.kernels import lowbit
 from luodi.quant.linear import Int8Storage, QuantLinear
 from luodi.quant.weight_only import INT8_MAX
 
@@ -97,23 +106,29 @@ class W8A8Linear(Int8Storage, QuantLinear):
     # -- kernels ---------------------------------------------------------------------------------
 
     def finalize(self) -> None:
-        """CPU: pack for oneDNN where it has VNNI, else run torch._int_mm on `qweight` (idempotent)."""
+        """CPU: Luodi's native kernel where it builds, else oneDNN where it has VNNI, else
+        torch._int_mm on `qweight` (idempotent)."""
         if self.qweight.device.type != "cpu":
             self._drop_kernel()
             return
         if self.has_kernel:
             return
-        if onednn_int8_available():
+        if lowbit.native_available():
+            self.native = lowbit.prepack_int8(self.qweight, self.scales)
+            self.native_bias = None if self.bias is None else self.bias.float()
+        elif onednn_int8_available():
             self._packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
             self._zero_points = torch.zeros(self.out_features, dtype=torch.int64)  # [N]
         self.has_kernel = True
 
     def _drop_kernel(self) -> None:
         self._packed, self._zero_points, self.has_kernel = None, None, False
+        self.native, self.native_bias = None, None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
-        state.update(_packed=None, _zero_points=None, has_kernel=False)  # finalize the copy again
+        # finalize the copy again
+        state.update(_packed=None, _zero_points=None, has_kernel=False, native=None, native_bias=None)
         return state
 
     def _onednn_forward(self, rows: Tensor) -> Tensor:
@@ -144,7 +159,9 @@ class W8A8Linear(Int8Storage, QuantLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        if self._packed is not None and rows.device.type == "cpu":
+        if self.native is not None and rows.is_cpu and rows.shape[0] < lowbit.NATIVE_MAX_ROWS:
+            out = lowbit.int8_linear(rows, self.native, self.native_bias, per_row=True)
+        elif self._packed is not None and rows.device.type == "cpu":
             out = self._onednn_forward(rows)
         else:
             out = self._int_mm_forward(rows)

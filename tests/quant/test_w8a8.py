@@ -2,8 +2,9 @@
 
 The reference quantizes x per token and W per output channel (symmetric int8, step = max|row| / 127),
 multiplies the integers in float64 (exact), rescales and adds the bias: the module must agree to
-fp32 precision on each of its paths — oneDNN's u8×s8 kernel and torch._int_mm (after finalize),
-and the float reference (before finalize, and off the CPU).
+fp32 precision on each of its paths — Luodi's native INT8 kernel (per-row mode), oneDNN's u8×s8
+kernel and torch._int_mm (after finalize), and the float reference (before finalize, and off the
+CPU).
 
 Against the float layer: with x = q_x·a + e_x (|e_x| <= a/2 per token) and w = q_w·b + e_w
 (|e_w| <= b_n/2 per channel), y_n - ŷ_n = Σ_k (e_x,k w_nk + q_x,k a e_w,nk), so
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from luodi.errors import InvalidParameterError
+from luodi.kernels import lowbit
 from luodi.quant import w8a8
 from luodi.quant.w8a8 import W8A8Linear, fake_quantize_int8, quantize_per_token
 
@@ -52,18 +54,23 @@ def hand_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out if bias is None else out + bias.double()
 
 
-PATHS = ["reference", "int-mm", "onednn"]
+PATHS = ["reference", "int-mm", "onednn", "native"]
 
 
 def prepared(layer: W8A8Linear, path: str, monkeypatch: pytest.MonkeyPatch) -> W8A8Linear:
-    """The layer set up to run `path`: unfinalized (the float reference), torch._int_mm, or oneDNN."""
+    """The layer set up to run `path`: unfinalized (the float reference), torch._int_mm, oneDNN, or
+    Luodi's native INT8 kernel in its per-row mode."""
     if path == "onednn" and not w8a8.onednn_int8_available():
         pytest.skip("oneDNN int8 with VNNI is not available on this CPU")
+    if path == "native" and not lowbit.native_available():
+        pytest.skip(lowbit.native_unavailable_reason())
+    if path in ("int-mm", "onednn"):
+        monkeypatch.setattr(lowbit, "native_available", lambda: False)
     if path == "int-mm":
         monkeypatch.setattr(w8a8, "onednn_int8_available", lambda: False)
     if path != "reference":
         layer.finalize()
-        assert layer.has_kernel
+        assert layer.has_kernel and (layer.native is not None) == (path == "native")
     return layer
 
 

@@ -35,6 +35,7 @@ struct Linear {
   Tensor scales;  // INT8 only
   OptTensor bias;  // fp32
   int64_t out_features = 0, in_features = 0, padded_in_features = 0, group_size = 0;
+  bool per_row = false;  // INT8: one activation scale per row (SmoothQuant W8A8), not per 32 columns
 };
 
 struct Norm {
@@ -109,7 +110,7 @@ class LayerStack {
     switch (l.kind) {
       case kInt8:
         return lowbit_->int8_linear(x, l.weight, l.scales, l.bias, l.out_features, l.in_features,
-                                    l.padded_in_features);
+                                    l.padded_in_features, l.per_row);
       case kInt4:
         return lowbit_->int4_linear(x, l.weight, l.bias, l.out_features, l.in_features, l.padded_in_features,
                                     l.group_size);
@@ -177,7 +178,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("out_features", &Linear::out_features)
       .def_readwrite("in_features", &Linear::in_features)
       .def_readwrite("padded_in_features", &Linear::padded_in_features)
-      .def_readwrite("group_size", &Linear::group_size);
+      .def_readwrite("group_size", &Linear::group_size)
+      .def_readwrite("per_row", &Linear::per_row);
   py::class_<Norm>(m, "Norm")
       .def(py::init<>())
       .def_readwrite("weight", &Norm::weight)

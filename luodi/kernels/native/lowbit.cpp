@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -79,30 +80,54 @@ inline Pass pass_at(const QuantizedRows& xq, int64_t m0) {
               xq.sum.data() + m0 * (xq.kp / xq.sum_block), m0};
 }
 
-// Quantizes row m of x into its pass's interleaved slots (rows are independent).
+inline float block_amax(__m512 v0, __m512 v1) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, abs_mask), _mm512_and_ps(v1, abs_mask)));
+}
+
+// Quantizes row m of x into its pass's interleaved slots (rows are independent). Each block of 32
+// gets its own scale (ggml's Q8_0); with `per_row`, the whole row shares one, max|x_row| / 127, and
+// q = round(x / scale) exactly as SmoothQuant's per-token quantization computes it in torch
+// (luodi.quant.w8a8: divide, round half to even).
 template <typename T>
-void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out) {
+void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, bool per_row) {
   const int64_t kp = out.kp, num_blocks = kp / kBlock, num_sums = kp / out.sum_block;
   const int64_t m0 = m / kMaxRows * kMaxRows, pass_rows = std::min<int64_t>(kMaxRows, out.rows - m0), r = m - m0;
-  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   const T* xr = x + m * k;
+  float row_amax = 0.f;
+  if (per_row) {
+    for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+      row_amax = std::max(row_amax, block_amax(load16(xr + k0, tail_mask(k - k0)),
+                                               load16(xr + k0 + 16, tail_mask(k - k0 - 16))));
+    }
+  }
+  // torch: scale = max(amax / 127, smallest normal), so an all-zero row gets q = 0
+  const float row_scale = std::max(row_amax / 127.f, std::numeric_limits<float>::min());
   alignas(64) int8_t block_q[kBlock];
   std::vector<double> sums(num_sums, 0.0);
   for (int64_t b = 0; b < num_blocks; ++b) {
     const int64_t k0 = b * kBlock;
     const __m512 v0 = load16(xr + k0, tail_mask(k - k0));
     const __m512 v1 = load16(xr + k0 + 16, tail_mask(k - k0 - 16));
-    const float amax =
-        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, abs_mask), _mm512_and_ps(v1, abs_mask)));
-    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-    const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));  // round to nearest even
-    const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+    __m512i i0, i1;  // cvtps rounds to nearest even
+    float d;
+    if (per_row) {
+      const __m512 scale = _mm512_set1_ps(row_scale);
+      i0 = _mm512_cvtps_epi32(_mm512_div_ps(v0, scale));
+      i1 = _mm512_cvtps_epi32(_mm512_div_ps(v1, scale));
+      d = row_scale;
+    } else {
+      const float amax = block_amax(v0, v1);
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv));
+      i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+      d = amax / 127.f;
+    }
     _mm_store_si128(reinterpret_cast<__m128i*>(block_q), _mm512_cvtsepi32_epi8(i0));
     _mm_store_si128(reinterpret_cast<__m128i*>(block_q + 16), _mm512_cvtsepi32_epi8(i1));
     for (int64_t c = 0; c < kBlock / 4; ++c) {
       std::memcpy(out.q.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block_q + c * 4, 4);
     }
-    const float d = amax / 127.f;
     out.scale[m0 * num_blocks + b * pass_rows + r] = d;
     sums[k0 / out.sum_block] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
   }
@@ -110,7 +135,7 @@ void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out) {
 }
 
 template <typename T>
-QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, int64_t kp, int64_t sum_block) {
+QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, int64_t kp, int64_t sum_block, bool per_row) {
   QuantizedRows out;
   out.rows = rows, out.kp = kp, out.sum_block = sum_block;
   out.q.assign(rows * kp, 0);
@@ -118,7 +143,7 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, int64_t kp, int
   out.sum.assign(rows * (kp / sum_block), 0.f);
   // A few decode rows are quantized inline (a thread hand-off costs more); prompt batches in parallel.
   at::parallel_for(0, rows, std::max<int64_t>(1, (64 << 10) / kp), [&](int64_t m_begin, int64_t m_end) {
-    for (int64_t m = m_begin; m < m_end; ++m) quantize_row(x, m, k, out);
+    for (int64_t m = m_begin; m < m_end; ++m) quantize_row(x, m, k, out, per_row);
   });
   return out;
 }
@@ -369,8 +394,8 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
 // Quantizes x, then runs tile(M, pass, t) for every 16-row tile t and pass of up to 8 rows, tiles
 // split across torch's intra-op threads.
 template <typename T, typename TileFn>
-void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile) {
-  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block);
+void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile, bool per_row = false) {
+  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, per_row);
   at::parallel_for(0, (call.n + kTile - 1) / kTile, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, pass_at(xq, m0), t); });
@@ -378,8 +403,9 @@ void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const Ti
   });
 }
 
+// per_row: one activation scale per row (SmoothQuant W8A8) instead of one per 32 columns.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
-                       const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp) {
+                       const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp, bool per_row) {
   const int64_t tile_bytes = kp * kTile;
   TORCH_CHECK(kp % kBlock == 0 && kp >= k && w.scalar_type() == at::kByte &&
                   w.numel() == (n + kTile - 1) / kTile * tile_bytes && scales.scalar_type() == at::kFloat &&
@@ -393,9 +419,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
     // One sum per row: the +128 offset's correction.
-    run_tiles<T>(call, kp, tile_bytes, [&](auto m_rows, const Pass& pass, int64_t t) {
-      int8_tile<decltype(m_rows)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-    });
+    run_tiles<T>(
+        call, kp, tile_bytes,
+        [&](auto m_rows, const Pass& pass, int64_t t) {
+          int8_tile<decltype(m_rows)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
+        },
+        per_row);
   });
   return call.y;
 }
