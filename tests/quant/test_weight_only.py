@@ -93,6 +93,40 @@ def test_int4_roundtrip_within_half_a_step(group_size: int, dtype: torch.dtype) 
     assert float((err / s).max()) > 0.45
 
 
+def test_int4_recovers_weights_already_on_a_coarser_grid() -> None:
+    """A group whose weights use 9..16 levels of a uniform grid (a GGUF block rarely uses all 16)
+    comes back within fp16's rounding of that grid's step and min, not within half a step."""
+    gen = torch.Generator().manual_seed(0)
+    n, k, g = 64, 256, 32
+    levels = torch.randint(8, 16, (n, k // g, 1), generator=gen)  # steps the group spans
+    codes = (torch.rand(n, k // g, g, generator=gen) * (levels + 1)).floor().clamp(max=levels)
+    codes[..., 0], codes[..., 1] = 0, levels[..., 0]  # the group's min and max on the grid
+    step = torch.rand(n, k // g, 1, generator=gen) * 0.01 + 0.001
+    low = torch.randn(n, k // g, 1, generator=gen) * 0.05
+    w = (low + codes * step).view(n, k)
+    q, scales, mins = quantize_int4(w, g)
+    err = (dequantize_int4(q, scales, mins, g) - w).abs().view(n, k // g, g)
+    # fp16 keeps 11 bits: the grid itself is off by ~levels * step * 2^-11 at most
+    assert bool((err <= (levels * step + low.abs()) * 2**-10).all())
+    # a 15-step grid would leave up to ~0.45 of the true step on most of these groups
+    assert float((err.amax(dim=2, keepdim=True) / step).max()) < 0.1
+
+
+def test_int4_never_worse_than_the_full_range_grid() -> None:
+    """The chosen grid per group has no more squared error than the 15-step min..max grid."""
+    from luodi.quant.weight_only import _int4_grid
+
+    w = hard_weight()
+    n, k = w.shape
+    q, scales, mins = quantize_int4(w, 32)
+    chosen = (dequantize_int4(q, scales, mins, 32) - w).square().view(n, k // 32, 32).sum(2)
+    groups = w.view(n, k // 32, 32)
+    m15, s15 = _int4_grid(groups.amin(2), groups.amax(2), (n, k))
+    q15 = torch.round((groups - m15.float()[..., None]) / s15.float()[..., None]).clamp(0, 15)
+    full = (q15 * s15.float()[..., None] + m15.float()[..., None] - groups).square().sum(2)
+    assert bool((chosen <= full * (1 + 1e-5) + 1e-12).all())
+
+
 def test_int4_zero_row_and_constant_groups() -> None:
     w = hard_weight()
     q, scales, mins = quantize_int4(w, 32)
