@@ -10,8 +10,11 @@ taken between the engines' runs).
 
     python benchmarks/quant_report.py [--models smollm2,gemma3,tinyllama] [--reps 2] [--threads 2]
 
-SmolLM2 and gemma3-270m ship as 4-bit GGUFs: their "float" model is that file dequantized, so
-int4 re-quantizes weights that already sit on a 4-bit grid (of another group layout). The
+SmolLM2 and gemma3-270m ship as quantized GGUFs: their "float" model is that file dequantized.
+SmolLM2's layers are Q4_1 (groups of 32 on a 4-bit grid, which int4 g32 can represent almost
+exactly) and its embedding Q8_0; gemma3-270m's "Q4_K_M" keeps most weights finer — q/k/gate/up
+Q5_0, the embedding and half of v Q8_0, half of down Q6_K, o and the other half of down Q4_K — so
+int4 there really drops bits. The
 TinyLlama-1.1B shape has random weights: speed only. Writes benchmarks/results/quant_report.json.
 """
 
