@@ -114,6 +114,26 @@ def test_int8_matches_float_reference(m: int, dtype: torch.dtype) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("m", [1, 3, 8, 20])
+def test_int8_rounds_activations_in_two_terms(m: int) -> None:
+    """INT8 weight-only also multiplies the rounding residual, itself rounded 254x finer: the error
+    is the single-rounding bound / 254, plus fp32 summation — and W8A8's per-row mode keeps one
+    rounding (its error reaches well past that)."""
+    w = weights(N, K)
+    qweight, scales = stored_int8(w)
+    x = activations(m, K, torch.float32)
+    exact = qweight.float() * scales[:, None]
+    packed = lowbit.prepack_int8(qweight, scales)
+    ref = reference(x, exact, None)
+    scale = x.double().abs() @ exact.double().abs().T
+    err = (lowbit.int8_linear(x, packed).double() - ref).abs()
+    bound = lowbit.activation_error_bound(x, exact).double() / 254 + FP32_SUM_EPS * scale + 1e-6
+    assert (err <= bound).all(), f"max error {err.max():.3g}"
+    per_row = (lowbit.int8_linear(x, packed, per_row=True).double() - ref).abs()
+    assert float(per_row.max()) > 10 * float(bound.max())
+
+
+@needs_native
 @pytest.mark.parametrize("m", range(1, 10))
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_matches_float_reference(m: int, group_size: int) -> None:

@@ -10,7 +10,8 @@
 // operand: INT4 codes are 0..15 as stored; INT8 codes are stored offset by +128 and the offset's
 // contribution, 128 * sum(x_rounded), is subtracted once per output row. Sums of x that multiply
 // weight terms (that offset, and the INT4 min) use the rounded x too, so every output is exactly
-// x_rounded . W up to fp32 summation: the error weights are W itself, not q * scale.
+// x_rounded . W up to fp32 summation: the error weights are W itself, not q * scale. INT8
+// weight-only adds a second term, the rounding residual rounded 254x finer (QuantizedRows::fine).
 //
 // Tiles: 16 output rows share one zmm (one int32 lane per row), each lane reading 4 consecutive k.
 // INT8 tile: [Kp / 4][16 rows][4 k] bytes. INT4 tile, per group of g columns: [g / 8][16 rows][4]
@@ -61,24 +62,33 @@ inline void prefetch(const uint8_t* p) {
 //   q:     [kp / 4][rows in pass][4]      int8, x ~= scale * q
 //   scale: [kp / 32][rows in pass]        fp32
 //   sum:   [kp / sum_block][rows in pass] sums of the rounded x (INT4: per group; INT8: per row)
+//   fine:  as q, in two-term mode: the rounding residual, x - scale * q ~= (scale / kFineRatio) * fine
+// Two terms (INT8 weight-only): one int8 rounding of x cost SmolLM2 0.10 pp of perplexity over
+// torch's unrounded bf16 path; the residual's own rounding is kFineRatio times finer, and a second
+// VNNI product per loaded weight vector is free while decode waits on memory.
+constexpr float kFineRatio = 254.f;  // |residual| <= scale / 2 maps onto [-127, 127]
+
 struct QuantizedRows {
   int64_t rows = 0, kp = 0, sum_block = 0;
-  std::vector<int8_t> q;
+  std::vector<int8_t> q, fine;
   std::vector<float> scale, sum;
 };
 
 // One pass of up to 8 rows, pointers already offset to it.
 struct Pass {
   const int8_t* q;
+  const int8_t* fine;  // null unless two-term
   const float* scale;
   const float* sum;
   int64_t m0;
 };
 
 inline Pass pass_at(const QuantizedRows& xq, int64_t m0) {
-  return Pass{xq.q.data() + m0 * xq.kp, xq.scale.data() + m0 * (xq.kp / kBlock),
-              xq.sum.data() + m0 * (xq.kp / xq.sum_block), m0};
+  return Pass{xq.q.data() + m0 * xq.kp, xq.fine.empty() ? nullptr : xq.fine.data() + m0 * xq.kp,
+              xq.scale.data() + m0 * (xq.kp / kBlock), xq.sum.data() + m0 * (xq.kp / xq.sum_block), m0};
 }
+
+enum class ActQuant { kBlock, kBlockTwoTerm, kRow };
 
 inline float block_amax(__m512 v0, __m512 v1) {
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -90,7 +100,8 @@ inline float block_amax(__m512 v0, __m512 v1) {
 // q = round(x / scale) exactly as SmoothQuant's per-token quantization computes it in torch
 // (luodi.quant.w8a8: divide, round half to even).
 template <typename T>
-void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, bool per_row) {
+void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, ActQuant mode) {
+  const bool per_row = mode == ActQuant::kRow, two_term = mode == ActQuant::kBlockTwoTerm;
   const int64_t kp = out.kp, num_blocks = kp / kBlock, num_sums = kp / out.sum_block;
   const int64_t m0 = m / kMaxRows * kMaxRows, pass_rows = std::min<int64_t>(kMaxRows, out.rows - m0), r = m - m0;
   const T* xr = x + m * k;
@@ -104,6 +115,7 @@ void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, bool per
   // torch: scale = max(amax / 127, smallest normal), so an all-zero row gets q = 0
   const float row_scale = std::max(row_amax / 127.f, std::numeric_limits<float>::min());
   alignas(64) int8_t block_q[kBlock];
+  alignas(64) int8_t block_fine[kBlock];
   std::vector<double> sums(num_sums, 0.0);
   for (int64_t b = 0; b < num_blocks; ++b) {
     const int64_t k0 = b * kBlock;
@@ -128,22 +140,37 @@ void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, bool per
     for (int64_t c = 0; c < kBlock / 4; ++c) {
       std::memcpy(out.q.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block_q + c * 4, 4);
     }
+    int64_t fine_sum = 0;
+    if (two_term) {
+      const __m512 dv = _mm512_set1_ps(d);
+      const __m512 inv_fine = _mm512_set1_ps(d > 0.f ? kFineRatio / d : 0.f);
+      const __m512i f0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_cvtepi32_ps(i0), dv, v0), inv_fine));
+      const __m512i f1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_cvtepi32_ps(i1), dv, v1), inv_fine));
+      _mm_store_si128(reinterpret_cast<__m128i*>(block_fine), _mm512_cvtsepi32_epi8(f0));
+      _mm_store_si128(reinterpret_cast<__m128i*>(block_fine + 16), _mm512_cvtsepi32_epi8(f1));
+      for (int64_t c = 0; c < kBlock / 4; ++c) {
+        std::memcpy(out.fine.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block_fine + c * 4, 4);
+      }
+      for (int j = 0; j < kBlock; ++j) fine_sum += block_fine[j];  // the stored (saturated) values
+    }
     out.scale[m0 * num_blocks + b * pass_rows + r] = d;
-    sums[k0 / out.sum_block] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    sums[k0 / out.sum_block] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1)) +
+                                static_cast<double>(d / kFineRatio) * static_cast<double>(fine_sum);
   }
   for (int64_t j = 0; j < num_sums; ++j) out.sum[m0 * num_sums + j * pass_rows + r] = static_cast<float>(sums[j]);
 }
 
 template <typename T>
-QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, int64_t kp, int64_t sum_block, bool per_row) {
+QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, int64_t kp, int64_t sum_block, ActQuant mode) {
   QuantizedRows out;
   out.rows = rows, out.kp = kp, out.sum_block = sum_block;
   out.q.assign(rows * kp, 0);
+  if (mode == ActQuant::kBlockTwoTerm) out.fine.assign(rows * kp, 0);
   out.scale.assign(rows * (kp / kBlock), 0.f);
   out.sum.assign(rows * (kp / sum_block), 0.f);
   // A few decode rows are quantized inline (a thread hand-off costs more); prompt batches in parallel.
   at::parallel_for(0, rows, std::max<int64_t>(1, (64 << 10) / kp), [&](int64_t m_begin, int64_t m_end) {
-    for (int64_t m = m_begin; m < m_end; ++m) quantize_row(x, m, k, out, per_row);
+    for (int64_t m = m_begin; m < m_end; ++m) quantize_row(x, m, k, out, mode);
   });
   return out;
 }
@@ -157,24 +184,32 @@ inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 
 // -- INT8 weights ---------------------------------------------------------------------------------
 // One tile: 16 output rows x M activation rows. w points at the tile's [kp/4][16][4] bytes.
-template <int M, typename T>
+// TwoTerm: x also carries its rounding residual (Pass::fine), multiplied by the same weights.
+template <int M, bool TwoTerm, typename T>
 inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
                       T* y, int64_t n_out, int64_t n0) {
+  const __m512 fine_ratio = _mm512_set1_ps(1.f / kFineRatio);
   __m512 acc[M];
   for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < kp / kBlock; ++b) {
     const uint8_t* wb = w + b * kBlock * kTile;
     const int8_t* xb = x.q + b * kBlock * M;
-    __m512i dot[M];
-    for (int m = 0; m < M; ++m) dot[m] = _mm512_setzero_si512();
+    const int8_t* fb = TwoTerm ? x.fine + b * kBlock * M : nullptr;
+    __m512i dot[M], fine[M];
+    for (int m = 0; m < M; ++m) dot[m] = fine[m] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int c = 0; c < 8; ++c) {
       const __m512i wv = _mm512_loadu_si512(wb + c * 64);
       prefetch(wb + c * 64);
-      for (int m = 0; m < M; ++m) dot[m] = dot_broadcast(dot[m], wv, xb + (c * M + m) * 4);
+      for (int m = 0; m < M; ++m) {
+        dot[m] = dot_broadcast(dot[m], wv, xb + (c * M + m) * 4);
+        if constexpr (TwoTerm) fine[m] = dot_broadcast(fine[m], wv, fb + (c * M + m) * 4);
+      }
     }
     for (int m = 0; m < M; ++m) {
-      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_set1_ps(x.scale[b * M + m]), acc[m]);
+      __m512 sum = _mm512_cvtepi32_ps(dot[m]);
+      if constexpr (TwoTerm) sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fine[m]), fine_ratio, sum);
+      acc[m] = _mm512_fmadd_ps(sum, _mm512_set1_ps(x.scale[b * M + m]), acc[m]);
     }
   }
   const __mmask16 mask = tail_mask(n_out - n0);
@@ -394,8 +429,9 @@ void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
 // Quantizes x, then runs tile(M, pass, t) for every 16-row tile t and pass of up to 8 rows, tiles
 // split across torch's intra-op threads.
 template <typename T, typename TileFn>
-void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile, bool per_row = false) {
-  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, per_row);
+void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile,
+               ActQuant mode = ActQuant::kBlock) {
+  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, mode);
   at::parallel_for(0, (call.n + kTile - 1) / kTile, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, pass_at(xq, m0), t); });
@@ -419,12 +455,22 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
     // One sum per row: the +128 offset's correction.
-    run_tiles<T>(
-        call, kp, tile_bytes,
-        [&](auto m_rows, const Pass& pass, int64_t t) {
-          int8_tile<decltype(m_rows)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-        },
-        per_row);
+    // Weight-only INT8 rounds x in two terms; W8A8 keeps SmoothQuant's single per-token rounding.
+    if (per_row) {
+      run_tiles<T>(
+          call, kp, tile_bytes,
+          [&](auto m_rows, const Pass& pass, int64_t t) {
+            int8_tile<decltype(m_rows)::value, false>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
+          },
+          ActQuant::kRow);
+    } else {
+      run_tiles<T>(
+          call, kp, tile_bytes,
+          [&](auto m_rows, const Pass& pass, int64_t t) {
+            int8_tile<decltype(m_rows)::value, true>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
+          },
+          ActQuant::kBlockTwoTerm);
+    }
   });
   return call.y;
 }
