@@ -24,12 +24,6 @@ d_b * q with d_b = max|x_b| / 127 moves each element by at most d_b / 2, so
 
     |y - x @ W.T| <= sum_b (d_b / 2) * sum_{k in b} |W[n, k]|        (`activation_error_bound`)
 
-INT8 goes further: it also rounds the residual x - d_b * q to d_b / 254 steps and multiplies it by
-the same weights (a second VNNI product per weight vector loaded, free while decode waits on
-memory), so its bound is that one / 254. On SmolLM2 that took INT8's perplexity change from
-+0.52 % to +0.35 % (torch's unrounded bf16 path: +0.43 %, its scales rounded to bf16). W8A8 keeps
-one per-row rounding, as SmoothQuant defines it.
-
 plus fp32 summation error and the output's own rounding for bf16/fp16 x. Measured on SmolLM2-135M
 (real weights re-quantized with luodi.quant, real activations of every linear layer on a short
 mixed English/Chinese text; `benchmarks/lowbit_kernels.py --accuracy`), against the float
@@ -38,7 +32,14 @@ reference x @ dequantized(W).T: RMS error / RMS y = 0.21 % (INT8 and INT4 alike,
 max |error| / max |y| is 2.5 % against bf16 rounding's 0.4 %: in blocks holding an outlier
 channel (here v_proj inputs with one channel 26x the RMS) the other elements get few levels. So
 the activation rounding is larger than bf16 rounding at the worst outputs, but 5x smaller than
-what INT4 weight rounding itself costs (1.1 % RMS, 12 % worst-layer max).
+what INT4 weight rounding itself costs (1.1 % RMS, 12 % worst-layer max). (Those figures are
+for one rounding of x.)
+
+INT8 goes further: it also rounds the residual x - d_b * q to d_b / 254 steps and multiplies it by
+the same weights (a second VNNI product per weight vector loaded, free while decode waits on
+memory), so its bound is the one above / 254. On SmolLM2 that took INT8's perplexity change from
++0.52 % to +0.35 % (torch's unrounded bf16 path: +0.43 %, its scales rounded to bf16). W8A8 keeps
+one per-row rounding, as SmoothQuant defines it.
 
 Speed (`benchmarks/lowbit_kernels.py`; 2-vCPU Zen 4, weights streamed from DRAM, % of a plain
 streaming read measured in the same run, median over five Llama-like shapes; shared machine, so

@@ -119,10 +119,15 @@ class RotaryEmbedding(nn.Module):
 Norm = RMSNorm | GemmaRMSNorm
 
 
-def _is_fusable(norm: nn.Module | None, x: torch.Tensor) -> bool:
+def is_fusable_norm(norm: nn.Module | None, dtype: torch.dtype) -> bool:
+    """Whether the native fused ops compute `norm` exactly for activations of `dtype`."""
     # Llama's norm returns weight * normed.to(T): computed natively only when the weight is T too
     # (otherwise torch's type promotion decides the output dtype).
-    return type(norm) is GemmaRMSNorm or (type(norm) is RMSNorm and norm.weight.dtype == x.dtype)
+    return type(norm) is GemmaRMSNorm or (type(norm) is RMSNorm and norm.weight.dtype == dtype)
+
+
+def _is_fusable(norm: nn.Module | None, x: torch.Tensor) -> bool:
+    return is_fusable_norm(norm, x.dtype)
 
 
 def add_rms_norm(

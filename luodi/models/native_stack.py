@@ -29,7 +29,7 @@ from luodi.kernels import fused, lowbit
 from luodi.kernels.attention import PagedAttention
 from luodi.kernels.linear import PackedLinear
 from luodi.kernels.native_build import NativeExtension
-from luodi.models.layers import GemmaRMSNorm, RMSNorm
+from luodi.models.layers import is_fusable_norm
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _add_attention(native: Any, spec: Any, attn: nn.Module, dtype: torch.dtype) 
         return False
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     if q_norm is not None:  # Qwen3, Gemma 3: one eps and flavour for both
-        if _norm(native, q_norm, dtype) is None or _norm_key(q_norm) != _norm_key(k_norm):
+        if not is_fusable_norm(q_norm, dtype) or _norm_key(q_norm) != _norm_key(k_norm):
             return False
         spec.q_norm, spec.k_norm = q_norm.weight.detach(), k_norm.weight.detach()
         spec.head_norm_eps, spec.head_norm_is_offset = q_norm.eps, q_norm.is_offset
@@ -154,9 +154,8 @@ def _norm_key(norm: nn.Module | None) -> tuple:
 
 
 def _norm(native: Any, norm: nn.Module, dtype: torch.dtype) -> Any:
-    """A norm the fused op computes exactly for `dtype` activations (as `layers._is_fusable`
-    decides), or None."""
-    if not (type(norm) is GemmaRMSNorm or (type(norm) is RMSNorm and norm.weight.dtype == dtype)):
+    """The native description of a norm the fused op computes exactly for `dtype`, or None."""
+    if not is_fusable_norm(norm, dtype):
         return None
     spec = native.Norm()
     spec.weight, spec.eps, spec.is_offset = norm.weight.detach(), norm.eps, norm.is_offset

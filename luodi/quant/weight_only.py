@@ -79,6 +79,10 @@ def check_group_size(out_features: int, in_features: int, group_size: int) -> No
         )
 
 
+_INT4_ROWS_PER_PASS = 8192
+_INT4_STEP_COUNTS = range(INT4_LEVELS, 7, -1)  # grids of 15 ... 8 steps across a group's range
+
+
 def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Group-wise asymmetric INT4 along K: (q uint8 0..15 [N, K], scales fp16 [N, G], mins fp16 [N, G]).
 
@@ -93,26 +97,22 @@ def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tens
     return q.view(n, k), scales, mins
 
 
-_INT4_ROWS_PER_PASS = 8192
-_INT4_STEP_COUNTS = range(INT4_LEVELS, 7, -1)  # grids of 15 ... 8 steps across a group's range
-
-
 def _quantize_int4_rows(groups: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """groups fp32 [R, G, g] -> (q uint8 [R, G, g], scales, mins fp16 [R, G]): per group, the grid of
     `_INT4_STEP_COUNTS` with the least squared error (each covers the group's [min, max])."""
     low, high = groups.amin(dim=2), groups.amax(dim=2)
-    best = None
+    best: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # q, scales, mins, squared error
     for steps in _INT4_STEP_COUNTS:
         mins, scales = _int4_grid(low, high, shape, steps)  # fp16 [R, G] each
         m, s = mins.float()[..., None], scales.float()[..., None]
         q = torch.round((groups - m) / s).clamp_(0, INT4_LEVELS)
         error = torch.addcmul(m, q, s).sub_(groups).square_().sum(dim=2)  # [R, G]
         if best is None:
-            best = [q, scales, mins, error]
+            best = (q, scales, mins, error)
             continue
-        better = error < best[3]
-        best = [torch.where(better[..., None], q, best[0]), torch.where(better, scales, best[1]),
-                torch.where(better, mins, best[2]), torch.minimum(error, best[3])]
+        better = error < best[3]  # [R, G]: these groups take this grid
+        for kept, new in zip(best, (q, scales, mins, error), strict=True):
+            kept[better] = new[better]
     q, scales, mins, _ = best
     return q.to(torch.uint8), scales, mins
 

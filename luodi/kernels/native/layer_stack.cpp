@@ -103,8 +103,6 @@ class LayerStack {
     });
   }
 
-  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
-
  private:
   Tensor linear(const Linear& l, const Tensor& x) const {
     switch (l.kind) {
@@ -211,7 +209,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("decode", &LayerStack::decode, py::call_guard<py::gil_scoped_release>(),
            "a decode step (one new token per sequence) through every layer and the final norm")
       .def("chunks", &LayerStack::chunks, py::call_guard<py::gil_scoped_release>(),
-           "a step of prompt chunks through every layer and the final norm")
-      .def_property_readonly("num_layers", &LayerStack::num_layers);
+           "a step of prompt chunks through every layer and the final norm");
   m.def("cpu_supported", &cpu_supported, "always true: the kernels' modules check the CPU");
 }

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -114,8 +115,18 @@ void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, ActQuant
   }
   // torch: scale = max(amax / 127, smallest normal), so an all-zero row gets q = 0
   const float row_scale = std::max(row_amax / 127.f, std::numeric_limits<float>::min());
-  alignas(64) int8_t block_q[kBlock];
-  alignas(64) int8_t block_fine[kBlock];
+  // One block of 32 rounded values into the pass's interleaved layout of `dst`; returns their sum.
+  const auto store_block = [&](__m512i lo, __m512i hi, std::vector<int8_t>& dst, int64_t k0) {
+    alignas(64) int8_t block[kBlock];
+    _mm_store_si128(reinterpret_cast<__m128i*>(block), _mm512_cvtsepi32_epi8(lo));
+    _mm_store_si128(reinterpret_cast<__m128i*>(block + 16), _mm512_cvtsepi32_epi8(hi));
+    int64_t sum = 0;
+    for (int64_t c = 0; c < kBlock / 4; ++c) {
+      std::memcpy(dst.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block + c * 4, 4);
+    }
+    for (int j = 0; j < kBlock; ++j) sum += block[j];  // the stored (saturated) values
+    return sum;
+  };
   std::vector<double> sums(num_sums, 0.0);
   for (int64_t b = 0; b < num_blocks; ++b) {
     const int64_t k0 = b * kBlock;
@@ -135,26 +146,17 @@ void quantize_row(const T* x, int64_t m, int64_t k, QuantizedRows& out, ActQuant
       i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
       d = amax / 127.f;
     }
-    _mm_store_si128(reinterpret_cast<__m128i*>(block_q), _mm512_cvtsepi32_epi8(i0));
-    _mm_store_si128(reinterpret_cast<__m128i*>(block_q + 16), _mm512_cvtsepi32_epi8(i1));
-    for (int64_t c = 0; c < kBlock / 4; ++c) {
-      std::memcpy(out.q.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block_q + c * 4, 4);
-    }
+    const int64_t q_sum = store_block(i0, i1, out.q, k0);
     int64_t fine_sum = 0;
-    if (two_term) {
+    if (two_term) {  // the residual x - d * q, in steps of d / kFineRatio
       const __m512 dv = _mm512_set1_ps(d);
       const __m512 inv_fine = _mm512_set1_ps(d > 0.f ? kFineRatio / d : 0.f);
       const __m512i f0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_cvtepi32_ps(i0), dv, v0), inv_fine));
       const __m512i f1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_fnmadd_ps(_mm512_cvtepi32_ps(i1), dv, v1), inv_fine));
-      _mm_store_si128(reinterpret_cast<__m128i*>(block_fine), _mm512_cvtsepi32_epi8(f0));
-      _mm_store_si128(reinterpret_cast<__m128i*>(block_fine + 16), _mm512_cvtsepi32_epi8(f1));
-      for (int64_t c = 0; c < kBlock / 4; ++c) {
-        std::memcpy(out.fine.data() + m0 * kp + ((k0 / 4 + c) * pass_rows + r) * 4, block_fine + c * 4, 4);
-      }
-      for (int j = 0; j < kBlock; ++j) fine_sum += block_fine[j];  // the stored (saturated) values
+      fine_sum = store_block(f0, f1, out.fine, k0);
     }
     out.scale[m0 * num_blocks + b * pass_rows + r] = d;
-    sums[k0 / out.sum_block] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1)) +
+    sums[k0 / out.sum_block] += static_cast<double>(d) * static_cast<double>(q_sum) +
                                 static_cast<double>(d / kFineRatio) * static_cast<double>(fine_sum);
   }
   for (int64_t j = 0; j < num_sums; ++j) out.sum[m0 * num_sums + j * pass_rows + r] = static_cast<float>(sums[j]);
@@ -454,22 +456,21 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
-    // One sum per row: the +128 offset's correction.
-    // Weight-only INT8 rounds x in two terms; W8A8 keeps SmoothQuant's single per-token rounding.
+    // One sum per row: the +128 offset's correction. Weight-only INT8 rounds x in two terms;
+    // W8A8 keeps SmoothQuant's single per-token rounding.
+    const auto run = [&](auto two_term, ActQuant mode) {
+      run_tiles<T>(
+          call, kp, tile_bytes,
+          [&](auto m_rows, const Pass& pass, int64_t t) {
+            int8_tile<decltype(m_rows)::value, decltype(two_term)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp,
+                                                                          n, t * kTile);
+          },
+          mode);
+    };
     if (per_row) {
-      run_tiles<T>(
-          call, kp, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            int8_tile<decltype(m_rows)::value, false>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-          },
-          ActQuant::kRow);
+      run(std::false_type{}, ActQuant::kRow);
     } else {
-      run_tiles<T>(
-          call, kp, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            int8_tile<decltype(m_rows)::value, true>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-          },
-          ActQuant::kBlockTwoTerm);
+      run(std::true_type{}, ActQuant::kBlockTwoTerm);
     }
   });
   return call.y;
