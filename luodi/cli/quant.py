@@ -41,6 +41,8 @@ def quantize(
     group_size: Annotated[int, typer.Option("--group-size", help="int4 group size: 32 | 64 | 128.")] = 32,
     alpha: Annotated[str, typer.Option(help="w8a8 smoothing: 'auto' (tuned per layer) or a fixed value.")] = "auto",
     awq: Annotated[bool, typer.Option("--awq", help="int4: activation-aware scaling from the calibration text.")] = False,
+    method: Annotated[str, typer.Option(
+        help="int4 rounding: 'gptq' (error feedback from the calibration text) or 'rtn' (round-to-nearest).")] = "gptq",
     calib: Annotated[Path | None, typer.Option(help="Calibration text file (default: the built-in text).")] = None,
     out_dir: OutOpt = None,
 ) -> None:
@@ -48,7 +50,7 @@ def quantize(
     from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
 
     options = QuantizeOptions(scheme=scheme, group_size=group_size, alpha=_parse_alpha(alpha), awq=awq,
-                              calib_file=calib)
+                              method=method, calib_file=calib)
     suffix = f"{scheme}-g{group_size}" if scheme == "int4" else scheme
     result = quantize_model_dir(model, options, out_dir or _default_out(model, suffix), progress=True)
     _print_choices(result.choices)

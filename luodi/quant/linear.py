@@ -339,10 +339,15 @@ class Int4Linear(QuantLinear):
     def from_float(cls, linear: nn.Linear, **options: Any) -> Self:
         group_size = options.pop("group_size", 32)
         _no_options(cls, options)
-        weight = linear.weight
+        return cls.from_quantized(linear, quantize_int4(linear.weight, group_size), group_size)
+
+    @classmethod
+    def from_quantized(cls, linear: nn.Linear, quantized: tuple[Tensor, Tensor, Tensor], group_size: int) -> Self:
+        """The layer storing `quantized` = (q, scales, mins) as `quantize_int4` (or GPTQ) made them for
+        `linear`'s weight; the bias is `linear`'s."""
         layer = cls.empty(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                          dtype=weight.dtype, device="meta", group_size=group_size)
-        q, scales, mins = quantize_int4(weight, group_size)
+                          dtype=linear.weight.dtype, device="meta", group_size=group_size)
+        q, scales, mins = quantized
         state = _state(qweight=pack_int4(q), scales=scales, mins=mins, bias=_float_bias(linear))
         layer.load_state_dict(state, assign=True)
         return layer

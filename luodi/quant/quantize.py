@@ -1,10 +1,10 @@
 """`luodi quantize` / `luodi convert`: a float model in, Luodi's saved format out.
 
 The steps: load the model in fp32 (un-fused, HF names), calibrate on text when the scheme needs
-activation statistics (SmoothQuant's smoothing, AWQ's scaling), fold the scaling into the
-preceding norms, swap every linear layer — and the token embedding — for its quantized form,
-and write the directory (`luodi.quant.format`). Quantization arithmetic lives in
-`weight_only` / `w8a8`; the choice of smoothing in `smoothing`.
+activation statistics (SmoothQuant's smoothing, AWQ's scaling, GPTQ's input Gram matrices), fold
+the scaling into the preceding norms, swap every linear layer — and the token embedding — for its
+quantized form, and write the directory (`luodi.quant.format`). Quantization arithmetic lives in
+`weight_only` / `w8a8` / `gptq`; the choice of smoothing in `smoothing`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from luodi.errors import InvalidParameterError
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
 
 SCHEMES = ("int8", "int4", "w8a8")
+INT4_METHODS = ("gptq", "rtn")  # error feedback from calibration inputs | plain round-to-nearest
 GROUP_SIZES = (32, 64, 128)
 
 
@@ -31,6 +32,7 @@ class QuantizeOptions:
     group_size: int = 32  # int4
     alpha: float | str = "auto"  # w8a8: "auto" (per layer, grid search) or a fixed alpha in [0, 1]
     awq: bool = False  # int4: activation-aware scaling from the calibration text
+    method: str = "gptq"  # int4: one of INT4_METHODS
     calib_file: Path | None = None  # None: the calibration text bundled with Luodi
     calib_seq_len: int = 256
     calib_max_seqs: int = 32
@@ -42,17 +44,23 @@ class QuantizeOptions:
             raise InvalidParameterError(
                 f"--group-size {self.group_size} is not one of {', '.join(map(str, GROUP_SIZES))}", "group_size"
             )
+        if self.method not in INT4_METHODS:
+            raise InvalidParameterError(f"--method {self.method!r} is not one of {', '.join(INT4_METHODS)}", "method")
         if self.alpha != "auto" and not (isinstance(self.alpha, float) and 0.0 <= self.alpha <= 1.0):
             raise InvalidParameterError(f"--alpha {self.alpha!r} must be 'auto' or a number in [0, 1]", "alpha")
 
     @property
     def needs_calibration(self) -> bool:
-        return self.scheme == "w8a8" or (self.scheme == "int4" and self.awq)
+        return self.scheme == "w8a8" or self.uses_gptq or (self.scheme == "int4" and self.awq)
+
+    @property
+    def uses_gptq(self) -> bool:
+        return self.scheme == "int4" and self.method == "gptq"
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"scheme": self.scheme}
         if self.scheme == "int4":
-            described.update(group_size=self.group_size, awq=self.awq)
+            described.update(group_size=self.group_size, method=self.method, awq=self.awq)
         if self.scheme == "w8a8":
             described["alpha"] = self.alpha
         if self.needs_calibration:
@@ -87,8 +95,10 @@ def quantize_model_dir(
     loaded = load_model(model_spec, device="cpu", dtype="float32", for_inference=False, progress=progress)
     model, config = loaded.model, loaded.config
     bytes_bf16 = _bf16_bytes(model, config.tie_word_embeddings)
-    choices = _calibrate_and_scale(model, loaded.tokenizer, options, calib_text, progress)
-    modules = quantize_modules(model, options, progress=progress) if options.scheme != "none" else {}
+    sequences = _calibration_sequences(loaded.tokenizer, options, calib_text) if options.needs_calibration else []
+    choices = _calibrate_and_scale(model, options, sequences, progress)
+    grams = _gptq_grams(model, sequences, progress) if options.uses_gptq else None
+    modules = quantize_modules(model, options, grams=grams, progress=progress) if options.scheme != "none" else {}
     spec = QuantSpec(scheme=options.scheme, modules=modules, options=options.describe(),
                      report={"choices": choices}, source=model_spec)
     save_model(model, loaded.tokenizer, config, out, spec)
@@ -123,17 +133,21 @@ def _bf16_bytes(model: nn.Module, tied: bool) -> int:
     )
 
 
+def _calibration_sequences(tokenizer: Any, options: QuantizeOptions, text: str) -> list[list[int]]:
+    from luodi.quant.texts import token_windows
+
+    return token_windows(tokenizer.encode(text), options.calib_seq_len, options.calib_max_seqs)
+
+
 def _calibrate_and_scale(
-    model: nn.Module, tokenizer: Any, options: QuantizeOptions, text: str, progress: bool,
+    model: nn.Module, options: QuantizeOptions, sequences: list[list[int]], progress: bool,
 ) -> dict[str, dict[str, float]]:
-    """Run calibration when the scheme needs it, fold the chosen scaling into the model; the choices."""
-    if not options.needs_calibration:
+    """Fold the scheme's activation scaling (SmoothQuant, AWQ) into the model, if any; the choices."""
+    if not (options.scheme == "w8a8" or (options.scheme == "int4" and options.awq)):
         return {}
     from luodi.quant.calibration import collect_activation_stats
     from luodi.quant.smoothing import awq_scale_model, smooth_model
-    from luodi.quant.texts import token_windows
 
-    sequences = token_windows(tokenizer.encode(text), options.calib_seq_len, options.calib_max_seqs)
     stats = collect_activation_stats(model, sequences, progress=progress)
     if options.scheme == "w8a8":
         picked = smooth_model(model, stats, options.alpha)
@@ -144,36 +158,61 @@ def _calibrate_and_scale(
     return {group: {"beta": beta} for group, beta in betas.items()}
 
 
-def quantize_modules(model: nn.Module, options: QuantizeOptions, *, progress: bool = False) -> dict[str, dict]:
+def _gptq_grams(model: nn.Module, sequences: list[list[int]], progress: bool) -> dict[str, torch.Tensor]:
+    """Input Gram matrices of every decoder linear and the lm_head (which a tied table shares)."""
+    from luodi.quant.calibration import calibration_linears
+    from luodi.quant.gptq import collect_input_grams
+
+    return collect_input_grams(model, [*calibration_linears(model), "lm_head"], sequences, progress=progress)
+
+
+def quantize_modules(
+    model: nn.Module, options: QuantizeOptions, *, grams: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
     """Swap the decoder's linear layers, the embedding and the lm_head for quantized modules.
 
     Returns quant.json's `modules`: name -> {"scheme", options}. The embedding and lm_head of a
     W8A8 model are int8 weight-only (they have no preceding norm to smooth into, and a vocabulary
-    projection is where activation quantization hurts most).
+    projection is where activation quantization hurts most). With `grams` (GPTQ's input Gram
+    matrices by module name) INT4 layers are rounded with error feedback; a tied table takes the
+    lm_head's, since its error reaches the logits through the lm_head.
     """
     from luodi.quant.linear import QuantEmbedding
 
-    classes = module_classes()
     layer_scheme = options.scheme
     table_scheme = "int8" if options.scheme == "w8a8" else options.scheme
+    grams = grams or {}
     modules: dict[str, dict] = {}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")]
     for name, linear in _track(linears, "quantizing layers", progress):
         entry = _entry(layer_scheme, linear.in_features, options.group_size)
-        set_module(model, name, classes[entry["scheme"]].from_float(linear, **_options_of(entry)))
+        set_module(model, name, _quantize_linear(linear, entry, grams.get(name)))
         modules[name] = entry
     embedding = model.get_submodule(EMBEDDING)
+    tied = model.config.tie_word_embeddings
     entry = _entry(table_scheme, embedding.weight.shape[1], options.group_size)
-    table = classes[entry["scheme"]].from_float(_as_linear(embedding.weight), **_options_of(entry))
+    table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
     set_module(model, EMBEDDING, QuantEmbedding(table))
     modules[EMBEDDING] = entry
-    if model.config.tie_word_embeddings:
+    if tied:
         model.lm_head = table
     else:
         entry = _entry(table_scheme, model.lm_head.in_features, options.group_size)
-        model.lm_head = classes[entry["scheme"]].from_float(model.lm_head, **_options_of(entry))
+        model.lm_head = _quantize_linear(model.lm_head, entry, grams.get("lm_head"))
         modules["lm_head"] = entry
     return modules
+
+
+def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tensor | None) -> nn.Module:
+    """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given."""
+    from luodi.quant.gptq import gptq_int4
+    from luodi.quant.linear import Int4Linear
+
+    if entry["scheme"] == "int4" and gram is not None:
+        group_size = entry["group_size"]
+        return Int4Linear.from_quantized(linear, gptq_int4(linear.weight, gram, group_size), group_size)
+    return module_classes()[entry["scheme"]].from_float(linear, **_options_of(entry))
 
 
 def _entry(scheme: str, in_features: int, group_size: int) -> dict[str, Any]:

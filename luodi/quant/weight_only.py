@@ -34,7 +34,8 @@ INT4_LEVELS = 15  # q in 0..15
 GROUP_SIZES = (32, 64, 128)
 
 
-def _as_matrix(weight: Tensor) -> Tensor:
+def as_float_matrix(weight: Tensor) -> Tensor:
+    """`weight` as an fp32 [N, K] tensor outside autograd; a clear error unless it is 2-D."""
     if weight.dim() != 2:
         raise InvalidParameterError(
             "a weight to quantize must be a 2-D [out_features, in_features] matrix, "
@@ -48,7 +49,7 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 
     w ≈ q * scales[:, None].
     """
-    w = _as_matrix(weight)  # [N, K]
+    w = as_float_matrix(weight)  # [N, K]
     scales = w.abs().amax(dim=1) / INT8_MAX  # [N]
     # An all-zero row (or one so small that amax/127 underflows) gets scale 1: q = 0 is then exact
     # (or off by less than 1/2), and nothing divides by zero.
@@ -88,18 +89,20 @@ def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tens
 
     w ≈ q * scale + min with G = K / group_size groups per row.
     """
-    w = _as_matrix(weight)
+    w = as_float_matrix(weight)
     n, k = w.shape
     check_group_size(n, k, group_size)
-    parts = [_quantize_int4_rows(rows.reshape(-1, k // group_size, group_size), (n, k))
+    parts = [quantize_int4_groups(rows.reshape(-1, k // group_size, group_size), (n, k))
              for rows in w.split(_INT4_ROWS_PER_PASS)]  # bounded temporaries for 262k-row tables
     q, scales, mins = (torch.cat(t) for t in zip(*parts, strict=True))
     return q.view(n, k), scales, mins
 
 
-def _quantize_int4_rows(groups: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+def quantize_int4_groups(groups: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """groups fp32 [R, G, g] -> (q uint8 [R, G, g], scales, mins fp16 [R, G]): per group, the grid of
-    `_INT4_STEP_COUNTS` with the least squared error (each covers the group's [min, max])."""
+    `_INT4_STEP_COUNTS` with the least squared error (each covers the group's [min, max]).
+
+    `shape` is the whole weight's [N, K], for error messages."""
     low, high = groups.amin(dim=2), groups.amax(dim=2)
     best: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # q, scales, mins, squared error
     for steps in _INT4_STEP_COUNTS:
