@@ -52,12 +52,23 @@ def _quantize_child(source: str, options: dict, out: str, queue: mp.Queue) -> No
                "choices": result.choices})
 
 
+def _described(scheme: str) -> dict:
+    """The scheme's full options as `luodi quantize` records them (defaults included)."""
+    from luodi.quant.quantize import QuantizeOptions
+
+    return QuantizeOptions(**SCHEMES[scheme]).describe()
+
+
 def luodi_model(source: Path, scheme: str, scratch: Path) -> tuple[Path, dict]:
+    """The scheme's model dir, reused only if it was made with today's defaults for the scheme."""
     out = scratch / f"{source.stem}-{scheme}"
     info_file = out / "bench-info.json"
     if info_file.exists():
-        return out, json.loads(info_file.read_text())
+        info = json.loads(info_file.read_text())
+        if info.get("options") == _described(scheme):
+            return out, info
     info = in_subprocess(_quantize_child, str(source), SCHEMES[scheme], str(out))
+    info["options"] = _described(scheme)
     info_file.write_text(json.dumps(info))
     return out, info
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,15 +193,16 @@ def quantize_modules(
     embedding = model.get_submodule(EMBEDDING)
     tied = model.config.tie_word_embeddings
     entry = _entry(table_scheme, embedding.weight.shape[1], options.group_size)
-    table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
-    set_module(model, EMBEDDING, QuantEmbedding(table))
-    modules[EMBEDDING] = entry
-    if tied:
-        model.lm_head = table
-    else:
-        entry = _entry(table_scheme, model.lm_head.in_features, options.group_size)
-        model.lm_head = _quantize_linear(model.lm_head, entry, grams.get("lm_head"))
-        modules["lm_head"] = entry
+    with _status(f"quantizing the {embedding.weight.shape[0]}-token vocabulary table(s)", progress):
+        table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
+        set_module(model, EMBEDDING, QuantEmbedding(table))
+        modules[EMBEDDING] = entry
+        if tied:
+            model.lm_head = table
+        else:
+            entry = _entry(table_scheme, model.lm_head.in_features, options.group_size)
+            model.lm_head = _quantize_linear(model.lm_head, entry, grams.get("lm_head"))
+            modules["lm_head"] = entry
     return modules
 
 
@@ -233,6 +235,15 @@ def _as_linear(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
     return linear
+
+
+def _status(description: str, progress: bool) -> AbstractContextManager:
+    """A spinner on stderr while a step without countable parts runs (GPTQ on a large table: ~40 s)."""
+    if not progress:
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(description)
 
 
 def _track(items: list, description: str, progress: bool) -> Iterable:
