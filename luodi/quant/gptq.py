@@ -33,8 +33,14 @@ DAMPING = 0.01
 # Columns rounded between two whole-matrix updates (the paper's lazy batch); a multiple of every
 # group size, so a group never straddles two blocks.
 BLOCK_COLUMNS = 128
-# Gram matrices held at once while calibrating; more linears than fit take more passes.
-GRAM_BUDGET_BYTES = 1 << 30
+# Gram matrices held at once while calibrating; more linears than fit take more passes (a 1.1B
+# Llama needs ~4.6 GB for all of them, a 3B ~11 GB), each stopping after its last linear.
+GRAM_BUDGET_BYTES = 4 << 30
+
+
+class _PassDone(Exception):
+    """Raised by a hook once every linear of a pass has seen the sequence: the rest of the forward
+    would be wasted work."""
 
 
 def collect_input_grams(
@@ -43,7 +49,7 @@ def collect_input_grams(
     """H = mean over calibration tokens of x xᵀ (fp32 [K, K]) for the input of each named linear.
 
     Linears that read the same tensor (q/k/v, gate/up) share one matrix. Runs the model once per
-    `GRAM_BUDGET_BYTES` of matrices.
+    `GRAM_BUDGET_BYTES` of matrices, each pass only as far as its last linear.
     """
     if not sequences or any(len(seq) == 0 for seq in sequences):
         raise InvalidParameterError("GPTQ needs at least one non-empty calibration sequence", param="sequences")
@@ -73,25 +79,33 @@ def _collect_pass(
     sums: dict[str, Tensor] = {}
     owner: dict[str, str] = {}  # linear -> the linear whose sum holds its input's matrix
     last: list[tuple[Tensor, str]] = []  # the previous hook's input: q/k/v see the same tensor object
+    seen: set[str] = set()  # the linears that have seen the current sequence
     num_tokens = 0
 
     def hook_for(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0]
+            seen.add(name)
             if last and last[0][0] is x:
                 owner.setdefault(name, last[0][1])
-                return
-            owner.setdefault(name, name)
-            rows = x.reshape(-1, x.shape[-1]).float()  # [T, K]
-            sums[name] = sums[name].addmm_(rows.T, rows) if name in sums else rows.T @ rows
-            last[:] = [(x, name)]
+            else:
+                owner.setdefault(name, name)
+                rows = x.reshape(-1, x.shape[-1]).float()  # [T, K]
+                sums[name] = sums[name].addmm_(rows.T, rows) if name in sums else rows.T @ rows
+                last[:] = [(x, name)]
+            if len(seen) == len(names):
+                raise _PassDone
         return hook
 
     handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in names]
     try:
         for seq in _track(sequences, progress):
             last.clear()
-            full_logits(model, seq)
+            seen.clear()
+            try:
+                full_logits(model, seq)
+            except _PassDone:
+                pass
             num_tokens += len(seq)
     finally:
         for handle in handles:

@@ -136,11 +136,14 @@ def test_grams_taken_over_several_passes_are_the_same(monkeypatch):
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.1.mlp.up_proj",
              "lm_head"]
     together = collect_input_grams(model, names, sequences(2, 12))
-    forward_calls = []
+    forward_calls, last_down_calls = [], []
     model.register_forward_pre_hook(lambda module, args: forward_calls.append(1))
+    last_down = model.model.layers[-1].mlp.down_proj  # after layer 1's up_proj, before the lm_head
+    last_down.register_forward_pre_hook(lambda module, args: last_down_calls.append(1))
     monkeypatch.setattr(gptq, "GRAM_BUDGET_BYTES", 1)  # one linear per pass
     apart = collect_input_grams(model, names, sequences(2, 12))
     assert len(forward_calls) == 2 * len(names)
+    assert len(last_down_calls) == 2  # each pass stops at its linear: only the lm_head's gets that far
     for name in names:
         torch.testing.assert_close(apart[name], together[name], rtol=1e-6, atol=0)
 
