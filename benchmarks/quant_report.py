@@ -5,8 +5,9 @@ alpha and fixed α = 0.5); llama.cpp's Q8_0 and Q4_0 made from the same source f
 llama.cpp's own quantizer. For each: file size, perplexity per byte on the bundled held-out text
 and its change vs bf16, greedy agreement with bf16, pp512 / tg128 tok/s and peak RSS (a fresh
 process per measurement, engines alternating A B C A B C, medians), and the memory-bandwidth limit
-of token generation (weight bytes per token ÷ read bandwidth: the median of one probe per rep,
-taken between the engines' runs).
+of token generation (weight bytes per token ÷ read bandwidth). The read bandwidth of a shared
+machine drifts within a run, so a probe runs before and after every engine run and each run's
+tg128 is set against the mean of its own two probes; the fraction reported is the median of those.
 
     python benchmarks/quant_report.py [--models smollm2,gemma3,tinyllama] [--reps 2] [--threads 2]
 
@@ -41,6 +42,9 @@ SCHEMES = {  # name -> QuantizeOptions fields
 LLAMA_CPP_TYPES = {"Q8_0": 7, "Q4_0": 2}  # llama_ftype values
 PEERS = {"int8": "Q8_0", "int4-g32": "Q4_0", "w8a8-auto": "Q8_0"}
 SPEED_ONLY = {"tinyllama"}
+# Random weights have no accuracy to keep, and GPTQ changes no byte of the stored layout (so no
+# speed): the speed-only model skips its ~10 minutes of fp32 calibration on a 1.1B model.
+SPEED_ONLY_OPTIONS = {"method": "rtn"}
 
 
 # -- making the models ----------------------------------------------------------------------------
@@ -52,23 +56,31 @@ def _quantize_child(source: str, options: dict, out: str, queue: mp.Queue) -> No
                "choices": result.choices})
 
 
-def _described(scheme: str) -> dict:
-    """The scheme's full options as `luodi quantize` records them (defaults included)."""
+def scheme_options(scheme: str, speed_only: bool) -> dict:
+    """QuantizeOptions fields for the scheme (int4 of a speed-only model: round-to-nearest)."""
+    options = dict(SCHEMES[scheme])
+    if speed_only and options["scheme"] == "int4":
+        options.update(SPEED_ONLY_OPTIONS)
+    return options
+
+
+def _described(options: dict) -> dict:
+    """The options in full, as `luodi quantize` records them (defaults included)."""
     from luodi.quant.quantize import QuantizeOptions
 
-    return QuantizeOptions(**SCHEMES[scheme]).describe()
+    return QuantizeOptions(**options).describe()
 
 
-def luodi_model(source: Path, scheme: str, scratch: Path) -> tuple[Path, dict]:
-    """The scheme's model dir, reused only if it was made with today's defaults for the scheme."""
-    out = scratch / f"{source.stem}-{scheme}"
+def luodi_model(source: Path, options: dict, suffix: str, scratch: Path) -> tuple[Path, dict]:
+    """The model dir made with `options`, reused only if it was made with exactly those."""
+    out = scratch / f"{source.stem}-{suffix}"
     info_file = out / "bench-info.json"
     if info_file.exists():
         info = json.loads(info_file.read_text())
-        if info.get("options") == _described(scheme):
+        if info.get("options") == _described(options):
             return out, info
-    info = in_subprocess(_quantize_child, str(source), SCHEMES[scheme], str(out))
-    info["options"] = _described(scheme)
+    info = in_subprocess(_quantize_child, str(source), options, str(out))
+    info["options"] = _described(options)
     info_file.write_text(json.dumps(info))
     return out, info
 
@@ -118,18 +130,21 @@ def _speed_child(engine: str, path: str, threads: int, queue: mp.Queue) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def _bandwidth_child(threads: int, queue: mp.Queue) -> None:
-    """Read bandwidth: summing a 1 GiB tensor that no cache holds, best of five."""
+def _bandwidth_child(threads: int, queue: mp.Queue, seconds: float = 2.0) -> None:
+    """Sustained read bandwidth: summing a 1 GiB tensor that no cache holds, over and over for
+    `seconds`, total bytes ÷ total time. A mean over seconds, as tg128 is, not STREAM's best of a
+    few passes: on a shared machine single 25 ms passes range 35–75 GB/s, and the best of them
+    stands for a burst no decode of several seconds sees."""
     import torch
 
     torch.set_num_threads(threads)
     data = torch.ones(2**28, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
+    data.sum()  # pages touched, threads up
+    passes, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
         data.sum()
-        best = min(best, time.perf_counter() - start)
-    queue.put(data.numel() * 4 / best / 1e9)
+        passes += 1
+    queue.put(passes * data.numel() * 4 / (time.perf_counter() - start) / 1e9)
 
 
 DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "I8": 1, "U8": 1, "I32": 4}
@@ -163,27 +178,37 @@ def _numel(shape: list[int]) -> int:
 
 
 def measure_speed(paths: dict[str, Path], reps: int, threads: int) -> tuple[dict[str, dict], list[float]]:
-    """Median speeds per engine, and the read-bandwidth probes taken between them (one per rep)."""
+    """Median speeds per engine (each with the median of its runs' tg128 ÷ bandwidth limit, see
+    `_with_fractions`), and every read-bandwidth probe, in order: one before the first run and one
+    after each."""
     samples: dict[str, list[dict]] = {name: [] for name in paths}
-    bandwidth: list[float] = []
+    probes = [in_subprocess(_bandwidth_child, threads)]
     for rep in range(reps):
         for name, path in paths.items():  # alternate: drift hits every engine alike
             engine = "llama.cpp" if name.startswith("llama.cpp") else "luodi"
             result = in_subprocess(_speed_child, engine, str(path), threads)
+            probes.append(in_subprocess(_bandwidth_child, threads))
+            if "error" not in result:
+                result["read_bandwidth_gb_s"] = (probes[-2] + probes[-1]) / 2  # the probes around this run
             samples[name].append(result)
             print(json.dumps({"rep": rep, "engine": name, **result}), flush=True)
-        bandwidth.append(in_subprocess(_bandwidth_child, threads))
     summary = {}
     for name, runs in samples.items():
-        ok = [r for r in runs if "error" not in r]
-        summary[name] = ({k: round(statistics.median(r[k] for r in ok), 1) for k in ok[0]} if ok
+        ok = [_with_fractions(r, paths[name]) for r in runs if "error" not in r]
+        summary[name] = ({k: round(statistics.median(r[k] for r in ok), 3) for k in ok[0]} if ok
                          else {"error": runs[-1]["error"]})
-    return summary, bandwidth
+    return summary, probes
+
+
+def _with_fractions(run: dict, path: Path) -> dict:
+    """`run` plus its tg128 ÷ the bandwidth limit that its own two probes give."""
+    limit = run["read_bandwidth_gb_s"] * 1e9 / bytes_per_token(path)
+    return {**run, "tg_limit_tok_s": limit, "tg_fraction_of_limit": run["tg128"] / limit}
 
 
 def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Path, previous: dict) -> dict:
     schemes = args.schemes.split(",")
-    made = {s: luodi_model(source, s, scratch) for s in ["bf16", *schemes]}
+    made = {s: luodi_model(source, scheme_options(s, name in SPEED_ONLY), s, scratch) for s in ["bf16", *schemes]}
     ggufs = {kind: llamacpp_model(source, kind, scratch) for kind in LLAMA_CPP_TYPES}
     report: dict = {"bytes": {s: info["bytes"] for s, (_, info) in made.items()},
                     "quantize_seconds": {s: info["seconds"] for s, (_, info) in made.items()},
@@ -199,17 +224,14 @@ def report_model(name: str, source: Path, args: argparse.Namespace, scratch: Pat
     speed_paths = {f"luodi-{s}": made[s][0] for s in ["bf16", *schemes] if s != "w8a8-0.5"}
     speed_paths.update({f"llama.cpp-{k}": p for k, p in ggufs.items()})
     report["speed"], probes = measure_speed(speed_paths, args.reps, args.threads)
-    # The median, like the speeds: on a shared machine single probes swing both ways (seen here:
-    # 40, 75 and 48 GB/s in one run), so neither the best nor the worst stands for the run.
-    bandwidth = statistics.median(probes)
-    report["read_bandwidth_gb_s"] = round(bandwidth, 1)
+    # On a shared machine single probes swing both ways (seen here: 34 to 75 GB/s in one run), so
+    # each run is judged against the probes taken just before and after it, not one run-wide figure.
+    report["read_bandwidth_gb_s"] = round(statistics.median(probes), 1)
     report["read_bandwidth_probes_gb_s"] = [round(b, 1) for b in probes]
-    report["bandwidth_limit_tg"] = {}
-    for engine, path in speed_paths.items():
-        limit = bandwidth * 1e9 / bytes_per_token(path)
-        tg = report["speed"][engine].get("tg128")
-        report["bandwidth_limit_tg"][engine] = {"limit_tok_s": round(limit, 1),
-                                                "fraction": round(tg / limit, 3) if tg else None}
+    report["bandwidth_limit_tg"] = {
+        engine: {"limit_tok_s": round(speed["tg_limit_tok_s"], 1), "fraction": round(speed["tg_fraction_of_limit"], 3)}
+        for engine, speed in report["speed"].items() if "tg_limit_tok_s" in speed
+    }
     report["ratios"] = ratios(report["speed"])
     return report
 
