@@ -91,3 +91,24 @@ def test_generate_and_eval_run_on_the_quantized_model(int8_dir, smollm2):
     assert report["greedy_agreement"] > 0.9
     assert abs(report["delta_ppl_pct"]) < 2.0
     assert report["num_bytes"] > 0 and report["perplexity_per_byte"] > 1.0
+
+
+def _eval(model_dir: Path, smollm2: Path) -> dict:
+    result = luodi("eval", "--model", str(model_dir), "--ref", str(smollm2), "--max-windows", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_int4_gptq_loses_less_than_round_to_nearest(smollm2, tmp_path):
+    """GPTQ (the default) against --method rtn on held-out text neither was calibrated on. On the
+    full text GPTQ measured +1.3 % perplexity per byte against +3.1 %; the gap comes mostly from the
+    Q8_0 vocabulary table, as SmolLM2's Q4_1 layers already sit on a grid int4 g32 recovers."""
+    made = {}
+    for method in ("gptq", "rtn"):
+        out = tmp_path / method
+        result = luodi("quantize", "--model", str(smollm2), "--scheme", "int4", "--method", method, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "quant.json").read_text())["options"]["method"] == method
+        made[method] = _eval(out, smollm2)
+    assert 0 < made["gptq"]["delta_ppl_pct"] < made["rtn"]["delta_ppl_pct"] - 0.5
+    assert made["gptq"]["greedy_agreement"] > made["rtn"]["greedy_agreement"]
