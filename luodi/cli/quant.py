@@ -68,13 +68,27 @@ def convert(model: ModelOpt = DEFAULT_MODEL, out_dir: OutOpt = None) -> None:
 
 def _print_summary(result: Any) -> None:
     table = Table(box=None, show_header=False)
-    table.add_row("scheme", result.scheme)
+    table.add_row("scheme", _describe_scheme(result.options) if result.options else result.scheme)
     table.add_row("size (bf16)", f"{result.bytes_bf16 / 2**20:.1f} MiB")
     table.add_row("size (written)", f"{result.bytes_written / 2**20:.1f} MiB ({result.size_ratio:.2f}×)")
     table.add_row("layers quantized", str(result.num_quantized))
     table.add_row("time", f"{result.seconds:.1f} s")
     out.print(table)
     out.print(f"[green]✓[/green] saved to {result.out}  (use it with --model {result.out})")
+
+
+def _describe_scheme(options: dict[str, Any]) -> str:
+    """"int4, group 32, gptq rounding, calibrated on built-in text" and the like."""
+    parts = [options["scheme"]]
+    if "group_size" in options:
+        parts.append(f"group {options['group_size']}")
+    if "method" in options:
+        parts.append(f"{options['method']} rounding" + (" after AWQ scaling" if options.get("awq") else ""))
+    if "alpha" in options:
+        parts.append(f"alpha {options['alpha']}")
+    if "calibration" in options:
+        parts.append(f"calibrated on {options['calibration']} text")
+    return ", ".join(parts)
 
 
 def _print_choices(choices: dict[str, dict[str, float]]) -> None:

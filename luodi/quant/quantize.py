@@ -79,6 +79,7 @@ class QuantizeResult:
     seconds: float
     num_quantized: int
     choices: dict[str, dict[str, float]] = field(default_factory=dict)  # per smoothing group
+    options: dict[str, Any] = field(default_factory=dict)  # QuantizeOptions.describe(), as in quant.json
 
     @property
     def size_ratio(self) -> float:
@@ -106,6 +107,7 @@ def quantize_model_dir(
     return QuantizeResult(
         out=out, scheme=options.scheme, bytes_bf16=bytes_bf16, bytes_written=(out / WEIGHTS_FILE).stat().st_size,
         seconds=time.perf_counter() - start, num_quantized=len(modules), choices=choices,
+        options=options.describe(),
     )
 
 

@@ -108,6 +108,7 @@ def test_int4_gptq_loses_less_than_round_to_nearest(smollm2, tmp_path):
         out = tmp_path / method
         result = luodi("quantize", "--model", str(smollm2), "--scheme", "int4", "--method", method, "--out", str(out))
         assert result.returncode == 0, result.stderr
+        assert f"int4, group 32, {method} rounding" in result.stdout
         assert json.loads((out / "quant.json").read_text())["options"]["method"] == method
         made[method] = _eval(out, smollm2)
     assert 0 < made["gptq"]["delta_ppl_pct"] < made["rtn"]["delta_ppl_pct"] - 0.5
