@@ -135,7 +135,9 @@ def gptq_int4(weight: Tensor, gram: Tensor, group_size: int) -> tuple[Tensor, Te
         raise InvalidParameterError(
             f"GPTQ needs a [{k}, {k}] input Gram matrix for a [{n}, {k}] weight, got {tuple(gram.shape)}"
         )
-    hinv = _inverse_cholesky(gram.to(w.device, torch.float32), w)  # upper [K, K]
+    gram = gram.to(w.device, torch.float32)
+    w[:, torch.diagonal(gram) == 0] = 0.0  # inputs never seen: any weight there is as good, and 0 is exact
+    hinv = _inverse_cholesky(gram)  # upper [K, K]
     q = torch.empty(n, k, dtype=torch.uint8, device=w.device)
     scales = torch.empty(n, k // group_size, dtype=torch.float16, device=w.device)
     mins = torch.empty_like(scales)
@@ -146,12 +148,11 @@ def gptq_int4(weight: Tensor, gram: Tensor, group_size: int) -> tuple[Tensor, Te
     return q, scales, mins
 
 
-def _inverse_cholesky(gram: Tensor, w: Tensor) -> Tensor:
-    """Upper Cholesky factor of (H + damping)⁻¹; inputs never seen (zero diagonal) get weight 0 in w."""
+def _inverse_cholesky(gram: Tensor) -> Tensor:
+    """Upper Cholesky factor of (H + damping)⁻¹, an input never seen (zero diagonal) counted as unit."""
     h = gram.clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     h.diagonal().add_(DAMPING * torch.diagonal(h).mean())
     try:
         factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
