@@ -52,7 +52,12 @@ class QuantizeOptions:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.scheme == "w8a8" or self.uses_gptq or (self.scheme == "int4" and self.awq)
+        return self.scales_activations or self.uses_gptq
+
+    @property
+    def scales_activations(self) -> bool:
+        """Whether a scaling is folded into the norms from activation statistics (SmoothQuant, AWQ)."""
+        return self.scheme == "w8a8" or (self.scheme == "int4" and self.awq)
 
     @property
     def uses_gptq(self) -> bool:
@@ -146,7 +151,7 @@ def _calibrate_and_scale(
     model: nn.Module, options: QuantizeOptions, sequences: list[list[int]], progress: bool,
 ) -> dict[str, dict[str, float]]:
     """Fold the scheme's activation scaling (SmoothQuant, AWQ) into the model, if any; the choices."""
-    if not (options.scheme == "w8a8" or (options.scheme == "int4" and options.awq)):
+    if not options.scales_activations:
         return {}
     from luodi.quant.calibration import collect_activation_stats
     from luodi.quant.smoothing import awq_scale_model, smooth_model
