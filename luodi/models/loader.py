@@ -22,6 +22,7 @@ from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig, load_hf_config
 from luodi.models.inference import prepare_for_inference
 from luodi.models.registry import build_model
+from luodi.progress import track_if
 from luodi.quant.format import is_saved_model, quantized_structure, read_quant_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,13 +71,6 @@ def load_config_and_weights(
     return load_hf_config(path), safetensors_state_dict(path), None
 
 
-def _with_progress(weights: Iterator[tuple[str, torch.Tensor]], total: int | None, label: str):
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(weights, total=total, description=f"loading {label}", console=Console(stderr=True), transient=True)
-
-
 def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_gguf(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
 
@@ -97,8 +91,7 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config, weights, num_tensors = load_config_and_weights(path, torch_dtype)
-    if progress:
-        weights = _with_progress(weights, num_tensors, spec)
+    weights = track_if(weights, f"loading {spec}", progress, total=num_tensors)
     tokenizer = load_tokenizer(path)
     model = build_model(config, weights, dtype=torch_dtype, device=torch_device,
                         transform=saved_model_structure(path))

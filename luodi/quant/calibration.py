@@ -8,7 +8,7 @@ of how these statistics are used, nor of tokenizers: sequences arrive as token i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
+from luodi.progress import track_if
 
 # Fixed so that two calibrations of one model on the same sequences give the same subsample.
 SAMPLE_SEED = 0
@@ -129,15 +130,6 @@ def _validate(sequences: list[list[int]], max_samples: int, linears: dict[str, n
         )
 
 
-def _progress(sequences: list[list[int]], enabled: bool) -> Iterable[list[int]]:
-    if not enabled:
-        return sequences
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(sequences, description="calibrating", console=Console(stderr=True), transient=True)
-
-
 def collect_activation_stats(
     model: nn.Module, sequences: list[list[int]], *, max_samples: int = 512, progress: bool = False,
 ) -> dict[str, LinearStats]:
@@ -154,7 +146,7 @@ def collect_activation_stats(
 
     handles = [linear.register_forward_pre_hook(hook_for(name)) for name, linear in linears.items()]
     try:
-        for seq in _progress(sequences, progress):
+        for seq in track_if(sequences, "calibrating", progress):
             collector.start_sequence(torch.rand(len(seq), generator=generator))  # [T]
             full_logits(model, seq)
     finally:

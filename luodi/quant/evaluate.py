@@ -24,10 +24,8 @@ Must not know: how the model was quantized, files, devices beyond the model's ow
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from os.path import commonprefix
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +34,8 @@ from torch import nn
 from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.loading.tokenizer import Tokenizer
+from luodi.progress import track_if
 from luodi.quant.texts import token_windows
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +68,7 @@ def perplexity_per_byte(
     windows = scored_windows(tokenizer, text, seq_len=seq_len, max_windows=max_windows)
     _check_ids_fit(model, windows, "model")
     nll, num_tokens = 0.0, 0
-    for window in _maybe_track(windows, progress, "scoring"):
+    for window in track_if(windows, f"scoring {len(windows)} windows", progress):
         logits = full_logits(model, window.input_ids)[:-1]  # [T-1, V]: predictions of input_ids[1:]
         targets = torch.tensor(window.input_ids[1:], device=logits.device)  # [T-1]
         # Per-token losses in fp32 (as transformers' loss), summed in fp64 over thousands of tokens.
@@ -99,7 +96,7 @@ def greedy_agreement(
     windows = scored_windows(tokenizer, text, seq_len=seq_len, max_windows=max_windows)
     _check_ids_fit(model, windows, "model")
     num_matches, num_positions = 0, 0
-    for window in _maybe_track(windows, progress, "comparing"):
+    for window in track_if(windows, f"comparing {len(windows)} windows", progress):
         ours = full_logits(model, window.input_ids)[:-1].argmax(dim=-1)  # [T-1]
         theirs = full_logits(reference, window.input_ids)[:-1].argmax(dim=-1).to(ours.device)  # [T-1]
         num_matches += int((ours == theirs).sum())
@@ -184,12 +181,3 @@ def _check_ids_fit(model: nn.Module, windows: list[ScoredWindow], label: str) ->
             param="tokenizer",
         )
 
-
-def _maybe_track(items: list[_T], progress: bool, label: str) -> Iterable[_T]:
-    if not progress:
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    console = Console(stderr=True)
-    return track(items, description=f"{label} {len(items)} windows", console=console, transient=True)

@@ -18,13 +18,14 @@ Must not know: files, the saved format, which modules a scheme quantizes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
+from luodi.progress import track_if
 from luodi.quant.weight_only import INT4_LEVELS, as_float_matrix, check_group_size, quantize_int4_groups
 
 # H += DAMPING · mean(diag H) · I: keeps H invertible when calibration tokens span fewer
@@ -99,7 +100,7 @@ def _collect_pass(
 
     handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in names]
     try:
-        for seq in _track(sequences, progress):
+        for seq in track_if(sequences, "GPTQ statistics", progress):
             last.clear()
             seen.clear()
             try:
@@ -112,15 +113,6 @@ def _collect_pass(
             handle.remove()
     # clone(): the hooks ran in inference mode; the result must take part in ordinary arithmetic.
     return {name: (sums[owner[name]] / num_tokens).clone() for name in names}
-
-
-def _track(sequences: list[list[int]], enabled: bool) -> Iterable[list[int]]:
-    if not enabled:
-        return sequences
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(sequences, description="GPTQ statistics", console=Console(stderr=True), transient=True)
 
 
 def gptq_int4(weight: Tensor, gram: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:

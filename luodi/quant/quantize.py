@@ -10,8 +10,6 @@ quantized form, and write the directory (`luodi.quant.format`). Quantization ari
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from luodi.errors import InvalidParameterError
+from luodi.progress import status_if, track_if
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
 
 SCHEMES = ("int8", "int4", "w8a8")
@@ -193,14 +192,15 @@ def quantize_modules(
     grams = grams or {}
     modules: dict[str, dict] = {}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")]
-    for name, linear in _track(linears, "quantizing layers", progress):
+    for name, linear in track_if(linears, "quantizing layers", progress):
         entry = _entry(layer_scheme, linear.in_features, options.group_size)
         set_module(model, name, _quantize_linear(linear, entry, grams.get(name)))
         modules[name] = entry
     embedding = model.get_submodule(EMBEDDING)
     tied = model.config.tie_word_embeddings
     entry = _entry(table_scheme, embedding.weight.shape[1], options.group_size)
-    with _status(f"quantizing the {embedding.weight.shape[0]}-token vocabulary table(s)", progress):
+    # GPTQ on a large table runs a while without countable parts (~40 s on gemma3's 262k rows).
+    with status_if(f"quantizing the {embedding.weight.shape[0]}-token vocabulary table(s)", progress):
         table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
         set_module(model, EMBEDDING, QuantEmbedding(table))
         modules[EMBEDDING] = entry
@@ -243,20 +243,3 @@ def _as_linear(weight: torch.Tensor) -> nn.Linear:
     linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
     return linear
 
-
-def _status(description: str, progress: bool) -> AbstractContextManager:
-    """A spinner on stderr while a step without countable parts runs (GPTQ on a large table: ~40 s)."""
-    if not progress:
-        return nullcontext()
-    from rich.console import Console
-
-    return Console(stderr=True).status(description)
-
-
-def _track(items: list, description: str, progress: bool) -> Iterable:
-    if not progress:
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(items, description=description, console=Console(stderr=True), transient=True)
