@@ -124,8 +124,15 @@ def make_pools(n: int, k: int, pool_bytes: int) -> dict[str, Pool]:
     if lowbit.native_available():
         nibbles = (q4[:, 0::2] | (q4[:, 1::2] << 4)).to(torch.uint8)  # [N, K/2], low nibble = even column
         p4 = lowbit.prepack_int4(nibbles, s4, m4, GROUP_SIZE)
+        # 8-bit scale and min codes on per-row steps (the default of `luodi quantize`)
+        codes = (torch.randint(1, 256, s4.shape, generator=gen).to(torch.uint8),
+                 torch.randint(-127, 128, m4.shape, generator=gen).to(torch.int8))
+        steps = (torch.full((n,), 1e-4), torch.full((n,), 1e-4))
+        p4_coded = lowbit.prepack_int4(nibbles, *codes, GROUP_SIZE, steps)
+        int4_coded_bytes = n * k // 2 + 2 * n * (k // GROUP_SIZE) + 8 * n
         pools["luodi_int8"] = pool(lowbit.int8_linear, lowbit.prepack_int8(q8, s8), int8_bytes, pool_bytes)
         pools["luodi_int4"] = pool(lowbit.int4_linear, p4, int4_bytes, pool_bytes)
+        pools["luodi_int4_coded"] = pool(lowbit.int4_linear, p4_coded, int4_coded_bytes, pool_bytes)
         pools["luodi_bf16"] = pool(lowbit.bf16_linear, lowbit.prepack_bf16(w16), 2 * n * k, pool_bytes)
     return pools
 

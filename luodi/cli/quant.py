@@ -43,6 +43,8 @@ def quantize(
     awq: Annotated[bool, typer.Option("--awq", help="int4: activation-aware scaling from the calibration text.")] = False,
     method: Annotated[str, typer.Option(
         help="int4 rounding: 'gptq' (error feedback from the calibration text) or 'rtn' (round-to-nearest).")] = "gptq",
+    scale_bits: Annotated[int, typer.Option(
+        "--scale-bits", help="int4: each group's scale and min as 8-bit codes (4.5 bits a weight) or fp16 (16).")] = 8,
     calib: Annotated[Path | None, typer.Option(help="Calibration text file (default: the built-in text).")] = None,
     out_dir: OutOpt = None,
 ) -> None:
@@ -50,7 +52,7 @@ def quantize(
     from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
 
     options = QuantizeOptions(scheme=scheme, group_size=group_size, alpha=_parse_alpha(alpha), awq=awq,
-                              method=method, calib_file=calib)
+                              method=method, scale_bits=scale_bits, calib_file=calib)
     suffix = f"{scheme}-g{group_size}" if scheme == "int4" else scheme
     result = quantize_model_dir(model, options, out_dir or _default_out(model, suffix), progress=True)
     _print_choices(result.choices)
@@ -78,10 +80,12 @@ def _print_summary(result: Any) -> None:
 
 
 def _describe_scheme(options: dict[str, Any]) -> str:
-    """"int4, group 32, gptq rounding, calibrated on built-in text" and the like."""
+    """"int4, group 32, 8-bit scales, gptq rounding, calibrated on built-in text" and the like."""
     parts = [options["scheme"]]
     if "group_size" in options:
         parts.append(f"group {options['group_size']}")
+    if "scale_bits" in options:
+        parts.append(f"{options['scale_bits']}-bit scales")
     if "method" in options:
         parts.append(f"{options['method']} rounding" + (" after AWQ scaling" if options.get("awq") else ""))
     if "alpha" in options:

@@ -6,7 +6,8 @@ quantized; the stored forms it accepts are
 
 - INT8: `qweight` int8 [N, K], `scales` [N] (per output channel, symmetric): w = q * scale;
 - INT4: `qweight` uint8 [N, K/2] (low nibble = even column), `scales` and `mins` fp16
-  [N, ceil(K/g)], g in {32, 64, 128}: w = q * scale + min, q in 0..15.
+  [N, ceil(K/g)], g in {32, 64, 128}: w = q * scale + min, q in 0..15; or, with per-row steps
+  (fp32 [N] each), uint8 scale codes and int8 min codes: scale = code * scale step, and so the min.
 
 Decode is bound by memory bandwidth (every weight byte is read once per token), so the native
 kernels (`native/lowbit.cpp`, compiled at first use into `$LUODI_HOME/build`) stream a tiled
@@ -15,7 +16,9 @@ one fp32 scale per block (ggml's Q8_0, `quantize_row_q8_0`), and products are su
 `_mm512_dpbusd_epi32`. Packed layouts (16 output rows per tile; N padded to 16, K to 32 or g):
 INT8 `[N/16][K/4][16][4]` bytes holding q + 128; INT4 per tile and group `[g/8][16][4]` bytes
 (low nibble = column k, high = k + 4 within each run of 8 columns) then 16 fp16 scales and 16 fp16
-mins, so a tile is one sequential read.
+mins, so a tile is one sequential read. INT4 with 8-bit codes: the tile starts with its 16 fp32
+scale steps and 16 fp32 min steps, and each group ends in 16 uint8 scale codes and 16 int8 min
+codes (g = 32: 288 bytes a group instead of 320, 4.5 bits a weight instead of 5).
 
 Accuracy. Only x is rounded; the weights are used exactly as stored, and the sums of x that
 multiply weight terms (the INT8 +128 offset, the INT4 min) are sums of the rounded x, so each
@@ -150,13 +153,15 @@ class PackedInt8:
 class PackedInt4:
     """An INT4 weight ready for `int4_linear`: the native tiled layout, or torch's int4pack form."""
 
-    weight: torch.Tensor  # native: uint8 [N/16, G, 8g + 64]; torch: its int4pack [N', K'/2]
+    weight: torch.Tensor  # native: uint8 [N/16, G, 8g + 64] or, coded, [N/16, 128 + G (8g + 32)];
+    # torch: its int4pack [N', K'/2]
     scale_zeros: torch.Tensor | None  # torch only: bf16 [G, N', 2], zero = min + 8 * scale
     out_features: int
     in_features: int
     padded_in_features: int  # G * g
     group_size: int
     is_native: bool
+    coded: bool = False  # native: the tile layout with 8-bit scale and min codes
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -185,7 +190,8 @@ def prepack_int8(qweight: torch.Tensor, scales: torch.Tensor) -> PackedInt8:
     return PackedInt8(tiles.contiguous().view(-1), F.pad(scales, (0, np_ - n)).contiguous(), n, k, kp, True)
 
 
-def _check_int4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int) -> None:
+def _check_int4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+                steps: tuple[torch.Tensor, torch.Tensor] | None) -> None:
     if group_size not in GROUP_SIZES:
         raise ModelFormatError(f"INT4 group size {group_size} is not supported; use one of {GROUP_SIZES}")
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
@@ -195,12 +201,17 @@ def _check_int4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
         )
     n, k = qweight.shape[0], 2 * qweight.shape[1]
     groups = -(-k // group_size)
-    for name, t in (("scales", scales), ("mins", mins)):
-        if tuple(t.shape) != (n, groups) or not t.is_floating_point():
+    kinds = (("scales", "floats"), ("mins", "floats")) if steps is None else \
+        (("scale codes", "uint8"), ("min codes", "int8"))
+    for (name, kind), t in zip(kinds, (scales, mins), strict=True):
+        fits = t.is_floating_point() if steps is None else str(t.dtype) == f"torch.{kind}"
+        if tuple(t.shape) != (n, groups) or not fits:
             raise ModelFormatError(
-                f"INT4 {name} must be floats [{n}, {groups}] (N, ceil(K/{group_size})), got {t.dtype} "
+                f"INT4 {name} must be {kind} [{n}, {groups}] (N, ceil(K/{group_size})), got {t.dtype} "
                 f"{tuple(t.shape)}"
             )
+    if steps is not None and any(tuple(s.shape) != (n,) for s in steps):
+        raise ModelFormatError(f"INT4 scale and min steps must be {n} floats each (one per output row)")
 
 
 def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
@@ -209,34 +220,50 @@ def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
 
 
 def prepack_int4(
-    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+    steps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PackedInt4:
-    """Pack an INT4 weight (nibbles uint8 [N, K/2], scales and mins [N, K/g], kept as fp16)."""
-    _check_int4(qweight, scales, mins, group_size)
+    """Pack an INT4 weight: nibbles uint8 [N, K/2], and per group fp16 scales and mins [N, K/g]
+    or, with `steps` (fp32 scale steps and min steps [N]), their uint8 / int8 codes."""
+    _check_int4(qweight, scales, mins, group_size, steps)
     n, k = qweight.shape[0], 2 * qweight.shape[1]
     kp, np_ = scales.shape[1] * group_size, _round_up(n, TILE)
     codes = F.pad(unpack_nibbles(qweight.detach()), (0, kp - k, 0, np_ - n))  # [N', K']
-    scales, mins = (F.pad(t.detach().half(), (0, 0, 0, np_ - n)) for t in (scales, mins))  # [N', G]
     if not native_available():
+        if steps is not None:  # as the native kernel decodes them: code * step in fp32
+            scales, mins = (c.float() * step.float()[:, None] for c, step in zip((scales, mins), steps, strict=True))
+        scales, mins = (F.pad(t.detach().float(), (0, 0, 0, np_ - n)) for t in (scales, mins))  # [N', G]
         weight, scale_zeros = _torch_int4_form(codes, scales, mins)
         return PackedInt4(weight, scale_zeros, n, k, kp, group_size, False)
-    return PackedInt4(_native_int4_layout(codes, scales, mins, group_size), None, n, k, kp, group_size, True)
+    if steps is None:
+        scales, mins = (F.pad(t.detach().half(), (0, 0, 0, np_ - n)) for t in (scales, mins))  # [N', G]
+        return PackedInt4(_native_int4_layout(codes, scales, mins, group_size), None, n, k, kp, group_size, True)
+    scales, mins = (F.pad(t.detach(), (0, 0, 0, np_ - n)) for t in (scales, mins))  # [N', G]
+    step_pair = [F.pad(t.detach().float(), (0, np_ - n), value=1.0) for t in steps]  # [N'] each
+    weight = _native_int4_layout(codes, scales, mins, group_size, step_pair)
+    return PackedInt4(weight, None, n, k, kp, group_size, True, coded=True)
 
 
 def _native_int4_layout(
-    codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, g: int
+    codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, g: int,
+    steps: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """codes uint8 [N', K'], fp16 scales/mins [N', G] -> uint8 [N'/16, G, 8g + 64] (module docstring)."""
+    """codes uint8 [N', K'] and per group scales / mins [N', G] (fp16, or 8-bit codes with fp32
+    `steps` [N'] each) -> uint8 [N'/16, tile bytes] (module docstring)."""
     np_, kp = codes.shape
     tiles, groups = np_ // TILE, kp // g
     runs = codes.view(np_, groups, g // 8, 2, 4)  # runs of 8 columns: k..k+3, then k+4..k+7
     nibbles = runs[:, :, :, 0] | (runs[:, :, :, 1] << 4)  # [N', G, g/8, 4]
     nibbles = nibbles.view(tiles, TILE, groups, g // 8, 4).permute(0, 2, 3, 1, 4)  # [N'/16, G, g/8, 16, 4]
 
-    def per_tile(t: torch.Tensor) -> torch.Tensor:  # fp16 [N', G] -> bytes [N'/16, G, 32]
+    def per_tile(t: torch.Tensor) -> torch.Tensor:  # [N', G] -> bytes [N'/16, G, 16 * itemsize]
         return t.view(tiles, TILE, groups).transpose(1, 2).contiguous().view(torch.uint8)
 
-    return torch.cat([nibbles.reshape(tiles, groups, 8 * g), per_tile(scales), per_tile(mins)], dim=-1)
+    grouped = torch.cat([nibbles.reshape(tiles, groups, 8 * g), per_tile(scales), per_tile(mins)], dim=-1)
+    if steps is None:
+        return grouped
+    header = torch.cat([t.view(tiles, TILE).view(torch.uint8) for t in steps], dim=-1)  # [N'/16, 128]
+    return torch.cat([header, grouped.view(tiles, -1)], dim=-1)
 
 
 def _torch_int4_form(
@@ -273,7 +300,7 @@ def int4_linear(x: torch.Tensor, packed: PackedInt4, bias: torch.Tensor | None =
         return _torch_int4_linear(x, packed, bias)
     try:
         return _module.int4_linear(x, packed.weight, bias, packed.out_features, packed.in_features,
-                                   packed.padded_in_features, packed.group_size)
+                                   packed.padded_in_features, packed.group_size, packed.coded)
     except ValueError as exc:
         raise InvalidParameterError(f"int4_linear: {exc}") from None
 

@@ -174,7 +174,7 @@ def _linear(native: Any, module: nn.Module | None) -> Any:
         spec.kind, spec.scales, spec.bias = 1, packed.scales, module.native_bias
         spec.per_row = module.scheme == "w8a8"  # SmoothQuant: per-token activation scales
     elif getattr(module, "scheme", None) == "int4" and packed.is_native:
-        spec.kind, spec.bias, spec.group_size = 2, module.native_bias, packed.group_size
+        spec.kind, spec.bias, spec.group_size, spec.coded = 2, module.native_bias, packed.group_size, packed.coded
     else:
         return None
     spec.weight = packed.weight

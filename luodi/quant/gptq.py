@@ -8,7 +8,7 @@ in part by moving the columns not yet rounded. GPTQ (Frantar et al. 2022, "GPTQ:
 Post-Training Quantization for Generative Pre-trained Transformers") does this in one pass with
 the upper Cholesky factor of H⁻¹; each group's grid is chosen from the weights as updated when the
 pass reaches the group, with `luodi.quant.weight_only`'s grid search, so the stored form is the
-one `quantize_int4` writes and every kernel reads.
+one `quantize_int4` writes (fp16, or on a lattice of 8-bit codes) and every kernel reads.
 
 On gemma3-270m int4 g32 (held-out text, fp32) round-to-nearest lost +10.8 % perplexity per byte
 and GPTQ +4.0 %: decoder layers +6.1 % -> +2.8 %, the tied vocabulary table +4.6 % -> +1.2 %.
@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.progress import track_if
-from luodi.quant.weight_only import INT4_LEVELS, as_float_matrix, check_group_size, quantize_int4_groups
+from luodi.quant.weight_only import (
+    INT4_LEVELS,
+    GridSteps,
+    as_float_matrix,
+    check_group_size,
+    quantize_int4_groups,
+)
 
 # H += DAMPING · mean(diag H) · I: keeps H invertible when calibration tokens span fewer
 # directions than the layer has inputs (the GPTQ paper's 1 %).
@@ -115,10 +121,13 @@ def _collect_pass(
     return {name: (sums[owner[name]] / num_tokens).clone() for name in names}
 
 
-def gptq_int4(weight: Tensor, gram: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """INT4 with error feedback: (q uint8 0..15 [N, K], scales fp16 [N, G], mins fp16 [N, G]).
+def gptq_int4(
+    weight: Tensor, gram: Tensor, group_size: int, steps: GridSteps | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """INT4 with error feedback: (q uint8 0..15 [N, K], scales [N, G], mins [N, G]).
 
-    The same stored form as `quantize_int4`; with a diagonal `gram` the two are identical.
+    The same form as `quantize_int4(weight, group_size, steps)`: fp16 grids, or fp32 ones on the
+    lattice of `steps`. With a diagonal `gram` the two are identical.
     """
     w = as_float_matrix(weight).clone()
     n, k = w.shape
@@ -131,11 +140,12 @@ def gptq_int4(weight: Tensor, gram: Tensor, group_size: int) -> tuple[Tensor, Te
     w[:, torch.diagonal(gram) == 0] = 0.0  # inputs never seen: any weight there is as good, and 0 is exact
     hinv = _inverse_cholesky(gram)  # upper [K, K]
     q = torch.empty(n, k, dtype=torch.uint8, device=w.device)
-    scales = torch.empty(n, k // group_size, dtype=torch.float16, device=w.device)
+    grid_dtype = torch.float16 if steps is None else torch.float32
+    scales = torch.empty(n, k // group_size, dtype=grid_dtype, device=w.device)
     mins = torch.empty_like(scales)
     for start in range(0, k, BLOCK_COLUMNS):
         end = min(start + BLOCK_COLUMNS, k)
-        errors = _round_block(w, hinv, start, end, group_size, (q, scales, mins))  # [N, end - start]
+        errors = _round_block(w, hinv, start, end, group_size, steps, (q, scales, mins))  # [N, end - start]
         w[:, end:] -= errors @ hinv[start:end, end:]
     return q, scales, mins
 
@@ -157,7 +167,8 @@ def _inverse_cholesky(gram: Tensor) -> Tensor:
 
 
 def _round_block(
-    w: Tensor, hinv: Tensor, start: int, end: int, group_size: int, out: tuple[Tensor, Tensor, Tensor],
+    w: Tensor, hinv: Tensor, start: int, end: int, group_size: int, steps: GridSteps | None,
+    out: tuple[Tensor, Tensor, Tensor],
 ) -> Tensor:
     """Round columns start..end of w in order, updating the block's later columns; the scaled errors."""
     q_out, scales_out, mins_out = out
@@ -167,7 +178,7 @@ def _round_block(
         column = start + i
         if column % group_size == 0:
             group = column // group_size
-            _, scales, mins = quantize_int4_groups(block[:, i:i + group_size].unsqueeze(1), tuple(w.shape))
+            _, scales, mins = quantize_int4_groups(block[:, i:i + group_size].unsqueeze(1), tuple(w.shape), steps)
             scales_out[:, group], mins_out[:, group] = scales[:, 0], mins[:, 0]
             scale, low = scales[:, 0].float(), mins[:, 0].float()
         q = torch.round((block[:, i] - low) / scale).clamp_(0, INT4_LEVELS)

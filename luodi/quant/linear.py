@@ -51,9 +51,13 @@ from luodi.errors import InvalidParameterError
 from luodi.kernels import lowbit
 from luodi.kernels.linear import can_pack_bf16
 from luodi.quant.weight_only import (
+    DEFAULT_SCALE_BITS,
+    GridSteps,
     check_group_size,
+    check_scale_bits,
     dequantize_int4,
     dequantize_int8,
+    int4_grid_steps,
     pack_int4,
     quantize_int4,
     quantize_int8,
@@ -308,71 +312,107 @@ class Int8Linear(Int8Storage, QuantLinear):
 
 
 class Int4Linear(QuantLinear):
-    """Group-wise asymmetric INT4: `qweight` uint8 [N, K/2] (packed), `scales`, `mins` fp16 [N, K/g]."""
+    """Group-wise asymmetric INT4: `qweight` uint8 [N, K/2] (packed) and each group's scale and min.
+
+    With `scale_bits` 16 those are `scales`, `mins` fp16 [N, K/g]; with 8 they are codes on a
+    per-row lattice (`weight_only.GridSteps`): `scale_codes` uint8 and `min_codes` int8 [N, K/g],
+    `scale_steps` and `min_steps` fp32 [N].
+    """
 
     scheme = "int4"
     gemm_min_rows = 128
     _kernel_buffers = ("kernel_weight", "kernel_scales_and_zeros", "kernel_scales", "kernel_mins")
     qweight: Tensor
-    scales: Tensor
-    mins: Tensor
     kernel_weight: Tensor  # torch's int4 CPU layout, made by finalize
     kernel_scales_and_zeros: Tensor  # bf16 [G, N', 2]
     kernel_scales: Tensor  # bf16 [N, G]
     kernel_mins: Tensor  # bf16 [N, G]
 
+    # Files written before 8-bit scale codes existed name no scale_bits: their grids are fp16.
     def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype,
-                 device: torch.device | str = "meta", group_size: int = 32) -> None:
+                 device: torch.device | str = "meta", group_size: int = 32, scale_bits: int = 16) -> None:
         check_group_size(out_features, in_features, group_size)
+        check_scale_bits(scale_bits)
         super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
-        self.group_size = group_size
-        num_groups = in_features // group_size
-        packed, grouped = (out_features, in_features // 2), (out_features, num_groups)
-        self.register_buffer("qweight", torch.empty(packed, dtype=torch.uint8, device=device))
-        self.register_buffer("scales", torch.empty(grouped, dtype=torch.float16, device=device))
-        self.register_buffer("mins", torch.empty(grouped, dtype=torch.float16, device=device))
+        self.group_size, self.scale_bits = group_size, scale_bits
+        grouped = (out_features, in_features // group_size)
+        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        if scale_bits == 16:
+            self.register_buffer("scales", torch.empty(grouped, dtype=torch.float16, device=device))
+            self.register_buffer("mins", torch.empty(grouped, dtype=torch.float16, device=device))
+        else:
+            self.register_buffer("scale_codes", torch.empty(grouped, dtype=torch.uint8, device=device))
+            self.register_buffer("min_codes", torch.empty(grouped, dtype=torch.int8, device=device))
+            self.register_buffer("scale_steps", torch.empty(out_features, dtype=torch.float32, device=device))
+            self.register_buffer("min_steps", torch.empty(out_features, dtype=torch.float32, device=device))
 
     def options(self) -> dict[str, Any]:
-        return {"group_size": self.group_size}
+        return {"group_size": self.group_size, "scale_bits": self.scale_bits}
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **options: Any) -> Self:
         group_size = options.pop("group_size", 32)
+        scale_bits = options.pop("scale_bits", DEFAULT_SCALE_BITS)
         _no_options(cls, options)
-        return cls.from_quantized(linear, quantize_int4(linear.weight, group_size), group_size)
+        check_scale_bits(scale_bits)
+        steps = int4_grid_steps(linear.weight, group_size) if scale_bits == 8 else None
+        return cls.from_quantized(linear, quantize_int4(linear.weight, group_size, steps), group_size, steps)
 
     @classmethod
-    def from_quantized(cls, linear: nn.Linear, quantized: tuple[Tensor, Tensor, Tensor], group_size: int) -> Self:
+    def from_quantized(cls, linear: nn.Linear, quantized: tuple[Tensor, Tensor, Tensor], group_size: int,
+                       steps: GridSteps | None = None) -> Self:
         """The layer storing `quantized` = (q, scales, mins) as `quantize_int4` (or GPTQ) made them for
-        `linear`'s weight; the bias is `linear`'s."""
+        `linear`'s weight, on the lattice of `steps` if given; the bias is `linear`'s."""
         layer = cls.empty(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                          dtype=linear.weight.dtype, device="meta", group_size=group_size)
+                          dtype=linear.weight.dtype, device="meta", group_size=group_size,
+                          scale_bits=16 if steps is None else 8)
         q, scales, mins = quantized
-        state = _state(qweight=pack_int4(q), scales=scales, mins=mins, bias=_float_bias(linear))
-        layer.load_state_dict(state, assign=True)
+        if steps is None:
+            grid = {"scales": scales, "mins": mins}
+        else:
+            scale_codes, min_codes = steps.encode(scales, mins)
+            grid = {"scale_codes": scale_codes, "min_codes": min_codes, "scale_steps": steps.scale,
+                    "min_steps": steps.min}
+        layer.load_state_dict(_state(qweight=pack_int4(q), bias=_float_bias(linear), **grid), assign=True)
         return layer
 
+    @property
+    def steps(self) -> GridSteps | None:
+        """The lattice of the 8-bit scale codes (None for fp16 grids)."""
+        return None if self.scale_bits == 16 else GridSteps(self.scale_steps, self.min_steps)
+
+    def grid(self, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """Each group's (scale, min) for `rows`: [n, G] each, fp16 values or decoded fp32 ones."""
+        if self.steps is None:
+            return self.scales[rows], self.mins[rows]
+        return self.steps.rows(rows).decode(self.scale_codes[rows], self.min_codes[rows])
+
     def dequantize(self) -> Tensor:
-        return dequantize_int4(unpack_int4(self.qweight), self.scales, self.mins, self.group_size)
+        return dequantize_int4(unpack_int4(self.qweight), *self.grid(), self.group_size)
 
     def dequantize_rows(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
         flat = ids.reshape(-1)
         q = unpack_int4(self.qweight[flat])  # [T, K]
-        rows = dequantize_int4(q, self.scales[flat], self.mins[flat], self.group_size)
+        rows = dequantize_int4(q, *self.grid(flat), self.group_size)
         return rows.to(dtype).reshape(*ids.shape, self.in_features)  # [*ids, K]
 
     def _prepare_cpu_kernel(self) -> bool:
         # The kernel computes w = (q - 8) * scale + zero per group (aten/native/cpu/int4mm_kernel.cpp),
         # so zero = min + 8 * scale; tests/quant/test_linear.py checks this against dequantize().
         # Its packing needs N % 16 == 0: pad with zero-scale rows and slice them off the output.
-        self.register_buffer("kernel_scales", self.scales.to(torch.bfloat16), persistent=False)  # [N, G]
-        self.register_buffer("kernel_mins", self.mins.to(torch.bfloat16), persistent=False)  # [N, G]
+        scales, mins = self.grid()
+        self.register_buffer("kernel_scales", scales.to(torch.bfloat16), persistent=False)  # [N, G]
+        self.register_buffer("kernel_mins", mins.to(torch.bfloat16), persistent=False)  # [N, G]
         if lowbit.native_available():
-            self.native = lowbit.prepack_int4(self.qweight, self.scales, self.mins, self.group_size)
+            if self.steps is None:
+                self.native = lowbit.prepack_int4(self.qweight, scales, mins, self.group_size)
+            else:
+                self.native = lowbit.prepack_int4(self.qweight, self.scale_codes, self.min_codes, self.group_size,
+                                                  self.steps)
             return True
         n, padded = self.out_features, -(-self.out_features // 16) * 16
         q = F.pad(unpack_int4(self.qweight).to(torch.int32), (0, 0, 0, padded - n))  # [N', K]
-        scales, mins = self.scales.float(), self.mins.float()
+        scales, mins = scales.float(), mins.float()
         scales_and_zeros = torch.stack((scales, mins + 8 * scales), dim=-1)  # [N, G, 2]
         scales_and_zeros = F.pad(scales_and_zeros, (0, 0, 0, 0, 0, padded - n))  # [N', G, 2]
         kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)

@@ -20,6 +20,7 @@ from torch import nn
 from luodi.errors import InvalidParameterError
 from luodi.progress import status_if, track_if
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
+from luodi.quant.weight_only import DEFAULT_SCALE_BITS, SCALE_BITS
 
 SCHEMES = ("int8", "int4", "w8a8")
 INT4_METHODS = ("gptq", "rtn")  # error feedback from calibration inputs | plain round-to-nearest
@@ -33,6 +34,7 @@ class QuantizeOptions:
     alpha: float | str = "auto"  # w8a8: "auto" (per layer, grid search) or a fixed alpha in [0, 1]
     awq: bool = False  # int4: activation-aware scaling from the calibration text
     method: str = "gptq"  # int4: one of INT4_METHODS
+    scale_bits: int = DEFAULT_SCALE_BITS  # int4: each group's scale and min as fp16 (16) or 8-bit codes
     calib_file: Path | None = None  # None: the calibration text bundled with Luodi
     calib_seq_len: int = 256
     calib_max_seqs: int = 32
@@ -43,6 +45,10 @@ class QuantizeOptions:
         if self.group_size not in GROUP_SIZES:
             raise InvalidParameterError(
                 f"--group-size {self.group_size} is not one of {', '.join(map(str, GROUP_SIZES))}", "group_size"
+            )
+        if self.scale_bits not in SCALE_BITS:
+            raise InvalidParameterError(
+                f"--scale-bits {self.scale_bits} is not one of {', '.join(map(str, SCALE_BITS))}", "scale_bits"
             )
         if self.method not in INT4_METHODS:
             raise InvalidParameterError(f"--method {self.method!r} is not one of {', '.join(INT4_METHODS)}", "method")
@@ -65,7 +71,8 @@ class QuantizeOptions:
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"scheme": self.scheme}
         if self.scheme == "int4":
-            described.update(group_size=self.group_size, method=self.method, awq=self.awq)
+            described.update(group_size=self.group_size, scale_bits=self.scale_bits, method=self.method,
+                             awq=self.awq)
         if self.scheme == "w8a8":
             described["alpha"] = self.alpha
         if self.needs_calibration:
@@ -193,12 +200,12 @@ def quantize_modules(
     modules: dict[str, dict] = {}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")]
     for name, linear in track_if(linears, "quantizing layers", progress):
-        entry = _entry(layer_scheme, linear.in_features, options.group_size)
+        entry = _entry(layer_scheme, linear.in_features, options)
         set_module(model, name, _quantize_linear(linear, entry, grams.get(name)))
         modules[name] = entry
     embedding = model.get_submodule(EMBEDDING)
     tied = model.config.tie_word_embeddings
-    entry = _entry(table_scheme, embedding.weight.shape[1], options.group_size)
+    entry = _entry(table_scheme, embedding.weight.shape[1], options)
     # GPTQ on a large table runs a while without countable parts (~40 s on gemma3's 262k rows).
     with status_if(f"quantizing the {embedding.weight.shape[0]}-token vocabulary table(s)", progress):
         table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
@@ -207,7 +214,7 @@ def quantize_modules(
         if tied:
             model.lm_head = table
         else:
-            entry = _entry(table_scheme, model.lm_head.in_features, options.group_size)
+            entry = _entry(table_scheme, model.lm_head.in_features, options)
             model.lm_head = _quantize_linear(model.lm_head, entry, grams.get("lm_head"))
             modules["lm_head"] = entry
     return modules
@@ -217,21 +224,24 @@ def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tenso
     """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given."""
     from luodi.quant.gptq import gptq_int4
     from luodi.quant.linear import Int4Linear
+    from luodi.quant.weight_only import int4_grid_steps
 
     if entry["scheme"] == "int4" and gram is not None:
         group_size = entry["group_size"]
-        return Int4Linear.from_quantized(linear, gptq_int4(linear.weight, gram, group_size), group_size)
+        steps = int4_grid_steps(linear.weight, group_size) if entry["scale_bits"] == 8 else None
+        quantized = gptq_int4(linear.weight, gram, group_size, steps)
+        return Int4Linear.from_quantized(linear, quantized, group_size, steps)
     return module_classes()[entry["scheme"]].from_float(linear, **_options_of(entry))
 
 
-def _entry(scheme: str, in_features: int, group_size: int) -> dict[str, Any]:
+def _entry(scheme: str, in_features: int, options: QuantizeOptions) -> dict[str, Any]:
     """A module's scheme and options; int4 falls back to the largest group size that divides K."""
     if scheme != "int4":
         return {"scheme": scheme}
-    fitting = [g for g in GROUP_SIZES if g <= group_size and in_features % g == 0]
+    fitting = [g for g in GROUP_SIZES if g <= options.group_size and in_features % g == 0]
     if not fitting:
         return {"scheme": "int8"}  # K not a multiple of 32: per-channel int8 instead
-    return {"scheme": "int4", "group_size": max(fitting)}
+    return {"scheme": "int4", "group_size": max(fitting), "scale_bits": options.scale_bits}
 
 
 def _options_of(entry: dict[str, Any]) -> dict[str, Any]:

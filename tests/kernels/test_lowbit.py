@@ -56,6 +56,20 @@ def stored_int4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, to
     return q[:, 0::2] | (q[:, 1::2] << 4), scales, mins
 
 
+def coded_int4(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """`stored_int4` with each group's scale and min as 8-bit codes on a per-row lattice:
+    (nibbles, scale codes uint8 [N, G], min codes int8 [N, G], (scale steps, min steps) fp32 [N])."""
+    nibbles, scales, mins = stored_int4(w, g)
+    steps = (scales.float().amax(1) / 255, mins.float().abs().amax(1) / 127)
+    scale_codes = torch.round(scales.float() / steps[0][:, None]).clamp(1, 255).to(torch.uint8)
+    min_codes = torch.round(mins.float() / steps[1][:, None]).clamp(-127, 127).to(torch.int8)
+    return nibbles, scale_codes, min_codes, steps
+
+
+def decoded(scale_codes: torch.Tensor, min_codes: torch.Tensor, steps: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    return scale_codes.float() * steps[0][:, None], min_codes.float() * steps[1][:, None]
+
+
 def codes(nibbles: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K/2] -> float q [N, K]; the low nibble is the even column."""
     q = torch.empty(nibbles.shape[0], 2 * nibbles.shape[1])
@@ -142,6 +156,19 @@ def test_int4_matches_float_reference(m: int, group_size: int) -> None:
     x = activations(m, k, torch.bfloat16 if m % 2 else torch.float32)
     y = lowbit.int4_linear(x, lowbit.prepack_int4(nibbles, scales, mins, group_size))
     assert_within_activation_bound(y, x, dequant_int4(nibbles, scales, mins, group_size))
+
+
+@needs_native
+@pytest.mark.parametrize("m", [1, 4, 9])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_with_coded_scales_matches_float_reference(m: int, group_size: int) -> None:
+    k = 320
+    nibbles, scale_codes, min_codes, steps = coded_int4(weights(N, k), group_size)
+    x = activations(m, k, torch.bfloat16 if m % 2 else torch.float32)
+    packed = lowbit.prepack_int4(nibbles, scale_codes, min_codes, group_size, steps)
+    assert packed.coded
+    y = lowbit.int4_linear(x, packed)
+    assert_within_activation_bound(y, x, dequant_int4(nibbles, *decoded(scale_codes, min_codes, steps), group_size))
 
 
 @needs_native
@@ -254,6 +281,17 @@ def test_fallback_int4_matches_reference(without_native: None, group_size: int) 
     assert y.shape == (3, N) and ((y.double() - ref).abs() <= tol).all()
 
 
+def test_fallback_int4_decodes_coded_scales(without_native: None) -> None:
+    nibbles, scale_codes, min_codes, steps = coded_int4(weights(N, 256), 32)
+    x = activations(3, 256, torch.bfloat16)
+    packed = lowbit.prepack_int4(nibbles, scale_codes, min_codes, 32, steps)
+    assert not packed.is_native
+    w = fallback_int4_reference(nibbles, *decoded(scale_codes, min_codes, steps), 32)
+    ref = reference(x, w, None)
+    tol = FP32_SUM_EPS * (x.double().abs() @ w.double().abs().T) + OUTPUT_ULP[x.dtype] * ref.abs() + 1e-5
+    assert ((lowbit.int4_linear(x, packed).double() - ref).abs() <= tol).all()
+
+
 @needs_native
 def test_fallback_agrees_with_native(monkeypatch: pytest.MonkeyPatch) -> None:
     w = weights(N, 256)
@@ -319,6 +357,14 @@ def test_bad_stored_forms_name_the_problem() -> None:
         lowbit.prepack_int4(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 2), torch.ones(4, 2), 48)
     with pytest.raises(ModelFormatError, match=r"\[4, 3\]"):
         lowbit.prepack_int4(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 2), torch.ones(4, 2), 32)
+    nibbles, steps = torch.zeros(4, 48, dtype=torch.uint8), (torch.ones(4), torch.ones(4))
+    codes8 = torch.ones(4, 3, dtype=torch.uint8), torch.ones(4, 3, dtype=torch.int8)
+    with pytest.raises(ModelFormatError, match="scale codes must be uint8"):
+        lowbit.prepack_int4(nibbles, torch.ones(4, 3), codes8[1], 32, steps)
+    with pytest.raises(ModelFormatError, match="min codes must be int8"):
+        lowbit.prepack_int4(nibbles, codes8[0], codes8[0], 32, steps)
+    with pytest.raises(ModelFormatError, match="steps"):
+        lowbit.prepack_int4(nibbles, *codes8, 32, (torch.ones(3), torch.ones(4)))
 
 
 def test_bad_inputs_name_the_problem() -> None:

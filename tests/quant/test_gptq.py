@@ -23,7 +23,13 @@ from luodi.quant import gptq
 from luodi.quant.gptq import DAMPING, collect_input_grams, gptq_int4
 from luodi.quant.linear import Int4Linear, QuantEmbedding
 from luodi.quant.quantize import QuantizeOptions, quantize_modules
-from luodi.quant.weight_only import INT4_LEVELS, dequantize_int4, quantize_int4, quantize_int4_groups
+from luodi.quant.weight_only import (
+    INT4_LEVELS,
+    dequantize_int4,
+    int4_grid_steps,
+    quantize_int4,
+    quantize_int4_groups,
+)
 
 from test_smoothquant import sequences, tiny_model
 
@@ -164,18 +170,21 @@ def test_quantize_modules_rounds_each_layer_with_its_gram(model_type):
     original = copy.deepcopy(model)
     quantize_modules(model, QuantizeOptions(scheme="int4"), grams=grams)
 
-    down = "model.layers.1.mlp.down_proj"
-    expected = gptq_int4(original.get_submodule(down).weight, grams[down], 32)
-    assert isinstance(model.get_submodule(down), Int4Linear)
-    assert torch.equal(model.get_submodule(down).dequantize(), dequantize_int4(*expected, 32))
-    head = gptq_int4(original.lm_head.weight, grams["lm_head"], 32)
-    assert torch.equal(model.lm_head.dequantize(), dequantize_int4(*head, 32))
+    def gptq(weight):  # the default: grids on the lattice of 8-bit codes
+        return dequantize_int4(*gptq_int4(weight, grams[name], 32, int4_grid_steps(weight, 32)), 32)
+
+    name = "model.layers.1.mlp.down_proj"
+    assert isinstance(model.get_submodule(name), Int4Linear)
+    assert torch.equal(model.get_submodule(name).dequantize(), gptq(original.get_submodule(name).weight))
+    name = "lm_head"
+    assert torch.equal(model.lm_head.dequantize(), gptq(original.lm_head.weight))
     table = model.model.embed_tokens
     assert isinstance(table, QuantEmbedding)
     if model_type == "gemma3_text":  # tied: the table is the lm_head, rounded for the logits
         assert table.table is model.lm_head
     else:  # an input-only table has no matmul to feed back into: round-to-nearest
-        rtn = quantize_int4(original.model.embed_tokens.weight, 32)
+        weight = original.model.embed_tokens.weight
+        rtn = quantize_int4(weight, 32, int4_grid_steps(weight, 32))
         assert torch.equal(table.table.dequantize(), dequantize_int4(*rtn, 32))
 
 

@@ -35,8 +35,11 @@ from luodi.quant.linear import Int4Linear, Int8Linear, QuantEmbedding, QuantLine
 from luodi.quant.weight_only import pack_int4
 
 K = 256
-SCHEMES = [("int8", {}), *(("int4", {"group_size": g}) for g in (32, 64, 128))]
-SCHEME_IDS = ["int8", "int4-g32", "int4-g64", "int4-g128"]
+SCHEMES = [
+    ("int8", {}), *(("int4", {"group_size": g, "scale_bits": 8}) for g in (32, 64, 128)),
+    ("int4", {"group_size": 32, "scale_bits": 16}),
+]
+SCHEME_IDS = ["int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-fp16-grid"]
 CLASSES: dict[str, type[QuantLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
 
 
@@ -62,8 +65,9 @@ def abs_weight_bound(layer: QuantLinear) -> torch.Tensor:
     w = layer.dequantize().double().abs()
     if isinstance(layer, Int4Linear):
         g = layer.group_size
-        s = layer.scales.double().repeat_interleave(g, dim=1)
-        z = (layer.mins.double() + 8 * layer.scales.double()).repeat_interleave(g, dim=1)
+        scales, mins = (t.double() for t in layer.grid())
+        s = scales.repeat_interleave(g, dim=1)
+        z = (mins + 8 * scales).repeat_interleave(g, dim=1)
         w = w + 8 * s + z.abs()
     return w
 
@@ -119,33 +123,39 @@ def test_forward_keeps_leading_dimensions_and_works_without_bias(scheme: str, op
     assert_matches_oracle(layer, x.view(6, K), y.view(6, 48), bf16_paths=True)
 
 
-def exact_layer(scheme: str, group_size: int, out_features: int) -> QuantLinear:
-    """Random stored values whose dequantized weights, and any one-hot product, are exact in bf16."""
+def exact_layer(scheme: str, options: dict, out_features: int) -> QuantLinear:
+    """Random stored values whose dequantized weights, and any one-hot product, are exact in bf16:
+    scales 1, 1/2, 1/4 and mins in steps of 1/4 down to -4 (fp16 values, or codes and steps)."""
     gen = torch.Generator().manual_seed(3)
-    layer = CLASSES[scheme].empty(K, out_features, bias=False, dtype=torch.bfloat16, device="cpu",
-                                  **({"group_size": group_size} if scheme == "int4" else {}))
+    layer = CLASSES[scheme].empty(K, out_features, bias=False, dtype=torch.bfloat16, device="cpu", **options)
     if scheme == "int8":
         qweight = torch.randint(-127, 128, (out_features, K), generator=gen, dtype=torch.int8)
         scales = 2.0 ** -torch.randint(0, 8, (out_features,), generator=gen).float()
         layer.load_state_dict({"qweight": qweight, "scales": scales}, assign=True)
+        return layer
+    shape = (out_features, K // options["group_size"])
+    q = torch.randint(0, 16, (out_features, K), generator=gen, dtype=torch.uint8)
+    scale_codes = 2 ** torch.randint(0, 3, shape, generator=gen)  # 1, 2, 4 quarters
+    min_codes = torch.randint(-16, 1, shape, generator=gen)  # quarters
+    if options["scale_bits"] == 16:
+        grid = {"scales": (scale_codes / 4).half(), "mins": (min_codes / 4).half()}
     else:
-        shape = (out_features, K // group_size)
-        q = torch.randint(0, 16, (out_features, K), generator=gen, dtype=torch.uint8)
-        scales = (2.0 ** -torch.randint(0, 3, shape, generator=gen).float()).half()
-        mins = (torch.randint(-16, 1, shape, generator=gen) / 4).half()
-        layer.load_state_dict({"qweight": pack_int4(q), "scales": scales, "mins": mins}, assign=True)
+        quarters = torch.full((out_features,), 0.25)
+        grid = {"scale_codes": scale_codes.to(torch.uint8), "min_codes": min_codes.to(torch.int8),
+                "scale_steps": quarters, "min_steps": quarters.clone()}
+    layer.load_state_dict({"qweight": pack_int4(q), **grid}, assign=True)
     return layer
 
 
 @pytest.mark.skipif(not can_pack_bf16(), reason="no bf16 CPU kernels on this machine")
-@pytest.mark.parametrize("scheme,group_size", [("int8", 0), ("int4", 32), ("int4", 64), ("int4", 128)])
+@pytest.mark.parametrize("scheme,options", SCHEMES, ids=SCHEME_IDS)
 @pytest.mark.parametrize("out_features", [64, 40])  # 40: the INT4 kernel's N % 16 padding
 @pytest.mark.parametrize("path", ["kernel", "gemm"])
 def test_kernel_semantics_are_exact(
-    scheme: str, group_size: int, out_features: int, path: str, small_chunks: None,
+    scheme: str, options: dict, out_features: int, path: str, small_chunks: None,
 ) -> None:
     """One-hot rows pick single weights: the kernel must reproduce dequantize() bit for bit."""
-    layer = exact_layer(scheme, group_size, out_features)
+    layer = exact_layer(scheme, options, out_features)
     layer.finalize()
     assert layer.has_kernel
     set_path(layer, path)
@@ -190,7 +200,10 @@ def test_saved_state_dict_reloads_into_empty_module_exactly(
     scheme: str, options: dict, tmp_path: Path,
 ) -> None:
     layer = quantized(scheme, options).to(torch.bfloat16)
-    expected_keys = {"qweight", "scales", "bias"} | ({"mins"} if scheme == "int4" else set())
+    expected_keys = {"qweight", "bias"} | (
+        {"scales"} if scheme == "int8" else
+        {"scales", "mins"} if options["scale_bits"] == 16 else {"scale_codes", "min_codes", "scale_steps", "min_steps"}
+    )
     x = torch.randn(3, K).bfloat16()
     reference_out = layer(x)
     layer.finalize()
@@ -217,8 +230,14 @@ def test_stored_dtypes_and_shapes(scheme: str, options: dict) -> None:
     else:
         groups = K // options["group_size"]
         assert layer.qweight.dtype == torch.uint8 and layer.qweight.shape == (24, K // 2)
-        assert layer.scales.dtype == layer.mins.dtype == torch.float16
-        assert layer.scales.shape == layer.mins.shape == (24, groups)
+        if options["scale_bits"] == 16:
+            assert layer.scales.dtype == layer.mins.dtype == torch.float16
+            assert layer.scales.shape == layer.mins.shape == (24, groups)
+        else:
+            assert layer.scale_codes.dtype == torch.uint8 and layer.min_codes.dtype == torch.int8
+            assert layer.scale_codes.shape == layer.min_codes.shape == (24, groups)
+            assert layer.scale_steps.dtype == layer.min_steps.dtype == torch.float32
+            assert layer.scale_steps.shape == layer.min_steps.shape == (24,)
     assert layer.bias is not None and layer.bias.dtype == torch.float32
 
 
@@ -240,6 +259,17 @@ def test_finalize_on_meta_makes_no_kernel() -> None:
 def test_int4_rejects_a_bad_group_size() -> None:
     with pytest.raises(InvalidParameterError, match=r"\[16, 256\]"):
         Int4Linear.from_float(float_linear(16), group_size=48)
+
+
+def test_int4_rejects_bad_scale_bits() -> None:
+    with pytest.raises(InvalidParameterError, match="scale bits 12"):
+        Int4Linear.from_float(float_linear(16), group_size=32, scale_bits=12)
+
+
+def test_int4_without_scale_bits_is_the_fp16_grid_of_older_files() -> None:
+    layer = Int4Linear.empty(K, 32, bias=False, dtype=torch.bfloat16, group_size=64)
+    assert layer.scale_bits == 16 and set(layer.state_dict()) == {"qweight", "scales", "mins"}
+    assert Int4Linear.from_float(float_linear(16)).scale_bits == 8  # new layers: 8-bit codes
 
 
 def test_int8_rejects_options() -> None:

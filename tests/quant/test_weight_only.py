@@ -23,8 +23,10 @@ import torch
 
 from luodi.errors import InvalidParameterError
 from luodi.quant.weight_only import (
+    GridSteps,
     dequantize_int4,
     dequantize_int8,
+    int4_grid_steps,
     pack_int4,
     quantize_int4,
     quantize_int8,
@@ -135,6 +137,60 @@ def test_int4_zero_row_and_constant_groups() -> None:
     # 0.3 is not an fp16 number, so its group gets a tiny positive step and stays within it
     assert float((restored[7, :128] - 0.3).abs().max()) <= float(scales[7, :4].max()) / 2 + 1e-7
     assert bool(torch.isfinite(scales.float()).all() and torch.isfinite(mins.float()).all())
+
+
+# -- 8-bit scale codes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_int4_on_the_lattice_covers_each_group_and_round_trips_its_codes(group_size: int) -> None:
+    """On the lattice of `int4_grid_steps`, each grid still covers its group (min rounded down,
+    scale up; the steps leave the row's largest scale and |min| just inside the code ranges), so
+    round-to-nearest keeps |w - ŵ| <= scale / 2; and the values encode to codes and back exactly."""
+    w = hard_weight()
+    n, k = w.shape
+    steps = int4_grid_steps(w, group_size)
+    _, fp16_scales, fp16_mins = quantize_int4(w, group_size)
+    nonzero = fp16_mins.float().abs().amax(1) > 0  # all but the zero row (its steps are 1)
+    assert float(steps.min[3]) == 1.0
+    min_step = fp16_mins.float().abs().amax(1) * (1 + 2**-16) / 127
+    assert torch.equal(steps.min[nonzero], min_step[nonzero])
+    widest = fp16_scales.float().amax(1) + min_step / 8
+    assert torch.equal(steps.scale[nonzero], (widest * (1 + 2**-16) / 255)[nonzero])
+    q, scales, mins = quantize_int4(w, group_size, steps)
+    assert scales.dtype == mins.dtype == torch.float32
+    scale_codes, min_codes = steps.encode(scales, mins)
+    assert scale_codes.dtype == torch.uint8 and min_codes.dtype == torch.int8
+    assert int(scale_codes.min()) >= 1 and int(min_codes.abs().max()) <= 127
+    decoded = steps.decode(scale_codes, min_codes)
+    assert torch.equal(decoded[0], scales) and torch.equal(decoded[1], mins)  # bit for bit
+    groups = w.double().view(n, k // group_size, group_size)
+    assert bool((mins.double() <= groups.amin(dim=2)).all())
+    assert bool((mins.double() + 15 * scales.double() >= groups.amax(dim=2)).all())
+    s = scales.repeat_interleave(group_size, dim=1)
+    err = (w - dequantize_int4(q, scales, mins, group_size)).abs()
+    assert bool((err <= s / 2 + U * (32 * s + w.abs()) + 1e-9).all()), float((err - s / 2).max())
+
+
+def test_int4_lattice_costs_little_over_fp16_grids() -> None:
+    """On Gaussian weights the 8-bit codes add only a few percent to the squared error of fp16
+    grids (each group's grid is coarser by at most one lattice step of its scale and min)."""
+    w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(1)) * 0.02
+
+    def mse(steps: GridSteps | None) -> float:
+        return float((dequantize_int4(*quantize_int4(w, 32, steps), 32) - w).square().mean())
+
+    fp16, coded = mse(None), mse(int4_grid_steps(w, 32))
+    assert fp16 <= coded < 1.05 * fp16
+
+
+def test_int4_lattice_clamps_grids_beyond_its_code_range() -> None:
+    """Steps made for another weight (GPTQ's updated columns can outgrow their row's) clamp codes
+    to their ranges rather than wrap around."""
+    w = hard_weight()
+    small = int4_grid_steps(w * 0.01, 32)
+    q, scales, mins = quantize_int4(w, 32, small)
+    scale_codes, min_codes = small.encode(scales, mins)
+    assert int(scale_codes.max()) == 255 and int(min_codes.min()) == -127
+    assert torch.equal(small.decode(scale_codes, min_codes)[0], scales)
 
 
 @pytest.mark.parametrize("group_size", [16, 48, 256])

@@ -21,7 +21,7 @@ struct LowbitApi {
   at::Tensor (*int8_linear)(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const OptTensor& bias,
                             int64_t n, int64_t k, int64_t kp, bool per_row);
   at::Tensor (*int4_linear)(const at::Tensor& x, const at::Tensor& w, const OptTensor& bias, int64_t n, int64_t k,
-                            int64_t kp, int64_t group_size);
+                            int64_t kp, int64_t group_size, bool coded);
   at::Tensor (*bf16_linear)(const at::Tensor& x, const at::Tensor& w, const OptTensor& bias, int64_t n, int64_t k,
                             int64_t kp);
 };

@@ -36,6 +36,7 @@ struct Linear {
   OptTensor bias;  // fp32
   int64_t out_features = 0, in_features = 0, padded_in_features = 0, group_size = 0;
   bool per_row = false;  // INT8: one activation scale per row (SmoothQuant W8A8), not per 32 columns
+  bool coded = false;    // INT4: 8-bit scale and min codes (lowbit.cpp's coded tile layout)
 };
 
 struct Norm {
@@ -111,7 +112,7 @@ class LayerStack {
                                     l.padded_in_features, l.per_row);
       case kInt4:
         return lowbit_->int4_linear(x, l.weight, l.bias, l.out_features, l.in_features, l.padded_in_features,
-                                    l.group_size);
+                                    l.group_size, l.coded);
       default:
         return lowbit_->bf16_linear(x, l.weight, l.bias, l.out_features, l.in_features, l.padded_in_features);
     }
@@ -177,7 +178,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("in_features", &Linear::in_features)
       .def_readwrite("padded_in_features", &Linear::padded_in_features)
       .def_readwrite("group_size", &Linear::group_size)
-      .def_readwrite("per_row", &Linear::per_row);
+      .def_readwrite("per_row", &Linear::per_row)
+      .def_readwrite("coded", &Linear::coded);
   py::class_<Norm>(m, "Norm")
       .def(py::init<>())
       .def_readwrite("weight", &Norm::weight)

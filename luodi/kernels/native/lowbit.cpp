@@ -16,7 +16,9 @@
 // Tiles: 16 output rows share one zmm (one int32 lane per row), each lane reading 4 consecutive k.
 // INT8 tile: [Kp / 4][16 rows][4 k] bytes. INT4 tile, per group of g columns: [g / 8][16 rows][4]
 // bytes (low nibble = k, high nibble = k + 4 within each run of 8), then 16 fp16 scales and 16
-// fp16 mins. A thread streams whole tiles front to back, so weights are read once, sequentially.
+// fp16 mins; or, coded, a tile header of 16 fp32 scale steps and 16 fp32 min steps, and per group
+// 16 uint8 scale codes and 16 int8 min codes (scale = code * step). A thread streams whole tiles
+// front to back, so weights are read once, sequentially.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -225,22 +227,47 @@ inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* 
 }
 
 // -- INT4 weights ---------------------------------------------------------------------------------
-// One tile: 16 output rows x M activation rows, groups of g columns, each followed by its
-// 16 fp16 scales and 16 fp16 mins.
-template <int M, typename T>
+constexpr int64_t kInt4StepBytes = 2 * kTile * 4;  // coded tile header: fp32 scale and min steps
+
+inline int64_t int4_group_bytes(int64_t group_size, bool coded) {
+  return group_size * kTile / 2 + (coded ? 2 : 4) * kTile;
+}
+
+// A group's 16 scales and 16 mins, from fp16 values or from codes times the tile's steps.
+template <bool Coded>
+inline void int4_group_grid(const uint8_t* p, __m512 scale_step, __m512 min_step, __m512& scale, __m512& min) {
+  if constexpr (Coded) {
+    const __m128i scale_codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i min_codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kTile));
+    scale = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scale_codes)), scale_step);
+    min = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(min_codes)), min_step);
+  } else {
+    scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    min = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * kTile)));
+  }
+}
+
+// One tile: 16 output rows x M activation rows, groups of g columns, each followed by its grid.
+template <int M, bool Coded, typename T>
 inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group_size, const float* bias,
                       T* y, int64_t n_out, int64_t n0) {
   const int64_t blocks_per_group = group_size / kBlock;
-  const int64_t group_bytes = group_size * kTile / 2 + 4 * kTile;
+  const int64_t group_bytes = int4_group_bytes(group_size, Coded);
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+  __m512 scale_step = _mm512_setzero_ps(), min_step = _mm512_setzero_ps();
+  if constexpr (Coded) {
+    scale_step = _mm512_loadu_ps(reinterpret_cast<const float*>(w));
+    min_step = _mm512_loadu_ps(reinterpret_cast<const float*>(w) + kTile);
+    w += kInt4StepBytes;
+  }
   __m512 acc[M];
   for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < kp / group_size; ++g) {
     const uint8_t* wg = w + g * group_bytes;
-    const uint8_t* scales_mins = wg + group_size * kTile / 2;
-    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales_mins)));
-    const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales_mins + 32)));
-    prefetch(scales_mins);
+    const uint8_t* grid = wg + group_size * kTile / 2;
+    __m512 scale, min;
+    int4_group_grid<Coded>(grid, scale_step, min_step, scale, min);
+    prefetch(grid);
     for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
       const int64_t b = g * blocks_per_group + bg;
       const int8_t* xb = x.q + b * kBlock * M;
@@ -476,9 +503,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return call.y;
 }
 
+// coded: the tile layout with 8-bit scale and min codes (prepack_int4 with steps).
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                       int64_t n, int64_t k, int64_t kp, int64_t group_size) {
-  const int64_t tile_bytes = (kp / group_size) * (group_size * kTile / 2 + 4 * kTile);
+                       int64_t n, int64_t k, int64_t kp, int64_t group_size, bool coded) {
+  const int64_t tile_bytes = (coded ? kInt4StepBytes : 0) + (kp / group_size) * int4_group_bytes(group_size, coded);
   TORCH_CHECK(group_size % kBlock == 0 && kp % group_size == 0 && kp >= k && w.scalar_type() == at::kByte &&
                   w.numel() == (n + kTile - 1) / kTile * tile_bytes,
               "packed INT4 weight does not match its shape: repack it with prepack_int4");
@@ -488,9 +516,17 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
-    run_tiles<T>(call, group_size, tile_bytes, [&](auto m_rows, const Pass& pass, int64_t t) {
-      int4_tile<decltype(m_rows)::value>(wp + t * tile_bytes, pass, kp, group_size, bp, yp, n, t * kTile);
-    });
+    const auto run = [&](auto is_coded) {
+      run_tiles<T>(call, group_size, tile_bytes, [&](auto m_rows, const Pass& pass, int64_t t) {
+        int4_tile<decltype(m_rows)::value, decltype(is_coded)::value>(wp + t * tile_bytes, pass, kp, group_size, bp,
+                                                                       yp, n, t * kTile);
+      });
+    };
+    if (coded) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
   });
   return call.y;
 }
