@@ -35,6 +35,10 @@ def _parse_alpha(alpha: str) -> float | str:
         raise InvalidParameterError(f"--alpha {alpha!r} must be 'auto' or a number in [0, 1]", "alpha") from None
 
 
+def _parse_scale_bits(scale_bits: str) -> int | str:
+    return int(scale_bits) if scale_bits.isdigit() else scale_bits  # QuantizeOptions checks the value
+
+
 def quantize(
     model: ModelOpt = DEFAULT_MODEL,
     scheme: Annotated[str, typer.Option(help="int8 | int4 | w8a8")] = "int8",
@@ -43,8 +47,9 @@ def quantize(
     awq: Annotated[bool, typer.Option("--awq", help="int4: activation-aware scaling from the calibration text.")] = False,
     method: Annotated[str, typer.Option(
         help="int4 rounding: 'gptq' (error feedback from the calibration text) or 'rtn' (round-to-nearest).")] = "gptq",
-    scale_bits: Annotated[int, typer.Option(
-        "--scale-bits", help="int4: each group's scale and min as 8-bit codes (4.5 bits a weight) or fp16 (16).")] = 8,
+    scale_bits: Annotated[str, typer.Option(
+        "--scale-bits", help="int4: each group's scale and min as 8-bit codes (8: 4.5 bits a weight), fp16 (16: "
+        "5.0 bits), or per layer 8 unless the weights already sit on a 4-bit grid (auto).")] = "auto",
     calib: Annotated[Path | None, typer.Option(help="Calibration text file (default: the built-in text).")] = None,
     out_dir: OutOpt = None,
 ) -> None:
@@ -52,7 +57,7 @@ def quantize(
     from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
 
     options = QuantizeOptions(scheme=scheme, group_size=group_size, alpha=_parse_alpha(alpha), awq=awq,
-                              method=method, scale_bits=scale_bits, calib_file=calib)
+                              method=method, scale_bits=_parse_scale_bits(scale_bits), calib_file=calib)
     suffix = f"{scheme}-g{group_size}" if scheme == "int4" else scheme
     result = quantize_model_dir(model, options, out_dir or _default_out(model, suffix), progress=True)
     _print_choices(result.choices)
@@ -74,18 +79,21 @@ def _print_summary(result: Any) -> None:
     table.add_row("size (bf16)", f"{result.bytes_bf16 / 2**20:.1f} MiB")
     table.add_row("size (written)", f"{result.bytes_written / 2**20:.1f} MiB ({result.size_ratio:.2f}×)")
     table.add_row("layers quantized", str(result.num_quantized))
+    if scale_bits := result.int4_scale_bits:
+        table.add_row("int4 scales", ", ".join(f"{bits}-bit in {count}" for bits, count in scale_bits.items()))
     table.add_row("time", f"{result.seconds:.1f} s")
     out.print(table)
     out.print(f"[green]✓[/green] saved to {result.out}  (use it with --model {result.out})")
 
 
 def _describe_scheme(options: dict[str, Any]) -> str:
-    """"int4, group 32, 8-bit scales, gptq rounding, calibrated on built-in text" and the like."""
+    """"int4, group 32, 16-bit scales, gptq rounding, calibrated on built-in text" and the like."""
     parts = [options["scheme"]]
     if "group_size" in options:
         parts.append(f"group {options['group_size']}")
     if "scale_bits" in options:
-        parts.append(f"{options['scale_bits']}-bit scales")
+        bits = options["scale_bits"]
+        parts.append("8- or 16-bit scales by layer" if bits == "auto" else f"{bits}-bit scales")
     if "method" in options:
         parts.append(f"{options['method']} rounding" + (" after AWQ scaling" if options.get("awq") else ""))
     if "alpha" in options:

@@ -20,7 +20,7 @@ from torch import nn
 from luodi.errors import InvalidParameterError
 from luodi.progress import status_if, track_if
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
-from luodi.quant.weight_only import DEFAULT_SCALE_BITS, SCALE_BITS
+from luodi.quant.weight_only import SCALE_BITS
 
 SCHEMES = ("int8", "int4", "w8a8")
 INT4_METHODS = ("gptq", "rtn")  # error feedback from calibration inputs | plain round-to-nearest
@@ -34,7 +34,9 @@ class QuantizeOptions:
     alpha: float | str = "auto"  # w8a8: "auto" (per layer, grid search) or a fixed alpha in [0, 1]
     awq: bool = False  # int4: activation-aware scaling from the calibration text
     method: str = "gptq"  # int4: one of INT4_METHODS
-    scale_bits: int = DEFAULT_SCALE_BITS  # int4: each group's scale and min as fp16 (16) or 8-bit codes
+    # int4: each group's scale and min as 8-bit codes (8), fp16 (16), or per layer whichever costs
+    # little ("auto": codes unless the layer's weights already sit on a 4-bit grid)
+    scale_bits: int | str = "auto"
     calib_file: Path | None = None  # None: the calibration text bundled with Luodi
     calib_seq_len: int = 256
     calib_max_seqs: int = 32
@@ -46,9 +48,10 @@ class QuantizeOptions:
             raise InvalidParameterError(
                 f"--group-size {self.group_size} is not one of {', '.join(map(str, GROUP_SIZES))}", "group_size"
             )
-        if self.scale_bits not in SCALE_BITS:
+        if self.scale_bits not in (*SCALE_BITS, "auto"):
             raise InvalidParameterError(
-                f"--scale-bits {self.scale_bits} is not one of {', '.join(map(str, SCALE_BITS))}", "scale_bits"
+                f"--scale-bits {self.scale_bits!r} is not one of auto, {', '.join(map(str, SCALE_BITS))}",
+                "scale_bits",
             )
         if self.method not in INT4_METHODS:
             raise InvalidParameterError(f"--method {self.method!r} is not one of {', '.join(INT4_METHODS)}", "method")
@@ -91,10 +94,17 @@ class QuantizeResult:
     num_quantized: int
     choices: dict[str, dict[str, float]] = field(default_factory=dict)  # per smoothing group
     options: dict[str, Any] = field(default_factory=dict)  # QuantizeOptions.describe(), as in quant.json
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)  # quant.json's modules
 
     @property
     def size_ratio(self) -> float:
         return self.bytes_written / self.bytes_bf16
+
+    @property
+    def int4_scale_bits(self) -> dict[int, int]:
+        """How many INT4 modules store 8-bit scale codes, and how many fp16 grids."""
+        bits = [entry["scale_bits"] for entry in self.modules.values() if entry["scheme"] == "int4"]
+        return {b: bits.count(b) for b in sorted(set(bits))}
 
 
 def quantize_model_dir(
@@ -118,7 +128,7 @@ def quantize_model_dir(
     return QuantizeResult(
         out=out, scheme=options.scheme, bytes_bf16=bytes_bf16, bytes_written=(out / WEIGHTS_FILE).stat().st_size,
         seconds=time.perf_counter() - start, num_quantized=len(modules), choices=choices,
-        options=options.describe(),
+        options=options.describe(), modules=modules,
     )
 
 
@@ -221,11 +231,14 @@ def quantize_modules(
 
 
 def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tensor | None) -> nn.Module:
-    """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given."""
+    """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given. An
+    "auto" scale_bits in `entry` is replaced by the one picked for this weight."""
     from luodi.quant.gptq import gptq_int4
     from luodi.quant.linear import Int4Linear
-    from luodi.quant.weight_only import int4_grid_steps
+    from luodi.quant.weight_only import int4_grid_steps, pick_scale_bits
 
+    if entry.get("scale_bits") == "auto":
+        entry["scale_bits"] = pick_scale_bits(linear.weight, entry["group_size"])
     if entry["scheme"] == "int4" and gram is not None:
         group_size = entry["group_size"]
         steps = int4_grid_steps(linear.weight, group_size) if entry["scale_bits"] == 8 else None

@@ -168,7 +168,7 @@ def test_quantize_modules_rounds_each_layer_with_its_gram(model_type):
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     grams = collect_input_grams(model, names, sequences(4, 32))
     original = copy.deepcopy(model)
-    quantize_modules(model, QuantizeOptions(scheme="int4"), grams=grams)
+    quantize_modules(model, QuantizeOptions(scheme="int4", scale_bits=8), grams=grams)
 
     def gptq(weight):  # the default: grids on the lattice of 8-bit codes
         return dequantize_int4(*gptq_int4(weight, grams[name], 32, int4_grid_steps(weight, 32)), 32)
@@ -186,6 +186,20 @@ def test_quantize_modules_rounds_each_layer_with_its_gram(model_type):
         weight = original.model.embed_tokens.weight
         rtn = quantize_int4(weight, 32, int4_grid_steps(weight, 32))
         assert torch.equal(table.table.dequantize(), dequantize_int4(*rtn, 32))
+
+
+def test_auto_scale_bits_keep_fp16_grids_where_weights_sit_on_a_4_bit_grid():
+    """`--scale-bits auto`: a layer whose weights are already 4-bit (as in a Q4_1 GGUF) keeps fp16
+    grids, which recover it, and the float layers take 8-bit codes."""
+    model = tiny_model("llama")
+    on_grid = "model.layers.0.mlp.up_proj"
+    with torch.no_grad():
+        weight = model.get_submodule(on_grid).weight
+        weight.copy_(dequantize_int4(*quantize_int4(weight, 32), 32))
+    modules = quantize_modules(model, QuantizeOptions(scheme="int4", method="rtn"))
+    assert modules[on_grid]["scale_bits"] == 16
+    assert modules["model.layers.0.mlp.down_proj"]["scale_bits"] == 8
+    assert model.get_submodule(on_grid).steps is None and model.get_submodule("lm_head").steps is not None
 
 
 def test_unknown_method_is_refused():

@@ -28,6 +28,7 @@ from luodi.quant.weight_only import (
     dequantize_int8,
     int4_grid_steps,
     pack_int4,
+    pick_scale_bits,
     quantize_int4,
     quantize_int8,
     unpack_int4,
@@ -180,6 +181,13 @@ def test_int4_lattice_costs_little_over_fp16_grids() -> None:
 
     fp16, coded = mse(None), mse(int4_grid_steps(w, 32))
     assert fp16 <= coded < 1.05 * fp16
+
+
+def test_pick_scale_bits_codes_float_weights_but_not_weights_on_a_4_bit_grid() -> None:
+    w = torch.randn(128, 512, generator=torch.Generator().manual_seed(2)) * 0.02
+    assert pick_scale_bits(w, 32) == 8
+    on_grid = dequantize_int4(*quantize_int4(w, 32), 32)  # as a Q4_1 GGUF's weights are
+    assert pick_scale_bits(on_grid, 32) == 16
 
 
 def test_int4_lattice_clamps_grids_beyond_its_code_range() -> None:
