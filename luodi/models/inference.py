@@ -28,9 +28,12 @@ def _concat_linears(layers: list[nn.Module]) -> nn.Module:
 
 
 def _can_fuse(layers: list[nn.Module | None]) -> bool:
-    """Same class throughout, and a class that can be stacked: float or quantized linear layers."""
+    """Same class and options throughout, and a class that can be stacked: float or quantized linear
+    layers (a file may store q/k/v with different INT4 scale storage: those stay apart)."""
     first = layers[0]
     if first is None or any(type(layer) is not type(first) for layer in layers):
+        return False
+    if hasattr(first, "options") and any(layer.options() != first.options() for layer in layers):
         return False
     return isinstance(first, nn.Linear) or hasattr(first, "concat")
 

@@ -20,7 +20,7 @@ from torch import nn
 from luodi.errors import InvalidParameterError
 from luodi.progress import status_if, track_if
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
-from luodi.quant.weight_only import SCALE_BITS
+from luodi.quant.weight_only import SCALE_BITS, pick_scale_bits
 
 SCHEMES = ("int8", "int4", "w8a8")
 INT4_METHODS = ("gptq", "rtn")  # error feedback from calibration inputs | plain round-to-nearest
@@ -209,13 +209,15 @@ def quantize_modules(
     grams = grams or {}
     modules: dict[str, dict] = {}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")]
+    picking = progress and layer_scheme == "int4" and options.scale_bits == "auto"
+    entries = _shared_scale_bits({name: _entry(layer_scheme, linear.weight, options)
+                                  for name, linear in track_if(linears, "choosing int4 scale storage", picking)})
     for name, linear in track_if(linears, "quantizing layers", progress):
-        entry = _entry(layer_scheme, linear.in_features, options)
-        set_module(model, name, _quantize_linear(linear, entry, grams.get(name)))
-        modules[name] = entry
+        set_module(model, name, _quantize_linear(linear, entries[name], grams.get(name)))
+        modules[name] = entries[name]
     embedding = model.get_submodule(EMBEDDING)
     tied = model.config.tie_word_embeddings
-    entry = _entry(table_scheme, embedding.weight.shape[1], options)
+    entry = _entry(table_scheme, embedding.weight, options)
     # GPTQ on a large table runs a while without countable parts (~40 s on gemma3's 262k rows).
     with status_if(f"quantizing the {embedding.weight.shape[0]}-token vocabulary table(s)", progress):
         table = _quantize_linear(_as_linear(embedding.weight), entry, grams.get("lm_head") if tied else None)
@@ -224,21 +226,18 @@ def quantize_modules(
         if tied:
             model.lm_head = table
         else:
-            entry = _entry(table_scheme, model.lm_head.in_features, options)
+            entry = _entry(table_scheme, model.lm_head.weight, options)
             model.lm_head = _quantize_linear(model.lm_head, entry, grams.get("lm_head"))
             modules["lm_head"] = entry
     return modules
 
 
 def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tensor | None) -> nn.Module:
-    """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given. An
-    "auto" scale_bits in `entry` is replaced by the one picked for this weight."""
+    """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given."""
     from luodi.quant.gptq import gptq_int4
     from luodi.quant.linear import Int4Linear
-    from luodi.quant.weight_only import int4_grid_steps, pick_scale_bits
+    from luodi.quant.weight_only import int4_grid_steps
 
-    if entry.get("scale_bits") == "auto":
-        entry["scale_bits"] = pick_scale_bits(linear.weight, entry["group_size"])
     if entry["scheme"] == "int4" and gram is not None:
         group_size = entry["group_size"]
         steps = int4_grid_steps(linear.weight, group_size) if entry["scale_bits"] == 8 else None
@@ -247,14 +246,32 @@ def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tenso
     return module_classes()[entry["scheme"]].from_float(linear, **_options_of(entry))
 
 
-def _entry(scheme: str, in_features: int, options: QuantizeOptions) -> dict[str, Any]:
-    """A module's scheme and options; int4 falls back to the largest group size that divides K."""
+def _entry(scheme: str, weight: torch.Tensor, options: QuantizeOptions) -> dict[str, Any]:
+    """A module's scheme and options; int4 falls back to the largest group size that divides K, and
+    picks its scale storage for `weight` when asked to ("auto")."""
     if scheme != "int4":
         return {"scheme": scheme}
-    fitting = [g for g in GROUP_SIZES if g <= options.group_size and in_features % g == 0]
+    fitting = [g for g in GROUP_SIZES if g <= options.group_size and weight.shape[1] % g == 0]
     if not fitting:
         return {"scheme": "int8"}  # K not a multiple of 32: per-channel int8 instead
-    return {"scheme": "int4", "group_size": max(fitting), "scale_bits": options.scale_bits}
+    group_size = max(fitting)
+    scale_bits = pick_scale_bits(weight, group_size) if options.scale_bits == "auto" else options.scale_bits
+    return {"scheme": "int4", "group_size": group_size, "scale_bits": scale_bits}
+
+
+FUSED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # one matmul at load time
+
+
+def _shared_scale_bits(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Projections that loading fuses into one layer (q/k/v, gate/up) must store alike: where one of
+    them keeps fp16 grids, all of them do."""
+    for name, entry in entries.items():
+        parent, _, child = name.rpartition(".")
+        partners = next((group for group in FUSED_PROJECTIONS if child in group), ())
+        for partner in (entries.get(f"{parent}.{p}") for p in partners):
+            if partner and partner.get("scale_bits") == 16 and entry.get("scale_bits") == 8:
+                entry["scale_bits"] = 16
+    return entries
 
 
 def _options_of(entry: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from luodi.errors import InvalidParameterError
+from luodi.models.inference import fuse_projections
 from luodi.quant import gptq
 from luodi.quant.gptq import DAMPING, collect_input_grams, gptq_int4
 from luodi.quant.linear import Int4Linear, QuantEmbedding
@@ -190,16 +191,35 @@ def test_quantize_modules_rounds_each_layer_with_its_gram(model_type):
 
 def test_auto_scale_bits_keep_fp16_grids_where_weights_sit_on_a_4_bit_grid():
     """`--scale-bits auto`: a layer whose weights are already 4-bit (as in a Q4_1 GGUF) keeps fp16
-    grids, which recover it, and the float layers take 8-bit codes."""
+    grids, which recover it, and so do the projections loading fuses with it (q/k/v, gate/up); the
+    float layers take 8-bit codes. The model then loads with its projections fused."""
     model = tiny_model("llama")
-    on_grid = "model.layers.0.mlp.up_proj"
+    on_grid = ("model.layers.0.self_attn.k_proj", "model.layers.1.mlp.up_proj")
     with torch.no_grad():
-        weight = model.get_submodule(on_grid).weight
-        weight.copy_(dequantize_int4(*quantize_int4(weight, 32), 32))
+        for name in on_grid:
+            weight = model.get_submodule(name).weight
+            weight.copy_(dequantize_int4(*quantize_int4(weight, 32), 32))
     modules = quantize_modules(model, QuantizeOptions(scheme="int4", method="rtn"))
-    assert modules[on_grid]["scale_bits"] == 16
-    assert modules["model.layers.0.mlp.down_proj"]["scale_bits"] == 8
-    assert model.get_submodule(on_grid).steps is None and model.get_submodule("lm_head").steps is not None
+    fp16 = {name for name, entry in modules.items() if entry["scale_bits"] == 16}
+    assert fp16 == {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                    "model.layers.0.self_attn.v_proj", "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"}
+    assert model.get_submodule("model.layers.0.self_attn.k_proj").steps is None
+    assert model.get_submodule("model.layers.0.self_attn.o_proj").steps is not None
+    fuse_projections(model)
+    for layer in model.model.layers:
+        assert hasattr(layer.self_attn, "qkv_proj") and hasattr(layer.mlp, "gate_up_proj")
+
+
+def test_layers_stored_differently_are_not_fused():
+    """A file may store q/k/v with different scale storage: loading keeps them apart, not fails."""
+    model = tiny_model("llama")
+    quantize_modules(model, QuantizeOptions(scheme="int4", method="rtn", scale_bits=8))
+    attention = model.model.layers[0].self_attn
+    attention.k_proj = Int4Linear.from_float(torch.nn.Linear(attention.k_proj.in_features,
+                                                             attention.k_proj.out_features), scale_bits=16)
+    fuse_projections(model)
+    assert hasattr(attention, "k_proj") and not hasattr(attention, "qkv_proj")
+    assert hasattr(model.model.layers[1].self_attn, "qkv_proj")
 
 
 def test_unknown_method_is_refused():
