@@ -201,10 +201,12 @@ def _check_int4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
         )
     n, k = qweight.shape[0], 2 * qweight.shape[1]
     groups = -(-k // group_size)
-    kinds = (("scales", "floats"), ("mins", "floats")) if steps is None else \
-        (("scale codes", "uint8"), ("min codes", "int8"))
-    for (name, kind), t in zip(kinds, (scales, mins), strict=True):
-        fits = t.is_floating_point() if steps is None else str(t.dtype) == f"torch.{kind}"
+    if steps is None:
+        kinds = (("scales", "floats", None), ("mins", "floats", None))
+    else:
+        kinds = (("scale codes", "uint8", torch.uint8), ("min codes", "int8", torch.int8))
+    for (name, kind, dtype), t in zip(kinds, (scales, mins), strict=True):
+        fits = t.is_floating_point() if dtype is None else t.dtype == dtype
         if tuple(t.shape) != (n, groups) or not fits:
             raise ModelFormatError(
                 f"INT4 {name} must be {kind} [{n}, {groups}] (N, ceil(K/{group_size})), got {t.dtype} "

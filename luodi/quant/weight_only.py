@@ -142,6 +142,11 @@ def int4_grid_steps(weight: Tensor, group_size: int) -> GridSteps:
     down can add to a scale (min step / 8, a grid spanning at least 8 steps), so every group of
     `weight` keeps a grid that covers it. 1 where a row has no nonzero scale or min."""
     _, scales, mins = quantize_int4(weight, group_size)
+    return _steps_for(scales, mins)
+
+
+def _steps_for(scales: Tensor, mins: Tensor) -> GridSteps:
+    """`int4_grid_steps` from fp16 grids already made."""
     min_step = mins.float().abs().amax(dim=1) * _STEP_HEADROOM / MIN_CODE_MAX
     widest = scales.float().amax(dim=1) + min_step / _INT4_STEP_COUNTS[-1]
     scale_step = widest * _STEP_HEADROOM / SCALE_CODE_MAX
@@ -151,8 +156,9 @@ def int4_grid_steps(weight: Tensor, group_size: int) -> GridSteps:
 def pick_scale_bits(weight: Tensor, group_size: int) -> int:
     """8 when 8-bit scale codes cost `weight` little over fp16 grids under round-to-nearest, else 16."""
     w = as_float_matrix(weight)
-    fp16_error = (dequantize_int4(*quantize_int4(w, group_size), group_size) - w).square().sum()
-    coded = quantize_int4(w, group_size, int4_grid_steps(w, group_size))
+    fp16 = quantize_int4(w, group_size)
+    fp16_error = (dequantize_int4(*fp16, group_size) - w).square().sum()
+    coded = quantize_int4(w, group_size, _steps_for(fp16[1], fp16[2]))  # one fp16 pass serves both
     coded_error = (dequantize_int4(*coded, group_size) - w).square().sum()
     return 8 if coded_error <= CODED_ERROR_TOLERANCE * fp16_error else 16
 
