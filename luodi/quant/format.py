@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from luodi.errors import ModelFormatError
+from luodi.errors import InvalidParameterError, ModelFormatError
 from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig, config_to_hf_dict
 
@@ -128,6 +128,8 @@ def _empty(cls: type, in_features: int, out_features: int, bias: bool, options: 
         return cls.empty(in_features, out_features, bias=bias, dtype=torch.float32, device="meta", **options)
     except TypeError:
         raise ModelFormatError(f"{where}: options {options} do not fit scheme {cls.scheme!r}") from None
+    except InvalidParameterError as exc:  # an option of the right name with a value out of range
+        raise ModelFormatError(f"{where}: {exc}; re-create the model") from None
 
 
 def _swap_linear(model: nn.Module, name: str, cls: type, options: dict[str, Any], path: Path) -> None:
