@@ -22,6 +22,7 @@ TinyLlama-1.1B shape has random weights: speed only. Writes benchmarks/results/q
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import statistics
@@ -71,16 +72,26 @@ def _described(options: dict) -> dict:
     return QuantizeOptions(**options).describe()
 
 
+def _quantizer_digest() -> str:
+    """A hash of the quantizer's source: a model made by other code is made again."""
+    import luodi.quant
+
+    sources = sorted(Path(luodi.quant.__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
+
+
 def luodi_model(source: Path, options: dict, suffix: str, scratch: Path) -> tuple[Path, dict]:
-    """The model dir made with `options`, reused only if it was made with exactly those."""
+    """The model dir made with `options`, reused only if it was made with exactly those by the same
+    quantizer code."""
     out = scratch / f"{source.stem}-{suffix}"
     info_file = out / "bench-info.json"
+    made_by = {"options": _described(options), "quantizer": _quantizer_digest()}
     if info_file.exists():
         info = json.loads(info_file.read_text())
-        if info.get("options") == _described(options):
+        if all(info.get(key) == value for key, value in made_by.items()):
             return out, info
     info = in_subprocess(_quantize_child, str(source), options, str(out))
-    info["options"] = _described(options)
+    info.update(made_by)
     info_file.write_text(json.dumps(info))
     return out, info
 
