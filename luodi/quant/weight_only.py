@@ -115,7 +115,9 @@ def check_scale_bits(scale_bits: int) -> None:
         )
 
 
-_INT4_ROWS_PER_PASS = 8192
+# Rows searched at once: ~2 MB of fp32 weights, so a candidate grid's passes over them stay in
+# cache (a 5632 x 2048 weight's lattice search: 2.7 s in 8192-row passes, 0.23 s in these).
+_INT4_ELEMENTS_PER_PASS = 1 << 19
 _INT4_STEP_COUNTS = range(INT4_LEVELS, 7, -1)  # fp16 grids of 15 ... 8 steps across a group's range
 # Lattice grids of 15 ... 12 steps, each with its neighbours one code away: once the neighbours
 # are tried, fewer steps never won on gemma3-270m's layers or on Gaussian weights.
@@ -179,12 +181,7 @@ def quantize_int4(weight: Tensor, group_size: int, steps: GridSteps | None = Non
     w = as_float_matrix(weight)
     n, k = w.shape
     check_group_size(n, k, group_size)
-    parts = [
-        quantize_int4_groups(rows.reshape(-1, k // group_size, group_size), (n, k),
-                             None if steps is None else steps.rows(slice(start, start + len(rows))))
-        for start, rows in zip(range(0, n, _INT4_ROWS_PER_PASS), w.split(_INT4_ROWS_PER_PASS), strict=True)
-    ]  # bounded temporaries for 262k-row tables
-    q, scales, mins = (torch.cat(t) for t in zip(*parts, strict=True))
+    q, scales, mins = quantize_int4_groups(w.reshape(n, k // group_size, group_size), (n, k), steps)
     return q.view(n, k), scales, mins
 
 
@@ -196,11 +193,24 @@ def quantize_int4_groups(
     steps, or with `steps` (one per row) grids on its lattice near the covering ones.
 
     `shape` is the whole weight's [N, K], for error messages."""
+    per_pass = max(1, _INT4_ELEMENTS_PER_PASS // max(1, groups[0].numel()))
+    parts = [
+        _best_grids(rows, shape, None if steps is None else steps.rows(slice(start, start + len(rows))))
+        for start, rows in zip(range(0, len(groups), per_pass), groups.split(per_pass), strict=True)
+    ]
+    q, scales, mins = (torch.cat(t) for t in zip(*parts, strict=True))
+    return q, scales, mins
+
+
+def _best_grids(
+    groups: Tensor, shape: tuple[int, int], steps: GridSteps | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`quantize_int4_groups` for rows few enough to stay in cache."""
     low, high = groups.amin(dim=2), groups.amax(dim=2)
     best: tuple[Tensor, Tensor, Tensor] | None = None  # scales, mins, squared error [R, G]
     for mins, scales in _candidate_grids(low, high, shape, steps):
         m, s = mins.float()[..., None], scales.float()[..., None]
-        error = torch.addcmul(m, _levels(groups, m, s), s).sub_(groups).square_().sum(dim=2)
+        error = _levels(groups, m, s).mul_(s).add_(m).sub_(groups).square_().sum(dim=2)
         if best is None:
             best = (scales, mins, error)
             continue
@@ -211,8 +221,8 @@ def quantize_int4_groups(
 
 
 def _levels(groups: Tensor, mins: Tensor, scales: Tensor) -> Tensor:
-    """Round-to-nearest 0..15 of each weight on its group's grid (fp32, as `groups`)."""
-    return torch.round((groups - mins) / scales).clamp_(0, INT4_LEVELS)
+    """Round-to-nearest 0..15 of each weight on its group's grid (a new fp32 tensor)."""
+    return (groups - mins).div_(scales).round_().clamp_(0, INT4_LEVELS)
 
 
 def _candidate_grids(
