@@ -32,7 +32,7 @@ largest |min| / 127), and the grid search then runs on the lattice: the grid tha
 group (min rounded down, scale up) and its neighbours one code away, which may clip the group's
 extreme weights a little. Covering grids alone added 1-2 % to the squared error of fp16 grids on
 float weights, and gemma3-270m's int4 perplexity change rose from +4.16 % (fp16 grids) to +5.13 %;
-with the neighbours the error is 7-8 % below fp16 grids' and the change +4.05 %. Weights that
+with the neighbours the error is 7-8 % below fp16 grids' and the change +4.1 %. Weights that
 already sit on a 4-bit grid are another matter: fp16 grids recover a GGUF Q4_1 or Q4_K block
 almost exactly, the lattice does not (5-30x the squared error). So `pick_scale_bits` (what `luodi
 quantize` does by default) keeps fp16 grids for the layers where the codes cost much.
