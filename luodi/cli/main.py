@@ -72,16 +72,23 @@ def models(show_catalog: Annotated[bool, typer.Option("--catalog", help="List wh
     out.print(table)
 
 
+# Usage errors (a missing or unknown option) come from click, or from the copy of click that newer
+# typer releases ship inside typer; both print their own usage message.
+_USAGE_ERRORS = tuple({click.exceptions.ClickException} | {
+    base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"
+})
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
     except LuodiError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
     except BrokenPipeError:

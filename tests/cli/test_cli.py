@@ -41,6 +41,17 @@ def test_unknown_catalog_name():
     assert_one_line_error(luodi("generate", "-m", "no-such-model", "-p", "hi"), "no-such-model", "luodi models")
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("generate", "-m", SMOLLM2), "Missing option '--prompt'"),
+    (("generate", "--bogus"), "No such option: --bogus"),
+    (("nosuchcmd",), "No such command 'nosuchcmd'"),
+])
+def test_usage_errors_print_usage_not_a_traceback(args, message):
+    result = luodi(*args)
+    assert result.returncode == 2
+    assert_one_line_error(result, message, "--help")
+
+
 def test_missing_gguf_path(tmp_path):
     assert_one_line_error(luodi("generate", "-m", str(tmp_path / "absent.gguf"), "-p", "hi"), "does not exist")
 
