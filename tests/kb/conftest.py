@@ -81,7 +81,8 @@ class SqliteBackend:
         import apsw
         import sqlite_vec
 
-        conn = apsw.Connection(str(self.root / f"{name}.sqlite"), flags=apsw.SQLITE_OPEN_READWRITE)
+        [path] = self.root.rglob(f"{name}.sqlite")  # in its owner's folder; one owner per name here
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         return conn

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
+import stat
 import signal
 import subprocess
 import sys
@@ -16,10 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from luodi.errors import KnowledgeBaseError, KnowledgeBaseExistsError, KnowledgeBaseNotFoundError
+from luodi.errors import (
+    InvalidParameterError,
+    KnowledgeBaseError,
+    KnowledgeBaseExistsError,
+    KnowledgeBaseNotFoundError,
+)
 from luodi.kb.document import Chunk
 from luodi.kb.store import open_store
-from luodi.kb.store.base import Store
+from luodi.kb.store.base import LOCAL_OWNER, Store
 
 DIM = 4
 A, B = "alice", "bob"
@@ -61,11 +68,53 @@ def test_create_list_info_drop(store: Store) -> None:
     assert store.info("notes", owner=A).documents == 0
 
 
-def test_create_rejects_existing_name_for_any_owner(store: Store) -> None:
+def test_create_rejects_a_name_the_same_owner_has(store: Store) -> None:
     new_kb(store)
-    for owner in (A, B):
-        with pytest.raises(KnowledgeBaseExistsError, match='"docs" already exists'):
-            store.create("docs", owner=owner, embedder="test-embedder", dim=DIM)
+    with pytest.raises(KnowledgeBaseExistsError, match='"docs" already exists'):
+        store.create("docs", owner=A, embedder="test-embedder", dim=DIM)
+
+
+def test_names_are_scoped_per_owner(store: Store) -> None:
+    """Two owners may both have "handbook"; each sees, searches and drops only its own."""
+    store.create("handbook", owner=A, embedder="test-embedder", dim=DIM)
+    store.replace_document("handbook", "a.txt", "ha", chunks_of("alice walrus"), basis(1), owner=A)
+    info = store.create("handbook", owner=B, embedder="other", dim=8)  # the name only A has
+    assert (info.owner, info.dim, info.documents) == (B, 8, 0)
+    store.replace_document("handbook", "b.txt", "hb", chunks_of("bob heron"), np.eye(8, dtype=np.float32)[:1],
+                           owner=B)
+    with pytest.raises(KnowledgeBaseExistsError):
+        store.create("handbook", owner=B, embedder="other", dim=8)
+    assert [(kb.name, kb.owner, kb.dim) for kb in store.list(owner=A)] == [("handbook", A, DIM)]
+    assert [(kb.name, kb.owner, kb.dim) for kb in store.list(owner=B)] == [("handbook", B, 8)]
+    assert [d.source for d in store.documents("handbook", owner=A)] == ["a.txt"]
+    assert [h.text for h in store.search_text("handbook", "walrus heron", 5, owner=A)] == ["alice walrus"]
+    assert [h.text for h in store.search_text("handbook", "walrus heron", 5, owner=B)] == ["bob heron"]
+    store.drop("handbook", owner=B)
+    assert store.list(owner=B) == []
+    assert store.info("handbook", owner=A).documents == 1
+    with pytest.raises(KnowledgeBaseNotFoundError):
+        store.info("handbook", owner=B)
+
+
+@pytest.mark.parametrize("text", ["\ud800", "ok \udcff", "\udfff.md"])
+def test_text_that_is_not_unicode_is_refused(store: Store, text: str) -> None:
+    """A lone surrogate (JSON "\\ud800", a non-UTF-8 argv or file name) is a parameter error,
+    never an encoder crash, for every text the store is given."""
+    kb = new_kb(store)
+    store.replace_document(kb, "a.txt", "h", chunks_of("walrus"), basis(1), owner=A)
+    attempts = [
+        ("query", lambda: store.search_text(kb, text, 3, owner=A)),
+        ("source", lambda: store.document_hash(kb, text, owner=A)),
+        ("source", lambda: store.replace_document(kb, text, "h", chunks_of("x"), basis(1), owner=A)),
+        ("source", lambda: store.delete_document(kb, text, owner=A)),
+    ]
+    for param, attempt in attempts:
+        with pytest.raises(InvalidParameterError, match="not valid Unicode") as err:
+            attempt()
+        assert err.value.param == param
+    with pytest.raises(KnowledgeBaseError, match="invalid knowledge base name"):
+        store.create(text, owner=A, embedder="test-embedder", dim=DIM)
+    assert [d.source for d in store.documents(kb, owner=A)] == ["a.txt"]
 
 
 @pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "a.b", "_x", "x" * 65, "a b"])
@@ -352,14 +401,109 @@ def test_sqlite_keeps_one_file_per_kb_inside_its_root(tmp_path: Path) -> None:
     from luodi.kb.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "kb")
-    new_kb(store, "notes")
+    new_kb(store, "notes", owner=LOCAL_OWNER)
+    new_kb(store, "notes", owner=A)
     with pytest.raises(KnowledgeBaseError):
         store.create("../notes", owner=A, embedder="test-embedder", dim=DIM)
-    assert {p.name for p in tmp_path.rglob("*")} <= {"kb", "notes.sqlite", "notes.sqlite-wal",
-                                                    "notes.sqlite-shm"}
+    files = {p.relative_to(tmp_path / "kb") for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p.name for p in files} <= {"notes.sqlite", "notes.sqlite-wal", "notes.sqlite-shm"}
+    assert Path("notes.sqlite") in files and len({p.parent for p in files}) == 2
     store.drop("notes", owner=A)
-    assert list((tmp_path / "kb").iterdir()) == []
+    store.drop("notes", owner=LOCAL_OWNER)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     store.close()
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+def test_sqlite_files_are_private(tmp_path: Path) -> None:
+    """Knowledge bases hold private documents: every folder 0700 and every file, the -wal and
+    -shm side files included, 0600."""
+    from luodi.kb.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "kb")
+    for owner in (LOCAL_OWNER, A):
+        store.create("notes", owner=owner, embedder="test-embedder", dim=DIM)
+        store.replace_document("notes", "a.txt", "h", chunks_of("walrus"), basis(1), owner=owner)
+    modes = _modes(tmp_path / "kb")  # while the store is open: its -wal and -shm files exist
+    assert sum(name.endswith(("-wal", "-shm")) for name in modes) == 4
+    assert {name: mode for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir()
+                                                                   else 0o600)} == {}
+    store.close()
+
+
+def test_sqlite_files_written_before_owner_folders_keep_working(tmp_path: Path) -> None:
+    """Files an older Luodi wrote all lie in the root, 0644 in a 0755 folder: the local owner's
+    stay the CLI's, another owner's move to that owner's folder, and everything is made private."""
+    from luodi.kb.store.sqlite import SqliteStore
+
+    root = tmp_path / "kb"
+    store = SqliteStore(root)
+    new_kb(store, "handbook", owner=LOCAL_OWNER)
+    store.replace_document("handbook", "cli.txt", "h", chunks_of("local walrus"), basis(1), owner=LOCAL_OWNER)
+    new_kb(store, "notes", owner=A)
+    store.replace_document("notes", "a.txt", "h", chunks_of("alice heron"), basis(1), owner=A)
+    store.close()
+    [alices] = root.rglob("notes.sqlite")
+    alices.rename(root / "notes.sqlite")  # the old layout: one folder for every owner
+    shutil.rmtree(root / "owners")
+    for path in (root, *root.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    store = SqliteStore(root)
+    assert [h.text for h in store.search_text("notes", "heron", 3, owner=A)] == ["alice heron"]
+    assert [h.text for h in store.search_text("handbook", "walrus", 3, owner=LOCAL_OWNER)] == ["local walrus"]
+    assert [kb.name for kb in store.list(owner=LOCAL_OWNER)] == ["handbook"]
+    assert not (root / "notes.sqlite").exists()
+    new_kb(store, "notes", owner=LOCAL_OWNER)  # the name is free for the CLI now
+    assert store.info("notes", owner=A).documents == 1
+    assert {mode for mode in _modes(root).values()} <= {0o700, 0o600}
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    store.close()
+
+
+# The knowledge_bases table as Luodi made it before names were scoped per owner.
+LEGACY_PG_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE SCHEMA luodi_kb;
+CREATE TABLE luodi_kb.knowledge_bases (
+    id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, owner text NOT NULL,
+    embedder text NOT NULL, dim integer NOT NULL, created_at double precision NOT NULL);
+INSERT INTO luodi_kb.knowledge_bases (name, owner, embedder, dim, created_at)
+VALUES ('handbook', 'local', 'test-embedder', 4, 0), ('notes', 'alice', 'test-embedder', 4, 0);
+"""
+
+
+def test_postgres_written_before_owner_scoping_keeps_working(postgres) -> None:
+    import psycopg
+
+    from luodi.kb.store.postgres import PostgresStore
+
+    database = f"legacy_{os.getpid()}"
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    try:
+        with psycopg.connect(postgres.url(database), autocommit=True) as conn:
+            conn.execute(LEGACY_PG_SCHEMA)
+        for _ in range(2):  # the migration runs on every open and changes nothing the second time
+            store = PostgresStore(postgres.url(database))
+            assert [kb.name for kb in store.list(owner=LOCAL_OWNER)] == ["handbook"]
+            assert [kb.name for kb in store.list(owner=A)] == ["notes"]
+            store.close()
+        store = PostgresStore(postgres.url(database))
+        store.replace_document("notes", "a.txt", "h", chunks_of("alice heron"), basis(1), owner=A)
+        new_kb(store, "notes", owner=B)  # the old global UNIQUE(name) would refuse this
+        new_kb(store, "notes", owner=LOCAL_OWNER)
+        with pytest.raises(KnowledgeBaseExistsError):
+            new_kb(store, "handbook", owner=LOCAL_OWNER)
+        assert [h.text for h in store.search_text("notes", "heron", 3, owner=A)] == ["alice heron"]
+        assert store.info("notes", owner=B).documents == 0
+        store.close()
+    finally:
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 # -- open_store --------------------------------------------------------------------------

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 
-from luodi.errors import KnowledgeBaseError, KnowledgeBaseExistsError, KnowledgeBaseNotFoundError
+from luodi.errors import (
+    InvalidParameterError,
+    KnowledgeBaseError,
+    KnowledgeBaseExistsError,
+    KnowledgeBaseNotFoundError,
+)
 from luodi.kb.store.base import DocumentInfo, KnowledgeBaseInfo, Store
 from luodi.paths import luodi_home
 
-__all__ = ["DocumentInfo", "KnowledgeBaseInfo", "Store", "check_name", "open_store"]
+__all__ = ["DocumentInfo", "KnowledgeBaseInfo", "Store", "check_name", "check_text", "open_store"]
 
 # Letters (any script), digits, '_' and '-': safe as a file name and in messages; no '/', no '.'.
 _NAME = re.compile(r"[^\W_][\w-]{0,63}")
@@ -42,6 +47,20 @@ def check_name(name: str) -> str:
             f"invalid knowledge base name {name!r}: use 1-64 letters, digits, '_' or '-', "
             "starting with a letter or digit")
     return name
+
+
+def check_text(text: str, what: str, param: str) -> str:
+    """`text` if it is valid Unicode, else `InvalidParameterError`: a lone surrogate (a JSON
+    "\\ud800" escape, or a command-line argument or file name that is not UTF-8) cannot be stored,
+    indexed or embedded. `what` names the value in the message ("query", "document name")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidParameterError(
+            f"the {what} is not valid Unicode: character {err.start} of {len(text)} is the lone "
+            f"surrogate {text[err.start]!r}; send UTF-8 text",
+            param=param) from None
+    return text
 
 
 def unknown_kb(name: str) -> KnowledgeBaseNotFoundError:

@@ -3,9 +3,11 @@
 Two implementations pass one shared test suite (tests/kb/test_store.py): `SqliteStore` (the
 embedded default, one SQLite file per knowledge base) and `PostgresStore` (pgvector, for scale).
 
-Ownership: every knowledge base has an `owner` (the server passes the API key's name, the CLI
-"local"). A knowledge base is invisible to any other owner: listing skips it, and opening,
-searching or dropping it raises `KnowledgeBaseError` exactly as if it did not exist.
+Ownership: every knowledge base has an `owner` (the server passes the API key's id, which is
+never reused; the CLI passes "local"). Names are scoped per owner: two owners may each have a
+knowledge base called "handbook", and another owner's knowledge base is invisible — listing skips
+it, creating its name succeeds, and opening, searching or dropping it raises
+`KnowledgeBaseNotFoundError` exactly as for a name nobody has.
 
 Ingestion is transactional per document and idempotent by content hash: `replace_document`
 swaps all of a source's chunks in one transaction, so a process killed mid-way leaves either the
@@ -44,7 +46,7 @@ class DocumentInfo:
 
 class Store(Protocol):
     def create(self, name: str, *, owner: str, embedder: str, dim: int) -> KnowledgeBaseInfo:
-        """Make an empty knowledge base; `KnowledgeBaseError` if `name` exists (for any owner)."""
+        """Make an empty knowledge base; `KnowledgeBaseExistsError` if this owner has `name`."""
 
     def list(self, *, owner: str) -> list[KnowledgeBaseInfo]: ...
 

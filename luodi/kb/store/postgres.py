@@ -1,6 +1,6 @@
 """The scale-out Store: PostgreSQL with pgvector, all knowledge bases in one schema `luodi_kb`.
 
-    knowledge_bases(id, name UNIQUE, owner, embedder, dim, created_at)
+    knowledge_bases(id, name, owner, embedder, dim, created_at; UNIQUE(owner, name))
     documents(id, kb_id → knowledge_bases, source, content_hash, chunks, added_at; UNIQUE(kb_id, source))
     chunks(id, kb_id, doc_id → documents, ordinal, text, page, section,
            terms, tsv = to_tsvector('simple', terms) GIN-indexed, embedding vector)
@@ -12,6 +12,11 @@ with a table per knowledge base this keeps the schema fixed (no table names buil
 one set of foreign keys, `drop` is a cascading DELETE), while every search still walks an index
 holding only its own knowledge base's vectors, so filtering by owner/KB never starves HNSW.
 Queries spell the KB id and dim as literals so the planner can match the partial index.
+
+Names are unique per owner, not globally: two owners may each have "handbook", and one owner's
+names never decide what another may create. A database set up before that had `name UNIQUE`;
+setting up the schema drops that constraint (once, under the advisory lock) and adds the
+(owner, name) unique index; existing rows keep their owners.
 
 A chunk's text, terms and vector are one row, so the text and vector indexes cannot disagree;
 `replace_document` runs in one transaction. This module knows nothing about loaders or embedders.
@@ -29,7 +34,7 @@ import numpy as np
 
 from luodi.errors import KnowledgeBaseError
 from luodi.kb.document import Chunk, Hit
-from luodi.kb.store import check_name, check_vectors, kb_exists, unknown_kb
+from luodi.kb.store import check_name, check_text, check_vectors, kb_exists, unknown_kb
 from luodi.kb.store.base import DocumentInfo, KnowledgeBaseInfo
 from luodi.kb.terms import index_terms, query_terms
 
@@ -43,8 +48,15 @@ _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE SCHEMA IF NOT EXISTS luodi_kb;
 CREATE TABLE IF NOT EXISTS luodi_kb.knowledge_bases (
-    id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, owner text NOT NULL,
+    id bigserial PRIMARY KEY, name text NOT NULL, owner text NOT NULL,
     embedder text NOT NULL, dim integer NOT NULL, created_at double precision NOT NULL);
+DO $$ BEGIN  -- names were globally unique before they were scoped per owner
+    IF EXISTS (SELECT FROM pg_constraint WHERE conname = 'knowledge_bases_name_key'
+               AND conrelid = 'luodi_kb.knowledge_bases'::regclass) THEN
+        ALTER TABLE luodi_kb.knowledge_bases DROP CONSTRAINT knowledge_bases_name_key;
+    END IF;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS knowledge_bases_owner_name ON luodi_kb.knowledge_bases (owner, name);
 CREATE TABLE IF NOT EXISTS luodi_kb.documents (
     id bigserial PRIMARY KEY,
     kb_id bigint NOT NULL REFERENCES luodi_kb.knowledge_bases ON DELETE CASCADE,
@@ -179,6 +191,7 @@ class PostgresStore:
     # -- documents -----------------------------------------------------------------------
 
     def document_hash(self, name: str, source: str, *, owner: str) -> str | None:
+        check_text(source, "document name", "source")
         kb_id, _, _ = self._kb(name, owner)
         with self._lock:
             row = self._conn.execute(
@@ -188,6 +201,7 @@ class PostgresStore:
 
     def replace_document(self, name: str, source: str, content_hash: str, chunks: Sequence[Chunk],
                          vectors: np.ndarray, *, owner: str) -> None:
+        check_text(source, "document name", "source")
         kb_id, embedder, dim = self._kb(name, owner)
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
         if matrix.ndim != 2 or matrix.shape[0] != len(chunks):
@@ -236,6 +250,7 @@ class PostgresStore:
         return [DocumentInfo(*row) for row in rows]
 
     def delete_document(self, name: str, source: str, *, owner: str) -> bool:
+        check_text(source, "document name", "source")
         kb_id, _, _ = self._kb(name, owner)
         with self._lock:
             cur = self._conn.execute(
@@ -246,6 +261,7 @@ class PostgresStore:
 
     def search_text(self, name: str, query: str, k: int, *, owner: str) -> list[Hit]:
         """BM25-like ranking (not exact BM25: see `_TEXT_QUERY`); any query word matches."""
+        check_text(query, "query", "query")
         kb_id, _, _ = self._kb(name, owner)
         words = query_terms(query)
         if not words or k < 1:

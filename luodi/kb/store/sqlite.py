@@ -1,4 +1,13 @@
-"""The embedded Store: one SQLite file per knowledge base, `root/NAME.sqlite`.
+"""The embedded Store: one SQLite file per knowledge base, in a folder per owner.
+
+    root/NAME.sqlite                      the local owner's (the CLI's) knowledge bases
+    root/owners/DIGEST/NAME.sqlite        any other owner's; DIGEST = sha256(owner)[:32]
+
+so two owners may each have a knowledge base of the same name, and one owner's names never
+decide what another may create. Files written before owners had folders all lie in `root`; the
+first use of a store moves each one whose `meta.owner` is not the local owner into its owner's
+folder (one rename; a file another process still has open is left for a later start). The
+folders are 0700 and the files 0600 (SQLite gives the -wal and -shm files the database's mode).
 
 Opened through `apsw` (this Python's stdlib sqlite3 cannot load extensions) with `sqlite-vec`.
 Each file holds:
@@ -21,6 +30,7 @@ chunking or embedders; it stores what it is given.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -34,9 +44,10 @@ import numpy as np
 
 from luodi.errors import KnowledgeBaseError
 from luodi.kb.document import Chunk, Hit
-from luodi.kb.store import check_name, check_vectors, kb_exists, unknown_kb
-from luodi.kb.store.base import DocumentInfo, KnowledgeBaseInfo
+from luodi.kb.store import check_name, check_text, check_vectors, kb_exists, unknown_kb
+from luodi.kb.store.base import LOCAL_OWNER, DocumentInfo, KnowledgeBaseInfo
 from luodi.kb.terms import index_terms, query_terms
+from luodi.paths import create_private_file, make_private, private_dir
 
 if TYPE_CHECKING:
     import apsw
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000  # another process ingesting into the same file holds the write lock
 MAX_K = 4096  # sqlite-vec's limit on k in a KNN query
+OWNERS_DIR = "owners"
 
 _HIT_COLUMNS = "c.id, c.text, d.source, c.page, c.section"
 
@@ -100,17 +112,18 @@ class _Open:
 
 
 class SqliteStore:
-    """Knowledge bases as `root/NAME.sqlite` files; see the module docstring for the schema."""
+    """Knowledge bases as SQLite files, a folder per owner; see the module docstring."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._open_kbs: dict[str, _Open] = {}
+        self._open_kbs: dict[Path, _Open] = {}
         self._lock = threading.Lock()
+        self._layout_checked = False
 
     # -- knowledge bases -----------------------------------------------------------------
 
     def create(self, name: str, *, owner: str, embedder: str, dim: int) -> KnowledgeBaseInfo:
-        path = self._path(name)
+        path = self._path(name, owner)
         if not isinstance(dim, int) or dim < 1:
             raise KnowledgeBaseError(f"invalid vector dimension {dim!r}: must be a positive integer")
         if path.exists():
@@ -118,9 +131,10 @@ class SqliteStore:
         apsw, _ = _import_apsw()
         # Build the file aside and link it into place: a crash never leaves a half-made knowledge
         # base, and of two racing creates exactly one wins (link fails if the name exists).
-        tmp = self.root / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = path.parent / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
+            create_private_file(tmp)
             _make_file(tmp, owner=owner, embedder=embedder, dim=dim)
             os.link(tmp, path)
         except FileExistsError:
@@ -136,7 +150,7 @@ class SqliteStore:
 
     def list(self, *, owner: str) -> list[KnowledgeBaseInfo]:
         infos = []
-        for path in sorted(self.root.glob("*.sqlite")):
+        for path in sorted(self._folder(owner).glob("*.sqlite")):
             try:
                 infos.append(self.info(path.stem, owner=owner))
             except KnowledgeBaseError:
@@ -153,10 +167,10 @@ class SqliteStore:
 
     def drop(self, name: str, *, owner: str) -> None:
         kb = self._open(name, owner)
+        path = self._path(name, owner)
         with self._lock, kb.lock:
-            self._open_kbs.pop(name, None)
+            self._open_kbs.pop(path, None)
             kb.conn.close()
-            path = self._path(name)
             for extra in ("-wal", "-shm"):
                 Path(f"{path}{extra}").unlink(missing_ok=True)
             path.unlink(missing_ok=True)
@@ -164,6 +178,7 @@ class SqliteStore:
     # -- documents -----------------------------------------------------------------------
 
     def document_hash(self, name: str, source: str, *, owner: str) -> str | None:
+        check_text(source, "document name", "source")
         kb = self._open(name, owner)
         with kb.lock:
             rows = kb.conn.execute(
@@ -172,6 +187,7 @@ class SqliteStore:
 
     def replace_document(self, name: str, source: str, content_hash: str, chunks: Sequence[Chunk],
                          vectors: np.ndarray, *, owner: str) -> None:
+        check_text(source, "document name", "source")
         kb = self._open(name, owner)
         vectors = _check_matrix(name, kb, chunks, vectors)
         with self._transaction(kb) as conn:
@@ -201,6 +217,7 @@ class SqliteStore:
         return [DocumentInfo(*row) for row in rows]
 
     def delete_document(self, name: str, source: str, *, owner: str) -> bool:
+        check_text(source, "document name", "source")
         kb = self._open(name, owner)
         with self._transaction(kb) as conn:
             rows = conn.execute("SELECT id FROM documents WHERE source = ?", (source,)).fetchall()
@@ -214,6 +231,7 @@ class SqliteStore:
 
     def search_text(self, name: str, query: str, k: int, *, owner: str) -> list[Hit]:
         """BM25 (FTS5's bm25(), k1=1.2, b=0.75) over the chunks' terms; any query word matches."""
+        check_text(query, "query", "query")
         kb = self._open(name, owner)
         terms = query_terms(query)
         if not terms or k < 1:
@@ -255,19 +273,27 @@ class SqliteStore:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _path(self, name: str) -> Path:
-        return self.root / f"{check_name(name)}.sqlite"
+    def _path(self, name: str, owner: str) -> Path:
+        return self._folder(owner) / f"{check_name(name)}.sqlite"
+
+    def _folder(self, owner: str) -> Path:
+        """Where `owner`'s knowledge bases live (once legacy files have been moved to theirs)."""
+        with self._lock:
+            if not self._layout_checked:
+                _adopt_legacy_files(self.root)
+                self._layout_checked = True
+        return self.root if owner == LOCAL_OWNER else _owner_folder(self.root, owner)
 
     def _open(self, name: str, owner: str) -> _Open:
         """The open knowledge base `name`, if `owner` owns it; else the unknown-KB error."""
-        path = self._path(name)
+        path = self._path(name, owner)
         with self._lock:
-            kb = self._open_kbs.get(name)
+            kb = self._open_kbs.get(path)
             if kb is None:
                 if not path.is_file():
                     raise unknown_kb(name)
-                kb = self._open_kbs[name] = _open_file(name, path)
-        if kb.owner != owner:
+                kb = self._open_kbs[path] = _open_file(name, path)
+        if kb.owner != owner:  # a file copied into the wrong folder: still not this owner's
             raise unknown_kb(name)
         return kb
 
@@ -281,6 +307,39 @@ class SqliteStore:
                 kb.conn.execute("ROLLBACK")
                 raise
             kb.conn.execute("COMMIT")
+
+
+def _owner_folder(root: Path, owner: str) -> Path:
+    # A digest, not the owner itself: any owner string is a safe folder name, and the folder
+    # names tell a reader of the disk nothing about who the owners are.
+    return root / OWNERS_DIR / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
+
+
+def _adopt_legacy_files(root: Path) -> None:
+    """Move knowledge bases written before owner folders (all in `root`) that belong to an owner
+    other than the local one into that owner's folder; tighten what an older Luodi left 0755/0644."""
+    if not root.is_dir():
+        return
+    try:
+        private_dir(root)
+    except OSError:
+        return  # not ours (another user's folder): use it as it is
+    for path in sorted(root.glob("*.sqlite")):
+        try:
+            make_private(path)
+            kb = _open_file(path.stem, path)
+            kb.conn.close()  # the last connection to close checkpoints and removes the -wal
+        except (OSError, KnowledgeBaseError):
+            continue  # not a knowledge base, or not ours to touch: left as it is
+        if kb.owner == LOCAL_OWNER or Path(f"{path}-wal").exists():
+            continue  # the CLI's, or still open in another process: moved on a later start
+        target = _owner_folder(root, kb.owner) / path.name
+        try:
+            private_dir(target.parent)
+            os.link(path, target)
+            path.unlink()
+        except OSError:
+            continue  # a name clash or a concurrent mover: the file stays, invisible to others
 
 
 def _make_file(path: Path, *, owner: str, embedder: str, dim: int) -> None:
