@@ -185,8 +185,8 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _is_open(scope["path"]):
             token = bearer_token(_header(scope, b"authorization"))
-            key_name = self.keys.verify(token) if token is not None else None
-            if key_name is None:
+            stored = self.keys.identify(token) if token is not None else None
+            if stored is None:
                 message = (
                     "missing API key: send the header 'Authorization: Bearer KEY' (create a key with "
                     "`luodi keys add NAME`)"
@@ -197,8 +197,9 @@ class AuthMiddleware:
                     AuthenticationError(message, headers={"WWW-Authenticate": "Bearer"}), scope, receive, send
                 )
                 return
-            # Routes read it as request.state.api_key_name: what a caller owns (its knowledge bases).
-            scope.setdefault("state", {})["api_key_name"] = key_name
+            # Routes read request.state.api_key_id: what a caller owns (its knowledge bases) is
+            # keyed by the key's id, never reused, not by its name.
+            scope.setdefault("state", {}).update(api_key_name=stored.name, api_key_id=stored.id)
         await self.app(scope, receive, send)
 
 

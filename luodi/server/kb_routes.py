@@ -38,8 +38,8 @@ def knowledge(request: Request) -> KnowledgeService:
 
 
 def request_owner(request: Request) -> str:
-    """The API key's name when auth is on; the local owner (shared with the CLI) when it is off."""
-    return getattr(request.state, "api_key_name", None) or LOCAL_OWNER
+    """The API key's id when auth is on; the local owner (shared with the CLI) when it is off."""
+    return getattr(request.state, "api_key_id", None) or LOCAL_OWNER
 
 
 @router.get("")

@@ -3,8 +3,12 @@ web page's static files), re-read when the file changes; and `serve` refusing an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import stat
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -14,6 +18,7 @@ from live_server import MODEL_ID, make_llm, running_server, service_for
 from typer.testing import CliRunner
 
 from luodi.cli.serve import InsecureBindError, is_loopback, keys_app, resolve_keys_file, serve
+from luodi.kb.store.base import LOCAL_OWNER
 from luodi.server.auth import KeyFileError, KeyStore, add_key, bearer_token, read_keys, remove_key
 
 # -- the keys file ----------------------------------------------------------------------------------
@@ -62,6 +67,66 @@ def test_duplicate_name_missing_file_and_unknown_key(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(KeyFileError, match="cannot read"):
         read_keys(tmp_path / "broken.json")
+
+
+def test_a_key_id_is_random_and_never_inherited_by_a_new_key_of_the_same_name(tmp_path):
+    path = tmp_path / "keys.json"
+    first = add_key(path, "alice")
+    (old,) = read_keys(path)
+    remove_key(path, "alice")
+    second = add_key(path, "alice")
+    (new,) = read_keys(path)
+    assert old.id != new.id and LOCAL_OWNER not in (old.id, new.id) and old.name not in (old.id, new.id)
+    assert json.loads(path.read_text())["keys"][0]["id"] == new.id
+    store = KeyStore.open(path)
+    assert store.identify(first) is None and store.identify(second) == new
+
+
+@pytest.mark.parametrize("name", [LOCAL_OWNER, LOCAL_OWNER.upper()])
+def test_the_local_owner_is_not_a_key_name(tmp_path, name):
+    with pytest.raises(KeyFileError, match="reserved"):
+        add_key(tmp_path / "keys.json", name)
+    assert not (tmp_path / "keys.json").exists()
+
+
+def test_keys_add_local_is_a_one_line_error(tmp_path):
+    path = tmp_path / "keys.json"
+    result = subprocess.run([sys.executable, "-m", "luodi", "keys", "add", LOCAL_OWNER, "--file", str(path)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "LUODI_HOME": str(tmp_path)})
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "error: key name 'local' is reserved: 'local' owns what the CLI makes; pick another name"]
+    assert not path.exists()
+
+
+def _legacy_entry(name: str, key: str) -> dict[str, object]:
+    """A key as the keys file held it before keys had ids."""
+    salt = bytes(range(16)) if name == "alice" else bytes(range(16, 32))
+    return {"name": name, "salt": salt.hex(), "sha256": hashlib.sha256(salt + key.encode()).hexdigest(),
+            "hint": key[:10], "created": 1700000000}
+
+
+def test_a_keys_file_without_ids_still_loads_with_stable_ids(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"version": 1, "keys": [_legacy_entry("alice", "luodi-a"),
+                                                         _legacy_entry(LOCAL_OWNER, "luodi-l")]}))
+    first, again = read_keys(path), read_keys(path)
+    assert [k.id for k in first] == [k.id for k in again]
+    alice, local = first
+    assert alice.id == "alice"  # the owner its knowledge bases were made under: they stay its own
+    assert local.id != LOCAL_OWNER and local.id.startswith("key-")  # never the CLI's knowledge bases
+    assert KeyStore.open(path).identify("luodi-l") == local
+    add_key(path, "bob")  # a rewrite keeps the ids it gave
+    assert [(e["name"], e["id"]) for e in json.loads(path.read_text())["keys"][:2]] == [
+        ("alice", alice.id), (LOCAL_OWNER, local.id)]
+    assert read_keys(path)[:2] == first
+
+
+def test_a_keys_file_giving_a_key_the_local_owners_id_is_refused(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"version": 2, "keys": [{**_legacy_entry("alice", "luodi-a"), "id": LOCAL_OWNER}]}))
+    with pytest.raises(KeyFileError, match="key ids must be distinct"):
+        read_keys(path)
 
 
 def test_bearer_token_parsing():
