@@ -1,7 +1,9 @@
 """`luodi kb …` and `luodi ask`: build a knowledge base from private documents and ask it.
 
 Thin commands: parse, call `luodi.kb`, print. The CLI acts as the local owner: knowledge bases
-made through the server under an API key are not visible here, and the reverse.
+made through the server under an API key are not visible here, and the reverse (names are scoped
+per owner, so both may have a "handbook"). Arguments and file names that are not UTF-8 (Python
+holds them as lone surrogates) are refused, or their files skipped, with a one-line message.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files a
 
     kb_store = _store(store)
     info = kb_store.info(name, owner=LOCAL_OWNER)
-    files = collect_files(paths)
+    files, unnamed = _utf8_named(collect_files(paths))
     ingestor = Ingestor(kb_store, get_embedder(info.embedder), name, LOCAL_OWNER)
     with _ingest_progress() as progress:
         task = progress.add_task("ingesting", total=len(files), chunks=0, rate="")
@@ -72,12 +74,29 @@ def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files a
             progress.update(task, advance=1, chunks=totals["chunks"], rate=rate, description=file.source[-40:])
 
         report = ingestor.add(files, advance)
-    for source, reason in report.failed:
+    failed = report.failed + [(ascii(f.source), "the file name is not UTF-8: rename the file") for f in unnamed]
+    for source, reason in failed:
         err.print(f"[yellow]skipped[/yellow] {source}: {reason}", highlight=False)
     out.print(f"{len(report.added)} added, {len(report.replaced)} replaced, {len(report.unchanged)} unchanged, "
-              f"{len(report.failed)} failed · {report.chunks} chunks in {report.seconds:.1f} s")
-    if report.failed and not (report.added or report.replaced or report.unchanged):
+              f"{len(failed)} failed · {report.chunks} chunks in {report.seconds:.1f} s")
+    if failed and not (report.added or report.replaced or report.unchanged):
         raise typer.Exit(1)
+
+
+def _utf8_named(files: list) -> tuple[list, list]:
+    """(files whose source name is valid Unicode, the others): a name that is not UTF-8 cannot be
+    stored, so its file is skipped and reported rather than failing the whole run."""
+    from luodi.errors import InvalidParameterError
+    from luodi.kb.store import check_text
+
+    good, bad = [], []
+    for file in files:
+        try:
+            check_text(file.source, "document name", "source")
+            good.append(file)
+        except InvalidParameterError:
+            bad.append(file)
+    return good, bad
 
 
 def _ingest_progress() -> Progress:
@@ -130,7 +149,9 @@ def search(name: NameArg, query: Annotated[str, typer.Argument(help="What to loo
     """Find the passages that best match a query (BM25 + vectors, fused)."""
     from luodi.kb.embedding import get_embedder
     from luodi.kb.retrieval import search as hybrid_search
+    from luodi.kb.store import check_text
 
+    check_text(query, "query", "query")
     kb_store = _store(store)
     info = kb_store.info(name, owner=LOCAL_OWNER)
     hits = hybrid_search(kb_store, get_embedder(info.embedder), name, query, owner=LOCAL_OWNER, k=k)
@@ -155,8 +176,10 @@ def ask(name: NameArg, question: Annotated[str, typer.Argument(help="The questio
     from luodi.kb.answer import ask as answer_question
     from luodi.kb.embedding import get_embedder
     from luodi.engine.sampling import SamplingParams
+    from luodi.kb.store import check_text
     from luodi.llm import LLM
 
+    check_text(question, "question", "question")  # before the model loads
     kb_store = _store(store)
     info = kb_store.info(name, owner=LOCAL_OWNER)
     llm = LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)

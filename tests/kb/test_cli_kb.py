@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def home(tmp_path_factory) -> Path:
     return home
 
 
-def luodi(home: Path, *args: str) -> subprocess.CompletedProcess:
+def luodi(home: Path, *args: str | bytes) -> subprocess.CompletedProcess:
     env = {**os.environ, "LUODI_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "luodi", *args], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -79,3 +80,29 @@ def test_bad_input_is_one_line(home, handbook, tmp_path):
     assert_one_line_error(luodi(home, "kb", "rm", "hb", "nothing.md"), "no document")
     assert_one_line_error(luodi(home, "kb", "search", "hb", "  "), "query is empty")
     assert_one_line_error(luodi(home, "kb", "create", "x", "--embedder", "bogus"), "unknown embedder")
+
+
+def test_arguments_and_file_names_that_are_not_utf8_are_one_line_errors(home, handbook, tmp_path):
+    """Python holds argv and file names that are not UTF-8 as lone surrogates; they are refused
+    (or their file skipped) with one line, never a traceback."""
+    bad = b"\xed\xa0\x80"  # the UTF-8 form of U+D800, which UTF-8 forbids
+    assert_one_line_error(luodi(home, "kb", "search", "hb", b"leave " + bad), "query is not valid Unicode")
+    assert_one_line_error(luodi(home, "ask", "hb", bad + b"?"), "question is not valid Unicode")
+    assert_one_line_error(luodi(home, "kb", "rm", "hb", bad + b".md"), "document name is not valid Unicode")
+    assert_one_line_error(luodi(home, "kb", "create", bad), "invalid knowledge base name")
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    write_text(Path(os.fsdecode(bytes(folder) + b"/" + bad + b".md")), "# Odd\n\nan oddly named file\n")
+    write_text(folder / "fine.md", "# Fine\n\na plainly named file\n")
+    added = luodi(home, "kb", "add", "hb", str(folder))
+    assert added.returncode == 0 and "Traceback" not in added.stderr, added.stderr
+    assert "1 added" in added.stdout and "1 failed" in added.stdout
+    assert "odd/\\udced\\udca0\\udc80.md" in added.stderr and "not UTF-8" in added.stderr
+    assert "odd/fine.md" in luodi(home, "kb", "ls", "hb").stdout
+
+
+def test_the_kb_folder_and_files_are_private(home, handbook):
+    paths = [home / "kb", *(home / "kb").rglob("*")]
+    assert home / "kb" / "hb.sqlite" in paths
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
+            if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)} == {}
