@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt
 from luodi.kb.store.base import LOCAL_OWNER
+
+if TYPE_CHECKING:
+    from luodi.kb.ingest.pipeline import SourceFile
 
 kb_app = typer.Typer(help="Knowledge bases of private documents: create, add, list, remove, search.",
                      no_args_is_help=True)
@@ -83,7 +86,7 @@ def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files a
         raise typer.Exit(1)
 
 
-def _utf8_named(files: list) -> tuple[list, list]:
+def _utf8_named(files: list[SourceFile]) -> tuple[list[SourceFile], list[SourceFile]]:
     """(files whose source name is valid Unicode, the others): a name that is not UTF-8 cannot be
     stored, so its file is skipped and reported rather than failing the whole run."""
     from luodi.errors import InvalidParameterError

@@ -15,7 +15,7 @@ read (their name, which already owned their knowledge bases; a derived id for a 
 the local owner), kept in the file at its next rewrite. "local" — the owner of what the CLI and
 a server without keys make — is never a key's name or id.
 
-Must not know about HTTP frameworks: the middleware in `app.py` calls `KeyStore.verify`.
+Must not know about HTTP frameworks: the middleware in `app.py` calls `KeyStore.identify`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ delete a document, search.
 
 A document is uploaded as the raw request body of `PUT /v1/kb/{name}/documents/{filename}` (no
 multipart parser needed; the web page sends the File object as is). Knowledge bases belong to the
-caller's API key: another key gets 404 for them, as if they did not exist.
+caller's API key, by the key's id (never reused), and names are scoped per key: another key gets
+404 for them exactly as for a name nobody has, and may create the same name for itself.
 
 Must not know how documents are read or searched: it calls `KnowledgeService`.
 """
