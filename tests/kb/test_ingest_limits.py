@@ -20,7 +20,7 @@ import pytest
 from bombs import write_blank_pdf, write_docx_bomb, write_png_bomb, write_zip_with_members
 from documents import write_docx, write_text
 
-from luodi.errors import DocumentError
+from luodi.errors import DocumentError, InvalidParameterError
 from luodi.kb.ingest.limits import (DEFAULT_LIMITS, IngestBudget, IngestCancelledError, IngestLimitError,
                                     IngestLimits, IngestTimeLimitError)
 from luodi.kb.ingest.loaders import load_document
@@ -185,11 +185,11 @@ def test_limits_from_settings() -> None:
     limits = DEFAULT_LIMITS.with_overrides(["max_ocr_pages=7", "max-document-seconds=2.5", "max_pdf_pages=1_000"])
     assert (limits.max_ocr_pages, limits.max_document_seconds, limits.max_pdf_pages) == (7, 2.5, 1000)
     assert limits.max_image_pixels == DEFAULT_LIMITS.max_image_pixels
-    with pytest.raises(DocumentError.__base__, match="unknown ingestion limit 'max_pages'.*max_ocr_pages"):
+    with pytest.raises(InvalidParameterError, match="unknown ingestion limit 'max_pages'.*max_ocr_pages"):
         DEFAULT_LIMITS.with_overrides(["max_pages=3"])
-    with pytest.raises(DocumentError.__base__, match="max_ocr_pages=lots.*INTEGER"):
+    with pytest.raises(InvalidParameterError, match="max_ocr_pages=lots.*INTEGER"):
         DEFAULT_LIMITS.with_overrides(["max_ocr_pages=lots"])
-    with pytest.raises(DocumentError.__base__, match="max_ocr_pages=0 must be > 0"):
+    with pytest.raises(InvalidParameterError, match="max_ocr_pages=0 must be > 0"):
         IngestLimits(max_ocr_pages=0)
 
 
