@@ -3,7 +3,8 @@ without bound. Each `write_*` writes one file at `path` and returns `path`; none
 
 - `write_docx_bomb`: a real .docx whose word/document.xml inflates to `inflated` bytes (~1000x);
 - `write_png_bomb`: a PNG declaring `width` x `height` pixels, tens of KB on disk;
-- `write_blank_pdf`: `pages` blank pages (no text layer: every page is one to OCR).
+- `write_blank_pdf`: `pages` blank pages (no text layer: every page is one to OCR);
+- `write_page_tree_bomb`: ~1 KB of PDF whose page tree lists one blank page fanout² times.
 """
 
 from __future__ import annotations
@@ -79,4 +80,26 @@ def write_blank_pdf(path: Path, pages: int, size: tuple[float, float] = (419.53,
     writer.compress_identical_objects()
     with path.open("wb") as fh:
         writer.write(fh)
+    return path
+
+
+def write_page_tree_bomb(path: Path, fanout: int = 71) -> Path:
+    """A hand-written PDF of about 1 KB: the root lists one page-tree node `fanout` times, which
+    lists one blank page `fanout` times, so readers see fanout² (5041) pages to OCR."""
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(['3 0 R'] * fanout)}] /Count {fanout * fanout} >>",
+        f"<< /Type /Pages /Parent 2 0 R /Kids [{' '.join(['4 0 R'] * fanout)}] /Count {fanout} >>",
+        "<< /Type /Page /Parent 3 0 R /MediaBox [0 0 420 595] >>",
+    ]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(bytes(out))
     return path

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bombs import write_blank_pdf, write_docx_bomb, write_png_bomb, write_zip_with_members
+from bombs import (write_blank_pdf, write_docx_bomb, write_page_tree_bomb, write_png_bomb,
+                   write_zip_with_members)
 from documents import write_docx, write_text
 
 from luodi.errors import DocumentError, InvalidParameterError
@@ -119,9 +120,10 @@ def test_a_normal_docx_still_loads(tmp_path: Path) -> None:
 # ---- PDFs: pages, pages to OCR, raster area ------------------------------------------------------
 
 def test_pdf_page_bomb_is_refused_before_reading_a_page(tmp_path: Path) -> None:
-    bomb = write_blank_pdf(tmp_path / "blank.pdf", 5000)
+    bomb = write_page_tree_bomb(tmp_path / "blank.pdf")
+    assert bomb.stat().st_size < 4096
     budget = IngestBudget(DEFAULT_LIMITS, name="blank.pdf")
-    with pytest.raises(IngestLimitError, match=r"blank\.pdf: the number of pages is 5000, over the "
+    with pytest.raises(IngestLimitError, match=r"blank\.pdf: the number of pages is 5041, over the "
                                                r"ingestion limit max_pdf_pages=2000"):
         load_document(bomb, budget)
     assert (budget.pages_read, budget.ocr_pages) == (0, 0)
