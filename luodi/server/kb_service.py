@@ -87,7 +87,8 @@ class KnowledgeService:
         self._embedders: dict[str, Embedder] = {}
         self.limits = limits
         self.uploads = UploadSpool(uploads if uploads is not None else luodi_home() / "uploads")
-        self._loading = threading.Lock()  # the store and embedders are made once, on first use
+        self._opening = threading.Lock()  # the store is opened once, on first use
+        self._loading = threading.Lock()  # each embedder is loaded once, on first use
         self._lock = threading.Lock()  # guards the fields below; held only for bookkeeping
         self._calls = threading.Condition(self._lock)
         self._num_calls = 0
@@ -166,7 +167,7 @@ class KnowledgeService:
 
     @property
     def store(self) -> Store:
-        with self._loading:
+        with self._opening:
             if self._store is None:
                 self._store = self._open_store()
             return self._store
@@ -208,6 +209,9 @@ class KnowledgeService:
                     status, chunks = ingestor.add_file(SourceFile(path, filename), budget)
                 except DocumentError as exc:  # the file's path is the spool's; the client knows the name
                     raise type(exc)(str(exc).replace(str(path), filename)) from None
+                except OSError as exc:
+                    raise DocumentError(f"{filename}: cannot read the stored upload ({exc.strerror}); "
+                                        "check the disk under the uploads folder and retry") from None
         return {"source": filename, "status": status, "chunks": chunks}
 
     @contextmanager
