@@ -34,6 +34,18 @@ StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Where knowledge bases live: default one SQLite file each under $LUODI_HOME/kb; "
                     "or postgresql://user@host/db (pgvector).")]
 KOpt = Annotated[int, typer.Option("--k", "-k", help="How many passages to retrieve.")]
+IngestLimitOpt = Annotated[list[str] | None, typer.Option(
+    "--ingest-limit", metavar="NAME=VALUE",
+    help="Raise or lower what one document may cost to read (repeatable), e.g. max_ocr_pages=200; "
+         "names: max_zip_members, max_unzipped_member_bytes, max_unzipped_bytes, max_zip_ratio, "
+         "max_image_pixels, max_pdf_pages, max_ocr_pages, max_page_pixels, max_document_seconds.")]
+
+
+def ingest_limits(settings: list[str] | None):
+    """The default ingestion limits with `--ingest-limit` settings applied."""
+    from luodi.kb.ingest.limits import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS.with_overrides(settings or [])
 
 
 def _store(location: str | None):
@@ -56,15 +68,16 @@ def create(name: NameArg, store: StoreOpt = None,
 
 @kb_app.command("add")
 def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
-        store: StoreOpt = None) -> None:
+        store: StoreOpt = None, ingest_limit: IngestLimitOpt = None) -> None:
     """Add documents (txt, md, html, pdf, docx, png, jpg); unchanged files are skipped."""
     from luodi.kb.embedding import get_embedder
     from luodi.kb.ingest.pipeline import Ingestor, collect_files
 
+    limits = ingest_limits(ingest_limit)
     kb_store = _store(store)
     info = kb_store.info(name, owner=LOCAL_OWNER)
     files, unnamed = _utf8_named(collect_files(paths))
-    ingestor = Ingestor(kb_store, get_embedder(info.embedder), name, LOCAL_OWNER)
+    ingestor = Ingestor(kb_store, get_embedder(info.embedder), name, LOCAL_OWNER, limits=limits)
     with _ingest_progress() as progress:
         task = progress.add_task("ingesting", total=len(files), chunks=0, rate="")
         totals = {"chunks": 0}

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from luodi.cli.kb import IngestLimitOpt, ingest_limits
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, ModelOpt
 from luodi.errors import InvalidParameterError, LuodiError
 
@@ -131,6 +132,7 @@ def serve(
         list[str] | None,
         typer.Option("--lora", help="Serve a LoRA adapter unmerged as model MODEL:NAME (NAME=DIR; repeatable)."),
     ] = None,
+    ingest_limit: IngestLimitOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
@@ -149,7 +151,7 @@ def serve(
     engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30))
     config = ServerConfig(
         model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file,
-        kb_store=kb_store,
+        kb_store=kb_store, ingest_limits=ingest_limits(ingest_limit),
     )
 
     def load() -> LLM:

@@ -53,11 +53,13 @@ _OPEN_PREFIXES = ("/static/",)
 def create_app(service: ModelService, knowledge: KnowledgeService | None = None) -> FastAPI:
     """The app for one served model and the knowledge bases beside it. Starting it (lifespan)
     loads the model if not loaded yet."""
-    knowledge = knowledge or KnowledgeService(partial(_open_kb_store, service.config.kb_store))
+    knowledge = knowledge or KnowledgeService(partial(_open_kb_store, service.config.kb_store),
+                                              limits=service.config.ingest_limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        knowledge.start()
         yield
         service.close()
         knowledge.close()

@@ -26,6 +26,7 @@ from luodi.engine.async_engine import AsyncLLMEngine
 from luodi.engine.engine import LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import LuodiError
+from luodi.kb.ingest.limits import DEFAULT_LIMITS, IngestLimits
 from luodi.llm import LLM
 from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
 from luodi.server.metrics import ServerMetrics
@@ -42,6 +43,7 @@ class ServerConfig:
     kb_store: str | None = None  # where knowledge bases live: None = SQLite under $LUODI_HOME/kb
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
+    ingest_limits: IngestLimits = DEFAULT_LIMITS  # what one uploaded document may cost to read
 
 
 class Admission:

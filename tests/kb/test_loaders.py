@@ -32,7 +32,9 @@ EN_LONG = ("A private language model stack keeps every document, question and an
            "you control, which is what contracts, medical records and financial reports require "
            "before anyone is allowed to search them with a model.")
 
-needs_font = pytest.mark.skipif(not has_cjk_font(), reason="fonts-wqy-zenhei is not installed")
+# Every test that draws text with WenQuanYi Zen Hei (documents.WQY_ZENHEI) carries this mark.
+needs_font = pytest.mark.skipif(not has_cjk_font(), reason="needs the CJK font of Debian's fonts-wqy-zenhei "
+                                                           "package, not installed: apt install fonts-wqy-zenhei")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -203,6 +205,7 @@ def test_empty_file(tmp_path: Path, name: str) -> None:
         load_document(path)
 
 
+@needs_font
 def test_pdf_without_any_text(tmp_path: Path) -> None:
     path = write_pdf(tmp_path / "blank.pdf", [[]], page_size=A5)  # a blank page is OCRed too
     with pytest.raises(DocumentError, match="blank.pdf: no text found"):
@@ -218,3 +221,14 @@ def test_missing_dependency_names_the_install(tmp_path: Path, monkeypatch: pytes
 
 def test_supported_suffixes() -> None:
     assert {".txt", ".md", ".html", ".pdf", ".docx", ".png", ".jpg", ".jpeg"} <= SUPPORTED_SUFFIXES
+
+
+def test_blank_pdf_needs_no_font(tmp_path: Path) -> None:
+    """The same case as above, built without any font: the blank page is OCRed, and found empty."""
+    from bombs import write_blank_pdf
+    from luodi.kb.ingest.limits import IngestBudget
+
+    budget = IngestBudget(name="blank.pdf")
+    with pytest.raises(DocumentError, match="blank.pdf: no text found"):
+        load_document(write_blank_pdf(tmp_path / "blank.pdf", 1), budget)
+    assert (budget.pages_read, budget.ocr_pages) == (1, 1)

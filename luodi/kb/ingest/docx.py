@@ -1,7 +1,9 @@
 """Word files (.docx) → blocks: paragraphs and tables in body order, Heading styles as sections.
 
 Owns walking the document body with python-docx and writing a table as text, one row a line
-with cells joined by " | ". Knows nothing about chunking or storage.
+with cells joined by " | ". A .docx is a zip container: it is checked against the ingestion
+limits (`limits.check_zip`) before python-docx, which reads whole members, opens it.
+Knows nothing about chunking or storage.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget, check_zip
 
 CELL_SEPARATOR = " | "
 
 
-def load_docx(path: Path) -> list[Block]:
+def load_docx(path: Path, budget: IngestBudget) -> list[Block]:
     """Body paragraphs and tables in order; a "Heading n" or "Title" paragraph starts a section."""
     import docx
     from docx.table import Table
 
+    check_zip(path, budget)
     blocks: list[Block] = []
     section: str | None = None
     for item in docx.Document(str(path)).iter_inner_content():

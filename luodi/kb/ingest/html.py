@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget
 
 CELL_SEPARATOR = " | "
 
 
-def load_html(path: Path) -> list[Block]:
-    """The main content of an HTML file; the encoding is taken from the page (or guessed)."""
+def load_html(path: Path, budget: IngestBudget | None = None) -> list[Block]:
+    """The main content of an HTML file; the encoding is taken from the page (or guessed).
+    Nothing inflates (the page's size is the file's), so the budget has nothing to bound."""
     return main_blocks(path.read_bytes())
 
 

@@ -3,7 +3,8 @@
 Owns the supported-type table and the boundary between user files and the format loaders:
 every way a file can be bad (unknown type, missing, corrupt, encrypted, no text) leaves here as
 one `DocumentError` line naming the file and what to do, never a library's traceback; a
-missing optional dependency leaves as a `LuodiError` with the install hint. Each format's
+missing optional dependency leaves as a `LuodiError` with the install hint. Every loader is
+given the document's `IngestBudget` (limits, deadline, cancellation) and must respect it. Each format's
 module is imported only when a file of that type is loaded. Knows nothing about chunking,
 embedding or storage.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from luodi.errors import DocumentError, LuodiError
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget
 
 INSTALL_HINT = "pip install 'luodi[kb]'"
 
@@ -38,18 +40,20 @@ SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_LOADERS)
 _DISTRIBUTIONS = {"docx": "python-docx", "PIL": "pillow"}
 
 
-def load_document(path: Path) -> list[Block]:
-    """The text blocks of the document at `path`, in reading order.
+def load_document(path: Path, budget: IngestBudget | None = None) -> list[Block]:
+    """The text blocks of the document at `path`, in reading order, within `budget` (the
+    default limits, no deadline shared with anything else, if None).
 
     Raises DocumentError for an unsupported type, a missing, unreadable or corrupt file, or a
-    document with no text at all.
+    document with no text at all; IngestLimitError (a DocumentError) for one over a limit;
+    IngestCancelledError once the budget is cancelled.
     """
     path = Path(path)
     loader = _loader_for(path)
     if not path.is_file():
         raise DocumentError(f"{path}: no such file; check the path")
     try:
-        blocks = loader(path)
+        blocks = loader(path, budget if budget is not None else IngestBudget(name=str(path)))
     except LuodiError:
         raise
     except ImportError as exc:
@@ -65,7 +69,7 @@ def load_document(path: Path) -> list[Block]:
     return blocks
 
 
-def _loader_for(path: Path) -> Callable[[Path], list[Block]]:
+def _loader_for(path: Path) -> Callable[[Path, IngestBudget], list[Block]]:
     entry = _LOADERS.get(path.suffix.lower())
     if entry is None:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))

@@ -1,17 +1,21 @@
 """PDF files → blocks, one or more per page, with 1-based page numbers.
 
 Owns reading the text layer (pypdf) and, for pages whose text layer is missing or negligible
-(scans, photos of paper), rasterizing them (pypdfium2) and handing the picture to `ocr`.
-Knows nothing about chunking or storage.
+(scans, photos of paper), rasterizing them (pypdfium2) and handing the picture to `ocr`. Within
+the document's budget: the page count is checked before any page is read, the number of pages
+to OCR before any is rasterized, each page's raster area before it is rendered, and the deadline
+and cancellation between pages. Knows nothing about chunking or storage.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from luodi.errors import DocumentError
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget, limit_error
 from luodi.kb.ingest.ocr import read_paragraphs
 from luodi.kb.ingest.text import join_wrapped_lines, remove_cjk_spaces, split_paragraphs
 
@@ -23,20 +27,44 @@ MAX_OCR_SIDE = 2000  # pixels; RapidOCR shrinks anything larger anyway
 SENTENCE_ENDS = ("。", "！", "？", "；", "：", ".", "!", "?", ";", ":", "”", "」")
 
 
-def load_pdf(path: Path) -> list[Block]:
+def load_pdf(path: Path, budget: IngestBudget) -> list[Block]:
     """Text of each page in order; a page without a usable text layer is OCRed."""
     reader = _open_reader(path)
-    rasterizer = _Rasterizer(path)
+    pages = _text_layers(reader, budget)
+    _ocr_pages(path, pages, budget)
+    return [Block(text=p, page=number) for number, paragraphs in enumerate(pages, start=1)
+            for p in paragraphs]
+
+
+def _text_layers(reader: Any, budget: IngestBudget) -> list[list[str]]:
+    """Each page's text-layer paragraphs; the page count is checked first (pypdf reads it from the
+    page tree without loading pages) and counted again while reading."""
+    limits = budget.limits
+    if len(reader.pages) > limits.max_pdf_pages:
+        raise limit_error(budget.name, "the number of pages", len(reader.pages), limits, "max_pdf_pages")
+    pages = []
+    for page in reader.pages:
+        if len(pages) == limits.max_pdf_pages:  # the page tree held more than its count said
+            raise limit_error(budget.name, "the number of pages (at least)", len(pages) + 1, limits,
+                              "max_pdf_pages")
+        pages.append(page_paragraphs(page.extract_text() or ""))
+        budget.page_read()
+    return pages
+
+
+def _ocr_pages(path: Path, pages: list[list[str]], budget: IngestBudget) -> None:
+    """OCR, in place, each page whose text layer is missing or negligible, if that reads more."""
+    numbers = [n for n, paragraphs in enumerate(pages, start=1) if _visible_chars(paragraphs) < MIN_TEXT_CHARS]
+    if len(numbers) > budget.limits.max_ocr_pages:  # refused before the first page is rasterized
+        raise limit_error(budget.name, "the number of pages without a text layer to OCR", len(numbers),
+                          budget.limits, "max_ocr_pages")
+    rasterizer = _Rasterizer(path, budget.limits.max_page_pixels)
     try:
-        blocks: list[Block] = []
-        for number, page in enumerate(reader.pages, start=1):
-            paragraphs = page_paragraphs(page.extract_text() or "")
-            if _visible_chars(paragraphs) < MIN_TEXT_CHARS:
-                scanned = read_paragraphs(rasterizer.render(number))
-                if _visible_chars(scanned) > _visible_chars(paragraphs):
-                    paragraphs = scanned
-            blocks.extend(Block(text=p, page=number) for p in paragraphs)
-        return blocks
+        for number in numbers:
+            budget.before_ocr()
+            scanned = read_paragraphs(rasterizer.render(number))
+            if _visible_chars(scanned) > _visible_chars(pages[number - 1]):
+                pages[number - 1] = scanned
     finally:
         rasterizer.close()
 
@@ -75,23 +103,31 @@ def _visible_chars(paragraphs: list[str]) -> int:
     return sum(len("".join(p.split())) for p in paragraphs)
 
 
+def raster_scale(width: float, height: float, max_pixels: int) -> float:
+    """Pixels per point for a `width` × `height` page: OCR_DPI, less if the longest side would
+    pass MAX_OCR_SIDE or the area `max_pixels`."""
+    width, height = max(width, 1.0), max(height, 1.0)  # a degenerate page renders as a dot
+    return min(OCR_DPI / 72, MAX_OCR_SIDE / max(width, height), math.sqrt(max_pixels / (width * height)))
+
+
 class _Rasterizer:
     """Renders pages to images for OCR; the pdfium document is opened only if a page needs it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pixels: int) -> None:
         self._path = path
+        self._max_pixels = max_pixels
         self._document: Any = None
 
     def render(self, number: int) -> Any:
-        """Page `number` (1-based) as a PIL image at OCR_DPI, longest side at most MAX_OCR_SIDE."""
+        """Page `number` (1-based) as a PIL image at OCR_DPI, longest side at most MAX_OCR_SIDE and
+        at most `max_pixels` in all (scaled down to fit, whatever size the page declares)."""
         import pypdfium2
 
         if self._document is None:
             self._document = pypdfium2.PdfDocument(self._path)
         page = self._document[number - 1]
         width, height = page.get_size()  # points, 1/72 inch
-        scale = min(OCR_DPI / 72, MAX_OCR_SIDE / max(width, height))
-        return page.render(scale=scale).to_pil()
+        return page.render(scale=raster_scale(width, height, self._max_pixels)).to_pil()
 
     def close(self) -> None:
         if self._document is not None:

@@ -3,7 +3,9 @@
 Idempotent by content hash: a file whose bytes are already stored under its source name is
 skipped, a changed one replaces its old chunks, and each document lands in one store transaction,
 so a killed run leaves a consistent store and a rerun finishes the rest. A file that fails to
-load is reported and skipped; the others go on.
+load, or is over an ingestion limit (`limits.IngestLimits`), is reported and skipped; the others
+go on. Each file gets its own `IngestBudget`, checked between embedding batches too; a
+cancelled ingestion stops at the next check and stores nothing more.
 
 This module orchestrates; it must not know file formats (loaders), storage (store) or models
 (embedder) beyond their interfaces.
@@ -12,16 +14,22 @@ This module orchestrates; it must not know file formats (loaders), storage (stor
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from luodi.errors import DocumentError, KnowledgeBaseError
 from luodi.kb.chunking import chunk_blocks
 from luodi.kb.embedding import Embedder
+from luodi.kb.ingest.limits import DEFAULT_LIMITS, IngestBudget, IngestLimits
 from luodi.kb.ingest.loaders import SUPPORTED_SUFFIXES, load_document
 from luodi.kb.store.base import Store
+
+EMBED_BATCH = 64  # chunks embedded between two budget checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +97,32 @@ class Ingestor:
     owner: str
     max_tokens: int = 200
     overlap_tokens: int = 40
+    limits: IngestLimits = DEFAULT_LIMITS
 
-    def add(self, files: Sequence[SourceFile], progress: ProgressCallback | None = None) -> IngestReport:
+    def add(self, files: Sequence[SourceFile], progress: ProgressCallback | None = None,
+            cancel: threading.Event | None = None) -> IngestReport:
+        """Add each file, reporting and skipping those that fail; stops (IngestCancelledError)
+        once `cancel` is set."""
         self._check_embedder()
         report = IngestReport()
         start = time.perf_counter()
         for file in files:
-            stored = self._add_one(file, report)
+            stored = self._add_one(file, report, IngestBudget(self.limits, cancel, name=str(file.path)))
             if progress is not None:
                 progress(file, stored)
         report.seconds = time.perf_counter() - start
         return report
+
+    def add_file(self, file: SourceFile, budget: IngestBudget) -> tuple[str, int]:
+        """Add one file within `budget`: ("added" | "replaced" | "unchanged", chunks stored).
+
+        Raises what loading raises (DocumentError, IngestLimitError, IngestCancelledError, OSError);
+        nothing is stored then."""
+        self._check_embedder()
+        report = IngestReport()
+        stored = self._store_one(file, report, budget)
+        status = "added" if report.added else "replaced" if report.replaced else "unchanged"
+        return status, stored
 
     def _check_embedder(self) -> None:
         info = self.store.info(self.kb, owner=self.owner)
@@ -108,20 +131,32 @@ class Ingestor:
                 f"knowledge base {self.kb!r} was built with the {info.embedder!r} embedder, not "
                 f"{self.embedder.name!r}: add documents with the same embedder")
 
-    def _add_one(self, file: SourceFile, report: IngestReport) -> int:
+    def _add_one(self, file: SourceFile, report: IngestReport, budget: IngestBudget) -> int:
         try:
-            digest = content_hash(file.path)
-            previous = self.store.document_hash(self.kb, file.source, owner=self.owner)
-            if previous == digest:
-                report.unchanged.append(file.source)
-                return 0
-            chunks = chunk_blocks(load_document(file.path), self.embedder.count_tokens,
-                                  max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens)
+            return self._store_one(file, report, budget)
         except (DocumentError, OSError) as exc:
             report.failed.append((file.source, str(exc)))
             return 0
-        vectors = self.embedder.embed_passages([chunk.text for chunk in chunks])
+
+    def _store_one(self, file: SourceFile, report: IngestReport, budget: IngestBudget) -> int:
+        digest = content_hash(file.path)
+        previous = self.store.document_hash(self.kb, file.source, owner=self.owner)
+        if previous == digest:
+            report.unchanged.append(file.source)
+            return 0
+        chunks = chunk_blocks(load_document(file.path, budget), self.embedder.count_tokens,
+                              max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens)
+        vectors = self._embed([chunk.text for chunk in chunks], budget)
+        budget.check()  # the last chance to give up: past this the document is stored whole
         self.store.replace_document(self.kb, file.source, digest, chunks, vectors, owner=self.owner)
         (report.added if previous is None else report.replaced).append(file.source)
         report.chunks += len(chunks)
         return len(chunks)
+
+    def _embed(self, texts: list[str], budget: IngestBudget) -> np.ndarray:
+        """The passages' vectors, in batches with a budget check before each."""
+        parts = [np.empty((0, self.embedder.dim), dtype=np.float32)]
+        for start in range(0, len(texts), EMBED_BATCH):
+            budget.check()
+            parts.append(self.embedder.embed_passages(texts[start : start + EMBED_BATCH]))
+        return np.concatenate(parts)

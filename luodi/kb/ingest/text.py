@@ -15,6 +15,7 @@ from pathlib import Path
 
 from luodi.errors import DocumentError
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget
 
 # Tried in order after the BOM check; each decodes strictly, so the first that succeeds wins.
 # UTF-8 first: valid UTF-8 that is really GBK is vanishingly rare for text longer than a few bytes.
@@ -37,12 +38,13 @@ _CJK = re.compile(
 _CJK_GAP = re.compile(rf"(?<={_CJK.pattern})[ \t\u3000]+(?={_CJK.pattern})")
 
 
-def load_text(path: Path) -> list[Block]:
-    """A .txt file: paragraphs separated by blank lines, no sections."""
+def load_text(path: Path, budget: IngestBudget | None = None) -> list[Block]:
+    """A .txt file: paragraphs separated by blank lines, no sections. (Its size is the upload's:
+    nothing inflates, so the budget has nothing to bound.)"""
     return [Block(text=p) for p in split_paragraphs(read_text(path))]
 
 
-def load_markdown(path: Path) -> list[Block]:
+def load_markdown(path: Path, budget: IngestBudget | None = None) -> list[Block]:
     """A .md file: `#` headings become heading blocks and the section of what follows them."""
     return markdown_blocks(read_text(path))
 
