@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from luodi.errors import KnowledgeBaseError
+from luodi.paths import PRIVATE_DIR_MODE, create_private_file, private_dir
 
 log = logging.getLogger("luodi.server")
 LOCK_FILE = ".lock"
@@ -51,8 +52,8 @@ class UploadSpool:
         """`content` written to a fresh file called `filename`, removed when the block ends."""
         folder = self._process_folder() / secrets.token_hex(8)
         try:
-            folder.mkdir()
-            path = folder / filename
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+            path = create_private_file(folder / filename)
             path.write_bytes(content)
         except OSError as err:
             shutil.rmtree(folder, ignore_errors=True)
@@ -78,8 +79,8 @@ class UploadSpool:
                 # Made under a hidden name and renamed once locked: a server starting meanwhile
                 # never sees this folder without its lock.
                 name = f"{os.getpid()}-{secrets.token_hex(4)}"
-                making = self.root / f".{name}"
-                making.mkdir(parents=True)
+                making = private_dir(self.root) / f".{name}"
+                making.mkdir(mode=PRIVATE_DIR_MODE)
                 lock_file = (making / LOCK_FILE).open("wb")
                 _lock(lock_file, blocking=True)
                 self._own, self._lock_file = making.rename(self.root / name), lock_file
