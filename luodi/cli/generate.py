@@ -1,10 +1,14 @@
-"""`luodi generate` and `luodi chat`: one completion, or an interactive streaming conversation."""
+"""`luodi generate` and `luodi chat`: one completion, or an interactive streaming conversation.
+
+The model stack (torch and everything above it) is imported inside the commands, so `--help` and
+usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,10 +17,10 @@ from luodi.cli.options import (
     DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt, SeedOpt, TemperatureOpt,
     TopKOpt, TopPOpt,
 )
-from luodi.conversation import Conversation
-from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
-from luodi.llm import LLM
+
+if TYPE_CHECKING:
+    from luodi.llm import LLM
 
 err = Console(stderr=True)
 
@@ -26,7 +30,14 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+def _is_blank(text: str) -> bool:
+    """No visible character: empty, whitespace, or only invisible ones (a byte-order mark, a zero-width space)."""
+    return not any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
 def _load(model: str, device: str, dtype: str) -> LLM:
+    from luodi.llm import LLM
+
     return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)
 
 
@@ -44,8 +55,14 @@ def generate(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Complete one prompt, streaming the text (or printing JSON with --json)."""
+    from luodi.engine.sampling import SamplingParams
+
     if prompt == "-":
         prompt = sys.stdin.read()
+    if _is_blank(prompt):
+        raise InvalidParameterError(
+            f"--prompt {prompt!r} is empty; give the text to complete, e.g. -p 'Hello', or -p - to read stdin",
+            "prompt")
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     llm = _load(model, device, dtype)
     if not raw and not llm.has_chat_template:
@@ -73,6 +90,9 @@ def chat(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Talk with a model: streams answers, keeps history within the context window. /reset, /exit."""
+    from luodi.conversation import Conversation
+    from luodi.engine.sampling import SamplingParams
+
     # Chat defaults as Ollama's: small models loop without a repetition penalty.
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed)
@@ -85,7 +105,9 @@ def chat(
         err.print("[dim]/reset clears the history, /exit (or Ctrl-D) quits.[/dim]")
     for line in _lines(interactive):
         text = line.strip()
-        if not text:
+        if _is_blank(text):  # an empty turn is never sent to the model: ask again
+            if interactive:
+                err.print("[dim]empty message not sent: type a message, /reset or /exit[/dim]")
             continue
         if text in ("/exit", "/quit"):
             break

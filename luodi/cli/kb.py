@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt
-from luodi.kb.store.base import LOCAL_OWNER
+from luodi.progress import progress
 
 if TYPE_CHECKING:
     from luodi.kb.ingest.pipeline import SourceFile
@@ -60,6 +60,7 @@ def create(name: NameArg, store: StoreOpt = None,
            ) -> None:
     """Create an empty knowledge base."""
     from luodi.kb.embedding import get_embedder
+    from luodi.kb.store.base import LOCAL_OWNER
 
     model = get_embedder(embedder)
     info = _store(store).create(name, owner=LOCAL_OWNER, embedder=model.name, dim=model.dim)
@@ -72,22 +73,23 @@ def add(name: NameArg, paths: Annotated[list[Path], typer.Argument(help="Files a
     """Add documents (txt, md, html, pdf, docx, png, jpg); unchanged files are skipped."""
     from luodi.kb.embedding import get_embedder
     from luodi.kb.ingest.pipeline import Ingestor, collect_files
+    from luodi.kb.store.base import LOCAL_OWNER
 
     limits = ingest_limits(ingest_limit)
     kb_store = _store(store)
     info = kb_store.info(name, owner=LOCAL_OWNER)
     files, unnamed = _utf8_named(collect_files(paths))
     ingestor = Ingestor(kb_store, get_embedder(info.embedder), name, LOCAL_OWNER, limits=limits)
-    with _ingest_progress() as progress:
-        task = progress.add_task("ingesting", total=len(files), chunks=0, rate="")
-        totals = {"chunks": 0}
+    start, totals = time.perf_counter(), {"files": 0, "chunks": 0}
+    with progress("ingesting", len(files), unit="files", fields={"chunks": 0, "rate": ""},
+                  detail="{chunks} chunks · {rate}") as step:
 
         def advance(file, stored: int) -> None:
+            totals["files"] += 1
             totals["chunks"] += stored
-            elapsed = progress.tasks[task].elapsed or 1e-9
-            done = progress.tasks[task].completed + 1
-            rate = f"{done / elapsed:.1f} files/s · {totals['chunks'] / elapsed:.0f} chunks/s"
-            progress.update(task, advance=1, chunks=totals["chunks"], rate=rate, description=file.source[-40:])
+            elapsed = time.perf_counter() - start or 1e-9
+            rate = f"{totals['files'] / elapsed:.1f} files/s · {totals['chunks'] / elapsed:.0f} chunks/s"
+            step(description=file.source[-40:], chunks=totals["chunks"], rate=rate)
 
         report = ingestor.add(files, advance)
     failed = report.failed + [(ascii(f.source), "the file name is not UTF-8: rename the file") for f in unnamed]
@@ -115,16 +117,12 @@ def _utf8_named(files: list[SourceFile]) -> tuple[list[SourceFile], list[SourceF
     return good, bad
 
 
-def _ingest_progress() -> Progress:
-    return Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[chunks]} chunks"), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), console=err)
-
-
 @kb_app.command("ls")
 def ls(name: Annotated[str | None, typer.Argument(help="List this knowledge base's documents.")] = None,
        store: StoreOpt = None) -> None:
     """List knowledge bases, or the documents of one."""
+    from luodi.kb.store.base import LOCAL_OWNER
+
     kb_store = _store(store)
     table = Table(box=None)
     if name is None:
@@ -147,6 +145,7 @@ def rm(name: NameArg, document: Annotated[str | None, typer.Argument(help="Remov
        store: StoreOpt = None) -> None:
     """Remove a knowledge base, or one document from it."""
     from luodi.errors import KnowledgeBaseError
+    from luodi.kb.store.base import LOCAL_OWNER
 
     kb_store = _store(store)
     if document is None:
@@ -166,6 +165,7 @@ def search(name: NameArg, query: Annotated[str, typer.Argument(help="What to loo
     from luodi.kb.embedding import get_embedder
     from luodi.kb.retrieval import search as hybrid_search
     from luodi.kb.store import check_text
+    from luodi.kb.store.base import LOCAL_OWNER
 
     check_text(query, "query", "query")
     kb_store = _store(store)
@@ -193,6 +193,7 @@ def ask(name: NameArg, question: Annotated[str, typer.Argument(help="The questio
     from luodi.kb.embedding import get_embedder
     from luodi.engine.sampling import SamplingParams
     from luodi.kb.store import check_text
+    from luodi.kb.store.base import LOCAL_OWNER
     from luodi.llm import LLM
 
     check_text(question, "question", "question")  # before the model loads

@@ -176,21 +176,13 @@ def _record_eval(
 
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[float, float, int], None]]:
-    """A rich progress bar on stderr with loss and tokens/s; yields its `advance(loss, tok_s, epoch)`."""
-    if not enabled:
-        yield lambda loss, tok_s, epoch: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr with loss and tokens/s (plain lines off a terminal); yields `advance(loss, tok_s, epoch)`."""
+    from luodi.progress import progress
 
-    columns = (
-        TextColumn("training epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tok_s]:.0f} tok/s"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("train", total=total, loss=float("nan"), tok_s=0.0, epoch=1)
-        yield lambda loss, tok_s, epoch: bar.update(task, advance=1, loss=loss, tok_s=tok_s, epoch=epoch)
+    fields = {"loss": float("nan"), "tok_s": 0.0, "epoch": 1}
+    with progress("training", total, enabled=enabled, unit="steps", fields=fields,
+                  detail="epoch {epoch} · loss {loss:.4f} · {tok_s:.0f} tok/s") as advance:
+        yield lambda loss, tok_s, epoch: advance(loss=loss, tok_s=tok_s, epoch=epoch)
 
 
 def finetune(

@@ -6,6 +6,9 @@ and ask it whether this CPU runs what it was compiled for. Any failure becomes a
 never an exception: callers fall back to torch ops. The build key covers everything the binary
 depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
 on another CPU model that shares the home directory).
+
+A first-use compile takes minutes on a small machine, so it is announced: whoever must explain the
+wait (the server's `/health` and log) registers a listener with `add_compile_listener`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import functools
 import hashlib
 import platform
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,28 @@ import torch
 from luodi.paths import luodi_home
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
+
+CompileListener = Callable[[str | None], None]  # told what is compiling ("low-bit kernels"), then None
+_compile_listeners: list[CompileListener] = []
+
+
+def add_compile_listener(listener: CompileListener) -> Callable[[], None]:
+    """Call `listener(what)` when a first-use compile starts and `listener(None)` when it ends;
+    returns the function that removes it."""
+    _compile_listeners.append(listener)
+    return lambda: _compile_listeners.remove(listener)
+
+
+@contextmanager
+def announce_compile(what: str) -> Iterator[None]:
+    """Tell the listeners that `what` is being compiled while the block runs."""
+    for listener in list(_compile_listeners):
+        listener(what)
+    try:
+        yield
+    finally:
+        for listener in list(_compile_listeners):
+            listener(None)
 
 
 @functools.cache
@@ -75,12 +102,17 @@ class NativeExtension:
         return module, ""
 
     def _compile(self) -> Any:
-        from torch.utils import cpp_extension
-
         build_dir = self.build_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
-        if not (build_dir / f"{self.name}.so").exists():
-            print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
+        if (build_dir / f"{self.name}.so").exists():
+            return self._build(build_dir)
+        print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
+        with announce_compile(f"native {self.what}"):
+            return self._build(build_dir)
+
+    def _build(self, build_dir: Path) -> Any:
+        from torch.utils import cpp_extension
+
         return cpp_extension.load(
             name=self.name, sources=[str(self.source_path)], build_directory=str(build_dir),
             extra_cflags=list(self.cflags), extra_ldflags=["-fopenmp"], verbose=False,

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -422,28 +422,14 @@ def _did_you_mean(name: str) -> str:
 
 @contextmanager
 def _progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n_bytes)`; draws a rich bytes bar on stderr when enabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
-    )  # fmt: skip
+    """Yield `advance(n_bytes)`; shows a bytes bar on stderr (plain lines off a terminal) when enabled."""
+    from luodi.progress import progress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    with progress(label, total, enabled=enabled, unit="bytes") as advance:
+        yield advance
 
 
-@contextmanager
-def _status(message: str, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    from rich.console import Console
+def _status(message: str, enabled: bool) -> AbstractContextManager:
+    from luodi.progress import status_if
 
-    with Console(stderr=True).status(message):
-        yield
+    return status_if(message, enabled)

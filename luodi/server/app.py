@@ -104,7 +104,8 @@ def _openapi_naming_the_model(app: FastAPI, service: ModelService) -> dict[str, 
 def _add_service_routes(app: FastAPI, service: ModelService) -> None:
     @app.get("/health", response_model=p.HealthStatus, responses={503: {"model": p.HealthStatus}})
     async def health() -> JSONResponse:
-        """200 once the model is loaded; 503 while loading or after a failed load."""
+        """200 once the model is loaded; 503 while loading (detail: "compiling native … kernels (first
+        start only)" while a first start builds them) or after a failed load."""
         body = p.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail)  # type: ignore[arg-type]
         return JSONResponse(body.model_dump(), status_code=200 if service.status == "ok" else 503)
 

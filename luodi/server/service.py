@@ -89,6 +89,9 @@ class ModelService:
         self._thread.start()
 
     def _load_now(self, on_failure: Callable[[str], None] | None) -> None:
+        from luodi.kernels.native_build import add_compile_listener
+
+        remove_listener = add_compile_listener(self._compiling)
         try:
             self._ready(self._load())
             log.info("model %s is ready", self.config.model_name)
@@ -100,6 +103,17 @@ class ModelService:
                 f"internal error while loading the model ({type(exc).__name__}); see the server log",
                 on_failure,
             )
+        finally:
+            remove_listener()
+
+    def _compiling(self, what: str | None) -> None:
+        """While a first start compiles the native kernels (minutes on a small machine), /health and
+        the log say so; status stays "loading"."""
+        if self.status != "loading":
+            return
+        self.detail = f"compiling {what} (first start only)" if what else None
+        if what:
+            log.info("compiling %s (first start only; a few minutes on a small machine)", what)
 
     def _ready(self, llm: LLM) -> None:
         self._engine = AsyncLLMEngine(llm.engine)

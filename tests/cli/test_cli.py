@@ -122,3 +122,49 @@ def test_chat_without_a_template_says_so_and_completes():
     assert result.returncode == 0, result.stderr
     assert "no chat template" in result.stderr and "plain text" in result.stderr
     assert result.stdout.strip()  # a plain continuation of the line
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\ufeff\u200b"])
+def test_generate_refuses_an_empty_prompt(prompt):
+    result = luodi("generate", "-p", prompt)
+    assert result.returncode == 2
+    assert_one_line_error(result, "--prompt", "is empty")
+    assert not result.stdout
+
+
+def test_chat_never_sends_an_empty_message(smollm2):
+    """Blank and invisible-only lines are skipped, not sent: no answer is produced for them."""
+    result = luodi("chat", "-t", "0", "-n", "4", stdin="\n   \n\ufeff\n\u200b\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """`luodi --help`, a command's --help and a usage error answer without loading the model stack."""
+    probe = (
+        "import sys\n"
+        "from luodi.cli.main import main\n"
+        "sys.argv = ['luodi', *sys.argv[1:]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'transformers', 'fastapi') if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'EXIT', code)\n"
+    )
+    for args, code in ((["--help"], 0), (["generate", "--help"], 0), (["kb", "add", "--help"], 0),
+                       (["serve", "--bogus"], 2), (["nosuchcmd"], 2)):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert f"HEAVY [] EXIT {code}" in result.stdout, (args, result.stdout[-300:], result.stderr[-300:])
+
+
+def test_eval_off_a_terminal_reports_progress_in_plain_lines(smollm2):
+    """Piped stderr gets plain progress lines (a live bar would draw nothing there)."""
+    result = luodi("eval", "--seq-len", "32", "--max-windows", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("loading ") and "(100 %), done in" in line for line in lines), result.stderr
+    assert "scoring 3 windows: 0/3 (0 %)" in lines, result.stderr
+    assert any(line.startswith("scoring 3 windows: 3/3 (100 %), done in") for line in lines), result.stderr
+    assert "\x1b[" not in result.stderr  # no terminal escape codes in a log
+    assert "perplexity_per_byte" in result.stdout

@@ -1,5 +1,9 @@
 """The web chat at `/`: static files with no external assets, and — in headless Chromium — a typed
-message gets a streamed answer, a token rate, and a screenshot artifact."""
+message gets a streamed answer, a token rate, and a screenshot artifact; answers are rendered
+from Markdown without ever becoming live HTML.
+
+The browser tests drive Debian's Chromium (`apt install chromium`) through Playwright and skip,
+saying so, where it is not installed."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import json
+
 import httpx
 import pytest
 from live_server import make_llm, running_server, service_for
@@ -19,7 +25,7 @@ from luodi.kb.store.sqlite import SqliteStore
 from luodi.server.app import STATIC_DIR
 from luodi.server.kb_service import KnowledgeService
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("LUODI_CHROMIUM") or "/usr/bin/chromium"  # Debian's package `chromium`
 ARTIFACTS = Path(os.environ.get("LUODI_TEST_ARTIFACTS") or REPO_ROOT / ".cache" / "artifacts")
 
 
@@ -50,19 +56,26 @@ def test_no_external_assets():
         assert "@import" not in text and "cdn" not in text.lower(), path.name
 
 
+def chromium_executable(path: str = CHROMIUM) -> str:
+    """The Chromium to drive, or a skip that says which system package to install."""
+    found = path if Path(path).is_file() and os.access(path, os.X_OK) else shutil.which(Path(path).name)
+    if not found:
+        pytest.skip(f"Chromium is not installed at {path}: the web-chat browser tests need the Debian "
+                    "package `chromium` (apt install chromium)")
+    return found
+
+
 def _playwright():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip(f"{CHROMIUM} is not installed")
-    return sync_api
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    return sync_api, chromium_executable()
 
 
 @contextmanager
 def chat_page(base_url: str, width: int = 900, height: int = 640):
     """The web chat in headless Chromium, model connected and settings open; yields (page, expect)."""
-    sync_api = _playwright()
+    sync_api, executable = _playwright()
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(base_url + "/")
@@ -120,3 +133,97 @@ def test_knowledge_base_upload_and_cited_sources_in_headless_chromium(base_url, 
         expect(source.locator(".place")).to_have_text("travel.md · Travel")
         assert "650 yuan" in source.locator(".passage").inner_text()
         screenshot(page, "web-chat-kb.png")
+
+
+def test_a_missing_chromium_skips_naming_the_debian_package(tmp_path):
+    with pytest.raises(pytest.skip.Exception, match=r"Debian package `chromium` \(apt install chromium\)"):
+        chromium_executable(str(tmp_path / "no-such-browser"))
+
+
+# -- Markdown answers ---------------------------------------------------------------------------------
+
+INJECTION = '<img src=x onerror="window.__injected = 1"> <script>window.__injected = 2</script>'
+ANSWER = (
+    "Here is **the plan** for *today* [1]:\n\n"
+    "1. Pack `luodi`\n2. Ship it\n\n"
+    "| Model | Size |\n|---|---:|\n| SmolLM2 | 135M |\n| Qwen2.5 | 1.5B |\n\n"
+    "```python\nprint('<b>hi</b>')\n```\n\n"
+    f"Also: {INJECTION} and [a link](https://example.org/docs) and [bad](javascript:alert(1)).\n"
+)
+
+RENDERED = [  # (Markdown, the innerHTML the renderer must build)
+    ("Hello **bold** and *it* and `x<y`", "<p>Hello <strong>bold</strong> and <em>it</em> and <code>x&lt;y</code></p>"),
+    ("line one\nline two\n\nnext", "<p>line one<br>line two</p><p>next</p>"),
+    ("- a\n- b **c**", "<ul><li>a</li><li>b <strong>c</strong></li></ul>"),
+    ("3. three\n4. four", '<ol start="3"><li>three</li><li>four</li></ol>'),
+    ("- a\n  - nested", "<ul><li>a<ul><li>nested</li></ul></li></ul>"),
+    ("```js\nlet a = '<i>';\n```", '<pre><code class="language-js">let a = \'&lt;i&gt;\';</code></pre>'),
+    ("| a | b |\n|:-|-:|\n| 1 | 2 |",
+     '<table><thead><tr><th style="text-align: left;">a</th><th style="text-align: right;">b</th></tr></thead>'
+     '<tbody><tr><td style="text-align: left;">1</td><td style="text-align: right;">2</td></tr></tbody></table>'),
+    ("# Title", "<h1>Title</h1>"),
+    ("[ok](https://a.example/x) [mail](mailto:a@b.example) [js](javascript:alert(1)) [rel](/etc)",
+     '<p><a href="https://a.example/x" rel="noopener noreferrer nofollow" target="_blank">ok</a> '
+     '<a href="mailto:a@b.example" rel="noopener noreferrer nofollow" target="_blank">mail</a> '
+     "[js](javascript:alert(1)) <span>rel</span></p>"),  # not a link: shown as the text it is
+    ("snake_case_name and 2 * 3 * 4", "<p>snake_case_name and 2 * 3 * 4</p>"),
+    ("see [1] and [2]", "<p>see [1] and [2]</p>"),
+    ('<img src=x onerror="alert(1)"><script>alert(2)</script>',
+     "<p>&lt;img src=x onerror=\"alert(1)\"&gt;&lt;script&gt;alert(2)&lt;/script&gt;</p>"),
+    ("```\nstill streaming", "<pre><code>still streaming</code></pre>"),
+]
+
+
+def test_markdown_renderer_builds_the_expected_dom(base_url):
+    with chat_page(base_url) as (page, _):
+        for markdown, expected in RENDERED:
+            html = page.evaluate(
+                "(text) => { const box = document.createElement('div'); box.append(renderMarkdown(text)); "
+                "return box.innerHTML; }", markdown)
+            assert html == expected, markdown
+
+
+def _sse_reply(text: str, pieces: int = 24) -> str:
+    """A chat completion stream whose content is `text`, cut into `pieces` deltas."""
+    size = -(-len(text) // pieces)
+    events = [{"id": "c", "object": "chat.completion.chunk", "model": "smollm2",
+               "choices": [{"index": 0, "delta": {"content": text[i:i + size]}, "finish_reason": None}]}
+              for i in range(0, len(text), size)]
+    events.append({"id": "c", "object": "chat.completion.chunk", "model": "smollm2", "choices": [],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": len(events), "total_tokens": 5 + len(events)}})
+    return "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+
+
+def test_streamed_markdown_answer_is_rendered_and_never_live_html(base_url):
+    """The page from the real server; the answer stream is fixed (a model will not write this on cue)."""
+    with chat_page(base_url, width=900, height=900) as (page, expect):
+        page.route("**/v1/chat/completions", lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=_sse_reply(ANSWER)))
+        page.fill("#prompt", "Plan my day")
+        page.press("#prompt", "Enter")
+        answer = page.locator(".message.assistant .text")
+        expect(page.locator(".message.assistant .stats")).to_contain_text("tokens", timeout=30_000)
+        assert answer.locator("strong").first.inner_text() == "the plan"
+        assert answer.locator("em").first.inner_text() == "today"
+        assert answer.locator("ol > li").all_inner_texts() == ["Pack luodi", "Ship it"]
+        assert answer.locator("table tbody tr").count() == 2
+        assert answer.locator("table th").all_inner_texts() == ["Model", "Size"]
+        assert answer.locator("pre > code.language-python").inner_text() == "print('<b>hi</b>')"
+        assert answer.locator("a").count() == 1
+        assert answer.locator("a").get_attribute("href") == "https://example.org/docs"
+        assert answer.locator("img, script, [onerror]").count() == 0
+        assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+        assert page.evaluate("window.__injected === undefined")
+        assert INJECTION in answer.inner_text()  # shown as the text it is
+        assert "[1]" in answer.inner_text()  # citation markers stay as written
+        assert "**" not in answer.inner_text() and "```" not in answer.inner_text()
+        screenshot(page, "web-chat-markdown.png")
+        page.locator(".message.assistant").screenshot(path=str(ARTIFACTS / "web-chat-markdown-answer.png"))
+
+
+def test_api_key_is_kept_for_the_tab_only(base_url):
+    with chat_page(base_url) as (page, _):
+        page.fill("#api-key", "sk-test-key")
+        page.dispatch_event("#api-key", "change")
+        assert page.evaluate("sessionStorage.getItem('luodi-api-key')") == "sk-test-key"
+        assert page.evaluate("localStorage.getItem('luodi-api-key')") is None

@@ -1,12 +1,19 @@
 // Luodi web chat: streams /v1/chat/completions (server-sent events) into the page.
 // Plain browser JavaScript, no build step, no external assets. Text is inserted with
-// textContent only, never as HTML, so model output cannot inject markup.
+// textContent only, never as HTML, so model output cannot inject markup; answers are shown as
+// Markdown by renderMarkdown (markdown.js), which builds DOM nodes the same way.
+// The API key lives in sessionStorage: it survives a reload of the tab, but is not written to
+// disk for good, not shared with other tabs, and gone when the tab closes (localStorage kept it
+// for any script on this origin, indefinitely).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { model: null, history: [], controller: null };
 
-function apiKey() { return $("api-key").value.trim() || localStorage.getItem("luodi-api-key") || ""; }
+const KEY_ITEM = "luodi-api-key";
+localStorage.removeItem(KEY_ITEM); // where earlier versions kept it
+
+function apiKey() { return $("api-key").value.trim() || sessionStorage.getItem(KEY_ITEM) || ""; }
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -51,6 +58,19 @@ function addMessage(role, text) {
   $("messages").appendChild(box);
   box.scrollIntoView({ block: "end" });
   return box;
+}
+
+// Show `text` (the answer so far) as Markdown in `out`, at most once per frame while streaming.
+function markdownView(out) {
+  let text = "", pending = false;
+  const draw = () => { pending = false; out.replaceChildren(renderMarkdown(text)); };
+  return {
+    set(value) {
+      text = value;
+      if (!pending) { pending = true; requestAnimationFrame(draw); }
+    },
+    flush() { draw(); },
+  };
 }
 
 function setStats(box, text) {
@@ -114,6 +134,9 @@ async function send(text) {
   const box = addMessage("assistant", "");
   box.classList.add("streaming");
   const out = box.querySelector(".text");
+  out.classList.add("markdown");
+  const view = markdownView(out);
+  let answer = "";
   state.controller = new AbortController();
   setBusy(true);
   const startAt = performance.now();
@@ -135,7 +158,8 @@ async function send(text) {
         if (!firstAt) firstAt = now;
         lastAt = now;
         received += 1;
-        out.textContent += delta.content;
+        answer += delta.content;
+        view.set(answer);
         box.scrollIntoView({ block: "end" });
       }
     }
@@ -144,18 +168,22 @@ async function send(text) {
       stopped = true;
     } else {
       box.classList.add("error");
-      out.textContent += (out.textContent ? "\n" : "") + "Error: " + error.message;
+      const note = document.createElement("div");
+      note.className = "error-note";
+      note.textContent = "Error: " + error.message;
+      box.insertBefore(note, out.nextSibling);
     }
   } finally {
+    view.flush();
     box.classList.remove("streaming");
     setBusy(false);
     state.controller = null;
   }
   if (!usage && received) usage = { completion_tokens: received }; // stopped early: count the deltas
-  if (sources) showSources(box, sources, out.textContent);
+  if (sources) showSources(box, sources, answer);
   setStats(box, formatStats(usage, firstAt, lastAt, startAt, stopped));
-  if (out.textContent && !box.classList.contains("error")) {
-    state.history.push({ role: "assistant", content: out.textContent });
+  if (answer && !box.classList.contains("error")) {
+    state.history.push({ role: "assistant", content: answer });
   } else {
     state.history.pop(); // keep the history a clean user/assistant alternation
   }
@@ -256,7 +284,7 @@ $("new-chat").addEventListener("click", () => {
 });
 
 $("api-key").addEventListener("change", () => {
-  localStorage.setItem("luodi-api-key", $("api-key").value.trim());
+  sessionStorage.setItem(KEY_ITEM, $("api-key").value.trim());
   loadModel();
   loadKnowledgeBases();
 });
