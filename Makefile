@@ -23,7 +23,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[kb,pg,finetune,test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[kb,pg,finetune,corpus,test]"
 	touch $(STAMP)
 
 clean:
