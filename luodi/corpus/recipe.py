@@ -117,9 +117,8 @@ def _step_spec(item: Any, where: str) -> StepSpec:
         if key not in allowed:
             raise RecipeError(f"{where}: step {name!r} has no parameter {key!r}; "
                               f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-    if "languages" in params:
-        params = {**params, "languages": tuple(params["languages"])}
-    return StepSpec(name, params)
+    # lists become tuples: steps are frozen, and a recipe equals its defaults whichever way it is written
+    return StepSpec(name, {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
 def _split(specs: list[StepSpec], settings: dict[str, Any], source: str, nodes: list[Any]) -> Recipe:
