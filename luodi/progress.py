@@ -173,3 +173,19 @@ def _rich_progress(console: Any, description: str, total: float | None, unit: st
             bar.update(task, advance=n, **({"description": description} if description else {}), **changed)
 
         yield advance
+
+
+@contextmanager
+def counter_if(description: str, enabled: bool, unit: str = "docs") -> Iterator[Callable[[int], None]]:
+    """A running count with its rate (`unit`/s) for a stream of unknown length, when `enabled`;
+    yields `count(n)`."""
+    start, seen = time.monotonic(), 0
+    with progress(description, None, enabled=enabled, unit=unit, detail="{rate}", fields={"rate": ""},
+                  transient=True) as advance:
+
+        def count(n: int) -> None:
+            nonlocal seen
+            seen += n
+            advance(n, rate=f"{seen / max(time.monotonic() - start, 1e-9):,.0f} {unit}/s")
+
+        yield count

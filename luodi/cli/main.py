@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from luodi.cli.corpus import corpus_app
 from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
 from luodi.cli.kb import ask, kb_app
@@ -38,6 +39,7 @@ app.command()(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.command()(ask)
+app.add_typer(corpus_app, name="corpus")
 
 
 @app.command()
