@@ -132,7 +132,7 @@ class KnowledgeService:
             if not work.done():
                 cancel.set()  # the thread stops at its next page, OCR call or embedding batch
                 work.cancel()
-        if work.cancelled():
+        if not work.done():  # cancelling: a Task reports cancelled() only once it has run again
             raise IngestCancelledError(f"{filename}: the client went away; the upload was not stored")
         return work.result()
 

@@ -27,7 +27,7 @@ from live_server import make_llm, running_server, service_for, wait_for
 
 from luodi.kb.ingest.limits import IngestLimits
 from luodi.kb.store.sqlite import SqliteStore
-from luodi.server.auth import add_key
+from luodi.server.auth import KeyStore, add_key
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.uploads import LOCK_FILE
 
@@ -95,7 +95,8 @@ def test_a_long_ingestion_neither_blocks_other_tenants_nor_outlives_its_client(s
         client.close()  # alice's client goes away mid-ingestion
     assert hits.status_code == 200 and "650 yuan" in hits.json()["data"][0]["text"]
     assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384
-    assert (running.owner, running.kb, running.source) == ("alice", "scans", "archive.pdf")
+    alice_id = KeyStore.open(root / "keys.json").identify(headers["alice"]["Authorization"].split()[1]).id
+    assert (running.owner, running.kb, running.source) == (alice_id, "scans", "archive.pdf")
     assert running.pages_read == LONG_PDF_PAGES and 1 <= running.ocr_pages < LONG_PDF_PAGES
 
     wait_for(lambda: knowledge.in_progress() == [], timeout=300, what="the cancelled ingestion to stop")
