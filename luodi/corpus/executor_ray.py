@@ -101,7 +101,7 @@ def _process_ray(todo: Iterable[tuple[list[Document], Path]], recipe: Recipe, wo
         items = [{"path": str(path), "docs": pickle.dumps(docs)} for docs, path in window]
         results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _clean_batch, fn_kwargs={"recipe": recipe}, batch_size=1, batch_format="numpy", num_cpus=1,
-            compute=ray.data.TaskPoolStrategy(size=workers))
+            compute=ray.data.TaskPoolStrategy(size=min(workers, len(items))))
         for row in results.iter_rows():
             write_atomic(Path(row["path"]), row["shard"])
             advance(int(row["num_docs"]))

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from importlib.util import find_spec
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from corpus_texts import EN
 from test_corpus_clean import LABELLED
 
 from luodi.corpus import clean
-from luodi.corpus.recipe import default_recipe_text
+from luodi.corpus.executor import process_shard, run_sharded
+from luodi.corpus.recipe import default_recipe_text, load_recipe
 from luodi.errors import LuodiError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +54,10 @@ def luodi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "luodi", *args], capture_output=True, text=True, env=env,
                           timeout=300)
+
+
+class Stopped(Exception):
+    pass
 
 
 def lines(path: Path) -> list[dict]:
@@ -103,6 +109,28 @@ def test_ray_workers_do_not_change_the_output(tmp_path, local_ray):
     assert_same_outputs(tmp_path / "one", tmp_path / "two")
     assert_same_outputs(tmp_path / "one", tmp_path / "local")
     assert len(lines(tmp_path / "one" / "kept.jsonl")) > 50
+
+
+@needs_ray
+def test_ray_resumes_the_shards_an_interrupted_run_finished(tmp_path, local_ray):
+    source = synthetic_corpus(tmp_path / "in.jsonl", 60, seed=5)
+    recipe_path = small_shards(tmp_path, 10)
+    clean([source], tmp_path / "whole", recipe=recipe_path)
+
+    def two_shards_then_stop(todo, advance):
+        for docs, path in islice(todo, 2):
+            process_shard(recipe, docs, path)
+        raise Stopped  # as a kill would, after two shards were committed
+
+    recipe = load_recipe(recipe_path).with_languages(("zh", "en"))
+    with pytest.raises(Stopped):
+        run_sharded([source], tmp_path / "ray", recipe, two_shards_then_stop)
+    assert len(list((tmp_path / "ray" / ".work" / "shards").glob("*.json"))) == 2
+    clean([source], tmp_path / "ray", recipe=recipe_path, executor="ray", workers=2)
+    report = json.loads((tmp_path / "ray" / "report.json").read_text())
+    assert report["num_shards"] == 6 and report["num_resumed_shards"] == 2
+    for name in ("kept.jsonl", "removed.jsonl"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
 
 
 @needs_ray
