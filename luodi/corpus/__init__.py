@@ -35,11 +35,11 @@ def clean(inputs: list[Path], out: Path, *, languages: tuple[str, ...] = ("zh", 
         raise LuodiError(f"unknown executor {executor!r}; available: {', '.join(EXECUTORS)}")
     if workers < 1:
         raise LuodiError(f"--workers must be at least 1, got {workers}")
+    if ray_address is not None and executor != "ray":
+        raise LuodiError(f"--ray-address {ray_address!r} needs --executor ray (got {executor!r})")
     plan = load_recipe(recipe)
     if languages:
         plan = plan.with_languages(tuple(languages))
-    if ray_address is not None and executor != "ray":
-        raise LuodiError(f"--ray-address {ray_address!r} needs --executor ray (got {executor!r})")
     if executor == "ray":
         from luodi.corpus.executor_ray import run_ray
 

@@ -39,8 +39,10 @@ ProcessShards = Callable[[Iterator[tuple[list[Document], Path]], Advance], None]
 def run_local(inputs: list[Path], out: Path, recipe: Recipe, workers: int = 1,
               progress: bool = False) -> FunnelReport:
     """Cleans `inputs` into `out`; resumes from the shards a previous identical run finished."""
-    return run_sharded(inputs, out, recipe, lambda todo, advance: _process_local(todo, recipe, workers, advance),
-                       progress=progress)
+    def process(todo: Iterator[tuple[list[Document], Path]], advance: Advance) -> None:
+        _process_local(todo, recipe, workers, advance)
+
+    return run_sharded(inputs, out, recipe, process, progress=progress)
 
 
 def run_sharded(inputs: list[Path], out: Path, recipe: Recipe, process: ProcessShards,

@@ -44,9 +44,11 @@ def run_ray(inputs: list[Path], out: Path, recipe: Recipe, workers: int = 1, add
             progress: bool = False) -> FunnelReport:
     """Cleans `inputs` into `out` like `run_local`, the shards processed as Ray tasks, at most
     `workers` at a time: on a local Ray of `workers` CPUs, or on the cluster at `address`."""
+    def process(todo: Iterator[tuple[list[Document], Path]], advance: Advance) -> None:
+        _process_ray(todo, recipe, workers, advance)
+
     with ray_session(address, workers):
-        return run_sharded(inputs, out, recipe, lambda todo, advance: _process_ray(todo, recipe, workers, advance),
-                           progress=progress)
+        return run_sharded(inputs, out, recipe, process, progress=progress)
 
 
 @contextmanager
@@ -62,8 +64,9 @@ def ray_session(address: str | None, workers: int) -> Iterator[None]:
         try:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError) as e:  # e.g. a token the cluster does not accept
-            raise RayExecutorError(f"cannot join the Ray cluster at {address!r}: {_first_line(e)}; check its "
-                                   "address and, when it uses token auth, RAY_AUTH_MODE and RAY_AUTH_TOKEN") from None
+            raise RayExecutorError(
+                f"cannot join the Ray cluster at {address!r}: {_first_line(e)}; check its address and, "
+                "when it uses token auth, RAY_AUTH_MODE and RAY_AUTH_TOKEN") from None
     else:
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                  logging_level=logging.ERROR, log_to_driver=False)
@@ -125,10 +128,10 @@ def _check_reachable(address: str) -> None:
         raise RayExecutorError(f"--ray-address {address!r} is not HOST:PORT; give the head node's address, "
                                "as `ray start --head` prints it (e.g. 10.0.0.5:6379)")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise RayExecutorError(f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); start one with "
-                               "`ray start --head`, or leave out --ray-address for a local Ray") from None
+        raise RayExecutorError(f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); start one "
+                               "with `ray start --head`, or leave out --ray-address for a local Ray") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -85,7 +85,8 @@ def local_ray():
 
 @needs_ray
 def test_ray_equals_local_on_the_labelled_corpus(tmp_path, local_ray):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t, "source": "hand"} for i, t, _ in LABELLED])
+    records = [{"id": i, "text": t, "source": "hand"} for i, t, _ in LABELLED]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
     with source.open("a", encoding="utf-8") as f:
         f.write('{"id": "broken", "text": \n')
     recipe = small_shards(tmp_path, 3)  # duplicates fall in other shards than their originals
@@ -139,13 +140,15 @@ def test_cli_on_a_two_node_cluster_equals_local(tmp_path):
     recipe = small_shards(tmp_path, 10)
     clean([source], tmp_path / "local", recipe=recipe)
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
-    cluster = subprocess.Popen([sys.executable, "-c", TWO_NODES], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONPATH": str(REPO), **auth})
+    cluster = subprocess.Popen([sys.executable, "-c", TWO_NODES], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO), **auth})
     try:
         started = json.loads(cluster.stdout.readline())
         assert started["nodes"] == 2
-        result = luodi("corpus", "clean", str(source), "--recipe", str(recipe), "--out", str(tmp_path / "ray"),
-                       "--executor", "ray", "--workers", "2", "--ray-address", started["address"], env=auth)
+        result = luodi("corpus", "clean", str(source), "--recipe", str(recipe), "--out",
+                       str(tmp_path / "ray"), "--executor", "ray", "--workers", "2",
+                       "--ray-address", started["address"], env=auth)
     finally:
         cluster.stdin.close()
         cluster.wait(timeout=120)
