@@ -28,6 +28,7 @@ from luodi.engine.sampling import SamplingParams
 from luodi.errors import LuodiError
 from luodi.llm import LLM
 from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
+from luodi.server.limits import RequestLimits
 from luodi.server.metrics import ServerMetrics
 
 log = logging.getLogger("luodi.server")
@@ -42,6 +43,10 @@ class ServerConfig:
     kb_store: str | None = None  # where knowledge bases live: None = SQLite under $LUODI_HOME/kb
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
+    limits: RequestLimits = RequestLimits()  # per-request caps: stop strings, logit_bias, messages
+    # Host names a key-less server answers (any port), against DNS rebinding; None: any Host (a
+    # network bind with --insecure-no-auth). A server with keys checks none: a page cannot send the key.
+    allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "[::1]")
 
 
 class Admission:
@@ -170,9 +175,10 @@ class ModelService:
     # -- generation --------------------------------------------------------------------------------
     async def generate(
         self, admission: Admission, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Stream one admitted request (on `adapter`, if named); leaving early (a client gone) aborts
-        it and frees its blocks."""
+        """Stream one admitted request (on `adapter`, if named; sharing cached prompt blocks only with
+        requests of the same `cache_salt`); leaving early (a client gone) aborts it and frees its blocks."""
         assert self._engine is not None, "admit() guarantees a loaded model"
         m = self.metrics
         start = time.perf_counter()
@@ -180,7 +186,7 @@ class ModelService:
         final: RequestOutput | None = None
         reason = "abort"
         try:
-            async for out in self._engine.generate(prompt_ids, params, adapter=adapter):
+            async for out in self._engine.generate(prompt_ids, params, adapter=adapter, cache_salt=cache_salt):
                 last = time.perf_counter()
                 if final is None:
                     first = last
