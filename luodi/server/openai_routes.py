@@ -157,7 +157,7 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
     else:
         prompt_ids = await run_in_threadpool(llm.prompt_ids, body.chat_messages())
     adapter = service.adapter_for(body.model)
-    service.check_prompt(prompt_ids, params, prompt_param="messages", adapter=adapter)
+    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"), sources=sources)
     admission = service.admit()
     outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))
@@ -243,7 +243,7 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     # Text is text (special tokens spelled in it too, as OpenAI's API does); control tokens come as ids.
     prompt_ids = await run_in_threadpool(llm.prompt_ids, prompt, raw=True) if isinstance(prompt, str) else list(prompt)
     adapter = service.adapter_for(body.model)
-    service.check_prompt(prompt_ids, params, prompt_param="prompt", adapter=adapter)
+    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="prompt", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("cmpl"))
     admission = service.admit()
     outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))

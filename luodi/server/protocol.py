@@ -16,7 +16,6 @@ Must not know about the engine, tokenization or HTTP: it turns JSON into typed v
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any, Literal
@@ -28,17 +27,14 @@ from luodi.errors import InvalidParameterError
 from luodi.server.limits import RequestLimits
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def find_lone_surrogate(value: Any, path: tuple[str, ...] = ()) -> str | None:
     """The dotted path of the first string (or key) in `value` holding a lone surrogate, else None."""
     if isinstance(value, str):
-        return (".".join(path) or "body") if _LONE_SURROGATE.search(value) else None
+        return None if _is_utf8(value) else (".".join(path) or "body")
     if isinstance(value, dict):
         for key, item in value.items():
             where = path + (str(key).encode("utf-8", "replace").decode(),)
-            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+            if isinstance(key, str) and not _is_utf8(key):
                 return ".".join(where)
             if (found := find_lone_surrogate(item, where)) is not None:
                 return found
@@ -49,9 +45,24 @@ def find_lone_surrogate(value: Any, path: tuple[str, ...] = ()) -> str | None:
     return None
 
 
+def _is_utf8(text: str) -> bool:
+    # Fast in C for megabytes of text; only a lone surrogate makes a str unencodable as UTF-8.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Request(BaseModel):
     # Unknown fields (`user`, `metadata`, `store`, ...) are accepted and ignored, as OpenAI does.
     model_config = ConfigDict(extra="ignore")
+
+
+class _Body(_Request):
+    """A whole request body: checked once for lone surrogates, before its fields are parsed."""
 
     @model_validator(mode="before")
     @classmethod
@@ -89,7 +100,7 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(_Body):
     """Fields shared by chat and completions; `None` means "OpenAI's default"."""
 
     model: str
@@ -285,7 +296,7 @@ class CompletionRequest(_SamplingFields):
         return prompt  # type: ignore[return-value]
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(_Body):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
