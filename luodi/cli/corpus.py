@@ -28,13 +28,18 @@ def clean_command(
     recipe: Annotated[Path | None, typer.Option(help="A recipe YAML (default: `luodi corpus recipe`).")] = None,
     executor: Annotated[str, typer.Option(help="local (processes over shards).")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    llm_filter: Annotated[str | None, typer.Option(
+        "--llm-filter", metavar="MODEL",
+        help="Switch on the LLM steps with this model (catalog name or path): a quality classifier "
+             "distilled from its bits per character on a sample, and a per-language percentile "
+             "fine filter on the survivors. Off by default.")] = None,
 ) -> None:
     """Clean documents into DIR/kept.jsonl; what was removed and why goes to removed.jsonl and the report."""
     from luodi.corpus import clean
 
     allowed = tuple(code.strip() for code in languages.split(",") if code.strip())
     report = clean(inputs, out_dir, languages=allowed, recipe=recipe, executor=executor, workers=workers,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), llm_filter=llm_filter)
     for error in report.input_errors:
         err.print(f"[yellow]skipped:[/yellow] {error}", highlight=False, soft_wrap=True)
     out.print(f"[green]✓[/green] {report.num_read} documents read, {report.num_kept} kept, "
