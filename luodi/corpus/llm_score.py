@@ -14,8 +14,10 @@ Must not know: files, recipes, steps, languages.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +61,7 @@ class BpcScorer:
              batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> BpcScorer:
         """The model as `luodi.llm.LLM` loads it (a catalog name or a path), without an engine: scoring
         needs no KV pool."""
-        from luodi.models.loader import load_model
-
-        loaded = load_model(model, device="cpu", dtype=dtype, progress=progress)
+        loaded = _load(model, dtype, progress)
         return cls(loaded.model, loaded.tokenizer, max_tokens=max_tokens, batch_tokens=batch_tokens)
 
     def score(self, texts: list[str], *, progress: bool = False) -> list[BpcScore]:
@@ -97,6 +97,13 @@ class BpcScorer:
             else:
                 batches.append([i])
         return batches
+
+
+@functools.lru_cache(maxsize=1)  # training the classifier and the fine filter share one load
+def _load(model: str, dtype: str | None, progress: bool) -> Any:
+    from luodi.models.loader import load_model
+
+    return load_model(model, device="cpu", dtype=dtype, progress=progress)
 
 
 def sequence_nlls(model: nn.Module, sequences: list[list[int]]) -> list[float]:

@@ -182,7 +182,7 @@ def fit_classifier(texts: list[str], languages: list[str | None], bpcs: list[flo
                            "to train the quality classifier: give more input or a larger sample_size")
     groups = [_group(lang, languages) for lang in languages]
     y = np.asarray(bpcs, dtype=np.float64)
-    moments = {g: _moments(y[[i for i, h in enumerate(groups) if h == g]]) for g in set(groups) | {DEFAULT_GROUP}}
+    moments = {g: _moments(y[[i for i, h in enumerate(groups) if h == g]]) for g in set(groups)}
     moments[DEFAULT_GROUP] = _moments(y)
     z = np.array([(b - moments[g][0]) / moments[g][1] for b, g in zip(y, groups)])
     x = SparseRows.build([features(t, lang, num_buckets) for t, lang in zip(texts, languages)], num_buckets + 1)
