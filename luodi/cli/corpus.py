@@ -31,13 +31,18 @@ def clean_command(
     workers: Annotated[int, typer.Option(help="Shards processed at a time (processes, or Ray tasks).")] = 1,
     ray_address: Annotated[str | None, typer.Option(
         help="With --executor ray: a running cluster's HOST:PORT (default: start a local Ray).")] = None,
+    llm_filter: Annotated[str | None, typer.Option(
+        "--llm-filter", metavar="MODEL",
+        help="Switch on the LLM steps with this model (catalog name or path): a quality classifier "
+             "distilled from its bits per character on a sample, and a per-language percentile "
+             "fine filter on the survivors. Off by default.")] = None,
 ) -> None:
     """Clean documents into DIR/kept.jsonl; what was removed and why goes to removed.jsonl and the report."""
     from luodi.corpus import clean
 
     allowed = tuple(code.strip() for code in languages.split(",") if code.strip())
     report = clean(inputs, out_dir, languages=allowed, recipe=recipe, executor=executor, workers=workers,
-                   ray_address=ray_address, progress=sys.stderr.isatty())
+                   ray_address=ray_address, progress=sys.stderr.isatty(), llm_filter=llm_filter)
     for error in report.input_errors:
         err.print(f"[yellow]skipped:[/yellow] {error}", highlight=False, soft_wrap=True)
     out.print(f"[green]✓[/green] {report.num_read} documents read, {report.num_kept} kept, "

@@ -15,15 +15,23 @@ from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadat
 @torch.inference_mode()
 def full_logits(model: nn.Module, token_ids: list[int]) -> torch.Tensor:
     """Logits [T, V] for every position of one sequence, with a throwaway contiguous cache."""
+    return batch_logits(model, [token_ids])
+
+
+@torch.inference_mode()
+def batch_logits(model: nn.Module, sequences: list[list[int]]) -> torch.Tensor:
+    """Logits [sum T, V] for every position of several independent sequences in one forward pass,
+    the sequences' rows one after another; each sequence owns one block of a throwaway cache."""
     config = model.config
     param = next(model.parameters())
-    n = len(token_ids)
-    shape = (config.num_key_value_heads, n, config.head_dim)
+    block_size = max(len(s) for s in sequences)
+    shape = (config.num_key_value_heads, block_size * len(sequences), config.head_dim)  # [H, B * T, D]
     k_caches = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(config.num_hidden_layers)]
     v_caches = [torch.zeros_like(k) for k in k_caches]
-    meta = build_metadata([SequenceSlice(0, n, (0,))], n, param.device)
-    ids = torch.tensor(token_ids, device=param.device)
-    positions = torch.arange(n, device=param.device)
+    slices = [SequenceSlice(0, len(s), (b,)) for b, s in enumerate(sequences)]
+    meta = build_metadata(slices, block_size, param.device)
+    ids = torch.tensor([t for s in sequences for t in s], device=param.device)  # [sum T]
+    positions = torch.cat([torch.arange(len(s), device=param.device) for s in sequences])  # [sum T]
     return model(ids, positions, PagedAttention(k_caches, v_caches, meta))
 
 

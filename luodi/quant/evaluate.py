@@ -16,7 +16,8 @@ context: `bytes(decode(ids[:end])) - bytes(decode(ids[:start]))`, where a prefix
 the part that agrees with the decode of the whole text. A character whose bytes are split across
 tokens (byte-level BPE does this to rare Chinese characters) thus counts toward the token that
 completes it, as a streaming detokenizer emits it; with a BOS every text token is scored and the
-windows together count every byte of the decoded text once.
+windows together count every byte of the decoded text once. Characters (for bits per character,
+`luodi.corpus.llm_score`) are counted from the same prefixes.
 
 Must not know: how the model was quantized, files, devices beyond the model's own.
 """
@@ -58,6 +59,7 @@ class AgreementResult:
 class ScoredWindow:
     input_ids: list[int]  # what the model reads; input_ids[1:] are the scored tokens
     num_bytes: int  # UTF-8 bytes the scored tokens decode to, in context
+    num_chars: int  # characters the scored tokens decode to, in context (counted the same way)
 
 
 def perplexity_per_byte(
@@ -123,19 +125,21 @@ def scored_windows(
         raise InvalidParameterError(
             f"the text is {len(ids)} token(s) long; at least 2 are needed to score anything", param="text"
         )
-    prefix_bytes = _PrefixBytes(tokenizer, ids)
+    prefix_text = _PrefixText(tokenizer, ids)
     scored, start = [], 0
     for window in windows:
         end = start + len(window)
         first_scored = start if bos_id is not None else start + 1
         input_ids = window if bos_id is None else [bos_id, *window]
-        scored.append(ScoredWindow(input_ids, prefix_bytes(end) - prefix_bytes(first_scored)))
+        before, after = prefix_text(first_scored), prefix_text(end)
+        scored.append(ScoredWindow(input_ids, len(after.encode("utf-8")) - len(before.encode("utf-8")),
+                                   len(after) - len(before)))
         start = end
     return scored
 
 
-class _PrefixBytes:
-    """UTF-8 bytes of the text `ids[:k]` decode to, counting only what agrees with the whole decode.
+class _PrefixText:
+    """The text `ids[:k]` decode to, keeping only what agrees with the whole decode.
 
     Decoding a prefix rather than the tokens alone keeps context-dependent decoding right (a
     SentencePiece decoder strips the text's leading space once, not per window), and cutting at
@@ -150,11 +154,11 @@ class _PrefixBytes:
         # Special tokens inside the text are text the model predicts too: keep them.
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
-    def __call__(self, k: int) -> int:
+    def __call__(self, k: int) -> str:
         prefix = self._decode(self._ids[:k])
         if not self._full.startswith(prefix):
             prefix = commonprefix([prefix, self._full])
-        return len(prefix.encode("utf-8"))
+        return prefix
 
 
 def _vocab_size(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from corpus_files import synthetic_corpus, write_jsonl
 from corpus_texts import EN, EN_OTHER, ZH, ZH_OTHER
 
 from luodi.corpus import clean
-from luodi.corpus.recipe import CORPUS_STEPS, DOCUMENT_STEPS, RecipeError, default_recipe_text, load_recipe
+from luodi.corpus.recipe import CORPUS_STEPS, DOCUMENT_STEPS, FINAL_STEPS, RecipeError, default_recipe_text, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,11 +135,12 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
 def test_default_recipe_names_every_step_default():
     """The printed recipe and the step classes agree, so leaving a parameter out changes nothing."""
     recipe = load_recipe(None)
-    for spec in recipe.document_steps + recipe.corpus_steps:
-        cls = (DOCUMENT_STEPS | CORPUS_STEPS)[spec.name]
+    for spec in recipe.document_steps + recipe.corpus_steps + recipe.final_steps:
+        cls = (DOCUMENT_STEPS | CORPUS_STEPS | FINAL_STEPS)[spec.name]
         defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if not f.name.startswith("_")}
         assert {k: v for k, v in spec.params.items()} == defaults, spec.name
-    assert [s.name for s in recipe.document_steps + recipe.corpus_steps] == list(DOCUMENT_STEPS | CORPUS_STEPS)
+    steps = recipe.document_steps + recipe.corpus_steps + recipe.final_steps
+    assert [s.name for s in steps] == list(DOCUMENT_STEPS | CORPUS_STEPS | FINAL_STEPS)
 
 
 def test_recipe_errors_name_file_and_line(tmp_path):
@@ -186,7 +187,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
 def test_cli_recipe_prints_the_default_recipe():
     result = luodi("corpus", "recipe")
     assert result.returncode == 0 and result.stdout == default_recipe_text()
-    assert [next(iter(s)) for s in yaml.safe_load(result.stdout)["steps"]][-2:] == ["exact_dedup", "near_dedup"]
+    assert [next(iter(s)) for s in yaml.safe_load(result.stdout)["steps"]][-3:] == ["exact_dedup", "near_dedup", "llm_filter"]
     assert "keeps the first document of a cluster in input order" in result.stdout
 
 
