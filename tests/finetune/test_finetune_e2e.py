@@ -22,9 +22,8 @@ import torch
 from luodi.engine.sampling import SamplingParams
 from luodi.llm import LLM
 from luodi.models.loader import LoadedModel
-from model_cache import pulled_model_path
-
 from facts import FACTS, contains_answer, heldout_questions, write_training_file
+from model_cache import pulled_model_path
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.slow
