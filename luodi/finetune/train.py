@@ -1,8 +1,12 @@
 """The LoRA training loop: load, attach adapters, AdamW over packed batches, evaluate, save.
 
-`finetune()` is the whole job (what `luodi finetune` and `from luodi import finetune` call);
+`finetune()` is the whole job (what `luodi finetune` and `from luodi import finetune` call): plan
+the settings not given (`plan`), carve a held-out split if no eval file is given (`split`), probe
+and score general text before and after (`probe`), train, keep the best epoch, write the report.
 `train_epochs()` and `evaluate()` are its parts, usable on a model already in memory (the tests
-do). The loss is mean cross-entropy over the trained tokens of a batch (`forward.batch_loss`);
+do). The learning rate warms up linearly and decays per step (`plan.lr_factor`); with eval
+examples, training stops after `patience` epochs without a better eval loss and the best epoch's
+adapter is restored. The loss is mean cross-entropy over the trained tokens of a batch (`forward.batch_loss`);
 evaluation reports the token-mean loss over a whole file and its perplexity.
 
 Knows models, peft (through `lora`), data and files; nothing of the engine or serving.
