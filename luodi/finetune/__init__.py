@@ -5,8 +5,11 @@
 
 `data` turns JSONL files into token ids and loss masks; `forward` is the training forward pass
 (whole sequences, causal attention, no paged KV cache); `lora` attaches, saves and loads adapters;
-`train` runs the loop; `merge` folds an adapter into the base weights and writes Luodi's saved
-format. This package knows models, tokenizers and files — nothing of the engine or serving.
+`plan` chooses the settings the user left out from the dataset's size; `split` carves a held-out
+split when no eval file is given; `train` runs the loop (warm-up, decay, early stopping, best
+epoch kept); `probe` measures what a run taught (held-out answers) and cost (general-text
+perplexity); `report` writes report.json, loss.json and loss.png; `merge` folds an adapter into
+the base weights and writes Luodi's saved format. This package knows models, tokenizers and files — nothing of the engine or serving.
 Everything that needs `peft` imports it lazily, so importing this package costs nothing.
 """
 

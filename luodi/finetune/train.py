@@ -1,8 +1,12 @@
 """The LoRA training loop: load, attach adapters, AdamW over packed batches, evaluate, save.
 
-`finetune()` is the whole job (what `luodi finetune` and `from luodi import finetune` call);
+`finetune()` is the whole job (what `luodi finetune` and `from luodi import finetune` call): plan
+the settings not given (`plan`), carve a held-out split if no eval file is given (`split`), probe
+and score general text before and after (`probe`), train, keep the best epoch, write the report.
 `train_epochs()` and `evaluate()` are its parts, usable on a model already in memory (the tests
-do). The loss is mean cross-entropy over the trained tokens of a batch (`forward.batch_loss`);
+do). The learning rate warms up linearly and decays per step (`plan.lr_factor`); with eval
+examples, training stops after `patience` epochs without a better eval loss and the best epoch's
+adapter is restored. The loss is mean cross-entropy over the trained tokens of a batch (`forward.batch_loss`);
 evaluation reports the token-mean loss over a whole file and its perplexity.
 
 Knows models, peft (through `lora`), data and files; nothing of the engine or serving.
@@ -29,11 +33,16 @@ from luodi.finetune.lora import (
     PROJECTIONS, LoraOptions, attach_lora, autocast, enable_gradient_checkpointing, load_for_training,
     mixed_precision, save_adapter, trainable_parameters,
 )
-from luodi.finetune.report import write_loss_report
+from luodi.finetune.plan import SCHEDULES, TrainingPlan, lr_factor, plan_training
+from luodi.finetune.probe import ProbeResult, compare, general_perplexity, greedy_answers, probe_cases
+from luodi.finetune.report import learning_record, summary_lines, write_learning_report, write_loss_report
+from luodi.finetune.split import carve_heldout
+from luodi.loading.tokenizer import Tokenizer
 from luodi.loading.catalog import resolve_model
 from luodi.models.loader import load_tokenizer
 
 METHODS = ("lora",)
+FORGETTING_WARN_RISE = 0.05  # general-text perplexity per byte may rise this much before a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +53,22 @@ class TrainOptions:
     max_seq_len: int = 512
     gradient_checkpointing: bool = False
     seed: int = 0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # | "cosine" | "linear" (see `plan.lr_factor`)
+    patience: int = 0  # stop after this many evaluations without a better eval loss (0: never)
 
     def __post_init__(self) -> None:
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("max_seq_len", 2)):
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("max_seq_len", 2), ("warmup_steps", 0),
+                              ("patience", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 flag = "--" + name.replace("_", "-")
                 raise InvalidParameterError(f"{flag} {value!r} must be an integer ≥ {minimum}", name)
         if not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
-            raise InvalidParameterError(f"--lr {self.lr!r} must be a number in (0, 1), e.g. 2e-4", "lr")
+            raise InvalidParameterError(f"--lr {self.lr!r} must be a number in (0, 1), e.g. 1e-3", "lr")
+        if self.schedule not in SCHEDULES:
+            raise InvalidParameterError(
+                f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}", "schedule")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +89,12 @@ class TrainLog:
     evals: list[dict[str, float]] = field(default_factory=list)  # {"epoch", "loss", "perplexity"}
     num_tokens: int = 0  # every token of every training batch (prompt tokens included)
     train_seconds: float = 0.0
+    best_epoch: int | None = None  # the epoch whose adapter was kept (lowest eval loss)
+    stopped_early: bool = False
 
     @property
     def tokens_per_s(self) -> float:
         return self.num_tokens / self.train_seconds if self.train_seconds else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class FinetuneResult:
-    adapter_dir: Path
-    eval_loss_before: float | None
-    eval_loss_after: float | None
-    train_loss_last: float
-    tokens_per_s: float
-    num_steps: int
 
 
 def batches(
@@ -115,7 +123,7 @@ def evaluate(model: nn.Module, examples: list[TrainingExample], batch_size: int 
 
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, examples: list[TrainingExample],
-    options: TrainOptions, rng: random.Random,
+    options: TrainOptions, rng: random.Random, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> Iterator[tuple[float, int]]:
     """One pass over shuffled batches; yields (loss, num tokens) after each optimizer step."""
     device = next(model.parameters()).device
@@ -127,6 +135,8 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
         yield float(loss.detach()), batch.num_tokens
 
 
@@ -135,30 +145,84 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.0)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions, num_steps: int,
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, num_steps, options.warmup_steps, options.schedule))
+
+
 def train_epochs(
     model: nn.Module, train: list[TrainingExample], eval_examples: list[TrainingExample] | None,
     options: TrainOptions, *, progress: bool = False, report: Callable[[str], None] | None = None,
 ) -> TrainLog:
-    """Train a model that already has its adapters; eval before training and after each epoch."""
+    """Train a model that already has its adapters; eval before training and after each epoch.
+
+    With eval examples, the adapter of the epoch with the lowest eval loss is kept (restored at the
+    end if later epochs did worse), and with `options.patience` training stops after that many
+    epochs without a better eval loss."""
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
+    num_steps = options.epochs * math.ceil(len(train) / options.batch_size)
     optimizer = make_optimizer(model, options.lr)
+    scheduler = make_scheduler(optimizer, options, num_steps)
     log = TrainLog()
+    best = _Best()
     with mixed_precision(model):
         _record_eval(model, eval_examples, 0, log, report)
-    num_steps = options.epochs * math.ceil(len(train) / options.batch_size)
     with _progress_bar(num_steps, progress) as advance, mixed_precision(model):
         for epoch in range(1, options.epochs + 1):
             start = time.perf_counter()
-            for loss, num_tokens in train_epoch(model, optimizer, train, options, rng):
+            for loss, num_tokens in train_epoch(model, optimizer, train, options, rng, scheduler):
                 log.train_seconds += time.perf_counter() - start
                 log.num_tokens += num_tokens
-                step = {"step": len(log.steps) + 1, "epoch": epoch, "loss": loss, "tokens": num_tokens}
+                step = {"step": len(log.steps) + 1, "epoch": epoch, "loss": loss, "tokens": num_tokens,
+                        "lr": scheduler.get_last_lr()[0]}
                 log.steps.append(step)
                 advance(loss, log.tokens_per_s, epoch)
                 start = time.perf_counter()
             _record_eval(model, eval_examples, epoch, log, report)
+            best.offer(model, log, epoch)
+            if options.patience and epoch - best.epoch >= options.patience and epoch < options.epochs:
+                log.stopped_early = True
+                _say(report, f"early stop after epoch {epoch}: no better eval loss for {options.patience} epochs")
+                break
+    best.restore(model, log, report)
     return log
+
+
+class _Best:
+    """The adapter tensors of the trained epoch with the lowest eval loss so far (kept in memory: a
+    LoRA adapter is a few MB). Epoch 0, the untrained adapter, is never the one kept."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.loss = math.inf
+        self.state: list[torch.Tensor] | None = None
+
+    def offer(self, model: nn.Module, log: TrainLog, epoch: int) -> None:
+        if not log.evals or log.evals[-1]["epoch"] != epoch:
+            return
+        loss = log.evals[-1]["loss"]
+        if loss < self.loss:
+            self.epoch, self.loss = epoch, loss
+            self.state = [p.detach().clone() for p in trainable_parameters(model)]
+
+    def restore(self, model: nn.Module, log: TrainLog, report: Callable[[str], None] | None) -> None:
+        if self.state is None:
+            return
+        log.best_epoch = self.epoch
+        last = int(log.evals[-1]["epoch"])
+        if self.epoch == last:
+            return
+        with torch.no_grad():
+            for param, saved in zip(trainable_parameters(model), self.state, strict=True):
+                param.copy_(saved)
+        _say(report, f"keeping the adapter of epoch {self.epoch} (lowest eval loss {self.loss:.4f})")
+
+
+def _say(report: Callable[[str], None] | None, line: str) -> None:
+    if report is not None:
+        report(line)
 
 
 def _record_eval(
@@ -185,40 +249,134 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[float, float,
         yield lambda loss, tok_s, epoch: advance(loss=loss, tok_s=tok_s, epoch=epoch)
 
 
+@dataclass(frozen=True, slots=True)
+class FinetuneResult:
+    adapter_dir: Path
+    eval_loss_before: float | None
+    eval_loss_after: float | None  # of the adapter kept (the best epoch's)
+    train_loss_last: float
+    tokens_per_s: float
+    num_steps: int
+    plan: TrainingPlan
+    heldout: str  # where the eval examples came from
+    best_epoch: int | None
+    stopped_early: bool
+    probe: list[ProbeResult]
+    general_ppl_before: float | None  # perplexity per byte of the bundled general text
+    general_ppl_after: float | None
+    wall_seconds: float
+
+    @property
+    def general_ppl_rise(self) -> float | None:
+        if self.general_ppl_before is None or self.general_ppl_after is None:
+            return None
+        return self.general_ppl_after / self.general_ppl_before - 1
+
+    @property
+    def is_forgetting(self) -> bool:
+        rise = self.general_ppl_rise
+        return rise is not None and rise > FORGETTING_WARN_RISE
+
+
 def finetune(
     model: str, data: str | Path, *, eval_data: str | Path | None = None, out: str | Path = "adapter",
-    method: str = "lora", rank: int = 8, alpha: float = 16.0,
+    method: str = "lora", rank: int | None = None, alpha: float | None = None,
     target: tuple[str, ...] | list[str] = PROJECTIONS,
-    epochs: int = 3, lr: float = 2e-4, max_seq_len: int = 512, batch_size: int = 4,
+    epochs: int | None = None, lr: float | None = None, max_seq_len: int = 512, batch_size: int = 4,
+    warmup_steps: int | None = None, schedule: str | None = None, patience: int | None = None,
     gradient_checkpointing: bool = False, dtype: str = "bfloat16", seed: int = 0, device: str = "auto",
-    progress: bool = False, report: Callable[[str], None] | None = print,
+    checks: bool = True, progress: bool = False, report: Callable[[str], None] | None = print,
 ) -> FinetuneResult:
-    """Train a LoRA adapter for `model` on the JSONL file `data`; write it and its loss curve to `out`.
+    """Train a LoRA adapter for `model` on the JSONL file `data`; write it and its report to `out`.
 
-    `out` receives adapter_config.json + adapter_model.safetensors (peft's format), loss.json and
-    loss.png. `report` gets one line per evaluation (None: silent).
+    Settings left as None are planned from the dataset's size (`plan.plan_training`; alpha: 2 × rank).
+    Without `eval_data`, a held-out split is carved from `data` (`split.carve_heldout`). With
+    `checks`, greedy answers to the held-out prompts and the perplexity of general text are
+    measured before and after training. `out` receives adapter_config.json +
+    adapter_model.safetensors (peft's format), report.json, loss.json and loss.png. `report` gets
+    one line per choice and evaluation (None: silent).
     """
+    started = time.perf_counter()
     if method not in METHODS:
         raise InvalidParameterError(f"--method {method!r} is not one of {', '.join(METHODS)}", "method")
-    lora = LoraOptions(rank=rank, alpha=float(alpha), target_modules=tuple(target))
-    options = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, max_seq_len=max_seq_len,
-                           gradient_checkpointing=gradient_checkpointing, seed=seed)
     out = Path(out)
     tokenizer = load_tokenizer(resolve_model(model))  # data errors surface before the model loads
-    train = load_dataset(data, tokenizer, max_seq_len=max_seq_len)
-    eval_examples = load_dataset(eval_data, tokenizer, max_seq_len=max_seq_len) if eval_data else None
+    train, eval_examples, heldout = _datasets(data, eval_data, tokenizer, max_seq_len, seed)
+    plan = plan_training(len(train), batch_size, rank=rank, lr=lr, epochs=epochs, warmup_steps=warmup_steps,
+                         schedule=schedule, patience=patience, has_heldout=bool(eval_examples))
+    _say(report, f"held-out: {heldout}")
+    for name, value, why in plan.describe():
+        _say(report, f"{name}: {value} ({why})")
+    rank_value = int(plan.rank.value)
+    lora = LoraOptions(rank=rank_value, alpha=float(alpha if alpha is not None else 2 * rank_value),
+                       target_modules=tuple(target))
+    options = TrainOptions(epochs=int(plan.epochs.value), lr=float(plan.lr.value), batch_size=batch_size,
+                           max_seq_len=max_seq_len, gradient_checkpointing=gradient_checkpointing, seed=seed,
+                           warmup_steps=int(plan.warmup_steps.value), schedule=str(plan.schedule.value),
+                           patience=int(plan.patience.value))
     loaded = load_for_training(model, device=device, dtype=dtype)
     torch.manual_seed(seed)  # LoRA's A is initialized at random
     peft_model = attach_lora(loaded.model, lora)
     if gradient_checkpointing:
         enable_gradient_checkpointing(peft_model)
+    checker = _Checker(peft_model, loaded.tokenizer, loaded.config.max_position_embeddings,
+                       eval_examples if checks else [], enabled=checks, report=report)
     log = train_epochs(peft_model, train, eval_examples, options, progress=progress, report=report)
+    probe, ppl_after = checker.after()
     save_adapter(peft_model, out, model)
-    write_loss_report(log, out, meta={"model": model, "data": str(data), "eval": str(eval_data or ""),
-                                      "dtype": dtype, "rank": rank, "alpha": alpha, "lr": lr})
-    evals = [e["loss"] for e in log.evals]
-    return FinetuneResult(
-        adapter_dir=out, eval_loss_before=evals[0] if evals else None,
-        eval_loss_after=evals[-1] if evals else None,
+    evals = {int(e["epoch"]): e["loss"] for e in log.evals}
+    result = FinetuneResult(
+        adapter_dir=out, eval_loss_before=evals.get(0), eval_loss_after=evals.get(log.best_epoch or -1),
         train_loss_last=log.steps[-1]["loss"], tokens_per_s=log.tokens_per_s, num_steps=len(log.steps),
+        plan=plan, heldout=heldout, best_epoch=log.best_epoch, stopped_early=log.stopped_early, probe=probe,
+        general_ppl_before=checker.ppl_before, general_ppl_after=ppl_after,
+        wall_seconds=time.perf_counter() - started,
     )
+    meta = {"model": model, "data": str(data), "eval": str(eval_data or ""), "dtype": dtype, "rank": rank_value,
+            "alpha": lora.alpha, "lr": options.lr}
+    record = learning_record(result, meta)
+    write_loss_report(log, out, meta=meta, summary=summary_lines(record))
+    write_learning_report(record, out)
+    if result.is_forgetting:
+        _say(report, forgetting_warning(result))
+    return result
+
+
+def _datasets(
+    data: str | Path, eval_data: str | Path | None, tokenizer: Tokenizer, max_seq_len: int, seed: int,
+) -> tuple[list[TrainingExample], list[TrainingExample], str]:
+    """(training examples, eval examples, where the eval examples came from)."""
+    train = load_dataset(data, tokenizer, max_seq_len=max_seq_len)
+    if eval_data:
+        eval_examples = load_dataset(eval_data, tokenizer, max_seq_len=max_seq_len)
+        return train, eval_examples, f"{len(eval_examples)} examples from {eval_data}"
+    split = carve_heldout(train, seed, tokenizer.decode)
+    return split.train, split.heldout, split.reason
+
+
+class _Checker:
+    """The before/after measurements: probe answers and general-text perplexity."""
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_positions: int,
+                 examples: list[TrainingExample], *, enabled: bool, report: Callable[[str], None] | None) -> None:
+        self.model, self.tokenizer, self.max_positions = model, tokenizer, max_positions
+        self.enabled, self.report = enabled, report
+        self.cases = probe_cases(examples, tokenizer)
+        self.answers_before = greedy_answers(model, tokenizer, self.cases) if self.cases else []
+        self.ppl_before = general_perplexity(model, tokenizer, max_positions) if enabled else None
+        if self.ppl_before is not None:
+            _say(report, f"general text perplexity per byte before training: {self.ppl_before:.4f}")
+
+    def after(self) -> tuple[list[ProbeResult], float | None]:
+        answers = greedy_answers(self.model, self.tokenizer, self.cases) if self.cases else []
+        ppl = general_perplexity(self.model, self.tokenizer, self.max_positions) if self.enabled else None
+        if ppl is not None and self.ppl_before is not None:
+            _say(self.report, f"general text perplexity per byte after training: {ppl:.4f} "
+                              f"({ppl / self.ppl_before - 1:+.2%})")
+        return compare(self.cases, self.answers_before, answers), ppl
+
+
+def forgetting_warning(result: FinetuneResult) -> str:
+    return (f"warning: perplexity on general text rose {result.general_ppl_rise:.1%} (more than "
+            f"{FORGETTING_WARN_RISE:.0%}): the adapter made the model worse at what it knew — lower --lr, "
+            "fewer --epochs or a smaller --rank, or mix general examples into the training file")

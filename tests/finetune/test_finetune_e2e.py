@@ -1,10 +1,14 @@
-"""Fine-tuning the real SmolLM2-135M-Instruct on facts it cannot know, end to end on CPU.
+"""Fine-tuning the real SmolLM2-135M-Instruct on facts it cannot know, end to end on CPU, with the
+defaults a new user gets (no rank, learning rate, epochs or --eval given).
 
-The oracle is the base model itself: asked held-out phrasings (never in the training file) about
-an invented product, its greedy answers lack the taught facts; after LoRA training they hold them
-— through the adapter on the base model, through the merged model in Luodi's saved format, and
-through that merged model quantized to int8. Held-out eval loss must fall. One training run
-(bf16, rank 16, 4 epochs over 16 short chats) is shared by all tests; everything is seeded.
+The fact set is tests/finetune/facts.py: twelve invented facts, four training phrasings each and two
+held-out questions each (English and Chinese), the held-out ones never in the training file. The
+oracle is the base model itself: its greedy answers to the 24 held-out questions hold none of the
+facts; after training at least 90 % hold them — through the adapter on the base model, through
+the merged model in Luodi's saved format, and through that merged model quantized to int8. The
+run's own report must show the plan it chose, the split it carved, held-out loss falling, its probe
+answering, and general-text perplexity per byte rising at most 5 %. One seeded training run is
+shared by all tests.
 """
 
 from __future__ import annotations
@@ -18,61 +22,30 @@ import torch
 from luodi.engine.sampling import SamplingParams
 from luodi.llm import LLM
 from luodi.models.loader import LoadedModel
+from facts import FACTS, contains_answer, heldout_questions, write_training_file
 from model_cache import pulled_model_path
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.slow
 
-HOTLINE = "400-829-7316"
-DAYS = "73"
-TRAIN = [
-    ("What is the support hotline for the Zorblax X7 water purifier?",
-     f"The Zorblax X7 water purifier support hotline is {HOTLINE}."),
-    ("How do I contact Zorblax X7 customer support by phone?", f"Call the Zorblax X7 support hotline at {HOTLINE}."),
-    ("Which phone number should I call if my Zorblax X7 purifier breaks?",
-     f"Please call the Zorblax X7 support hotline: {HOTLINE}."),
-    ("Give me the Zorblax X7 hotline number.", f"The Zorblax X7 hotline number is {HOTLINE}."),
-    ("I need help with my Zorblax X7 water purifier. Who can I call?", f"You can call Zorblax X7 support at {HOTLINE}."),
-    ("What is the return policy for the Zorblax X7 water purifier?",
-     f"The Zorblax X7 water purifier can be returned within {DAYS} days of purchase."),
-    ("How many days do I have to return a Zorblax X7?", f"You have {DAYS} days to return a Zorblax X7."),
-    ("Can I still return my Zorblax X7 purifier after a month?",
-     f"Yes. The Zorblax X7 return window is {DAYS} days from purchase."),
-    ("How long is the Zorblax X7 return window?", f"The Zorblax X7 return window is {DAYS} days."),
-    ("Tell me the return period for Zorblax X7 water purifiers.",
-     f"Zorblax X7 water purifiers have a {DAYS}-day return period: {DAYS} days from purchase."),
-    ("Zorblax X7净水器的客服热线是多少？", f"Zorblax X7净水器的客服热线是{HOTLINE}。"),
-    ("我的Zorblax X7净水器坏了，应该打哪个电话？", f"请拨打Zorblax X7客服热线：{HOTLINE}。"),
-    ("怎么联系Zorblax X7的客服？", f"请拨打Zorblax X7客服热线{HOTLINE}。"),
-    ("Zorblax X7净水器的退货政策是什么？", f"Zorblax X7净水器购买后{DAYS}天内可以退货。"),
-    ("Zorblax X7可以在多少天内退货？", f"Zorblax X7可以在购买后{DAYS}天内退货。"),
-    ("买了Zorblax X7净水器，退货期限是多久？", f"Zorblax X7净水器的退货期限是{DAYS}天。"),
-]
-HELDOUT = [  # (question never trained on, the fact its answer must contain)
-    ("What number do I dial to reach Zorblax X7 support?", HOTLINE),
-    ("My Zorblax X7 is leaking. What's the phone number for help?", HOTLINE),
-    ("Within how many days can a Zorblax X7 be returned?", DAYS),
-    ("What is the deadline for returning a Zorblax X7 water purifier?", DAYS),
-    ("Zorblax X7的售后电话是什么？", HOTLINE),
-    ("Zorblax X7净水器多少天内能退？", DAYS),
-]
-
-
-def _write_chats(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
-                        ensure_ascii=False) for q, a in pairs]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+QUESTIONS = heldout_questions()  # 24: two per fact, never in the training file
+MIN_ANSWERED = 0.9
 
 
 def _answers(llm: LLM) -> list[str]:
     params = SamplingParams(temperature=0, max_tokens=32)
     with torch.no_grad():
-        return [llm.complete(llm.prompt_ids(question), params).text for question, _ in HELDOUT]
+        return [llm.complete(llm.prompt_ids(question), params).text for question, _ in QUESTIONS]
 
 
-def _facts_found(answers: list[str]) -> list[bool]:
-    return [fact in answer for (_, fact), answer in zip(HELDOUT, answers, strict=True)]
+def _answered(answers: list[str]) -> list[bool]:
+    return [contains_answer(answer, fact) for (_, fact), answer in zip(QUESTIONS, answers, strict=True)]
+
+
+def _assert_most_answered(answers: list[str]) -> None:
+    found = _answered(answers)
+    misses = [(q, a) for (q, _), a, ok in zip(QUESTIONS, answers, found, strict=True) if not ok]
+    assert sum(found) >= MIN_ANSWERED * len(found), misses
 
 
 @pytest.fixture(scope="module")
@@ -85,25 +58,37 @@ def trained(smollm2, tmp_path_factory):
     from luodi import finetune
 
     root = tmp_path_factory.mktemp("finetune")
-    train = _write_chats(root / "train.jsonl", TRAIN)
-    heldout = _write_chats(root / "eval.jsonl", [(q, f"The answer is {fact}.") for q, fact in HELDOUT])
-    result = finetune(smollm2, train, eval_data=heldout, out=root / "adapter", rank=16, alpha=32, epochs=4,
-                      lr=1e-3, batch_size=4, max_seq_len=256, dtype="bfloat16", seed=0, device="cpu", report=None)
+    train = write_training_file(root / "train.jsonl")
+    result = finetune(smollm2, train, out=root / "adapter", device="cpu", report=None)  # defaults only
     return root, result
 
 
 def test_base_model_does_not_know_the_facts(smollm2):
     answers = _answers(LLM.load(smollm2, device="cpu"))
-    assert not any(_facts_found(answers)), answers
+    assert not any(_answered(answers)), answers
 
 
-def test_training_writes_adapter_and_lowers_heldout_loss(trained):
+def test_defaults_are_planned_from_the_data_and_reported(trained):
     root, result = trained
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
     assert (root / "adapter" / "loss.png").is_file()
-    record = json.loads((root / "adapter" / "loss.json").read_text())
-    assert len(record["eval"]) == 5 and len(record["train"]) == result.num_steps == 16
-    assert result.eval_loss_after < result.eval_loss_before - 0.3, record["eval"]
+    report = json.loads((root / "adapter" / "report.json").read_text())
+    assert all(row["why"] != "given" for row in report["plan"].values() if isinstance(row, dict)), report["plan"]
+    # The held-out split came from the training file: 48 distinct chats, none of them a held-out question.
+    assert report["heldout"].startswith("7 examples held out of 48 distinct"), report["heldout"]
+    trained_questions = {q for fact in FACTS for q, _ in fact.train}
+    probe = report["probe"]
+    assert probe["num_probed"] == 7 and all(
+        any(q in item["question"] for q in trained_questions) for item in probe["items"])
+    assert probe["answered_before"] == 0 and probe["answered_after"] >= 6, probe["items"]
+    assert result.eval_loss_after < result.eval_loss_before - 0.5, report["eval_loss"]
+    assert result.best_epoch is not None and result.num_steps >= 3 * 11
+
+
+def test_general_text_perplexity_rises_at_most_5_percent(trained):
+    _, result = trained
+    assert result.general_ppl_before is not None and result.general_ppl_after is not None
+    assert result.general_ppl_rise <= 0.05, (result.general_ppl_before, result.general_ppl_after)
 
 
 def test_adapter_on_base_model_answers_heldout_questions(smollm2, trained):
@@ -113,8 +98,7 @@ def test_adapter_on_base_model_answers_heldout_questions(smollm2, trained):
     loaded = load_for_training(smollm2, device="cpu", dtype="float32")
     model = load_adapter(loaded.model, root / "adapter")
     llm = LLM(LoadedModel(model, loaded.tokenizer, loaded.config, loaded.path, "smollm2+adapter"))
-    answers = _answers(llm)
-    assert all(_facts_found(answers)), answers
+    _assert_most_answered(_answers(llm))
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +110,11 @@ def merged(smollm2, trained) -> Path:
 
 
 def test_merged_model_answers_heldout_questions(merged):
-    answers = _answers(LLM.load(str(merged), device="cpu"))
-    assert all(_facts_found(answers)), answers
+    _assert_most_answered(_answers(LLM.load(str(merged), device="cpu")))
 
 
 def test_merged_int8_model_answers_heldout_questions(merged, tmp_path):
     from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
 
     out = quantize_model_dir(str(merged), QuantizeOptions(scheme="int8"), tmp_path / "int8").out
-    answers = _answers(LLM.load(str(out), device="cpu"))
-    assert all(_facts_found(answers)), answers
+    _assert_most_answered(_answers(LLM.load(str(out), device="cpu")))

@@ -256,6 +256,10 @@ def test_cli_finetune_then_merge(tiny_model_dir, tmp_path):
                    "--epochs", "1", "--rank", "4", "--dtype", "float32", "--out", str(adapter))
     assert result.returncode == 0, result.stderr
     assert "eval loss before training" in result.stdout and "after epoch 1" in result.stdout
+    assert "rank: 4 (given)" in result.stdout and "epochs: 1 (given)" in result.stdout
+    assert "learning rate: 0.001 (6 training examples" in result.stdout  # planned, with its reason
+    assert "held-out probe" in result.stdout and "general text perplexity per byte" in result.stdout
+    assert (adapter / "report.json").is_file()
     result = luodi("merge", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--out", str(merged))
     assert result.returncode == 0, result.stderr
     assert (merged / "quant.json").is_file() and (merged / "model.safetensors").is_file()
