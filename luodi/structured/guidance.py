@@ -150,12 +150,39 @@ def to_llguidance_grammar(spec: GrammarSpec) -> str:
         schema = _json(spec)
         if not isinstance(schema, dict | bool):
             raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}", param=spec.param)
-        return llg.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+        return llg.LLMatcher.grammar_from_json_schema(bounded_numbers(schema), defaults=_JSON_OPTIONS)
     if spec.kind == "regex":
         return llg.LLMatcher.grammar_from_regex(spec.text)
     if spec.kind == "choice":
         return llg.LLMatcher.grammar_from_lark(choice_lark(_json(spec), spec.param))
     return llg.LLMatcher.grammar_from_lark(spec.text)
+
+
+def bounded_numbers(schema: Any) -> Any:
+    """The schema with every unbounded integer / number kept within ±(2**53 - 1).
+
+    llguidance has no length control, and a small model that starts a number may write digits
+    until max_tokens ("1111…"). Bounding a number bounds its integer digits (16 at most) so the
+    grammar itself closes it; 2**53 - 1 is the largest integer JSON carries exactly between
+    implementations (RFC 7493, I-JSON). An explicit bound in the schema wins.
+    """
+    if isinstance(schema, list):
+        return [bounded_numbers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_numbers(value) if key not in ("enum", "const", "default", "examples") else value
+           for key, value in schema.items()}
+    kinds = out.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "integer" in kinds or "number" in kinds:
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = _SAFE_INTEGER
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -_SAFE_INTEGER
+    return out
+
+
+_SAFE_INTEGER = 2**53 - 1
 
 
 def choice_lark(choices: object, param: str = "structured_outputs") -> str:
