@@ -159,7 +159,8 @@ def to_llguidance_grammar(spec: GrammarSpec) -> str:
 
 
 def bounded_numbers(schema: Any) -> Any:
-    """The schema with every unbounded integer / number kept within ±(2**53 - 1).
+    """The schema with every unbounded integer / number kept within ±(2**53 - 1), and numbers to
+    at most six decimals.
 
     llguidance has no length control, and a small model that starts a number may write digits
     until max_tokens ("1111…"). Bounding a number bounds its integer digits (16 at most) so the
@@ -179,10 +180,15 @@ def bounded_numbers(schema: Any) -> Any:
             out["maximum"] = _SAFE_INTEGER
         if "minimum" not in out and "exclusiveMinimum" not in out:
             out["minimum"] = -_SAFE_INTEGER
+    if "number" in kinds and "multipleOf" not in out:
+        out["multipleOf"] = _NUMBER_STEP
     return out
 
 
 _SAFE_INTEGER = 2**53 - 1
+# Fraction digits are bounded the only way JSON Schema can: a multiple of 1e-6 has at most six,
+# so "0.000000000…" cannot run to max_tokens either. Plain decimals only (no exponent).
+_NUMBER_STEP = 1e-6
 
 
 def choice_lark(choices: object, param: str = "structured_outputs") -> str:
