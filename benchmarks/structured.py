@@ -8,7 +8,7 @@ token p50 / p99 (target p99 <= 1 ms), the share of output tokens fast-forwarded 
 and masks computed inline vs on a worker thread beside the forward pass. Runs alternate
 (plain, schema, schema+overlap, plain, ...) and medians are reported.
 
-    python benchmarks/structured.py [--model smollm2-135m-instruct] [--reps 3]
+    python benchmarks/structured.py [--model smollm2-135m-instruct] [--reps 2]
 
 Writes benchmarks/results/structured.json.
 """
@@ -79,7 +79,7 @@ def run_batch(llm, prompt_ids: list[list[int]], params: list) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
 
     from luodi.engine.engine import EngineConfig, LLMEngine
@@ -102,7 +102,8 @@ def main() -> None:
         mask_times: list[float] = []
         forced = total = 0
         for _ in range(args.reps):
-            groups = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
+            # batch 1: the first four prompts one by one; batch 8: all eight together
+            groups = [[p] for p in prompts[:4]] if batch == 1 else [prompts]
             for group in groups:
                 llm.engine = grammar_engine
                 grammar_engine.runner.mask_seconds.clear()
