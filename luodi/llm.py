@@ -19,6 +19,7 @@ from luodi.engine.engine import EngineConfig, LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
 from luodi.models.adapters import attach_adapters, read_adapter
 from luodi.models.loader import LoadedModel, load_model
+from luodi.structured.guidance import backend_for
 
 Message = dict[str, str]
 
@@ -62,8 +63,12 @@ class LLM:
     def __init__(self, loaded: LoadedModel, engine_config: EngineConfig = EngineConfig()) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
-        self.engine = LLMEngine(loaded.model, loaded.tokenizer, engine_config,
-                                eos_token_ids=loaded.tokenizer.eos_token_ids | set(loaded.config.eos_token_ids))
+        eos_token_ids = loaded.tokenizer.eos_token_ids | set(loaded.config.eos_token_ids)
+        # Grammars (JSON Schema, regex, choice, Lark) are compiled against this tokenizer; its
+        # llguidance form is built on the first constrained request, not here.
+        grammars = backend_for(loaded.tokenizer, loaded.model.config.vocab_size, sorted(eos_token_ids))
+        self.engine = LLMEngine(loaded.model, loaded.tokenizer, engine_config, eos_token_ids=eos_token_ids,
+                                grammar_backend=grammars)
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str | None = None, progress: bool = False,

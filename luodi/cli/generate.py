@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,6 +21,7 @@ from luodi.cli.options import (
 from luodi.errors import InvalidParameterError
 
 if TYPE_CHECKING:
+    from luodi.engine.grammar import GrammarSpec
     from luodi.llm import LLM
 
 err = Console(stderr=True)
@@ -36,6 +38,7 @@ def _is_blank(text: str) -> bool:
 
 
 def _load(model: str, device: str, dtype: str) -> LLM:
+    from luodi.engine.grammar import GrammarSpec
     from luodi.llm import LLM
 
     return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)
@@ -53,6 +56,11 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with text, token ids and timings.")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    json_schema: Annotated[Path | None, typer.Option(
+        "--json-schema", help="Constrain the output to this JSON Schema file.", dir_okay=False)] = None,
+    regex: Annotated[str | None, typer.Option("--regex", help="Constrain the output to this regex.")] = None,
+    choice: Annotated[str | None, typer.Option(
+        "--choice", help="Constrain the output to one of these comma-separated strings.")] = None,
 ) -> None:
     """Complete one prompt, streaming the text (or printing JSON with --json)."""
     from luodi.engine.sampling import SamplingParams
@@ -63,7 +71,9 @@ def generate(
         raise InvalidParameterError(
             f"--prompt {prompt!r} is empty; give the text to complete, e.g. -p 'Hello', or -p - to read stdin",
             "prompt")
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    grammar = _grammar(json_schema, regex, choice)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                            grammar=grammar)
     llm = _load(model, device, dtype)
     if not raw and not llm.has_chat_template:
         err.print(f"[yellow]{model} has no chat template: plain completion of the prompt[/yellow]")
@@ -75,6 +85,29 @@ def generate(
         err.print(f"[dim]{result.prompt_tokens} prompt tokens, {result.completion_tokens} generated · "
                   f"prefill {result.prefill_tok_s:.0f} tok/s · decode {result.decode_tok_s:.1f} tok/s · "
                   f"{result.finish_reason}[/dim]")
+
+
+def _grammar(json_schema: Path | None, regex: str | None, choice: str | None) -> GrammarSpec | None:
+    """The one grammar the options name (at most one of --json-schema, --regex, --choice)."""
+    from luodi.engine.grammar import GrammarSpec
+
+    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice))
+             if value is not None]
+    if len(given) > 1:
+        raise InvalidParameterError(f"{' and '.join(given)} both constrain the output; give one of them", "grammar")
+    if json_schema is not None:
+        try:
+            text = json_schema.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidParameterError(f"--json-schema {json_schema}: cannot read it ({exc.strerror})",
+                                        "json_schema") from exc
+        return GrammarSpec("json_schema", text, param="--json-schema")
+    if regex is not None:
+        return GrammarSpec("regex", regex, param="--regex")
+    if choice is not None:
+        options = [c.strip() for c in choice.split(",") if c.strip()]
+        return GrammarSpec("choice", json.dumps(options, ensure_ascii=False), param="--choice")
+    return None
 
 
 def chat(

@@ -3,6 +3,9 @@
 Callers hand in prompt token ids (the engine never tokenizes); each `step()` runs one batched
 forward pass and returns what every touched request gained: token ids, logprobs, and — when the
 engine was given a tokenizer to decode with — UTF-8-safe text deltas with stop strings applied.
+A request whose params carry a grammar is compiled through the engine's `GrammarBackend` (built by
+the composition root from the tokenizer) into a matcher that constrains every token it samples;
+the tokens the grammar forces arrive in the same output as the sampled token before them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from luodi.engine.detokenizer import Decoder, IncrementalDetokenizer, StopChecker
+from luodi.engine.grammar import GrammarBackend, GrammarError, GrammarMatcher
 from luodi.engine.kv_cache import KVCacheManager
 from luodi.engine.request import FinishReason, Request
 from luodi.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_dtype
@@ -35,6 +39,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None  # default: the model's context window, at most 8192
     enable_prefix_caching: bool = True
+    enable_fast_forward: bool = True  # grammar-forced tokens skip their decode steps
+    overlap_masks: bool = False  # grammar masks on a worker thread beside the forward pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +73,7 @@ class StepStats:
 
 class LLMEngine:
     def __init__(self, model: nn.Module, tokenizer: Decoder | None = None, config: EngineConfig = EngineConfig(),
-                 eos_token_ids: frozenset[int] = frozenset()) -> None:
+                 eos_token_ids: frozenset[int] = frozenset(), grammar_backend: GrammarBackend | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -80,11 +86,15 @@ class LLMEngine:
             -(-self.max_model_len // config.block_size),
         )
         self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
-        sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
+        sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+                                enable_fast_forward=config.enable_fast_forward)
         self.scheduler = Scheduler(sched, self.kv)
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size,
-                                  eos_token_ids=self.eos_token_ids)
+                                  eos_token_ids=self.eos_token_ids, overlap_masks=config.overlap_masks,
+                                  fast_forward=config.enable_fast_forward)
+        self.grammar_backend = grammar_backend
         self._text: dict[str, _TextState] = {}
+        self._num_reported: dict[str, int] = {}  # output tokens already returned, per request
         self._ids = itertools.count()
         self.stats = StepStats()
 
@@ -96,12 +106,21 @@ class LLMEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         self.check_request(prompt_ids, params, adapter=adapter)
         request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len,
-                          adapter=adapter, cache_salt=cache_salt)
+                          adapter=adapter, cache_salt=cache_salt, matcher=self._matcher(params))
         if self.tokenizer is not None:
             self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                                 StopChecker(params.stop))
         self.scheduler.add(request)
         return request_id
+
+    def _matcher(self, params: SamplingParams) -> GrammarMatcher | None:
+        """A fresh matcher for the request's grammar (compiled once per grammar, then copied)."""
+        if params.grammar is None:
+            return None
+        if self.grammar_backend is None:
+            raise GrammarError("this engine has no grammar backend, so it cannot constrain output; "
+                               "load the model through luodi.llm.LLM", param=params.grammar.param)
+        return self.grammar_backend.matcher(params.grammar)
 
     def abort(self, request_id: str) -> None:
         if self.scheduler.abort(request_id) is not None:
@@ -131,6 +150,7 @@ class LLMEngine:
         vocab = self.model.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param=prompt_param)
+        self._matcher(params)  # compiles (and caches) the grammar: a bad one fails here
         n, limit = len(prompt_ids), self.max_model_len
         wanted = n + (params.max_tokens or 1)
         if wanted > limit:
@@ -151,10 +171,9 @@ class LLMEngine:
         self._record(schedule, time.perf_counter() - start)
         outputs = []
         for request in touched:
-            token = result.token_ids.get(request.request_id)
-            if token is None:
+            if request.request_id not in result.token_ids:
                 continue  # a prompt chunk that did not reach the end: nothing to report yet
-            outputs.append(self._output(request, token, result.logprobs.get(request.request_id)))
+            outputs.append(self._output(request, result.logprobs.get(request.request_id)))
         return outputs
 
     def _record(self, schedule: SchedulerOutput, seconds: float) -> None:
@@ -165,11 +184,24 @@ class LLMEngine:
         self.stats.seconds += seconds
         self.stats.history.append((prefill, decode, seconds))
 
-    def _output(self, request: Request, token: int, logprobs: TokenLogprobs | None) -> RequestOutput:
+    def _new_tokens(self, request: Request, logprobs: TokenLogprobs | None) -> tuple[list[int], list[TokenLogprobs]]:
+        """The output tokens not yet reported — the sampled one, then any the grammar forced — and
+        their logprobs: a forced token has probability 1 under the grammar (logprob 0)."""
+        start = self._num_reported.get(request.request_id, 0)
+        new = request.output_ids[start:]
+        self._num_reported[request.request_id] = len(request.output_ids)
+        if logprobs is None:
+            return new, []
+        top = request.params.logprobs or 0
+        forced = [TokenLogprobs(t, 0.0, ((t, 0.0),) if top else ()) for t in new[1:]]
+        return new, [logprobs, *forced]
+
+    def _output(self, request: Request, logprobs: TokenLogprobs | None) -> RequestOutput:
         text = ""
+        new_ids, new_logprobs = self._new_tokens(request, logprobs)
         state = self._text.get(request.request_id)
         if state is not None:
-            delta = state.detokenizer.push(token)
+            delta = "".join(state.detokenizer.push(t) for t in new_ids)
             if request.finish_reason is not None:
                 delta += state.detokenizer.flush()
             text = state.stops.push(delta)
@@ -182,9 +214,9 @@ class LLMEngine:
             self._forget(request.request_id)
         return RequestOutput(
             request_id=request.request_id,
-            new_token_ids=(token,),
+            new_token_ids=tuple(new_ids),
             new_text=text,
-            new_logprobs=(logprobs,) if logprobs is not None else (),
+            new_logprobs=tuple(new_logprobs),
             finished=finished,
             finish_reason=request.finish_reason.value if finished else None,
             num_prompt_tokens=len(request.prompt_ids),
@@ -194,6 +226,7 @@ class LLMEngine:
 
     def _forget(self, request_id: str) -> None:
         self._text.pop(request_id, None)
+        self._num_reported.pop(request_id, None)
         self.runner.forget(request_id)
 
     # -- convenience --------------------------------------------------------------------------

@@ -10,8 +10,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from luodi.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from luodi.engine.grammar import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -44,6 +48,8 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     num_preemptions: int = 0
+    matcher: GrammarMatcher | None = None  # the request's grammar state (constrained decoding)
+    num_forced_tokens: int = 0  # output tokens the grammar forced, appended without a decode step
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -2,7 +2,9 @@
 
 It flattens every scheduled chunk into `input_ids` / `positions` of shape [T], builds the shared
 attention metadata once, runs the model once for the whole batch, and samples one token for each
-request whose chunk reached its last known token. A model serving LoRA adapters (one with an
+request whose chunk reached its last known token. Requests with a grammar get their token bitmask
+filled for the sampler — inline, or (`overlap_masks`) on a worker thread while the forward pass
+runs: llguidance releases the GIL, but on a CPU the two share cores. A model serving LoRA adapters (one with an
 `adapters` set, `luodi.models.adapters`) is told which adapter each token uses; requests on
 different adapters and the base share the one forward pass. Knows tensors, block ids and
 sampling params; not text or scheduling policy.
@@ -11,11 +13,16 @@ sampling params; not text or scheduling policy.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from luodi.engine.grammar import new_bitmask
 from luodi.engine.request import Request
 from luodi.engine.sampling import SamplerOutput, TokenLogprobs, make_generator, sample
 from luodi.engine.scheduler import SchedulerOutput
@@ -39,8 +46,16 @@ def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) ->
     return per_token * block_size * torch.finfo(dtype).bits // 8
 
 
+@dataclass(frozen=True, slots=True)
+class _Masks:
+    bitmask: torch.Tensor  # [len(rows), ceil(V / 32)] int32
+    rows: list[int]  # the sampled rows they belong to
+    done: Future | None  # pending fill when computed beside the forward pass
+
+
 class ModelRunner:
-    def __init__(self, model: nn.Module, *, num_blocks: int, block_size: int, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, model: nn.Module, *, num_blocks: int, block_size: int, eos_token_ids: frozenset[int],
+                 overlap_masks: bool = False, fast_forward: bool = True) -> None:
         self.model = model
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -53,6 +68,11 @@ class ModelRunner:
         self.k_caches = [self._empty_cache(num_blocks + 1) for _ in range(model.config.num_hidden_layers)]
         self.v_caches = [self._empty_cache(num_blocks + 1) for _ in range(model.config.num_hidden_layers)]
         self._generators: dict[str, torch.Generator | None] = {}
+        self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask") if overlap_masks else None
+        self.mask_seconds: deque[float] = deque(maxlen=65536)  # time to fill each request's mask
+        # Without fast-forward a forced token still wins, but takes a decode step of its own:
+        # step-by-step constrained decoding, the oracle fast-forward is tested against.
+        self.fast_forward = fast_forward
 
     def _empty_cache(self, num_blocks: int) -> torch.Tensor:
         c = self.model.config
@@ -78,11 +98,36 @@ class ModelRunner:
         kv = PagedAttention(self.k_caches, self.v_caches, meta)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        sampled = [requests[i] for i in sample_ids]
+        masks = self._start_masks(sampled)
         with self._adapters_for(step, requests):
             logits = self.model(ids, torch.cat(positions).to(self.device), kv, rows)
         if not sample_ids:
             return StepResult({}, {})
-        return self._sample(logits.float().cpu(), [requests[i] for i in sample_ids])
+        if masks is not None and masks.done is not None:
+            masks.done.result()
+        return self._sample(logits.float().cpu(), sampled, masks)
+
+    def _start_masks(self, sampled: list[Request]) -> _Masks | None:
+        """The grammar bitmasks of the rows about to be sampled (None: no row has a grammar)."""
+        constrained = [(row, r.matcher) for row, r in enumerate(sampled) if r.matcher is not None]
+        if not constrained:
+            return None
+        bitmask = new_bitmask(len(constrained), self.model.config.vocab_size)
+
+        def fill() -> None:
+            for i, (_, matcher) in enumerate(constrained):
+                start = time.perf_counter()
+                forced = [] if self.fast_forward else matcher.forced_tokens()
+                if forced:
+                    bitmask[i].zero_()
+                    bitmask[i, forced[0] // 32] = _bit(forced[0] % 32)
+                else:
+                    matcher.fill_mask(bitmask[i])
+                self.mask_seconds.append(time.perf_counter() - start)
+
+        done = self._mask_pool.submit(fill) if self._mask_pool is not None else _run(fill)
+        return _Masks(bitmask, [row for row, _ in constrained], done)
 
     def _adapters_for(self, step: SchedulerOutput, requests: dict[str, Request]) -> contextlib.AbstractContextManager:
         """The scope in which the model runs each token on its request's adapter (none: a no-op)."""
@@ -97,10 +142,11 @@ class ModelRunner:
         token_adapters = torch.tensor(per_token).repeat_interleave(counts)  # [T]; -1 = the base
         return adapters.use(token_adapters.to(self.device))
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> StepResult:
+    def _sample(self, logits: torch.Tensor, requests: list[Request], masks: _Masks | None) -> StepResult:
         generators = [self._generator(r) for r in requests]
         out: SamplerOutput = sample(
-            logits, [r.params for r in requests], requests, generators, self.eos_token_ids
+            logits, [r.params for r in requests], requests, generators, self.eos_token_ids,
+            bitmask=masks.bitmask if masks else None, masked_rows=masks.rows if masks else (),
         )
         ids = {r.request_id: t for r, t in zip(requests, out.token_ids, strict=True)}
         logprobs = {r.request_id: lp for r, lp in zip(requests, out.logprobs, strict=True) if lp is not None}
@@ -113,3 +159,12 @@ class ModelRunner:
 
     def forget(self, request_id: str) -> None:
         self._generators.pop(request_id, None)
+
+
+def _run(fill: Callable[[], None]) -> None:
+    fill()
+
+
+def _bit(index: int) -> int:
+    """Bit `index` of an int32 word, as the signed value torch stores (bit 31 is negative)."""
+    return (1 << index) - (1 << 32 if index == 31 else 0)

@@ -14,6 +14,9 @@ min-p before top-k/top-p; with both top-p and min-p set the kept sets can differ
 
 Logprobs follow vLLM's default (`logprobs_mode="raw_logprobs"`): log-softmax of the raw model
 logits, before penalties, temperature and truncation, so they describe the model, not the sampler.
+A request with a grammar is the exception: its logprobs are taken after the grammar's token mask
+(disallowed tokens have probability 0, the allowed ones are renormalized), so a reported
+alternative is always one the request could have produced.
 
 Seeds: a request with a seed gets one `torch.Generator` (see `make_generator`) that lives as long
 as the request and is drawn from once per sampled token (one uniform). Each random row is
@@ -30,6 +33,7 @@ from typing import Protocol
 
 import torch
 
+from luodi.engine.grammar import GrammarSpec, apply_bitmask
 from luodi.errors import InvalidParameterError
 
 __all__ = [
@@ -67,6 +71,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs; 0: only the sampled token's
     min_tokens: int = 0
+    grammar: GrammarSpec | None = None  # constrained decoding: the output must match it
 
     def __post_init__(self) -> None:
         # Accept a bare string or a list at the boundary; store tuples so params stay hashable.
@@ -106,6 +111,8 @@ class SamplingParams:
             raise _invalid("stop", self.stop, "non-empty strings")
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
             raise _invalid("stop_token_ids", self.stop_token_ids, "non-negative integers")
+        if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
+            raise _invalid("grammar", self.grammar, "a GrammarSpec or None")
 
 
 def _is_number(value: object) -> bool:
@@ -179,12 +186,20 @@ def sample(
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
     eos_token_ids: Sequence[int] = (),
+    bitmask: torch.Tensor | None = None,
+    masked_rows: Sequence[int] = (),
 ) -> SamplerOutput:
-    """Pick one token per row of `logits` [B, V] (float32). `logits` is not modified.
+    """Pick one token per row of `logits` [B, V] (float32).
 
     `eos_token_ids` are masked (with `stop_token_ids`) while a row has fewer than `min_tokens`
-    output tokens.
+    output tokens. `bitmask` [len(masked_rows), ceil(V / 32)] holds the grammar's allowed tokens
+    of `masked_rows`: their disallowed logits are set to -inf *in place*, before anything else, so
+    those rows' logprobs describe the constrained distribution (the mask renormalizes them).
+    A row whose mask allows one token takes it without drawing, so a seeded request's random
+    stream does not depend on whether its forced tokens were fast-forwarded or sampled.
+    Other rows' logits are not modified.
     """
+    forced = apply_bitmask(logits, bitmask, masked_rows) if bitmask is not None else {}
     num_rows = logits.shape[0]
     if not (len(params) == len(histories) == len(generators) == num_rows):
         raise ValueError(
@@ -192,6 +207,8 @@ def sample(
             f"{len(histories)} histories, {len(generators)} generators"
         )
     token_ids = _greedy_argmax(logits, params, histories)
+    for row, token in forced.items():
+        token_ids[row] = token  # the only token the grammar allows: no draw, generators untouched
     for row, (p, history, generator) in enumerate(zip(params, histories, generators, strict=True)):
         if token_ids[row] >= 0:
             continue
@@ -227,7 +244,10 @@ def _process_row(
         _apply_penalties(row, p, history)
     if len(history.output_ids) < p.min_tokens:
         banned = [t for t in (*eos_token_ids, *p.stop_token_ids) if t < row.numel()]
+        kept = row[banned].clone()
         row[banned] = -math.inf
+        if row.max() == -math.inf:
+            row[banned] = kept  # a grammar that allows nothing but the end outranks min_tokens
     return row
 
 
@@ -350,7 +370,8 @@ def _logprobs(
         top: tuple[tuple[int, float], ...] = ()
         if p.logprobs > 0:
             values, ids = row_logits.topk(p.logprobs)
-            top = tuple((int(i), float(v) - log_total) for i, v in zip(ids, values, strict=True))
+            # A grammar-masked row lists only tokens it allows (the masked ones are -inf).
+            top = tuple((int(i), float(v) - log_total) for i, v in zip(ids, values, strict=True) if v > -math.inf)
         chosen = float(row_logits[token_ids[row]]) - log_total
         result[row] = TokenLogprobs(token_id=token_ids[row], logprob=chosen, top=top)
     return result

@@ -48,6 +48,9 @@ class SchedulerConfig:
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512  # the token budget of one step
     max_model_len: int = 2048
+    # Tokens a request's grammar forces join its output at once and are computed by its next
+    # multi-token chunk, instead of one decode step each. Off: step-by-step constrained decoding.
+    enable_fast_forward: bool = True
 
 
 class Scheduler:
@@ -102,11 +105,37 @@ class Scheduler:
                 continue  # aborted while its step ran
             request.num_computed_tokens += len(chunk.token_ids)
             if chunk.request_id in sampled:
-                request.append_token(sampled[chunk.request_id])
+                self._append(request, sampled[chunk.request_id])
                 if request.finish_reason is not None:
                     self._finish(request)
             touched.append(request)
         return touched
+
+    def _append(self, request: Request, token_id: int) -> None:
+        """Append a sampled token; with a grammar, advance it and append the tokens it then forces.
+
+        A grammar that is complete (only end-of-sequence left) ends the request at once with
+        "stop": no step is spent sampling the end token.
+        """
+        request.append_token(token_id)
+        matcher = request.matcher
+        if matcher is None or request.finish_reason is not None:
+            return
+        if not matcher.accept([token_id]):
+            # Unreachable while the mask is applied; never emit text the grammar rejects.
+            request.finish_reason = FinishReason.STOP
+            return
+        if self.config.enable_fast_forward:
+            for forced in matcher.forced_tokens():
+                request.append_token(forced)
+                request.num_forced_tokens += 1
+                if request.finish_reason is not None:
+                    return
+                if not matcher.accept([forced]):
+                    request.finish_reason = FinishReason.STOP
+                    return
+        if matcher.is_finished():
+            request.finish_reason = FinishReason.STOP
 
     def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:

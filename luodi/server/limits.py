@@ -21,5 +21,7 @@ class RequestLimits:
     max_stop_token_ids: int = 64
     max_logit_bias: int = 1024  # entries; each is a write into every step's logits row
     max_messages: int = 1024  # turns in one chat; their text is bounded by the body size
-    # `tools` and `response_format` schemas: caps on their count and size go here (and are checked
-    # in `check_limits`) when those features land.
+    # A `response_format` schema or `structured_outputs` grammar: compiling costs ~1 ms per KB on
+    # the request's thread, and the grammar backend also caps it (time and grammar size); tools'
+    # caps go here too.
+    max_grammar_chars: int = 100_000

@@ -16,12 +16,14 @@ Must not know about the engine, tokenization or HTTP: it turns JSON into typed v
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from luodi.engine.grammar import GrammarSpec
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.server.limits import RequestLimits
@@ -100,6 +102,32 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(_Request):
+    """OpenAI's `response_format.json_schema`. `strict` is accepted either way: the schema is always
+    enforced by the grammar (strict or not, the output validates)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] | bool = Field(True, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """Luodi's extension (vLLM's names): exactly one of a regex, a list of choices, a Lark grammar,
+    or a JSON schema the output must match."""
+
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_: dict[str, Any] | None = Field(None, alias="json")
+
+
 class _SamplingFields(_Body):
     """Fields shared by chat and completions; `None` means "OpenAI's default"."""
 
@@ -125,6 +153,8 @@ class _SamplingFields(_Body):
     # Luodi's extension (as vLLM's): share cached prompt blocks only with requests that send the same
     # salt. It narrows the caller's own partition (its API key's); it can never reach another's.
     cache_salt: str | None = Field(None, max_length=256)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None  # Luodi's (and vLLM's) extension
 
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
         """Refuse what exceeds `limits` (or names tokens outside the vocabulary), naming the cap."""
@@ -145,6 +175,30 @@ class _SamplingFields(_Body):
             if not -100 <= value <= 100:
                 raise InvalidParameterError(
                     f"logit_bias[{key!r}] = {value} is outside [-100, 100]", param="logit_bias")
+        grammar = self.grammar_spec()
+        if grammar is not None and len(grammar.text) > limits.max_grammar_chars:
+            raise InvalidParameterError(
+                f"the {grammar.kind} grammar is {len(grammar.text)} characters, over the limit of "
+                f"{limits.max_grammar_chars}; send a smaller schema or grammar", param=grammar.param)
+
+    def grammar_spec(self) -> GrammarSpec | None:
+        """The grammar the output must match: from `response_format` or `structured_outputs`."""
+        fmt = self.response_format
+        wanted = fmt is not None and fmt.type != "text"
+        if wanted and self.structured_outputs is not None:
+            raise InvalidParameterError(
+                "send either response_format or structured_outputs, not both", param="structured_outputs")
+        if self.structured_outputs is not None:
+            return _structured_spec(self.structured_outputs)
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return GrammarSpec("json_object")
+        if fmt.json_schema is None:
+            raise InvalidParameterError(
+                'response_format {"type": "json_schema"} needs a "json_schema" object with a "schema"',
+                param="response_format")
+        return GrammarSpec("json_schema", json.dumps(fmt.json_schema.json_schema, ensure_ascii=False))
 
     def check_supported(self) -> None:
         """Reject what parses but this server does not do, naming the field."""
@@ -178,11 +232,35 @@ class _SamplingFields(_Body):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             min_tokens=_default(self.min_tokens, 0),
+            grammar=self.grammar_spec(),
         )
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _structured_spec(outputs: StructuredOutputs) -> GrammarSpec:
+    given = {
+        "regex": outputs.regex,
+        "choice": outputs.choice,
+        "grammar": outputs.grammar,
+        "json": outputs.json_,
+    }
+    named = [key for key, value in given.items() if value is not None]
+    if len(named) != 1:
+        raise InvalidParameterError(
+            f"structured_outputs needs exactly one of regex, choice, grammar, json; got {named or 'none'}",
+            param="structured_outputs")
+    key = named[0]
+    param = f"structured_outputs.{key}"
+    if key == "regex":
+        return GrammarSpec("regex", outputs.regex or "", param=param)
+    if key == "choice":
+        return GrammarSpec("choice", json.dumps(outputs.choice, ensure_ascii=False), param=param)
+    if key == "grammar":
+        return GrammarSpec("lark", outputs.grammar or "", param=param)
+    return GrammarSpec("json_schema", json.dumps(outputs.json_, ensure_ascii=False), param=param)
 
 
 def _default(value: Any, default: Any) -> Any:
@@ -217,7 +295,6 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
     # Luodi's extension: answer the last user turn from this knowledge base, with sources.
     kb: str | None = Field(None, description="Knowledge base to answer from (its passages, cited [n]).")
     kb_k: int = Field(8, ge=1, le=32, description="Passages to retrieve from the knowledge base.")
@@ -234,10 +311,6 @@ class ChatCompletionRequest(_SamplingFields):
         if self.tools:
             raise InvalidParameterError(
                 "tools (function calling) are not supported yet; remove them", param="tools"
-            )
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise InvalidParameterError(
-                'only response_format {"type": "text"} is supported', param="response_format"
             )
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameterError("top_logprobs needs logprobs=true", param="top_logprobs")
@@ -276,7 +349,10 @@ class CompletionRequest(_SamplingFields):
 
     def to_sampling_params(self) -> SamplingParams:
         self.check_supported()
-        return self.sampling_params(self.max_tokens, self.logprobs)
+        max_tokens = self.max_tokens
+        if "max_tokens" not in self.model_fields_set and self.grammar_spec() is not None:
+            max_tokens = None  # OpenAI's default of 16 would cut nearly every JSON answer short
+        return self.sampling_params(max_tokens, self.logprobs)
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt (text or token ids); a batch of several is refused with a clear message."""

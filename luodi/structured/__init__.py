@@ -1,0 +1,1 @@
+"""Structured output: grammar backends that implement `luodi.engine.grammar`'s Protocols."""
