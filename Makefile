@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SERVE_EXTRAS := kb
-TEST_EXTRAS := kb,pg,finetune,corpus,test
+TEST_EXTRAS := kb,pg,finetune,corpus,ray,test
 SERVE_STAMP := $(VENV)/.installed-$(SERVE_EXTRAS)
 STAMP := $(VENV)/.installed
 

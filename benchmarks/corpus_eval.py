@@ -6,8 +6,9 @@ out/kept.jsonl and out/removed.jsonl against the labels:
 
 - removal recall per category (exact and near duplicates, boilerplate, spam, other languages,
   gibberish / mojibake, fragments, repetition, markup): share of the category's documents removed;
-  for gibberish also the share removed *or repaired* (kept with its mojibake undone: 5-gram
-  Jaccard >= 0.9 with the text before it was garbled), since repairing beats removing;
+  for gibberish also the share removed *or verifiably repaired*, since repairing beats removing:
+  the garbled document was kept and its kept text equals, character for character, what the
+  same cleaner keeps of the article before it was garbled (the generator's `original`);
 - good documents kept (categories good and pii), and the ids of those removed, with stage and
   reason;
 - PII: every labelled value absent from its document's kept text, and its kind's placeholder
@@ -38,7 +39,6 @@ import make_corpus  # noqa: E402
 
 RESULTS = ROOT / "results" / "corpus_eval.json"
 TARGETS = {"removal_recall": 0.95, "good_kept": 0.97, "pii_masked": 1.0, "clusters_one_kept": 1.0}
-REPAIRED_JACCARD = 0.9
 MAX_LISTED = 10
 
 
@@ -67,16 +67,21 @@ def preview(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[:width] + "…"
 
 
-def is_repaired(record: dict, kept_text: str) -> bool:
-    original = record.get("original")
-    if not original:
-        return False
-    language = record["language"]
-    return make_corpus.jaccard(make_corpus.shingles(original, language),
-                               make_corpus.shingles(kept_text, language)) >= REPAIRED_JACCARD
+def clean_originals(records: list[dict], out: Path, workers: int, recipe: Path | None) -> dict:
+    """What the cleaner keeps of each garbled document's article before it was garbled, by the
+    garbled document's id (a separate run, so the originals meet no copies of themselves)."""
+    originals = [{"id": r["id"], "text": r["original"]} for r in records if r.get("original")]
+    kept, _, _ = run_clean(originals, out / "originals", workers, recipe)
+    return kept
 
 
-def score_removals(records: list[dict], kept: dict, removed: dict) -> dict:
+def is_repaired(record: dict, kept: dict, kept_originals: dict) -> bool:
+    """Kept, and equal to what the cleaner keeps of the original: the repair restored the article."""
+    return record["id"] in kept and record["id"] in kept_originals \
+        and kept[record["id"]] == kept_originals[record["id"]]
+
+
+def score_removals(records: list[dict], kept: dict, removed: dict, kept_originals: dict) -> dict:
     """Recall per removal category, the stages that removed them, and up to ten misses each."""
     out = {}
     for category in make_corpus.REMOVE:
@@ -93,8 +98,9 @@ def score_removals(records: list[dict], kept: dict, removed: dict) -> dict:
                "missed": [{"id": r["id"], "language": r["language"], "text": preview(r["text"])}
                           for r in missed[:MAX_LISTED]]}
         if category == "gibberish":
-            repaired = [r for r in missed if r["id"] in kept and is_repaired(r, kept[r["id"]])]
+            repaired = [r for r in missed if is_repaired(r, kept, kept_originals)]
             row["repaired"] = len(repaired)
+            row["kept_unrepaired"] = [r["id"] for r in missed if r not in repaired][:MAX_LISTED]
             row["recall_counting_repairs"] = round((row["removed"] + len(repaired)) / len(members), 4)
         out[category] = row
     return out
@@ -173,7 +179,7 @@ def verdict(removals: dict, good: dict, pii_scores: dict, clusters: dict) -> dic
 def evaluate(records: list[dict], out: Path, workers: int, recipe: Path | None) -> dict:
     kept, removed, seconds = run_clean(records, out, workers, recipe)
     lost = [r["id"] for r in records if r["id"] not in kept and r["id"] not in removed]
-    removals = score_removals(records, kept, removed)
+    removals = score_removals(records, kept, removed, clean_originals(records, out, workers, recipe))
     good = score_kept(records, removed)
     pii_scores = score_pii(records, kept)
     clusters = score_clusters(records, kept)

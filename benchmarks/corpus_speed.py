@@ -18,10 +18,11 @@ Equal settings:
   the document's language (Luodi in the document's stats, datatrove by one filter set per
   language), so language ID is not timed.
 - MinHash: 5-grams, SHA-1 32-bit hashing, and the bands x rows Luodi's LSH picks for its
-  threshold and permutations (datasketch's optimum: 9 x 13 for 0.8 and 128) given to datatrove
-  as num_buckets x hashes_per_bucket; datatrove's four stages (signatures, buckets, clusters,
-  filter) are timed together, on disk in a temporary folder. Units differ by design: Luodi
-  shingles Chinese by character, datatrove by jieba word.
+  candidate threshold and permutations (datasketch's optimum: 21 x 6 for 0.55 and 128) given to
+  datatrove as num_buckets x hashes_per_bucket (Luodi then confirms each candidate pair by its
+  MinHash estimate, datatrove takes every bucket match); datatrove's four stages (signatures,
+  buckets, clusters, filter) are timed together, on disk in a temporary folder. Units differ by
+  design: Luodi shingles Chinese by character, datatrove by jieba word.
 
     python benchmarks/corpus_speed.py [--docs 100000] [--repeats 3] [--memory-1m]
 
@@ -187,8 +188,9 @@ def lsh_shape() -> dict:
     from luodi.corpus.dedup import NearDedup
 
     dedup = NearDedup()
-    lsh = MinHashLSH(threshold=dedup.threshold, num_perm=dedup.num_perm)
+    lsh = MinHashLSH(threshold=dedup.lsh_threshold, num_perm=dedup.num_perm)
     return {"ngram": dedup.ngram, "num_perm": dedup.num_perm, "threshold": dedup.threshold,
+            "lsh_threshold": dedup.lsh_threshold, "min_estimate": round(dedup.min_estimate, 3),
             "bands": lsh.b, "rows": lsh.r}
 
 

@@ -1,6 +1,8 @@
 """`LLM`: a loaded model with its engine — the library entry point the CLI (and later apps) call.
 
-Owns turning text into prompt ids (the chat template, or raw completion), running one request to
+Owns turning text into prompt ids (the chat template, or raw completion; either way the text is
+text: a special token's spelling in it never becomes that control token — a raw prompt that needs
+control tokens is given as token ids), running one request to
 the end or streaming it, and measuring the two phases apart: time to first token (prompt
 processing) and the decode rate after it. LoRA adapters given at load are served unmerged: a
 request names one (`adapter=`) or runs on the base model.
@@ -84,11 +86,17 @@ class LLM:
     def context_window(self) -> int:
         return self.engine.max_model_len
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model accepts: [0, vocab_size)."""
+        return self.loaded.config.vocab_size
+
     def prompt_ids(self, prompt: str | list[Message], *, raw: bool = False) -> list[int]:
-        """Chat messages (or one user turn) through the chat template; raw text as is."""
+        """Chat messages (or one user turn) through the chat template; raw text as is. Special tokens
+        spelled in the text are text; only the chat template writes control tokens."""
         if raw or not self.has_chat_template:
             text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-            return self.tokenizer.encode(text)
+            return self.tokenizer.encode(text, split_special_tokens=True)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return self.tokenizer.encode_chat(messages)
 

@@ -26,15 +26,18 @@ def clean_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for kept.jsonl, removed.jsonl, report.json/.md.")],
     languages: Annotated[str, typer.Option(help="Languages to keep, comma-separated ISO codes.")] = "zh,en",
     recipe: Annotated[Path | None, typer.Option(help="A recipe YAML (default: `luodi corpus recipe`).")] = None,
-    executor: Annotated[str, typer.Option(help="local (processes over shards).")] = "local",
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="local (processes over shards) or ray (Ray Data, needs luodi[ray]).")] = "local",
+    workers: Annotated[int, typer.Option(help="Shards processed at a time (processes, or Ray tasks).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --executor ray: a running cluster's HOST:PORT (default: start a local Ray).")] = None,
 ) -> None:
     """Clean documents into DIR/kept.jsonl; what was removed and why goes to removed.jsonl and the report."""
     from luodi.corpus import clean
 
     allowed = tuple(code.strip() for code in languages.split(",") if code.strip())
     report = clean(inputs, out_dir, languages=allowed, recipe=recipe, executor=executor, workers=workers,
-                   progress=sys.stderr.isatty())
+                   ray_address=ray_address, progress=sys.stderr.isatty())
     for error in report.input_errors:
         err.print(f"[yellow]skipped:[/yellow] {error}", highlight=False, soft_wrap=True)
     out.print(f"[green]✓[/green] {report.num_read} documents read, {report.num_kept} kept, "

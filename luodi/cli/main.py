@@ -12,6 +12,7 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from luodi.cli.corpus import corpus_app
@@ -85,7 +86,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except LuodiError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        # escaped: messages hold brackets that are not markup (install hints: 'luodi[kb]')
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except _USAGE_ERRORS as exc:
         exc.show()

@@ -66,6 +66,23 @@ def resolve_keys_file(api_key_file: Path | None, host: str, insecure_no_auth: bo
     return None
 
 
+LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_HOST_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)$")  # a DNS name, IPv4, or [IPv6]
+
+
+def allowed_hosts(host: str, extra: list[str]) -> tuple[str, ...] | None:
+    """The Host names a server without keys answers (checked only then): the loopback names plus
+    `--allowed-host`s; None (any) for a network bind with none given, which answers its own names."""
+    for name in extra:
+        if not _HOST_NAME.match(name):
+            raise InvalidParameterError(
+                f"--allowed-host {name!r} is not a host name (give it without scheme or port, e.g. "
+                "--allowed-host my-pc.local)", param="allowed_host")
+    if not is_loopback(host) and not extra:
+        return None
+    return (*LOCAL_HOST_NAMES, *(name.lower() for name in extra))
+
+
 def served_name(model: str) -> str:
     """The id clients send as "model": the catalog name, or the file or directory name."""
     path = Path(model)
@@ -113,6 +130,11 @@ def serve(
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Allow a non-loopback --host without API keys.")
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-host", help="Also answer this Host name without API keys (besides localhost, "
+                     "127.0.0.1, [::1]); repeatable."),
+    ] = None,
     max_num_seqs: Annotated[
         int, typer.Option("--max-num-seqs", help="Most sequences decoded together.")
     ] = 16,
@@ -152,6 +174,7 @@ def serve(
     config = ServerConfig(
         model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file,
         kb_store=kb_store, ingest_limits=ingest_limits(ingest_limit),
+        allowed_hosts=allowed_hosts(host, allowed_host or []),
     )
 
     def load() -> LLM:

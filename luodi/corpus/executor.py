@@ -5,7 +5,9 @@ Owns sharding, bounded memory (at most two shards per worker in flight), and res
 shard's result is written to a temporary file and renamed into place, so after a kill -9 a
 rerun with the same inputs and recipe reuses every finished shard and redoes only the rest;
 the final files are renamed into place the same way. Output depends only on inputs and recipe,
-never on the number of workers. Knows nothing about the CLI.
+never on the number of workers. `run_sharded` is that skeleton, shared with the Ray executor
+(executor_ray.py): the executors differ only in where `clean_shard` runs. Knows nothing about
+the CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,42 +28,77 @@ from luodi.corpus.pipeline import Removed, Tallies, run_document
 from luodi.corpus.readers import ReadError, read_inputs
 from luodi.corpus.recipe import Recipe
 from luodi.corpus.report import FunnelReport, build_report, write_report
-from luodi.progress import counter_if
+from luodi.progress import Advance, counter_if
 
 WORK_DIR = ".work"
+
+# process(unfinished shards as (documents, result path), advance): commits every one of them
+ProcessShards = Callable[[Iterator[tuple[list[Document], Path]], Advance], None]
 
 
 def run_local(inputs: list[Path], out: Path, recipe: Recipe, workers: int = 1,
               progress: bool = False) -> FunnelReport:
     """Cleans `inputs` into `out`; resumes from the shards a previous identical run finished."""
+    def process(todo: Iterator[tuple[list[Document], Path]], advance: Advance) -> None:
+        _process_local(todo, recipe, workers, advance)
+
+    return run_sharded(inputs, out, recipe, process, progress=progress)
+
+
+def run_sharded(inputs: list[Path], out: Path, recipe: Recipe, process: ProcessShards,
+                progress: bool = False) -> FunnelReport:
+    """Reads `inputs` into shards, has `process` commit every shard not finished by an earlier
+    identical run, then runs the corpus-wide steps over all of them in input order.
+
+    `process(todo, advance)` gets the unfinished shards as (documents, result path) pairs and
+    must write each one's result there (`clean_shard`, atomically) and call `advance(len(docs))`.
+    """
     out.mkdir(parents=True, exist_ok=True)
     shards = _prepare_work_dir(out / WORK_DIR, _fingerprint(inputs, recipe))
     errors: list[str] = []
-    num_shards = num_resumed = 0
-    with counter_if("cleaning", progress) as advance, _pool(workers) as pool:
-        pending: deque[tuple[Future[int] | None, int]] = deque()
+    counts = {"shards": 0, "resumed": 0}
+
+    def todo(advance: Advance) -> Iterator[tuple[list[Document], Path]]:
         for index, docs in enumerate(_batches(read_inputs(inputs, recipe.text_field, recipe.id_field),
                                               recipe.shard_size, errors)):
-            num_shards += 1
+            counts["shards"] += 1
             if _shard_path(shards, index).exists():
-                num_resumed += 1
+                counts["resumed"] += 1
                 advance(len(docs))
                 continue
-            if pool is None:
-                advance(process_shard(recipe, docs, _shard_path(shards, index)))
-                continue
-            pending.append((pool.submit(process_shard, recipe, docs, _shard_path(shards, index)), len(docs)))
-            while len(pending) >= 2 * workers:
-                advance(_wait(pending.popleft()))
-        while pending:
-            advance(_wait(pending.popleft()))
-    report = _finish(out, shards, num_shards, recipe, errors, num_resumed)
+            yield docs, _shard_path(shards, index)
+
+    with counter_if("cleaning", progress) as advance:
+        process(todo(advance), advance)
+    report = _finish(out, shards, counts["shards"], recipe, errors, counts["resumed"])
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     return report
 
 
+def _process_local(todo: Iterable[tuple[list[Document], Path]], recipe: Recipe, workers: int,
+                   advance: Advance) -> None:
+    """The shards in worker processes, at most two per worker in flight (one process: inline)."""
+    with _pool(workers) as pool:
+        pending: deque[Future[int]] = deque()
+        for docs, path in todo:
+            if pool is None:
+                advance(process_shard(recipe, docs, path))
+                continue
+            pending.append(pool.submit(process_shard, recipe, docs, path))
+            while len(pending) >= 2 * workers:
+                advance(pending.popleft().result())
+        while pending:
+            advance(pending.popleft().result())
+
+
 def process_shard(recipe: Recipe, docs: list[Document], path: Path) -> int:
     """Runs one shard's documents through the per-document steps and commits the result."""
+    write_atomic(path, clean_shard(recipe, docs))
+    return len(docs)
+
+
+def clean_shard(recipe: Recipe, docs: list[Document]) -> str:
+    """One shard's documents through the per-document steps: its result file's text (JSON)."""
     steps, corpus_steps = recipe.build_document_steps(), recipe.build_corpus_steps()
     tallies = Tallies([s.name for s in steps], recipe.sample_rejects)
     records = []
@@ -72,9 +109,8 @@ def process_shard(recipe: Recipe, docs: list[Document], path: Path) -> int:
         else:
             records.append({"id": result.id, "text": result.text, "metadata": result.metadata,
                             "stats": result.stats, "keys": [s.key(result) for s in corpus_steps]})
-    shard = {"records": records, "tallies": tallies.stages, "languages": tallies.languages}
-    _write_atomic(path, json.dumps(shard, ensure_ascii=False))
-    return len(docs)
+    return json.dumps({"records": records, "tallies": tallies.stages, "languages": tallies.languages},
+                      ensure_ascii=False)
 
 
 def _finish(out: Path, shards: Path, num_shards: int, recipe: Recipe, errors: list[str],
@@ -155,12 +191,6 @@ def _pool(workers: int) -> Any:
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
 
 
-def _wait(item: tuple[Future[int] | None, int]) -> int:
-    future, _ = item
-    assert future is not None
-    return future.result()
-
-
 def _fingerprint(inputs: list[Path], recipe: Recipe) -> str:
     """What a run's result depends on: the recipe and every input file's path, size and mtime."""
     files = []
@@ -181,7 +211,7 @@ def _prepare_work_dir(work: Path, fingerprint: str) -> Path:
         shutil.rmtree(work)
     (work / "shards").mkdir(parents=True, exist_ok=True)
     if not marker.exists():
-        _write_atomic(marker, fingerprint)
+        write_atomic(marker, fingerprint)
     return work / "shards"
 
 
@@ -193,7 +223,7 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(text)

@@ -102,7 +102,12 @@ def _count_stop_words(text: str, found: list[str], stop_words: frozenset[str], l
 @dataclass(frozen=True, slots=True)
 class GopherRepetition:
     """Gopher's repetition rules: duplicate lines and paragraphs, the most frequent n-gram
-    (n = 2..4) and the units covered by duplicated n-grams (n = 5..10), over units."""
+    (n = 2..4) and the units covered by duplicated n-grams (n = 5..10), over units.
+
+    Gopher's n counts words. Chinese is counted in characters, so there an n-gram is
+    round(n x `cjk_chars_per_word`) characters long and spans as much text as Gopher's: shorter
+    character n-grams repeat in any short page that names its subject twice.
+    """
 
     name: ClassVar[str] = "gopher_repetition"
     max_duplicate_line_ratio: float = 0.3
@@ -111,12 +116,13 @@ class GopherRepetition:
     max_top_ngram_ratio: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
     max_duplicate_ngram_ratio: dict[int, float] = field(default_factory=lambda: {
         5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+    cjk_chars_per_word: float = 1.6
 
     def __call__(self, doc: Document) -> Document | Drop:
-        reason = self.reason(doc.text)
+        reason = self.reason(doc.text, doc.language)
         return Drop(reason) if reason else doc
 
-    def reason(self, text: str) -> str | None:
+    def reason(self, text: str, language: str | None = None) -> str | None:
         lines = [line for line in text.split("\n") if line.strip()]
         duplicates = _duplicates(lines)
         if lines and len(duplicates) / len(lines) > self.max_duplicate_line_ratio:
@@ -128,11 +134,12 @@ class GopherRepetition:
             return "duplicate_paragraphs"
         found = units(text)
         total = sum(len(u) for u in found)
+        scale = self.cjk_chars_per_word if is_cjk_language(language) else 1.0
         for n, limit in sorted(self.max_top_ngram_ratio.items()):
-            if total and _top_ngram_chars(found, int(n)) / total > limit:
+            if total and _top_ngram_chars(found, round(int(n) * scale)) / total > limit:
                 return f"top_{n}gram"
         for n, limit in sorted(self.max_duplicate_ngram_ratio.items()):
-            if total and _duplicate_ngram_chars(found, int(n)) / total > limit:
+            if total and _duplicate_ngram_chars(found, round(int(n) * scale)) / total > limit:
                 return f"duplicate_{n}gram"
         return None
 

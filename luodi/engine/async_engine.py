@@ -37,6 +37,7 @@ class _Add:
     params: SamplingParams
     stream: _Stream
     adapter: str | None
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +57,13 @@ class AsyncLLMEngine:
         self._thread.start()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                       adapter: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream one request's outputs (on a LoRA adapter, if named); raises validation errors at once."""
+                       adapter: str | None = None, cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream one request's outputs (on a LoRA adapter, if named; sharing cached prefix blocks only
+        with requests of the same `cache_salt`); raises validation errors at once."""
         self.engine.check_request(prompt_ids, params, adapter=adapter)  # reads only config: safe beside a step
         request_id = request_id or f"async-{next(self._ids)}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._send(_Add(request_id, list(prompt_ids), params, stream, adapter))
+        self._send(_Add(request_id, list(prompt_ids), params, stream, adapter, cache_salt))
         finished = False
         try:
             while not finished:
@@ -114,7 +116,8 @@ class AsyncLLMEngine:
                 self.engine.abort(message.request_id)
                 continue
             try:
-                self.engine.add_request(message.prompt_ids, message.params, message.request_id, message.adapter)
+                self.engine.add_request(message.prompt_ids, message.params, message.request_id, message.adapter,
+                                        message.cache_salt)
             except Exception as exc:  # checked by the caller already; deliver, never drop
                 self._put(message.stream, exc)
                 continue

@@ -90,12 +90,13 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    adapter: str | None = None) -> str:
-        """`adapter`: one of the model's LoRA adapters (`adapter_names`) to run with; None = the base."""
+                    adapter: str | None = None, cache_salt: str | None = None) -> str:
+        """`adapter`: one of the model's LoRA adapters (`adapter_names`) to run with; None = the base.
+        `cache_salt`: prefix-cache blocks are shared only with requests given the same salt."""
         request_id = request_id or f"req-{next(self._ids)}"
         self.check_request(prompt_ids, params, adapter=adapter)
         request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len,
-                          adapter=adapter)
+                          adapter=adapter, cache_salt=cache_salt)
         if self.tokenizer is not None:
             self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                                 StopChecker(params.stop))

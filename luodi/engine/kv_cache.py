@@ -5,7 +5,10 @@ identified by the hash of its tokens chained to the hash of the block before it,
 that share a token prefix share its blocks. Blocks whose reference count falls to zero stay
 cached and are reused least-recently-freed first; a reused block loses its cache entry. A
 request's LoRA adapter seeds its chain: the same tokens under another adapter have other keys
-and values, so they never share blocks.
+and values, so they never share blocks. So does its cache salt (vLLM's `cache_salt`): an opaque
+value the caller gives — the server gives each tenant its own — so a request can only hit blocks
+that requests with the same salt computed, and the number of cached tokens (or the time to first
+token) tells a tenant nothing about another's prompts.
 """
 
 from __future__ import annotations
@@ -165,9 +168,17 @@ class KVCacheManager:
         """Chained hashes of the first `num_blocks` full blocks, extending the request's memo."""
         bs = self.block_size
         tokens = request.all_token_ids
-        seed = 0 if request.adapter is None else hash(("adapter", request.adapter))
+        seed = _chain_seed(request)
         while len(table.hashes) < num_blocks:
             i = len(table.hashes)
             parent = table.hashes[-1] if table.hashes else seed
             table.hashes.append(hash((parent, tuple(tokens[i * bs : (i + 1) * bs]))))
         return table.hashes[:num_blocks]
+
+
+def _chain_seed(request: Request) -> int:
+    """The hash the first block chains from: what besides the tokens decides the cached values
+    (the adapter), and who may share them (the salt)."""
+    if request.cache_salt is not None:
+        return hash(("salt", request.cache_salt, request.adapter))
+    return 0 if request.adapter is None else hash(("adapter", request.adapter))

@@ -35,6 +35,7 @@ class Request:
     eos_token_ids: frozenset[int] = frozenset()
     max_total_tokens: int = 2**31  # the context window: prompt + output never exceeds it
     adapter: str | None = None  # the model's LoRA adapter this request runs with; None = the base
+    cache_salt: str | None = None  # prefix-cache partition: blocks are shared only under an equal salt
     output_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache on admission

@@ -8,6 +8,11 @@ the API layer does, before and after.
 
 The GGUF builders follow llama.cpp (`src/llama-vocab.cpp`) and transformers'
 `integrations/gguf/gguf_tokenizer_mapping.py`, which the tests use as the oracle.
+
+Text that a user or a document supplies is text, never control tokens: `encode_chat` turns only
+the chat template's own special tokens (`<|im_start|>`, `<start_of_turn>`, ...) into their ids, so
+a message or a knowledge-base passage that spells one cannot forge a turn; and
+`encode(..., split_special_tokens=True)` (transformers' name) does the same for a raw prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import copy
 import json
 import logging
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import cache
@@ -96,6 +102,8 @@ class Tokenizer:
         self.special_tokens.update(special_tokens or {})
         empty = backend.encode("", add_special_tokens=True).ids
         self.add_bos_token = self.bos_token_id is not None and empty[:1] == [self.bos_token_id]
+        self._text_backend: Backend | None = None  # the same tokenizer, reading special tokens as text
+        self.special_tokens_pattern = _specials_pattern(backend)  # any special token's spelling; None: none
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -191,16 +199,27 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; with `add_special_tokens`, BOS/EOS as the model's tokenizer adds them."""
+    def encode(self, text: str, add_special_tokens: bool = True, *, split_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens`, BOS/EOS as the model's tokenizer adds them.
+        With `split_special_tokens`, a special token's spelling in `text` is plain text (for text
+        from users or documents), as transformers' flag of that name does."""
+        backend = self._text_backend_or_build() if split_special_tokens else self.backend
         try:
-            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+            return _encode_releasing_the_gil(backend, text, add_special_tokens)
         except TypeError:
             if not isinstance(text, str):
                 raise
             # Lone surrogates (legal in JSON "\ud800" escapes, not in UTF-8) -> U+FFFD, as a decoder would.
             clean = _LONE_SURROGATE.sub("\ufffd", text)
-            return self.backend.encode(clean, add_special_tokens=add_special_tokens).ids
+            return _encode_releasing_the_gil(backend, clean, add_special_tokens)
+
+    def _text_backend_or_build(self) -> Backend:
+        # A second backend, not a toggle on the first: encoding runs in several threads at once.
+        if self._text_backend is None:
+            text_backend = Backend.from_str(self.backend.to_str())
+            text_backend.encode_special_tokens = True
+            self._text_backend = text_backend
+        return self._text_backend
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -243,16 +262,70 @@ class Tokenizer:
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered chat. BOS is added (as llama.cpp does) only when the tokenizer
-        adds one and the template has not already written it."""
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        ids = self.encode(text, add_special_tokens=False)
+        adds one and the template has not already written it. Special tokens spelled in a message's
+        content are text: only those the template writes itself become control tokens."""
+        specials = self.special_tokens_pattern
+        if specials is None or not any(_spells_special(m, specials) for m in messages):
+            text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+            ids = self.encode(text, add_special_tokens=False)
+        else:
+            text, ids = self._encode_chat_guarded(messages, add_generation_prompt, specials)
         if self.add_bos_token and self.bos_token and not text.startswith(self.bos_token):
             assert self.bos_token_id is not None
             ids.insert(0, self.bos_token_id)
         return ids
 
+    def _encode_chat_guarded(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool, specials: re.Pattern[str]
+    ) -> tuple[str, list[int]]:
+        """Render with each special token in the contents stood in for by a marker no client can
+        guess, so the template's own special tokens are the only ones left in the rendered text;
+        tokenize it split at those, with the contents' spellings put back as text."""
+        nonce = secrets.token_hex(8)
+        found: list[str] = []
+
+        def stand_in(match: re.Match[str]) -> str:
+            found.append(match.group())
+            return f"\ue000{nonce}:{len(found) - 1}\ue001"
+
+        guarded = [
+            {**m, "content": specials.sub(stand_in, m["content"])} if isinstance(m.get("content"), str) else m
+            for m in messages
+        ]
+        rendered = self.apply_chat_template(guarded, add_generation_prompt=add_generation_prompt)
+        ids: list[int] = []
+        marker = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
+        pieces = specials.split(rendered)  # text, special, text, special, ..., text (capturing group)
+        for index, piece in enumerate(pieces):
+            if index % 2:  # a special token the template wrote
+                ids.append(self.backend.token_to_id(piece))
+            elif piece:
+                text = marker.sub(lambda m: found[int(m.group(1))], piece)
+                ids.extend(self.encode(text, add_special_tokens=False, split_special_tokens=True))
+        return marker.sub(lambda m: found[int(m.group(1))], rendered), ids
+
+
+def _encode_releasing_the_gil(backend: Backend, text: str, add_special_tokens: bool) -> list[int]:
+    # `encode` holds the GIL throughout (measured: a 3.5 MB text stalled every other thread for
+    # seconds); `encode_batch` releases it, so a server thread tokenizing a huge prompt stalls nothing.
+    return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
 
 # -- chat templates --------------------------------------------------------------------------------
+
+
+def _specials_pattern(backend: Backend) -> re.Pattern[str] | None:
+    """A regex (one capturing group) matching any special token's spelling, longest first."""
+    spellings = sorted(
+        {t.content for t in backend.get_added_tokens_decoder().values() if t.special and t.content},
+        key=len, reverse=True,
+    )
+    return re.compile("(" + "|".join(map(re.escape, spellings)) + ")") if spellings else None
+
+
+def _spells_special(message: dict[str, Any], specials: re.Pattern[str]) -> bool:
+    content = message.get("content")
+    return isinstance(content, str) and specials.search(content) is not None
 
 
 def _raise_exception(message: str) -> None:

@@ -8,7 +8,11 @@ responses and disconnect notices pass through untouched):
 - auth: when a keys file is configured, every route except `/health` and the web page's static
   files needs `Authorization: Bearer KEY` (the page itself holds no secret; its API calls do);
 - body limit: a body over `max_body_bytes` (`max_upload_bytes` for a document uploaded to a
-  knowledge base) is refused with 413 before it is read in full.
+  knowledge base) is refused with 413 before it is read in full;
+- host check (a server without keys): a `Host` header not in `allowed_hosts` is refused with 400,
+  so a web page on another name that DNS-rebinds to 127.0.0.1 cannot read the local server;
+- security headers on every response: a CSP that allows only this origin's own files (no inline
+  script, no eval, no framing), `X-Frame-Options: DENY`, `nosniff`, `Referrer-Policy: no-referrer`.
 
 Must not know how generation works: that is `ModelService` and the routes.
 """
@@ -36,6 +40,7 @@ from luodi.server.auth import KeyStore, bearer_token
 from luodi.server.errors import (
     APIError,
     AuthenticationError,
+    HostNotAllowedError,
     RequestTooLargeError,
     error_payload,
     install_error_handlers,
@@ -87,6 +92,9 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     app.add_middleware(BodyLimitMiddleware, limit_of=partial(_body_limit, config))
     if keys is not None:
         app.add_middleware(AuthMiddleware, keys=keys)
+    elif config.allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=config.allowed_hosts)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(HTTPMetricsMiddleware, count=service.metrics.http_requests, route_of=_route_namer(app))
     return app
 
@@ -215,6 +223,60 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+class HostCheckMiddleware:
+    """Refuse a request whose `Host` (without its port) is not one of `allowed` (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, frozenset(name.lower() for name in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = _host_name(_header(scope, b"host") or "")
+            if host not in self.allowed:
+                allowed = ", ".join(sorted(self.allowed))
+                message = (f"Host {host!r} is not served here (this server answers {allowed}); to reach it "
+                           "by another name, start it with `luodi serve --allowed-host NAME`")
+                await _send_error(HostNotAllowedError(message), scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """`Host` header value without its port: "localhost:8000" -> "localhost", "[::1]:80" -> "[::1]"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+# The web page loads only its own files and calls only its own API: nothing inline, nothing framed.
+_SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+     b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimitMiddleware:

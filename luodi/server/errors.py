@@ -55,6 +55,13 @@ class AuthenticationError(APIError):
     code = "invalid_api_key"
 
 
+class HostNotAllowedError(APIError):
+    """A `Host` header a server without keys does not answer to (a DNS-rebinding page, say)."""
+
+    status_code = 400
+    code = "host_not_allowed"
+
+
 class ModelNotServedError(APIError):
     status_code = 404
     code = "model_not_found"
@@ -97,7 +104,13 @@ _CODES_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_t
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
+    # A message may quote client text; one holding a lone surrogate could not be sent as UTF-8.
+    message, param = _sendable(message), _sendable(param) if param is not None else None
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _sendable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_payload(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -8,6 +8,11 @@ A client that goes away mid-answer has its request aborted at once: sse-starlett
 stream when the connection closes; a non-streamed request watches for the disconnect itself.
 Either way the engine frees the request's KV blocks.
 
+Work that grows with the input — tokenizing, rendering the chat template — runs in a worker
+thread, so one multi-megabyte prompt does not stall `/health` and every other stream. Each
+caller's prompts share cached prefix blocks only with the same caller's (`_cache_salt`), so
+`cached_tokens` and the time to first token reveal nothing of another tenant's prompts.
+
 Must not know how the engine schedules or a model computes: it calls `ModelService` and `LLM`.
 """
 
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
@@ -41,6 +47,21 @@ router = APIRouter(responses=p.ERROR_RESPONSES)
 
 def _service(request: Request) -> ModelService:
     return request.app.state.service
+
+
+def _tenant(request: Request) -> str | None:
+    """Who is calling: the key's id (random, never reused, so a key re-added under an old name is
+    another tenant), as the auth middleware put it on the request; None on a server without keys."""
+    return getattr(request.state, "api_key_id", None)
+
+
+def _cache_salt(request: Request, requested: str | None) -> str | None:
+    """The caller's prefix-cache partition: its tenant's, narrowed by the request's own `cache_salt`.
+    Every caller of a server without keys shares one partition (None, unless a salt is sent)."""
+    tenant = _tenant(request)
+    if tenant is None and requested is None:
+        return None
+    return json.dumps([tenant, requested])
 
 
 @dataclass(slots=True)
@@ -126,6 +147,7 @@ async def retrieve_model(model_id: str, request: Request) -> p.ModelCard:
 async def create_chat_completion(body: p.ChatCompletionRequest, request: Request) -> Any:
     service = _service(request)
     llm = service.ready_llm(body.model)
+    body.check_limits(service.config.request_limits, llm.vocab_size)
     params = body.to_sampling_params()
     sources = None
     if body.kb:
@@ -134,12 +156,12 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
                                        body.chat_messages(), body.kb_k, params.max_tokens or 256)
         prompt_ids, sources = grounded.prompt_ids, grounded.sources
     else:
-        prompt_ids = llm.prompt_ids(body.chat_messages())
+        prompt_ids = await run_in_threadpool(llm.prompt_ids, body.chat_messages())
     adapter = service.adapter_for(body.model)
-    service.check_prompt(prompt_ids, params, prompt_param="messages", adapter=adapter)
+    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"), sources=sources)
     admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params, adapter)
+    outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))
     if body.stream:
         return _event_stream(_chat_events(answer, outputs, body.include_usage), admission)
     return _chat_completion(answer, await _collect(request, outputs, admission))
@@ -216,14 +238,16 @@ async def _chat_events(
 async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     service = _service(request)
     llm = service.ready_llm(body.model)
+    body.check_limits(service.config.request_limits, llm.vocab_size)
     params = body.to_sampling_params()
     prompt = body.single_prompt()
-    prompt_ids = llm.prompt_ids(prompt, raw=True) if isinstance(prompt, str) else list(prompt)
+    # Text is text (special tokens spelled in it too, as OpenAI's API does); control tokens come as ids.
+    prompt_ids = await run_in_threadpool(llm.prompt_ids, prompt, raw=True) if isinstance(prompt, str) else list(prompt)
     adapter = service.adapter_for(body.model)
-    service.check_prompt(prompt_ids, params, prompt_param="prompt", adapter=adapter)
+    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="prompt", adapter=adapter)
     answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("cmpl"))
     admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params, adapter)
+    outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))
     if body.stream:
         return _event_stream(_completion_events(answer, outputs, body.include_usage), admission)
     return _completion(answer, await _collect(request, outputs, admission))
@@ -290,7 +314,7 @@ async def create_embeddings(body: p.EmbeddingRequest, request: Request) -> Any:
     knowledge = request.app.state.knowledge
     embedder = await knowledge.run(knowledge.embedder, body.model)
     vectors = await knowledge.run(embedder.embed_passages, texts)
-    tokens = sum(embedder.count_tokens(text) for text in texts)
+    tokens = await knowledge.run(lambda: sum(embedder.count_tokens(text) for text in texts))
     data = [{"object": "embedding", "index": i, "embedding": _encode(row, body.encoding_format)}
             for i, row in enumerate(vectors)]
     return {"object": "list", "data": data, "model": body.model,

@@ -5,6 +5,12 @@ extras that vLLM-compatible clients send (`top_k`, `min_p`, `repetition_penalty`
 `ignore_eos`, `stop_token_ids`). Range checks live in `SamplingParams` (one place), so a bad value
 is reported with the same message through the API and the CLI.
 
+Also owns the checks on a request's text and size that need no model: a lone UTF-16 surrogate
+(JSON allows "\\ud800"; no UTF-8 text contains one, so no tokenizer, database or response can
+carry it) is refused wherever it appears, with the field that held it; empty prompts are refused;
+and `RequestLimits` caps what costs the server per request beyond the body size (stop strings
+are matched against every new token on the engine thread that all requests share).
+
 Must not know about the engine, tokenization or HTTP: it turns JSON into typed values and back.
 """
 
@@ -14,15 +20,62 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
+from luodi.server.limits import RequestLimits
+
+
+def find_lone_surrogate(value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted path of the first string (or key) in `value` holding a lone surrogate, else None."""
+    if isinstance(value, str):
+        return None if _is_utf8(value) else (".".join(path) or "body")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = path + (str(key).encode("utf-8", "replace").decode(),)
+            if isinstance(key, str) and not _is_utf8(key):
+                return ".".join(where)
+            if (found := find_lone_surrogate(item, where)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := find_lone_surrogate(item, path + (str(index),))) is not None:
+                return found
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    # Fast in C for megabytes of text; only a lone surrogate makes a str unencodable as UTF-8.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Request(BaseModel):
     # Unknown fields (`user`, `metadata`, `store`, ...) are accepted and ignored, as OpenAI does.
     model_config = ConfigDict(extra="ignore")
+
+
+class _Body(_Request):
+    """A whole request body: checked once for lone surrogates, before its fields are parsed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_lone_surrogates(cls, data: Any) -> Any:
+        # Raised as is (not a ValueError), so the error names the field: a 400 with `param`.
+        where = find_lone_surrogate(data)
+        if where is not None:
+            raise InvalidParameterError(
+                f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not "
+                "text; send valid Unicode (pair the surrogates, or replace the character)",
+                param=where,
+            )
+        return data
 
 
 class StreamOptions(_Request):
@@ -47,7 +100,7 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(_Body):
     """Fields shared by chat and completions; `None` means "OpenAI's default"."""
 
     model: str
@@ -69,6 +122,29 @@ class _SamplingFields(_Request):
     min_tokens: int | None = None
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    # Luodi's extension (as vLLM's): share cached prompt blocks only with requests that send the same
+    # salt. It narrows the caller's own partition (its API key's); it can never reach another's.
+    cache_salt: str | None = Field(None, max_length=256)
+
+    def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
+        """Refuse what exceeds `limits` (or names tokens outside the vocabulary), naming the cap."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        _at_most(len(stop), limits.max_stop_strings, "stop", "stop strings")
+        longest = max((len(s) for s in stop), default=0)
+        if longest > limits.max_stop_chars:
+            raise InvalidParameterError(
+                f"a stop string of {longest} characters exceeds the limit of {limits.max_stop_chars}; "
+                "send shorter stop strings", param="stop")
+        ids = self.stop_token_ids or []
+        _at_most(len(ids), limits.max_stop_token_ids, "stop_token_ids", "stop token ids")
+        _check_token_ids(ids, vocab_size, "stop_token_ids")
+        bias = self.logit_bias or {}
+        _at_most(len(bias), limits.max_logit_bias, "logit_bias", "logit_bias entries")
+        _check_token_ids([_token_id_key(key) for key in bias], vocab_size, "logit_bias")
+        for key, value in bias.items():
+            if not -100 <= value <= 100:
+                raise InvalidParameterError(
+                    f"logit_bias[{key!r}] = {value} is outside [-100, 100]", param="logit_bias")
 
     def check_supported(self) -> None:
         """Reject what parses but this server does not do, naming the field."""
@@ -113,6 +189,28 @@ def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _at_most(count: int, limit: int, param: str, what: str) -> None:
+    if count > limit:
+        raise InvalidParameterError(
+            f"{count} {what} exceed the limit of {limit} per request; send at most {limit}", param=param)
+
+
+def _token_id_key(key: str) -> int:
+    try:
+        return int(key)
+    except ValueError:
+        raise InvalidParameterError(
+            f"logit_bias key {key!r} is not a token id; keys are token ids as strings, e.g. \"50256\"",
+            param="logit_bias") from None
+
+
+def _check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise InvalidParameterError(
+            f"{param} names token id {bad}, outside this model's vocabulary [0, {vocab_size})", param=param)
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
@@ -124,8 +222,15 @@ class ChatCompletionRequest(_SamplingFields):
     kb: str | None = Field(None, description="Knowledge base to answer from (its passages, cited [n]).")
     kb_k: int = Field(8, ge=1, le=32, description="Passages to retrieve from the knowledge base.")
 
+    def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
+        super().check_limits(limits, vocab_size)
+        _at_most(len(self.messages), limits.max_messages, "messages", "messages")
+
     def check_supported(self) -> None:
         super().check_supported()
+        if not any(m.text().strip() for m in self.messages):
+            raise InvalidParameterError(
+                "the messages hold no text; send at least one message with content", param="messages")
         if self.tools:
             raise InvalidParameterError(
                 "tools (function calling) are not supported yet; remove them", param="tools"
@@ -184,14 +289,14 @@ class CompletionRequest(_SamplingFields):
                     param="prompt",
                 )
             prompt = prompt[0]
-        if isinstance(prompt, list) and not prompt:
+        if not prompt:  # "" or []
             raise InvalidParameterError(
                 "the prompt is empty; give text or at least one token id", param="prompt"
             )
         return prompt  # type: ignore[return-value]
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(_Body):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"

@@ -29,6 +29,7 @@ from luodi.errors import LuodiError
 from luodi.kb.ingest.limits import DEFAULT_LIMITS, IngestLimits
 from luodi.llm import LLM
 from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
+from luodi.server.limits import RequestLimits
 from luodi.server.metrics import ServerMetrics
 
 log = logging.getLogger("luodi.server")
@@ -44,6 +45,10 @@ class ServerConfig:
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
     ingest_limits: IngestLimits = DEFAULT_LIMITS  # what one uploaded document may cost to read
+    request_limits: RequestLimits = RequestLimits()  # per-request caps: stop strings, logit_bias, messages
+    # Host names a key-less server answers (any port), against DNS rebinding; None: any Host (a
+    # network bind with --insecure-no-auth). A server with keys checks none: a page cannot send the key.
+    allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "[::1]")
 
 
 class Admission:
@@ -186,9 +191,10 @@ class ModelService:
     # -- generation --------------------------------------------------------------------------------
     async def generate(
         self, admission: Admission, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Stream one admitted request (on `adapter`, if named); leaving early (a client gone) aborts
-        it and frees its blocks."""
+        """Stream one admitted request (on `adapter`, if named; sharing cached prompt blocks only with
+        requests of the same `cache_salt`); leaving early (a client gone) aborts it and frees its blocks."""
         assert self._engine is not None, "admit() guarantees a loaded model"
         m = self.metrics
         start = time.perf_counter()
@@ -196,7 +202,7 @@ class ModelService:
         final: RequestOutput | None = None
         reason = "abort"
         try:
-            async for out in self._engine.generate(prompt_ids, params, adapter=adapter):
+            async for out in self._engine.generate(prompt_ids, params, adapter=adapter, cache_salt=cache_salt):
                 last = time.perf_counter()
                 if final is None:
                     first = last

@@ -188,3 +188,22 @@ def test_cli_recipe_prints_the_default_recipe():
     assert result.returncode == 0 and result.stdout == default_recipe_text()
     assert [next(iter(s)) for s in yaml.safe_load(result.stdout)["steps"]][-2:] == ["exact_dedup", "near_dedup"]
     assert "keeps the first document of a cluster in input order" in result.stdout
+
+
+def test_eval_counts_a_repair_only_when_it_restores_the_article(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import corpus_eval
+
+    def garble(text: str) -> str:  # UTF-8 read as cp1252: ’ becomes â€™
+        return text.encode("utf-8").decode("cp1252")
+
+    restored = EN.replace("The mayor said", "The mayor’s office said")
+    other = EN_OTHER.replace("Their measurements", "The station’s measurements")
+    records = [{"id": "restored", "text": garble(restored), "original": restored},
+               # the repair gives back an article one word away from the one recorded: not a repair
+               {"id": "changed", "text": garble(other.replace("decade", "century")), "original": other}]
+    kept, _, _ = corpus_eval.run_clean(records, tmp_path, 1, None)
+    originals = corpus_eval.clean_originals(records, tmp_path, 1, None)
+    assert "â€™" not in kept["restored"] and "â€™" not in kept["changed"]
+    assert corpus_eval.is_repaired(records[0], kept, originals)
+    assert not corpus_eval.is_repaired(records[1], kept, originals)

