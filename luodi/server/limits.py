@@ -21,5 +21,9 @@ class RequestLimits:
     max_stop_token_ids: int = 64
     max_logit_bias: int = 1024  # entries; each is a write into every step's logits row
     max_messages: int = 1024  # turns in one chat; their text is bounded by the body size
+    # Choices (n) and completions prompts: each choice is a running sequence, admitted like a
+    # request, so the server's queue bounds them too; these keep one request from taking it all.
+    max_n: int = 16
+    max_prompts: int = 64
     # `tools` and `response_format` schemas: caps on their count and size go here (and are checked
     # in `check_limits`) when those features land.
