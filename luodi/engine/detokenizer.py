@@ -38,7 +38,8 @@ class IncrementalDetokenizer:
     and merges right. A delta ending in U+FFFD is an unfinished UTF-8 character: wait for more.
 
     Contract: the concatenation of every `push` and the final `flush` equals the text the whole
-    sequence decodes to after the prompt; for byte-level BPE that is `decode(output_ids)`.
+    sequence decodes to after the prompt — for byte-level BPE `decode(output_ids)` — less the
+    bytes of a character left unfinished at the end.
     """
 
     def __init__(self, tokenizer: Decoder, prompt_ids: list[int], skip_special_tokens: bool = True) -> None:
@@ -55,8 +56,14 @@ class IncrementalDetokenizer:
         return self._advance(force=force)
 
     def flush(self) -> str:
-        """Return whatever is still held back (an unfinished character becomes U+FFFD)."""
-        return self._advance(force=True)
+        """Return whatever is still held back, less a character cut unfinished at the end.
+
+        Generation can stop (max_tokens, a stop id) inside a multi-byte character; its first bytes
+        decode to U+FFFD, which is dropped (text the same token began with is kept), so the last
+        streamed piece and the whole text agree and never end in U+FFFD. (A complete U+FFFD the
+        model wrote as its last character cannot be told from a cut one and is dropped too.)
+        """
+        return self._advance(force=True).rstrip(_REPLACEMENT)
 
     def _decode(self, start: int, end: int) -> str:
         return self._tokenizer.decode(self._ids[start:end], skip_special_tokens=self._skip_special_tokens)

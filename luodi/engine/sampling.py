@@ -9,8 +9,8 @@ scheduler or the model. Inputs are a `[B, V]` logits tensor plus per-row params 
 histories; outputs are token ids.
 
 Processing order per row follows Hugging Face `generate` (whose warpers are our test oracles):
-penalties -> min_tokens mask -> temperature -> top-k -> top-p -> min-p -> draw. (vLLM applies
-min-p before top-k/top-p; with both top-p and min-p set the kept sets can differ slightly.)
+penalties -> logit_bias -> min_tokens mask -> temperature -> top-k -> top-p -> min-p -> draw. (vLLM
+applies min-p before top-k/top-p; with both top-p and min-p set the kept sets can differ slightly.)
 
 Logprobs follow vLLM's default (`logprobs_mode="raw_logprobs"`): log-softmax of the raw model
 logits, before penalties, temperature and truncation, so they describe the model, not the sampler.
@@ -71,6 +71,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs; 0: only the sampled token's
     min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
     grammar: GrammarSpec | None = None  # constrained decoding: the output must match it
 
     def __post_init__(self) -> None:
@@ -78,6 +79,8 @@ class SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple((t, b) for t, b in bias))
         self.validate()
 
     @property
@@ -113,6 +116,11 @@ class SamplingParams:
             raise _invalid("stop_token_ids", self.stop_token_ids, "non-negative integers")
         if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
             raise _invalid("grammar", self.grammar, "a GrammarSpec or None")
+        for token_id, bias in self.logit_bias:
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+                raise _invalid("logit_bias", token_id, "keyed by non-negative token ids")
+            if not (_is_number(bias) and -100.0 <= bias <= 100.0):
+                raise _invalid("logit_bias", bias, "values in [-100, 100]")
 
 
 def _is_number(value: object) -> bool:
@@ -218,7 +226,7 @@ def sample(
 
 
 def _needs_processing(p: SamplingParams, history: TokenHistory) -> bool:
-    return p.has_penalties or len(history.output_ids) < p.min_tokens
+    return p.has_penalties or bool(p.logit_bias) or len(history.output_ids) < p.min_tokens
 
 
 def _greedy_argmax(
@@ -236,12 +244,17 @@ def _greedy_argmax(
 def _process_row(
     row: torch.Tensor, p: SamplingParams, history: TokenHistory, eos_token_ids: Sequence[int]
 ) -> torch.Tensor:
-    """Penalties and the min_tokens mask on a copy of one row [V]; the row itself if neither applies."""
+    """Penalties, logit_bias and the min_tokens mask on a copy of one row [V]; the row itself if none
+    applies."""
     if not _needs_processing(p, history):
         return row
     row = row.clone()
     if p.has_penalties:
         _apply_penalties(row, p, history)
+    if p.logit_bias:  # after penalties, as vLLM's logit_bias processor
+        kept = [(t, b) for t, b in p.logit_bias if t < row.numel()]
+        if kept:
+            row[[t for t, _ in kept]] += torch.tensor([b for _, b in kept], dtype=row.dtype)
     if len(history.output_ids) < p.min_tokens:
         banned = [t for t in (*eos_token_ids, *p.stop_token_ids) if t < row.numel()]
         kept = row[banned].clone()

@@ -65,6 +65,13 @@ per call on dispatch, which at decode is a fifth of a small layer's time. At 512
 batches it measured 0.93x oneDNN over SmolLM2's layer shapes, so prompt processing loses a little
 to keep one packed copy of the weights instead of two.
 
+Batch invariance. Each output is summed in an order fixed by K alone — blocks (INT8/INT4) or k pairs
+(BF16) front to back in one fp32 chain, then the bias — whatever the number of rows, a row's
+position in the batch or the thread split (threads split output tiles, never K). So a request's
+logits are the same alone and batched (tests/engine/test_batch_invariance.py); the decode BF16
+kernel gets its parallel chains from 4 tiles at once rather than from splitting K. Up to
+`NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
+
 If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
 is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
 own forms instead, for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu`

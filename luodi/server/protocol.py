@@ -168,6 +168,9 @@ class _SamplingFields(_Body):
         ids = self.stop_token_ids or []
         _at_most(len(ids), limits.max_stop_token_ids, "stop_token_ids", "stop token ids")
         _check_token_ids(ids, vocab_size, "stop_token_ids")
+        if self.n is not None and not 1 <= self.n <= limits.max_n:
+            raise InvalidParameterError(
+                f"n={self.n} is outside [1, {limits.max_n}]; ask for at most {limits.max_n} choices", param="n")
         bias = self.logit_bias or {}
         _at_most(len(bias), limits.max_logit_bias, "logit_bias", "logit_bias entries")
         _check_token_ids([_token_id_key(key) for key in bias], vocab_size, "logit_bias")
@@ -202,14 +205,6 @@ class _SamplingFields(_Body):
 
     def check_supported(self) -> None:
         """Reject what parses but this server does not do, naming the field."""
-        if self.n not in (None, 1):
-            raise InvalidParameterError(
-                f"n={self.n} is not supported: this server returns one choice; "
-                "send n=1 (or several requests)",
-                param="n",
-            )
-        if self.logit_bias:
-            raise InvalidParameterError("logit_bias is not supported; remove it", param="logit_bias")
         if self.stream_options is not None and not self.stream:
             raise InvalidParameterError(
                 "stream_options is only allowed with stream=true", param="stream_options"
@@ -233,6 +228,7 @@ class _SamplingFields(_Body):
             logprobs=logprobs,
             min_tokens=_default(self.min_tokens, 0),
             grammar=self.grammar_spec(),
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
 
     @property
@@ -340,8 +336,9 @@ class CompletionRequest(_SamplingFields):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise InvalidParameterError("echo is not supported; remove it", param="echo")
+        if self.echo and self.logprobs is not None:
+            raise InvalidParameterError(
+                "echo with logprobs (the prompt's logprobs) is not supported; drop one of them", param="echo")
         if self.suffix:
             raise InvalidParameterError("suffix (insertion) is not supported; remove it", param="suffix")
         if self.best_of not in (None, 1):
@@ -354,22 +351,19 @@ class CompletionRequest(_SamplingFields):
             max_tokens = None  # OpenAI's default of 16 would cut nearly every JSON answer short
         return self.sampling_params(max_tokens, self.logprobs)
 
-    def single_prompt(self) -> str | list[int]:
-        """The one prompt (text or token ids); a batch of several is refused with a clear message."""
+    def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
+        super().check_limits(limits, vocab_size)
+        _at_most(len(self.prompts()), limits.max_prompts, "prompt", "prompts")
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts (texts or token id lists) in order; one unless a list of them was sent."""
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise InvalidParameterError(
-                    f"a batch of {len(prompt)} prompts is not supported; send one "
-                    "prompt per request (they run concurrently)",
-                    param="prompt",
-                )
-            prompt = prompt[0]
-        if not prompt:  # "" or []
+        batch = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list) else [prompt]
+        if not batch or any(not one for one in batch):  # "", [] or an empty one in the list
             raise InvalidParameterError(
-                "the prompt is empty; give text or at least one token id", param="prompt"
-            )
-        return prompt  # type: ignore[return-value]
+                "the prompt is empty; give text or at least one token id (for each prompt of a list)",
+                param="prompt")
+        return batch  # type: ignore[return-value]
 
 
 class EmbeddingRequest(_Body):
@@ -378,16 +372,17 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
-    def texts(self) -> list[str]:
-        """The input as a list of texts; token ids are refused (embedders tokenize themselves)."""
-        texts = [self.input] if isinstance(self.input, str) else self.input
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidParameterError("input must be a string or a non-empty list of strings", param="input")
-        if any(not t.strip() for t in texts):
-            raise InvalidParameterError("input contains an empty string", param="input")
-        if len(texts) > 2048:
-            raise InvalidParameterError(f"{len(texts)} inputs: send at most 2048 per request", param="input")
-        return texts  # type: ignore[return-value]
+    def inputs(self) -> list[str | list[int]]:
+        """The input as a list of texts and token id arrays (one array: `[1, 2]`; several: `[[1], [2]]`)."""
+        inputs = self.input
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]  # type: ignore[list-item]
+        if not inputs or any(not (one.strip() if isinstance(one, str) else one) for one in inputs):
+            raise InvalidParameterError(
+                "input is empty or holds an empty string or token array; send text or token ids", param="input")
+        if len(inputs) > 2048:
+            raise InvalidParameterError(f"{len(inputs)} inputs: send at most 2048 per request", param="input")
+        return inputs  # type: ignore[return-value]
 
 
 # -- responses --------------------------------------------------------------------------------------

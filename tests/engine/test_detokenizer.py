@@ -61,6 +61,21 @@ def test_byte_pieces_are_held_until_the_character_completes(tokenizer):
     assert detokenizer.flush() == ""
 
 
+@pytest.mark.parametrize("name", ["chinese", "emoji", "mixed"])
+def test_a_cut_inside_a_character_drops_it_instead_of_emitting_u_fffd(tokenizer, name):
+    """Generation stopped (max_tokens) after every prefix of the ids: the pieces never hold U+FFFD
+    and join to the longest whole-character prefix of the full decode."""
+    ids = tokenizer.encode(TEXTS[name]).ids
+    num_cuts = 0
+    for end in range(1, len(ids) + 1):
+        chunks = _stream(IncrementalDetokenizer(Adapter(tokenizer), []), ids[:end])
+        full = tokenizer.decode(ids[:end])
+        num_cuts += full.endswith("\ufffd")
+        assert not any("\ufffd" in chunk for chunk in chunks), (end, chunks)
+        assert "".join(chunks) == full.rstrip("\ufffd")
+    assert num_cuts > 0  # some prefixes do end inside a character
+
+
 def test_special_tokens_are_skipped_or_kept(tokenizer):
     ids = tokenizer.encode("Hi there").ids
     eos = tokenizer.token_to_id("<|im_end|>")

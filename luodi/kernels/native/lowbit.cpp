@@ -300,37 +300,54 @@ inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group
 }
 
 // -- BF16 weights ---------------------------------------------------------------------------------
-// One tile: 16 output rows x M activation rows. w points at the tile's [kp/2][16][2] bf16 (64
-// bytes per k pair); x rows are bf16, read in place. _mm512_dpbf16_ps adds both products of a pair
-// into an fp32 lane. With few rows, U independent accumulators per row hide the instruction's
-// latency (one chain would bound a single-row call at about half the memory rate).
-template <int M, typename T>
-inline void bf16_tile(const uint8_t* w, const c10::BFloat16* x, int64_t x_stride, int64_t kp,
-                      const float* bias, T* y, int64_t n_out, int64_t n0) {
-  constexpr int U = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
-  __m512 acc[U][M];
-  for (int u = 0; u < U; ++u)
-    for (int m = 0; m < M; ++m) acc[u][m] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < kp / 2; p += U) {
+// Every output is one fp32 chain over k pairs, front to back, then + bias: the same order in the
+// decode kernel and the prompt kernel below, whatever the number of rows or a row's position, so a
+// row's result does not depend on its batch (batch invariance: greedy and seeded output alone equal
+// output under load). _mm512_dpbf16_ps adds both products of a pair into an fp32 lane.
+//
+// Decode: NT tiles (16 output rows each) x M activation rows. w points at the first tile's
+// [kp/2][16][2] bf16 (64 bytes per k pair), the next tiles follow tile_bytes apart; x rows are bf16,
+// read in place. With few rows, NT independent tiles give the NT x M chains that hide the
+// instruction's latency (one chain would bound a single-row call at about half the memory rate);
+// splitting k over several accumulators would do the same but change the order with M.
+template <int M, int NT, typename T>
+inline void bf16_tiles(const uint8_t* w, int64_t tile_bytes, const c10::BFloat16* x, int64_t x_stride, int64_t kp,
+                       const float* bias, T* y, int64_t n_out, int64_t n0) {
+  __m512 acc[NT][M];
+  for (int j = 0; j < NT; ++j)
+    for (int m = 0; m < M; ++m) acc[j][m] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp / 2; ++p) {
+    __m512bh xv[M];
+    for (int m = 0; m < M; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * x_stride + 2 * p, 4);
+      xv[m] = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+    }
 #pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      const uint8_t* wp = w + (p + u) * 64;
+    for (int j = 0; j < NT; ++j) {
+      const uint8_t* wp = w + j * tile_bytes + p * 64;
       const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wp));
       prefetch(wp);
-      for (int m = 0; m < M; ++m) {
-        int32_t pair;
-        std::memcpy(&pair, x + m * x_stride + 2 * (p + u), 4);
-        acc[u][m] = _mm512_dpbf16_ps(acc[u][m], wv, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)));
-      }
+      for (int m = 0; m < M; ++m) acc[j][m] = _mm512_dpbf16_ps(acc[j][m], wv, xv[m]);
     }
   }
-  const __mmask16 mask = tail_mask(n_out - n0);
-  const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) {
-    __m512 sum = acc[0][m];
-    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][m]);
-    store16(y + m * n_out + n0, _mm512_add_ps(sum, add), mask);
+  for (int j = 0; j < NT; ++j) {
+    const int64_t col = n0 + j * kTile;
+    const __mmask16 mask = tail_mask(n_out - col);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + col) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) store16(y + m * n_out + col, _mm512_add_ps(acc[j][m], add), mask);
   }
+}
+
+// Tiles [t0, t1) for one pass of M rows: NT at a time where they fit, one at a time for the rest
+// (the same chains either way).
+template <int M, typename T>
+inline void bf16_tile_range(const uint8_t* w, int64_t tile_bytes, int64_t t0, int64_t t1, const c10::BFloat16* x,
+                            int64_t kp, const float* bias, T* y, int64_t n_out) {
+  constexpr int NT = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  int64_t t = t0;
+  for (; t + NT <= t1; t += NT) bf16_tiles<M, NT>(w + t * tile_bytes, tile_bytes, x, kp, kp, bias, y, n_out, t * kTile);
+  for (; t < t1; ++t) bf16_tiles<M, 1>(w + t * tile_bytes, tile_bytes, x, kp, kp, bias, y, n_out, t * kTile);
 }
 
 // Prompt batches: a block of 2 tiles (32 output rows) x R <= 12 activation rows, 24 accumulators,
@@ -549,11 +566,12 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
     if (call.rows <= kBf16GemvMaxRows) {  // decode: stream each tile once per pass of 8 rows
+      // Groups of 4 tiles: every pass of 8 rows reads a group while it is still in cache.
       at::parallel_for(0, tiles, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t g0 = t0; g0 < t1; g0 += 4) {
+          const int64_t g1 = std::min<int64_t>(t1, g0 + 4);
           for_each_pass(call.rows, [&](auto m_rows, int64_t m0) {
-            bf16_tile<decltype(m_rows)::value>(wp + t * tile_bytes, xp + m0 * kp, kp, kp, bp, yp + m0 * n, n,
-                                               t * kTile);
+            bf16_tile_range<decltype(m_rows)::value>(wp, tile_bytes, g0, g1, xp + m0 * kp, kp, bp, yp + m0 * n, n);
           });
         }
       });
