@@ -1,13 +1,14 @@
 # Set-up and the two everyday jobs. `make run` and `make test` each build the virtual
 # environment on first use (PyTorch CPU build pinned by constraints.txt), so a fresh clone
 # needs nothing else. Each installs only the extras it needs, remembered by one stamp per set:
-# serving is the core plus the knowledge base (`kb`); the tests need every extra.
+# serving is the core plus the knowledge base (`kb`) and constrained decoding (`structured`);
+# the tests need every extra.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SERVE_EXTRAS := kb
-TEST_EXTRAS := kb,pg,finetune,corpus,ray,test
-SERVE_STAMP := $(VENV)/.installed-$(SERVE_EXTRAS)
+SERVE_EXTRAS := kb,structured
+TEST_EXTRAS := kb,structured,pg,finetune,corpus,ray,test
+SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install clean
