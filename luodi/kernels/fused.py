@@ -54,9 +54,24 @@ NATIVE_HEAD_DIMS = (16, 32, 64, 96, 128, 256)  # rope_attend_decode's compiled k
 _disabled = os.environ.get("LUODI_FUSED", "1") == "0"
 
 
+_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "0") == "1"
+
+
 @functools.cache
 def _native_or_reason() -> tuple[Any, str]:
-    return EXTENSION.load()
+    module, reason = EXTENSION.load()
+    if module is not None:
+        module.set_batch_invariant(_batch_invariant)
+    return module, reason
+
+
+def set_batch_invariant(on: bool) -> None:
+    """Prompt-chunk attention scores keys with the decode op's dot products, so a token's attention
+    is the same as a decode row or in any chunk (slower: `luodi.kernels.lowbit`). Process-wide."""
+    global _batch_invariant
+    _batch_invariant = on
+    if _native() is not None:
+        _native().set_batch_invariant(on)
 
 
 @functools.cache

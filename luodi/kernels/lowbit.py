@@ -65,12 +65,17 @@ per call on dispatch, which at decode is a fifth of a small layer's time. At 512
 batches it measured 0.93x oneDNN over SmolLM2's layer shapes, so prompt processing loses a little
 to keep one packed copy of the weights instead of two.
 
-Batch invariance. Each output is summed in an order fixed by K alone — blocks (INT8/INT4) or k pairs
-(BF16) front to back in one fp32 chain, then the bias — whatever the number of rows, a row's
-position in the batch or the thread split (threads split output tiles, never K). So a request's
-logits are the same alone and batched (tests/engine/test_batch_invariance.py); the decode BF16
-kernel gets its parallel chains from 4 tiles at once rather than from splitting K. Up to
-`NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
+Batch invariance. INT8/INT4 outputs are summed in an order fixed by K alone (blocks front to back in
+one fp32 chain, then the bias) whatever the number of rows, a row's position or the thread split
+(threads split output tiles, never K). BF16 decode splits K over 1-4 chains by row count, which is
+fastest but makes a row's sum depend on its batch; `set_batch_invariant(True)` (with
+`luodi.kernels.fused.set_batch_invariant`, or LUODI_BATCH_INVARIANT=1) makes decode sum in the
+prompt kernel's single chain, getting its parallel chains from 4 tiles instead, so a request's
+logits are the same alone and batched (tests/engine/test_batch_invariance.py). Off by default, as
+it costs more than 5 % of prompt speed: SmolLM2 bf16, 1 thread, off and on alternated 4 times in one
+process on a busy 2-core Zen 4, medians: pp512 80.0 vs 88.9 tok/s (0.90, the chunk attention's
+per-row dot products), decode 7.0 vs 6.6 tok/s (1.07: no measurable cost). Up to `NATIVE_MAX_ROWS`
+rows: beyond, quantized layers switch to GEMMs with their own order.
 
 If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
 is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
@@ -82,6 +87,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,11 +118,25 @@ INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _module: Any = None  # the loaded extension, once `native_available()` has found it
 
 
+# Batch-invariant mode (`set_batch_invariant`; the env var LUODI_BATCH_INVARIANT=1 turns it on at load).
+_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "0") == "1"
+
+
 @functools.cache
 def _native_or_reason() -> tuple[Any, str]:
     global _module
     _module, reason = EXTENSION.load()
+    if _module is not None:
+        _module.set_batch_invariant(_batch_invariant)
     return _module, reason
+
+
+def set_batch_invariant(on: bool) -> None:
+    """Sum every BF16 output in one order whatever the batch (see the module docstring). Process-wide."""
+    global _batch_invariant
+    _batch_invariant = on
+    if native_available():
+        _module.set_batch_invariant(on)
 
 
 def native_available() -> bool:

@@ -15,6 +15,7 @@ import pytest
 from live_server import MODEL_ID, SMOLLM2, make_llm, running_server, service_for
 from model_cache import pulled_model_path
 
+from luodi.kernels import fused, lowbit
 from luodi.models.loader import load_model
 
 pytestmark = pytest.mark.slow
@@ -26,6 +27,16 @@ QUESTIONS = [
     "Tell me a joke.", "How many legs does a spider have?", "什么是机器学习？", "Spell 'cat' backwards.",
 ]
 MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch_invariant():
+    """The kernels' batch-invariant mode (off by default: it costs speed; `luodi.kernels.lowbit`)."""
+    for module in (lowbit, fused):
+        module.set_batch_invariant(True)
+    yield
+    for module in (lowbit, fused):
+        module.set_batch_invariant(False)
 
 
 @pytest.fixture(scope="module")

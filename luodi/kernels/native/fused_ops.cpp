@@ -44,6 +44,9 @@ using luodi::to_bf16_bits;
 
 constexpr int64_t kMinTaskElements = 1 << 17;  // per thread, for the row-wise ops
 constexpr int64_t kMinTaskFlops = 1 << 20;     // per thread, for decode attention
+// Batch-invariant mode (set_batch_invariant): prompt chunks score keys with decode's dot products.
+// Off by default: it measured slower here (see luodi/kernels/lowbit.py).
+bool g_batch_invariant = false;
 
 // The value torch would hold after an op that outputs T: v rounded to T, back in fp32.
 template <typename T>
@@ -525,7 +528,7 @@ struct ChunkArgs {
   int64_t num_chunks;
 };
 
-constexpr int kScoreRows = 12;  // query vectors per task
+constexpr int kScoreRows = 12;  // query vectors per task (and per GEMM score tile: x 2 key vectors)
 constexpr int kValueRows = 6;   // query vectors per P V tile (x 4 value vectors: 24 accumulators)
 
 // Keys a row attends to, as [begin, end) positions in its sequence.
@@ -688,6 +691,175 @@ void rope_attend_chunks_impl(const ChunkArgs& ca, const Tensor& q, const Tensor&
     for (int64_t i = begin; i < end; ++i) {
       const Tile& t = tiles[i];
       attend_chunk_tile<T>(ca, layouts[t.c], t.c, t.g, t.m0, t.m1, qrot.data(), kc, vc, slots, pout, s, o);
+    }
+  });
+}
+
+// -- the default chunk attention: a 12 x 32 GEMM tile over keys packed transposed, faster than
+// row_scores but summing each dot product in another order than decode (not batch-invariant).
+// s[i][t] = scale * q_i . k_t for the R query vectors `qs` and keys t in [t_begin, t_end) of the
+// packed kt ([D, ld], key t at column t); t_begin is a multiple of 32, ld covers t_end rounded up.
+template <int R>
+void score_tile(const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin, int64_t t_end,
+                float scale, float* s, int64_t lds) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += 32) {
+    __m512 acc[R][2];
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < d; ++j) {
+      const float* krow = kt + j * ld + t0;
+      const __m512 k0 = _mm512_loadu_ps(krow), k1 = _mm512_loadu_ps(krow + 16);  // ld covers t0 + 32
+      for (int i = 0; i < R; ++i) {
+        const __m512 b = _mm512_set1_ps(qs[i][j]);
+        acc[i][0] = _mm512_fmadd_ps(b, k0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(b, k1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      _mm512_storeu_ps(s + i * lds + t0, _mm512_mul_ps(acc[i][0], vscale));
+      _mm512_storeu_ps(s + i * lds + t0 + 16, _mm512_mul_ps(acc[i][1], vscale));
+    }
+  }
+}
+
+template <int R>
+void score_dispatch(int rows, const float* const* qs, const float* kt, int64_t ld, int64_t d, int64_t t_begin,
+                    int64_t t_end, float scale, float* s, int64_t lds) {
+  if constexpr (R > 1) {
+    if (rows < R) return score_dispatch<R - 1>(rows, qs, kt, ld, d, t_begin, t_end, scale, s, lds);
+  }
+  score_tile<R>(qs, kt, ld, d, t_begin, t_end, scale, s, lds);
+}
+
+// Keys [t_begin, t_end) (positions key0 + t) of one chunk for KV head g, transposed into kt:
+// kt[j * ld + t] = dim j of key t. The caller zeroes the columns past the last key.
+void pack_keys(const float* k_cache, int64_t cache_slots, int64_t g, int64_t d, const int64_t* slots,
+               int64_t key0, int64_t t_begin, int64_t t_end, int64_t ld, float* kt) {
+  const float* kc = k_cache + g * cache_slots * d;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const float* krow = kc + slots[key0 + t] * d;
+    for (int64_t j = 0; j < d; ++j) kt[j * ld + t] = krow[j];
+  }
+}
+
+struct GemmLayout {
+  int64_t key0, n, ld;  // packed keys: positions [key0, key0 + n), row stride ld
+  size_t kt_offset;     // where this (chunk, KV head)'s packed keys start in the shared buffer
+};
+
+// Query vectors [m0, m1) of chunk c for KV head g: vector m is row (bounds[c] + m / G), head g G + m % G.
+template <typename T>
+void attend_chunk_tile_gemm(const ChunkArgs& ca, const GemmLayout& lay, int64_t c, int64_t g, int64_t m0, int64_t m1,
+                       const float* qrot, const float* kt, const float* v_cache, const int64_t* kv_slots,
+                       T* out, std::vector<float>& s, std::vector<float>& o) {
+  const DecodeArgs& a = *ca.a;
+  const int64_t d = a.head_dim, group = a.num_heads / a.num_kv_heads;
+  const int64_t row0 = ca.bounds[c], ctx = ca.context_lens[c];
+  const int64_t* slots = kv_slots + c * a.max_keys;
+  const float* vc = v_cache + g * a.cache_slots * d;
+  const int rows = static_cast<int>(m1 - m0);
+  const float* qs[kScoreRows];
+  int64_t begin[kScoreRows], end[kScoreRows];
+  int64_t lo = INT64_MAX, hi = 0;
+  for (int i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i, r = m / group, h = g * group + m % group;
+    qs[i] = qrot + ((row0 + r) * a.num_heads + h) * d;
+    std::tie(begin[i], end[i]) = visible_keys(ctx + r, a.sliding_window);
+    begin[i] -= lay.key0;
+    end[i] -= lay.key0;
+    lo = std::min(lo, begin[i]);
+    hi = std::max(hi, end[i]);
+  }
+  const int64_t t_begin = lo / 32 * 32;  // score tiles cover whole 32-key blocks, inside ld
+  s.resize(static_cast<size_t>(kScoreRows * lay.ld));
+  o.resize(static_cast<size_t>(kValueRows * d));
+  score_dispatch<kScoreRows>(rows, qs, kt, lay.ld, d, t_begin, hi, a.scale, s.data(), lay.ld);
+  for (int i = 0; i < rows; ++i) {  // softmax over the row's own keys, zero weight elsewhere in [lo, hi)
+    float* row = s.data() + i * lay.ld;
+    softmax_inplace(row + begin[i], end[i] - begin[i]);
+    std::fill(row + lo, row + begin[i], 0.0f);
+    std::fill(row + end[i], row + hi, 0.0f);
+  }
+  for (int i0 = 0; i0 < rows; i0 += kValueRows) {
+    const int n = std::min(kValueRows, rows - i0);
+    value_dispatch<kValueRows>(n, s.data() + i0 * lay.ld, lay.ld, vc, slots + lay.key0, d, lo, hi, o.data());
+    for (int i = 0; i < n; ++i) {
+      const int64_t m = m0 + i0 + i, r = m / group, h = g * group + m % group;
+      T* dst = out + (row0 + r) * a.num_heads * d + h * d;
+      for (int64_t j = 0; j < d; j += 16) store16(dst + j, _mm512_loadu_ps(o.data() + i * d + j), 0xFFFF);
+    }
+  }
+}
+
+template <typename T>
+void rope_attend_chunks_gemm(const ChunkArgs& ca, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& cos, const Tensor& sin, Tensor& k_cache, Tensor& v_cache,
+                             const Tensor& slot_mapping, const Tensor& kv_slots, Tensor& out) {
+  const DecodeArgs& a = *ca.a;
+  const int64_t d = a.head_dim, group = a.num_heads / a.num_kv_heads;
+  const T* pcos = cos.data_ptr<T>();
+  const T* psin = sin.data_ptr<T>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  const int64_t* slots = kv_slots.data_ptr<int64_t>();
+  // Every write before any read: rows attend to their own chunk's new keys.
+  store_kv(a, k.data_ptr<T>(), v.data_ptr<T>(), pcos, psin, slot_mapping.data_ptr<int64_t>(), kc, vc);
+  std::vector<float> qrot(static_cast<size_t>(a.num_seqs * a.num_heads * d));  // normed, rotated, fp32
+  const T* pq = q.data_ptr<T>();
+  at::parallel_for(0, a.num_seqs, std::max<int64_t>(1, kMinTaskElements / (a.num_heads * d * 16)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t h = 0; h < a.num_heads; ++h)
+        norm_rope_head(pq + r * a.q_stride + h * d, pcos + r * a.rope_stride, psin + r * a.rope_stride,
+                       qrot.data() + (r * a.num_heads + h) * d, d, a.q_norm);
+  });
+  std::vector<GemmLayout> layouts(static_cast<size_t>(ca.num_chunks));
+  size_t kt_size = 0;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const int64_t ctx = ca.context_lens[c], rows = ca.bounds[c + 1] - ca.bounds[c];
+    const int64_t key0 = visible_keys(ctx, a.sliding_window).first, n = ctx + rows - key0;
+    // rows of kt are ld apart: whole 32-key blocks, plus 16 so that ld is never a power of two
+    // (a power-of-two stride maps every row of a transposing store to one L1 set)
+    layouts[c] = GemmLayout{key0, n, (n + 31) / 32 * 32 + 16, kt_size};
+    kt_size += static_cast<size_t>(a.num_kv_heads * d * layouts[c].ld);
+  }
+  std::vector<float> kt(kt_size);
+  // Packing tasks of 64 keys of one (chunk, KV head): a few hundred keys of three KV heads would
+  // otherwise leave one of two threads idle half the time.
+  constexpr int64_t kPackKeys = 64;
+  struct Pack { int64_t c, g, t_begin, t_end; };
+  std::vector<Pack> packs;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const GemmLayout& lay = layouts[c];
+    for (int64_t g = 0; g < a.num_kv_heads; ++g) {
+      float* dst = kt.data() + lay.kt_offset + g * d * lay.ld;
+      for (int64_t j = 0; j < d; ++j) std::fill(dst + j * lay.ld + lay.n, dst + (j + 1) * lay.ld, 0.0f);
+      for (int64_t t0 = 0; t0 < lay.n; t0 += kPackKeys) packs.push_back({c, g, t0, std::min(lay.n, t0 + kPackKeys)});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(packs.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const Pack& p = packs[i];
+      const GemmLayout& lay = layouts[p.c];
+      pack_keys(kc, a.cache_slots, p.g, d, slots + p.c * a.max_keys, lay.key0, p.t_begin, p.t_end, lay.ld,
+                kt.data() + lay.kt_offset + p.g * d * lay.ld);
+    }
+  });
+  struct Tile { int64_t c, g, m0, m1; };
+  std::vector<Tile> tiles;
+  for (int64_t c = 0; c < ca.num_chunks; ++c) {
+    const int64_t vectors = (ca.bounds[c + 1] - ca.bounds[c]) * group;
+    for (int64_t g = 0; g < a.num_kv_heads; ++g)
+      for (int64_t m0 = 0; m0 < vectors; m0 += kScoreRows) tiles.push_back({c, g, m0, std::min(vectors, m0 + kScoreRows)});
+  }
+  T* pout = out.data_ptr<T>();
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s, o;
+    for (int64_t i = begin; i < end; ++i) {
+      const Tile& t = tiles[i];
+      const GemmLayout& lay = layouts[t.c];
+      attend_chunk_tile_gemm<T>(ca, lay, t.c, t.g, t.m0, t.m1, qrot.data(), kt.data() + lay.kt_offset + t.g * d * lay.ld,
+                           vc, slots, pout, s, o);
     }
   });
 }
@@ -856,11 +1028,11 @@ Tensor rope_attend_chunks(const Tensor& q, const Tensor& k, const Tensor& v, con
   ChunkArgs ca{&a, b, ctx, num_chunks};
   Tensor out = at::empty({a.num_seqs, num_heads * a.head_dim}, q.options());
   switch (q.scalar_type()) {
-    case at::kFloat: rope_attend_chunks_impl<float>(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+    case at::kFloat: (g_batch_invariant ? rope_attend_chunks_impl<float> : rope_attend_chunks_gemm<float>)(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
                                                     kv_slots, out); break;
-    case at::kBFloat16: rope_attend_chunks_impl<c10::BFloat16>(ca, q, k, v, cos, sin, k_cache, v_cache,
+    case at::kBFloat16: (g_batch_invariant ? rope_attend_chunks_impl<c10::BFloat16> : rope_attend_chunks_gemm<c10::BFloat16>)(ca, q, k, v, cos, sin, k_cache, v_cache,
                                                                slot_mapping, kv_slots, out); break;
-    case at::kHalf: rope_attend_chunks_impl<c10::Half>(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
+    case at::kHalf: (g_batch_invariant ? rope_attend_chunks_impl<c10::Half> : rope_attend_chunks_gemm<c10::Half>)(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,
                                                        kv_slots, out); break;
     default: TORCH_CHECK(false, "rope_attend_chunks: unsupported dtype ", q.scalar_type());
   }
@@ -889,5 +1061,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "q/k norm + RoPE, k/v into the paged cache, and attention of prompt chunks (rows of one sequence each)");
   m.def("is_native_head_dim", &is_native_head_dim, "whether rope_attend_decode has a kernel for this head_dim");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+  m.def("set_batch_invariant", [](bool on) { g_batch_invariant = on; }, "chunk attention in decode's order");
   m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the FusedApi table (kernel_api.h)");
 }

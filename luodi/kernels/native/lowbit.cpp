@@ -53,6 +53,9 @@ constexpr int64_t kMinTaskBytes = 32 << 10;  // below this, a thread hand-off co
 // Software prefetch distance. The hardware prefetchers alone left INT4 (more work per byte than
 // INT8) at half the single-core DRAM rate; 8-16 KB ahead brought both to it (measured, 1 thread).
 constexpr int64_t kPrefetchBytes = 8 << 10;
+// Batch-invariant mode (set_batch_invariant): BF16 decode sums each output in the prompt kernel's
+// order. Off by default: it measured slower here (see luodi/kernels/lowbit.py).
+bool g_batch_invariant = false;
 
 inline void prefetch(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
@@ -350,6 +353,39 @@ inline void bf16_tile_range(const uint8_t* w, int64_t tile_bytes, int64_t t0, in
   for (; t < t1; ++t) bf16_tiles<M, 1>(w + t * tile_bytes, tile_bytes, x, kp, kp, bias, y, n_out, t * kTile);
 }
 
+// Without batch invariance (the default): one tile x M rows, w points at the tile's [kp/2][16][2] bf16 (64
+// bytes per k pair); x rows are bf16, read in place. _mm512_dpbf16_ps adds both products of a pair
+// into an fp32 lane. With few rows, U independent accumulators per row hide the instruction's
+// latency (one chain would bound a single-row call at about half the memory rate).
+template <int M, typename T>
+inline void bf16_tile_split_k(const uint8_t* w, const c10::BFloat16* x, int64_t x_stride, int64_t kp,
+                      const float* bias, T* y, int64_t n_out, int64_t n0) {
+  constexpr int U = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  __m512 acc[U][M];
+  for (int u = 0; u < U; ++u)
+    for (int m = 0; m < M; ++m) acc[u][m] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp / 2; p += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const uint8_t* wp = w + (p + u) * 64;
+      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wp));
+      prefetch(wp);
+      for (int m = 0; m < M; ++m) {
+        int32_t pair;
+        std::memcpy(&pair, x + m * x_stride + 2 * (p + u), 4);
+        acc[u][m] = _mm512_dpbf16_ps(acc[u][m], wv, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)));
+      }
+    }
+  }
+  const __mmask16 mask = tail_mask(n_out - n0);
+  const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
+  for (int m = 0; m < M; ++m) {
+    __m512 sum = acc[0][m];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][m]);
+    store16(y + m * n_out + n0, _mm512_add_ps(sum, add), mask);
+  }
+}
+
 // Prompt batches: a block of 2 tiles (32 output rows) x R <= 12 activation rows, 24 accumulators,
 // so each broadcast x pair feeds 2 products and each weight vector R. The block's weight tiles stay
 // in L2 while every pass of 12 rows reads them. (4 tiles x 6 rows measured the same.) At 512 rows
@@ -566,6 +602,17 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
     if (call.rows <= kBf16GemvMaxRows) {  // decode: stream each tile once per pass of 8 rows
+      if (!g_batch_invariant) {  // k split over U chains by row count: fastest, order depends on M
+        at::parallel_for(0, tiles, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            for_each_pass(call.rows, [&](auto m_rows, int64_t m0) {
+              bf16_tile_split_k<decltype(m_rows)::value>(wp + t * tile_bytes, xp + m0 * kp, kp, kp, bp, yp + m0 * n, n,
+                                                         t * kTile);
+            });
+          }
+        });
+        return;
+      }
       // Groups of 4 tiles: every pass of 8 rows reads a group while it is still in cache.
       at::parallel_for(0, tiles, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
         for (int64_t g0 = t0; g0 < t1; g0 += 4) {
@@ -609,5 +656,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_linear", &int4_linear, kNoGil, "y = x @ W.T for a packed INT4 weight");
   m.def("bf16_linear", &bf16_linear, kNoGil, "y = x @ W.T for a packed BF16 weight");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+  m.def("set_batch_invariant", [](bool on) { g_batch_invariant = on; }, "BF16 decode in the prompt kernel's order");
   m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the LowbitApi table (kernel_api.h)");
 }
