@@ -85,10 +85,10 @@ def _recording_engine(model, budget: int) -> tuple[LLMEngine, dict[str, list[tor
     seen: dict[str, list[torch.Tensor]] = {}
     sample = engine.runner._sample
 
-    def recording(logits, requests):
+    def recording(logits, requests, *rest):
         for row, request in zip(logits, requests, strict=True):
             seen.setdefault(request.request_id, []).append(row.clone())
-        return sample(logits, requests)
+        return sample(logits, requests, *rest)
 
     engine.runner._sample = recording
     return engine, seen
