@@ -18,13 +18,12 @@ import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.sampling import SamplingParams
-from luodi.kernels import fused, lowbit
 from luodi.models import native_stack
 from luodi.models.loader import load_model
 from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
 from model_cache import pulled_model_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("batch_invariant_kernels")]
 
 TARGET = "The key idea behind paged attention is that the cache of each sequence"
 OTHERS = [  # prompts of the requests that share the target's steps (lengths 6 to ~120 tokens)
@@ -47,16 +46,6 @@ VARIANTS = {  # quantize options; None: the bf16 model as loaded
 }
 SEEDED = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_tokens=NUM_TOKENS)
 GREEDY = SamplingParams(temperature=0, max_tokens=NUM_TOKENS)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def batch_invariant():
-    """The kernels' batch-invariant mode (off by default: it costs speed; `luodi.kernels.lowbit`)."""
-    for module in (lowbit, fused):
-        module.set_batch_invariant(True)
-    yield
-    for module in (lowbit, fused):
-        module.set_batch_invariant(False)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

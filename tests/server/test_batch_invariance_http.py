@@ -15,10 +15,9 @@ import pytest
 from live_server import MODEL_ID, SMOLLM2, make_llm, running_server, service_for
 from model_cache import pulled_model_path
 
-from luodi.kernels import fused, lowbit
 from luodi.models.loader import load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("batch_invariant_kernels")]
 
 QUESTIONS = [
     "What is 2+2?", "Name a color.", "Say hello in French.", "What is the capital of Japan?",
@@ -27,16 +26,6 @@ QUESTIONS = [
     "Tell me a joke.", "How many legs does a spider have?", "什么是机器学习？", "Spell 'cat' backwards.",
 ]
 MAX_TOKENS = 24
-
-
-@pytest.fixture(scope="module", autouse=True)
-def batch_invariant():
-    """The kernels' batch-invariant mode (off by default: it costs speed; `luodi.kernels.lowbit`)."""
-    for module in (lowbit, fused):
-        module.set_batch_invariant(True)
-    yield
-    for module in (lowbit, fused):
-        module.set_batch_invariant(False)
 
 
 @pytest.fixture(scope="module")
