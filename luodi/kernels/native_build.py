@@ -7,12 +7,18 @@ never an exception: callers fall back to torch ops. The build key covers everyth
 depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
 on another CPU model that shares the home directory).
 
+Builds of one directory are serialized by an OS file lock (`_exclusive`), which dies with its
+process: torch's own lock is a plain file that a build killed midway (kill, SIGTERM, power loss)
+leaves behind, after which every later start would wait on it forever. Holding the OS lock, a
+leftover torch lock can only be stale, so it is removed.
+
 A first-use compile takes minutes on a small machine, so it is announced: whoever must explain the
 wait (the server's `/health` and log) registers a listener with `add_compile_listener`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import platform
@@ -28,6 +34,7 @@ import torch
 from luodi.paths import luodi_home
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
+TORCH_BUILD_LOCK = "lock"  # the file torch's cpp_extension waits on while another build runs
 
 CompileListener = Callable[[str | None], None]  # told what is compiling ("low-bit kernels"), then None
 _compile_listeners: list[CompileListener] = []
@@ -38,6 +45,17 @@ def add_compile_listener(listener: CompileListener) -> Callable[[], None]:
     returns the function that removes it."""
     _compile_listeners.append(listener)
     return lambda: _compile_listeners.remove(listener)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on `lock_path` (released by the kernel if this process dies)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -104,11 +122,13 @@ class NativeExtension:
     def _compile(self) -> Any:
         build_dir = self.build_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
-        if (build_dir / f"{self.name}.so").exists():
-            return self._build(build_dir)
-        print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
-        with announce_compile(f"native {self.what}"):
-            return self._build(build_dir)
+        with _exclusive(build_dir / ".build.lock"):
+            (build_dir / TORCH_BUILD_LOCK).unlink(missing_ok=True)
+            if (build_dir / f"{self.name}.so").exists():
+                return self._build(build_dir)
+            print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
+            with announce_compile(f"native {self.what}"):
+                return self._build(build_dir)
 
     def _build(self, build_dir: Path) -> Any:
         from torch.utils import cpp_extension

@@ -1,0 +1,26 @@
+"""A native build killed midway must not hang every later start: torch's build lock is a plain file
+that a killed build leaves behind; Luodi serializes builds with an OS lock instead and clears it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from luodi.kernels.fused import EXTENSION
+from luodi.kernels.native_build import TORCH_BUILD_LOCK
+
+LOAD = "from luodi.kernels.fused import EXTENSION; m, why = EXTENSION.load(); print('loaded' if m else why)"
+
+
+def test_a_stale_torch_build_lock_is_cleared_not_waited_on():
+    module, reason = EXTENSION.load()  # built once (minutes the first time), as every fused test needs
+    if module is None:
+        pytest.skip(f"the native ops cannot run here: {reason}")
+    stale = EXTENSION.build_dir() / TORCH_BUILD_LOCK
+    stale.write_text("")  # what a build killed with SIGKILL leaves
+    # torch's cpp_extension would wait on this file forever; a fresh process must load at once.
+    done = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "loaded", done.stderr[-2000:]
+    assert not stale.exists()
