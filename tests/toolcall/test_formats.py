@@ -232,3 +232,27 @@ def test_tool_choice_none_renders_no_tools_and_parses_nothing():
     assert messages == [{"role": "user", "content": "hi"}]
     text = FORMATS["generic"].block_text(CALLS[:1])
     assert calling.grammar() is None and calling.parser() is None and calling.split(text) == (text, [])
+
+
+def test_objects_that_list_properties_are_closed_in_the_grammar(tokenizer):
+    open_tool = parse_tools([("note", None, {"type": "object", "properties": {"text": {"type": "string"}},
+                                             "required": ["text"]})])
+    fmt = FORMATS["hermes"]
+    lark = tool_call_lark(fmt, open_tool, ToolChoice("required"))
+    assert _accepts(tokenizer, lark, fmt.block_text([("note", '{"text":"hi"}')]))
+    assert not _accepts(tokenizer, lark, fmt.block_text([("note", '{"text":"hi","more":{"a":1}}')]))
+
+
+def test_closed_objects_keeps_what_the_schema_says():
+    from luodi.toolcall.grammar import closed_objects
+
+    point = {"type": "object", "properties": {"x": {"type": "number"}}}
+    schema = {"type": "object", "properties": {"at": point, "tags": {"type": "object"}},
+              "$defs": {"P": point}, "allOf": [point],
+              "anyOf": [point, {"type": "object", "properties": {}, "additionalProperties": True}]}
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False and closed["properties"]["at"]["additionalProperties"] is False
+    assert closed["$defs"]["P"]["additionalProperties"] is False and closed["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["tags"]  # lists no properties: any keys
+    assert closed["allOf"] == [point] and closed["anyOf"][1]["additionalProperties"] is True
+    assert "additionalProperties" not in point  # the tool's own schema is not changed
