@@ -239,6 +239,11 @@ class Tokenizer:
         return clone
 
     @property
+    def special_token_ids(self) -> dict[str, int]:
+        """Each special token's spelling -> its id (a grammar names such a token by id, not by text)."""
+        return {t.content: i for i, t in self.backend.get_added_tokens_decoder().items() if t.special and t.content}
+
+    @property
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
@@ -260,23 +265,27 @@ class Tokenizer:
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the model's chat template rejected the messages: {exc}") from exc
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of the rendered chat. BOS is added (as llama.cpp does) only when the tokenizer
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of the rendered chat (`tools`: the template's variable of that name, as
+        transformers passes it). BOS is added (as llama.cpp does) only when the tokenizer
         adds one and the template has not already written it. Special tokens spelled in a message's
         content are text: only those the template writes itself become control tokens."""
         specials = self.special_tokens_pattern
+        extra = {"tools": tools} if tools else {}
         if specials is None or not any(_spells_special(m, specials) for m in messages):
-            text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+            text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
             ids = self.encode(text, add_special_tokens=False)
         else:
-            text, ids = self._encode_chat_guarded(messages, add_generation_prompt, specials)
+            text, ids = self._encode_chat_guarded(messages, add_generation_prompt, specials, extra)
         if self.add_bos_token and self.bos_token and not text.startswith(self.bos_token):
             assert self.bos_token_id is not None
             ids.insert(0, self.bos_token_id)
         return ids
 
     def _encode_chat_guarded(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool, specials: re.Pattern[str]
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool, specials: re.Pattern[str],
+        extra: dict[str, Any],
     ) -> tuple[str, list[int]]:
         """Render with each special token in the contents stood in for by a marker no client can
         guess, so the template's own special tokens are the only ones left in the rendered text;
@@ -292,7 +301,7 @@ class Tokenizer:
             {**m, "content": specials.sub(stand_in, m["content"])} if isinstance(m.get("content"), str) else m
             for m in messages
         ]
-        rendered = self.apply_chat_template(guarded, add_generation_prompt=add_generation_prompt)
+        rendered = self.apply_chat_template(guarded, add_generation_prompt=add_generation_prompt, **extra)
         ids: list[int] = []
         marker = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
         pieces = specials.split(rendered)  # text, special, text, special, ..., text (capturing group)
