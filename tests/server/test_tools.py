@@ -12,6 +12,7 @@ the tests that need it to favour the trigger's tokens with `logit_bias`, then th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
@@ -303,6 +304,84 @@ def test_llamaindex_openai_like_chat_with_tools(base_url):
     selections = llm.get_tool_calls_from_response(response, error_on_no_tool_call=True)
     assert [s.tool_name for s in selections] == ["get_weather"]
     jsonschema.validate(selections[0].tool_kwargs, tool.metadata.get_parameters_dict())
+
+
+# -- a chat template that knows tools (Hermes, as Qwen2.5's) -----------------------------------------
+
+# Qwen2.5's template, cut to what matters here: the tools as JSON in the system turn, calls as
+# <tool_call> blocks with the arguments as a mapping, results as <tool_response> in user turns.
+HERMES_TEMPLATE = """{%- if tools %}<|im_start|>system
+You are a helpful assistant.
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>{% for tool in tools %}
+{{ tool | tojson }}{% endfor %}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% elif message.tool_calls %}<|im_start|>assistant
+{{ message.content }}{% for call in message.tool_calls %}
+<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+@pytest.fixture(scope="module")
+def hermes(loaded):
+    """A client of a server whose model's template knows tools, and transformers' tokenizer with it."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = loaded.tokenizer.with_chat_template(HERMES_TEMPLATE)
+    assert detect_format(HERMES_TEMPLATE).name == "hermes"
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend)
+    hf.chat_template = HERMES_TEMPLATE
+    with running_server(service_for(make_llm(dataclasses.replace(loaded, tokenizer=tokenizer), max_num_seqs=4))) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600), hf
+
+
+def hf_prompt_tokens(hf, messages: list[dict], tools: list[dict] | None) -> int:
+    """The prompt's length as transformers renders it (tool call arguments as mappings, its convention)."""
+    def hf_message(m: dict) -> dict:
+        calls = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+                 for c in m.get("tool_calls") or []]
+        return {**m, "tool_calls": calls} if calls else m
+
+    return len(hf.apply_chat_template([hf_message(m) for m in messages], tools=tools, add_generation_prompt=True,
+                                      tokenize=True, return_dict=False))
+
+
+def test_a_template_that_knows_tools_renders_them_calls_and_results(hermes):
+    client, hf = hermes
+    call = ask(client, tool_choice="required", parallel_tool_calls=False)
+    assert call.choices[0].finish_reason == "tool_calls"
+    assert call.usage.prompt_tokens == hf_prompt_tokens(hf, QUESTION, TOOLS)
+    assert streamed(ask(client, tool_choice="required", parallel_tool_calls=False, stream=True)) == whole(call)
+    made = call.choices[0].message.tool_calls[0]
+    history = [*QUESTION, call.choices[0].message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": made.id, "content": "Sunny and 24 degrees."}]
+    answer = ask(client, messages=history, max_tokens=16, tool_choice="auto")
+    assert answer.usage.prompt_tokens == hf_prompt_tokens(hf, history, TOOLS)
+    assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
+    assert_valid(answer.choices[0].message.tool_calls or [])
 
 
 # -- bad input: 400s naming the problem -------------------------------------------------------------
