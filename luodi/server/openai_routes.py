@@ -2,7 +2,9 @@
 
 Owns the request handler of each route — small: validate, build prompt ids and `SamplingParams`,
 admit, then either stream server-sent events or collect one JSON answer — and the shape of each
-answer (chunks, usage, logprobs, finish_reason) as OpenAI's API reference gives it.
+answer (chunks, usage, logprobs, finish_reason) as OpenAI's API reference gives it, built from
+`protocol`'s wire types. A chat request with tools goes through `tool_calls` for its prompt, its
+grammar and the split of each choice's text into content and calls.
 
 A client that goes away mid-answer has its request aborted at once: sse-starlette cancels a
 stream when the connection closes; a non-streamed request watches for the disconnect itself.
