@@ -64,6 +64,7 @@ def parse_tools(functions: Sequence[tuple[str, str | None, dict[str, Any] | None
             raise ToolError(f"tool {name!r} is defined twice; give each function a distinct name", param=param)
         schema = _EMPTY_PARAMETERS if parameters is None else parameters
         _check_schema(name, schema, f"{param}.parameters")
+        schema = {"type": "object", **schema}  # no type said: still an object (arguments always are one)
         tools.append(Tool(name, description or "", json.dumps(schema, ensure_ascii=False)))
     return tools
 

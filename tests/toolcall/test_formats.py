@@ -243,6 +243,14 @@ def test_objects_that_list_properties_are_closed_in_the_grammar(tokenizer):
     assert not _accepts(tokenizer, lark, fmt.block_text([("note", '{"text":"hi","more":{"a":1}}')]))
 
 
+def test_parameters_without_a_type_are_an_object(tokenizer):
+    untyped = parse_tools([("f", None, {"properties": {"a": {"type": "integer"}}})])
+    assert untyped[0].parameters["type"] == "object"
+    lark = tool_call_lark(FORMATS["hermes"], untyped, ToolChoice("required"))
+    assert _accepts(tokenizer, lark, FORMATS["hermes"].block_text([("f", '{"a":1}')]))
+    assert not _accepts(tokenizer, lark, FORMATS["hermes"].block_text([("f", '"text"')]))
+
+
 def test_closed_objects_keeps_what_the_schema_says():
     from luodi.toolcall.grammar import closed_objects
 
