@@ -1,4 +1,5 @@
-"""The OpenAI wire format as pydantic models: requests validated at the boundary, responses built.
+"""The OpenAI wire format as pydantic models: requests validated at the boundary, responses and
+stream chunks built (one type per shape; a field OpenAI leaves out when empty is left out here too).
 
 Owns field names, types and defaults as OpenAI's API reference gives them, plus the sampling
 extras that vLLM-compatible clients send (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
@@ -9,7 +10,9 @@ Also owns the checks on a request's text and size that need no model: a lone UTF
 (JSON allows "\\ud800"; no UTF-8 text contains one, so no tokenizer, database or response can
 carry it) is refused wherever it appears, with the field that held it; empty prompts are refused;
 and `RequestLimits` caps what costs the server per request beyond the body size (stop strings
-are matched against every new token on the engine thread that all requests share).
+are matched against every new token on the engine thread that all requests share). A chat's tools
+are checked here too (their schemas, `tool_choice`, and that each `tool` turn answers a call an
+earlier assistant turn made); how calls are written and read back is `luodi.toolcall`'s.
 
 Must not know about the engine, tokenization or HTTP: it turns JSON into typed values and back.
 """
