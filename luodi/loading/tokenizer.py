@@ -269,11 +269,12 @@ class Tokenizer:
                     tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Token ids of the rendered chat (`tools`: the template's variable of that name, as
         transformers passes it). BOS is added (as llama.cpp does) only when the tokenizer
-        adds one and the template has not already written it. Special tokens spelled in a message's
-        content are text: only those the template writes itself become control tokens."""
+        adds one and the template has not already written it. Special tokens spelled in the messages
+        (contents, call arguments) or the tools are text: only those the template writes itself
+        become control tokens."""
         specials = self.special_tokens_pattern
         extra = {"tools": tools} if tools else {}
-        if specials is None or not any(_spells_special(m, specials) for m in messages):
+        if specials is None or not _spells_special([messages, tools], specials):
             text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
             ids = self.encode(text, add_special_tokens=False)
         else:
@@ -297,11 +298,15 @@ class Tokenizer:
             found.append(match.group())
             return f"\ue000{nonce}:{len(found) - 1}\ue001"
 
-        guarded = [
-            {**m, "content": specials.sub(stand_in, m["content"])} if isinstance(m.get("content"), str) else m
-            for m in messages
-        ]
-        rendered = self.apply_chat_template(guarded, add_generation_prompt=add_generation_prompt, **extra)
+        def guard(value: Any) -> Any:  # every string the template may write: contents, calls, tools
+            if isinstance(value, str):
+                return specials.sub(stand_in, value)
+            if isinstance(value, dict):
+                return {key: guard(item) for key, item in value.items()}
+            return [guard(item) for item in value] if isinstance(value, list) else value
+
+        rendered = self.apply_chat_template(guard(messages), add_generation_prompt=add_generation_prompt,
+                                            **guard(extra))
         ids: list[int] = []
         marker = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
         pieces = specials.split(rendered)  # text, special, text, special, ..., text (capturing group)
@@ -332,9 +337,13 @@ def _specials_pattern(backend: Backend) -> re.Pattern[str] | None:
     return re.compile("(" + "|".join(map(re.escape, spellings)) + ")") if spellings else None
 
 
-def _spells_special(message: dict[str, Any], specials: re.Pattern[str]) -> bool:
-    content = message.get("content")
-    return isinstance(content, str) and specials.search(content) is not None
+def _spells_special(value: Any, specials: re.Pattern[str]) -> bool:
+    """True when a string anywhere in `value` (messages, their calls, tool definitions) spells one."""
+    if isinstance(value, str):
+        return specials.search(value) is not None
+    if isinstance(value, dict):
+        return any(_spells_special(item, specials) for item in value.values())
+    return isinstance(value, list) and any(_spells_special(item, specials) for item in value)
 
 
 def _raise_exception(message: str) -> None:
