@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from luodi.engine.engine import EngineConfig, LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
@@ -21,7 +22,7 @@ from luodi.models.adapters import attach_adapters, read_adapter
 from luodi.models.loader import LoadedModel, load_model
 from luodi.structured.guidance import backend_for
 
-Message = dict[str, str]
+Message = dict[str, Any]  # OpenAI-shaped: role, content, and tool_calls / tool_call_id where present
 
 
 @dataclass(slots=True)
@@ -96,14 +97,16 @@ class LLM:
         """Token ids the model accepts: [0, vocab_size)."""
         return self.loaded.config.vocab_size
 
-    def prompt_ids(self, prompt: str | list[Message], *, raw: bool = False) -> list[int]:
-        """Chat messages (or one user turn) through the chat template; raw text as is. Special tokens
-        spelled in the text are text; only the chat template writes control tokens."""
+    def prompt_ids(self, prompt: str | list[Message], *, raw: bool = False,
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Chat messages (or one user turn) through the chat template (`tools`: the template's variable
+        of that name); raw text as is. Special tokens spelled in the text are text; only the chat
+        template writes control tokens."""
         if raw or not self.has_chat_template:
             text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
             return self.tokenizer.encode(text, split_special_tokens=True)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return self.tokenizer.encode_chat(messages)
+        return self.tokenizer.encode_chat(messages, tools=tools)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Iterator[RequestOutput]:
         """Run one request alone (on a LoRA adapter, if named), yielding its output after every step."""

@@ -23,6 +23,7 @@ from luodi.errors import InvalidParameterError
 if TYPE_CHECKING:
     from luodi.engine.grammar import GrammarSpec
     from luodi.llm import LLM
+    from luodi.toolcall import Tool, ToolChoice
 
 err = Console(stderr=True)
 
@@ -121,6 +122,12 @@ def chat(
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    tools: Annotated[Path | None, typer.Option(
+        "--tools", help="A JSON file of OpenAI tool definitions the model may call (one call an answer); "
+        "calls print as JSON lines.",
+        dir_okay=False)] = None,
+    tool_choice: Annotated[str, typer.Option(
+        "--tool-choice", help="With --tools: auto, required, none, or a function's name (that call).")] = "auto",
 ) -> None:
     """Talk with a model: streams answers, keeps history within the context window. /reset, /exit."""
     from luodi.conversation import Conversation
@@ -129,7 +136,10 @@ def chat(
     # Chat defaults as Ollama's: small models loop without a repetition penalty.
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed)
-    conversation = Conversation(_load(model, device, dtype), system)
+    functions, choice = _tools(tools, tool_choice)
+    llm = _load(model, device, dtype)
+    # One call per answer: a small model allowed several repeats the same call until max_tokens.
+    conversation = Conversation(llm, system, functions, choice, is_parallel=False)
     interactive = sys.stdin.isatty()
     if not conversation.is_chat:
         err.print(f"[yellow]{model} has no chat template: each line is completed as plain text, "
@@ -149,13 +159,37 @@ def chat(
             err.print("[dim]history cleared[/dim]")
             continue
         try:
-            result = conversation.reply(text, params, on_text=_write)
+            reply = conversation.reply(text, params, on_text=_write)
         except InvalidParameterError as exc:
             err.print(f"[red]{exc}[/red]")
             continue
-        _write("\n")
+        if reply.content:
+            _write("\n")
+        for call in reply.tool_calls:  # data, one JSON object a line, for a script to run the tool
+            print(json.dumps({"id": call.id, "name": call.name, "arguments": json.loads(call.arguments)},
+                             ensure_ascii=False), flush=True)
+        result = reply.completion
         if interactive:
             err.print(f"[dim]{result.completion_tokens} tokens · {result.decode_tok_s:.1f} tok/s[/dim]")
+
+
+def _tools(path: Path | None, tool_choice: str) -> tuple[list[Tool], ToolChoice]:
+    """The tools of a `--tools` file and the `--tool-choice` among them; one-line errors for bad ones."""
+    from luodi.toolcall import ToolChoice, check_tool_choice, tools_from_definitions
+
+    if path is None:
+        return [], ToolChoice("none")
+    try:
+        definitions = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidParameterError(f"--tools {path}: cannot read it ({exc.strerror})", "tools") from exc
+    except ValueError as exc:
+        raise InvalidParameterError(f"--tools {path} is not JSON: {exc}", "tools") from exc
+    functions = tools_from_definitions(definitions)
+    choice = ToolChoice(tool_choice) if tool_choice in ("none", "auto", "required") \
+        else ToolChoice("required", tool_choice)
+    check_tool_choice(choice, functions)
+    return functions, choice
 
 
 def _lines(interactive: bool):

@@ -239,6 +239,11 @@ class Tokenizer:
         return clone
 
     @property
+    def special_token_ids(self) -> dict[str, int]:
+        """Each special token's spelling -> its id (a grammar names such a token by id, not by text)."""
+        return {t.content: i for i, t in self.backend.get_added_tokens_decoder().items() if t.special and t.content}
+
+    @property
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
@@ -260,23 +265,28 @@ class Tokenizer:
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the model's chat template rejected the messages: {exc}") from exc
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of the rendered chat. BOS is added (as llama.cpp does) only when the tokenizer
-        adds one and the template has not already written it. Special tokens spelled in a message's
-        content are text: only those the template writes itself become control tokens."""
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of the rendered chat (`tools`: the template's variable of that name, as
+        transformers passes it). BOS is added (as llama.cpp does) only when the tokenizer
+        adds one and the template has not already written it. Special tokens spelled in the messages
+        (contents, call arguments) or the tools are text: only those the template writes itself
+        become control tokens."""
         specials = self.special_tokens_pattern
-        if specials is None or not any(_spells_special(m, specials) for m in messages):
-            text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        extra = {"tools": tools} if tools else {}
+        if specials is None or not _spells_special([messages, tools], specials):
+            text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
             ids = self.encode(text, add_special_tokens=False)
         else:
-            text, ids = self._encode_chat_guarded(messages, add_generation_prompt, specials)
+            text, ids = self._encode_chat_guarded(messages, add_generation_prompt, specials, extra)
         if self.add_bos_token and self.bos_token and not text.startswith(self.bos_token):
             assert self.bos_token_id is not None
             ids.insert(0, self.bos_token_id)
         return ids
 
     def _encode_chat_guarded(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool, specials: re.Pattern[str]
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool, specials: re.Pattern[str],
+        extra: dict[str, Any],
     ) -> tuple[str, list[int]]:
         """Render with each special token in the contents stood in for by a marker no client can
         guess, so the template's own special tokens are the only ones left in the rendered text;
@@ -288,11 +298,15 @@ class Tokenizer:
             found.append(match.group())
             return f"\ue000{nonce}:{len(found) - 1}\ue001"
 
-        guarded = [
-            {**m, "content": specials.sub(stand_in, m["content"])} if isinstance(m.get("content"), str) else m
-            for m in messages
-        ]
-        rendered = self.apply_chat_template(guarded, add_generation_prompt=add_generation_prompt)
+        def guard(value: Any) -> Any:  # every string the template may write: contents, calls, tools
+            if isinstance(value, str):
+                return specials.sub(stand_in, value)
+            if isinstance(value, dict):
+                return {key: guard(item) for key, item in value.items()}
+            return [guard(item) for item in value] if isinstance(value, list) else value
+
+        rendered = self.apply_chat_template(guard(messages), add_generation_prompt=add_generation_prompt,
+                                            **guard(extra))
         ids: list[int] = []
         marker = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
         pieces = specials.split(rendered)  # text, special, text, special, ..., text (capturing group)
@@ -323,9 +337,13 @@ def _specials_pattern(backend: Backend) -> re.Pattern[str] | None:
     return re.compile("(" + "|".join(map(re.escape, spellings)) + ")") if spellings else None
 
 
-def _spells_special(message: dict[str, Any], specials: re.Pattern[str]) -> bool:
-    content = message.get("content")
-    return isinstance(content, str) and specials.search(content) is not None
+def _spells_special(value: Any, specials: re.Pattern[str]) -> bool:
+    """True when a string anywhere in `value` (messages, their calls, tool definitions) spells one."""
+    if isinstance(value, str):
+        return specials.search(value) is not None
+    if isinstance(value, dict):
+        return any(_spells_special(item, specials) for item in value.values())
+    return isinstance(value, list) and any(_spells_special(item, specials) for item in value)
 
 
 def _raise_exception(message: str) -> None:

@@ -26,6 +26,9 @@ class RequestLimits:
     max_n: int = 16
     max_prompts: int = 64
     # A `response_format` schema or `structured_outputs` grammar: compiling costs ~1 ms per KB on
-    # the request's thread, and the grammar backend also caps it (time and grammar size); tools'
-    # caps go here too.
+    # the request's thread, and the grammar backend also caps it (time and grammar size).
     max_grammar_chars: int = 100_000
+    # Tools: their definitions go into the prompt and their schemas into the call grammar, so their
+    # JSON is capped as a grammar is; 128 tools is OpenAI's own limit.
+    max_tools: int = 128
+    max_tools_chars: int = 100_000

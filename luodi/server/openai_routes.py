@@ -2,7 +2,9 @@
 
 Owns the request handler of each route — small: validate, build prompt ids and `SamplingParams`,
 admit, then either stream server-sent events or collect one JSON answer — and the shape of each
-answer (chunks, usage, logprobs, finish_reason) as OpenAI's API reference gives it.
+answer (chunks, usage, logprobs, finish_reason) as OpenAI's API reference gives it, built from
+`protocol`'s wire types. A chat request with tools goes through `tool_calls` for its prompt, its
+grammar and the split of each choice's text into content and calls.
 
 A client that goes away mid-answer has its request aborted at once: sse-starlette cancels a
 stream when the connection closes; a non-streamed request watches for the disconnect itself.
@@ -40,8 +42,9 @@ from luodi.kb.answer import cited_numbers
 from luodi.kb.embedding import embedder_names
 from luodi.server.errors import ClientClosedRequest, ModelNotServedError, error_payload
 from luodi.server.kb_routes import request_owner
-from luodi.server import choices
+from luodi.server import choices, tool_calls
 from luodi.server.service import ModelService
+from luodi.toolcall import ToolCalling
 
 router = APIRouter(responses=p.ERROR_RESPONSES)
 
@@ -76,6 +79,7 @@ class _Answer:
     id: str
     created: int = field(default_factory=p.now)
     sources: list[dict[str, Any]] | None = None  # a knowledge-base answer's [n] → passage
+    calling: ToolCalling | None = None  # a chat answer that may call tools
 
     def token_text(self, token_id: int) -> str:
         return self.llm.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -150,8 +154,10 @@ async def retrieve_model(model_id: str, request: Request) -> p.ModelCard:
 async def create_chat_completion(body: p.ChatCompletionRequest, request: Request) -> Any:
     service = _service(request)
     llm = service.ready_llm(body.model)
-    body.check_limits(service.config.request_limits, llm.vocab_size)
-    params = body.to_sampling_params()
+    limits = service.config.request_limits
+    body.check_limits(limits, llm.vocab_size)
+    calling = tool_calls.calling_for(body, llm)
+    params = tool_calls.constrained(body.to_sampling_params(), calling, llm, limits)
     sources = None
     if body.kb:
         knowledge = request.app.state.knowledge
@@ -159,10 +165,11 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
                                        body.chat_messages(), body.kb_k, params.max_tokens or 256)
         prompt_ids, sources = grounded.prompt_ids, grounded.sources
     else:
-        prompt_ids = await run_in_threadpool(llm.prompt_ids, body.chat_messages())
+        prompt_ids = await run_in_threadpool(tool_calls.prompt_ids, llm, body.chat_messages(), calling)
     adapter = service.adapter_for(body.model)
     await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
-    answer = _Answer(llm, body.model, [prompt_ids], params, p.new_id("chatcmpl"), sources=sources)
+    answer = _Answer(llm, body.model, [prompt_ids], params, p.new_id("chatcmpl"), sources=sources,
+                     calling=calling)
     plan = choices.plan(answer.prompts, params, body.n or 1)
     admissions = choices.Admissions(service, len(plan))
     outputs = choices.merged(service, admissions, plan, adapter, _cache_salt(request, body.cache_salt))
@@ -175,11 +182,13 @@ def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> 
     choices_out = []
     for index, outputs in enumerate(per_choice):
         logprobs = answer.chat_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs))
+        message = tool_calls.message(answer.calling, "".join(o.new_text for o in outputs))
+        reason = outputs[-1].finish_reason if outputs else None
         choices_out.append(p.ChatChoice(
             index=index,
-            message=p.ChatResponseMessage(content="".join(o.new_text for o in outputs)),
+            message=message,
             logprobs=p.ChatLogprobs(**logprobs) if logprobs else None,
-            finish_reason=outputs[-1].finish_reason if outputs else None,
+            finish_reason=tool_calls.finish_reason(reason, bool(message.tool_calls)),
         ))
     return p.ChatCompletion(
         id=answer.id,
@@ -187,7 +196,7 @@ def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> 
         model=answer.model,
         choices=choices_out,
         usage=p.Usage(**answer.usage(_finals(per_choice))),
-        sources=_cited(answer.sources, choices_out[0].message.content),
+        sources=_cited(answer.sources, choices_out[0].message.content or ""),
     )
 
 
@@ -205,40 +214,36 @@ def _cited(sources: list[dict[str, Any]] | None, text: str) -> list[dict[str, An
 async def _chat_events(
     answer: _Answer, outputs: AsyncGenerator[tuple[int, RequestOutput], None], num_choices: int, include_usage: bool
 ) -> AsyncIterator[str]:
-    base = {
-        "id": answer.id,
-        "object": "chat.completion.chunk",
-        "created": answer.created,
-        "model": answer.model,
-    }
-    extra = {"usage": None} if include_usage else {}
+    def chunk(index: int, delta: p.ChatDelta, finish_reason: str | None = None, logprobs: Any = None,
+              **extra: Any) -> str:
+        choice = p.ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        return p.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[choice],
+                                     **extra).model_dump_json()
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return _dumps({**base, "choices": [choice], **extra})
-
-    first = {"role": "assistant", "content": ""}
-    if answer.sources is not None:  # a knowledge-base answer: the passages it may cite, up front
-        yield _dumps({**base, "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}],
-                      "sources": answer.sources, **extra})
-    for index in range(1 if answer.sources is not None else 0, num_choices):
-        yield chunk(index, first)
+    for index in range(num_choices):
+        # A knowledge-base answer's first chunk carries the passages it may cite.
+        sources = {"sources": answer.sources} if index == 0 and answer.sources is not None else {}
+        yield chunk(index, p.ChatDelta(role="assistant", content=""), **sources)
+    streams = [tool_calls.StreamedCalls(answer.calling) for _ in range(num_choices)]
     finals: list[RequestOutput | None] = [None] * num_choices
     try:
         async with aclosing(outputs):
             async for index, out in outputs:
                 finals[index] = out
                 logprobs = answer.chat_logprobs(out.new_logprobs)
-                if out.new_text or logprobs:
-                    yield chunk(index, {"content": out.new_text}, logprobs=logprobs)
+                delta = streams[index].delta(out.new_text, final=out.finished)
+                if delta.content or delta.tool_calls or logprobs:
+                    yield chunk(index, delta, logprobs=p.ChatLogprobs(**logprobs) if logprobs else None)
                 if out.finished:
-                    yield chunk(index, {}, finish_reason=out.finish_reason)
+                    reason = tool_calls.finish_reason(out.finish_reason, streams[index].has_calls)
+                    yield chunk(index, p.ChatDelta(), finish_reason=reason)
     except Exception as exc:  # noqa: BLE001
         # The engine failed mid-stream: the 200 status is already sent, so the error goes in the stream.
         yield _error_event(exc)
         return
     if include_usage:
-        yield _dumps({**base, "choices": [], "usage": answer.usage(finals)})
+        yield p.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[],
+                                    usage=p.Usage(**answer.usage(finals))).model_dump_json()
     yield "[DONE]"
 
 
@@ -297,8 +302,10 @@ async def _completion_events(
     answer: _Answer, plan: list[choices.Choice], outputs: AsyncGenerator[tuple[int, RequestOutput], None],
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    base = {"id": answer.id, "object": "text_completion", "created": answer.created, "model": answer.model}
-    extra = {"usage": None} if include_usage else {}
+    def chunk(choices_out: list[p.CompletionChoice], usage: p.Usage | None = None) -> str:
+        return p.Completion(id=answer.id, created=answer.created, model=answer.model, choices=choices_out,
+                            usage=usage).model_dump_json()
+
     finals: list[RequestOutput | None] = [None] * len(plan)
     offsets = [0] * len(plan)
     try:
@@ -309,18 +316,14 @@ async def _completion_events(
                 logprobs = answer.completion_logprobs(out.new_logprobs, offsets[index])
                 offsets[index] += len(out.new_text)
                 if text or logprobs or out.finished:
-                    choice = {
-                        "index": index,
-                        "text": text,
-                        "logprobs": logprobs,
-                        "finish_reason": out.finish_reason if out.finished else None,
-                    }
-                    yield _dumps({**base, "choices": [choice], **extra})
+                    yield chunk([p.CompletionChoice(
+                        index=index, text=text, logprobs=p.CompletionLogprobs(**logprobs) if logprobs else None,
+                        finish_reason=out.finish_reason if out.finished else None)])
     except Exception as exc:  # noqa: BLE001 -- the engine failed mid-stream
         yield _error_event(exc)
         return
     if include_usage:
-        yield _dumps({**base, "choices": [], "usage": answer.usage(finals)})
+        yield chunk([], p.Usage(**answer.usage(finals)))
     yield "[DONE]"
 
 

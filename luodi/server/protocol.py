@@ -1,4 +1,5 @@
-"""The OpenAI wire format as pydantic models: requests validated at the boundary, responses built.
+"""The OpenAI wire format as pydantic models: requests validated at the boundary, responses and
+stream chunks built (one type per shape; a field OpenAI leaves out when empty is left out here too).
 
 Owns field names, types and defaults as OpenAI's API reference gives them, plus the sampling
 extras that vLLM-compatible clients send (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
@@ -9,7 +10,9 @@ Also owns the checks on a request's text and size that need no model: a lone UTF
 (JSON allows "\\ud800"; no UTF-8 text contains one, so no tokenizer, database or response can
 carry it) is refused wherever it appears, with the field that held it; empty prompts are refused;
 and `RequestLimits` caps what costs the server per request beyond the body size (stop strings
-are matched against every new token on the engine thread that all requests share).
+are matched against every new token on the engine thread that all requests share). A chat's tools
+are checked here too (their schemas, `tool_choice`, and that each `tool` turn answers a call an
+earlier assistant turn made); how calls are written and read back is `luodi.toolcall`'s.
 
 Must not know about the engine, tokenization or HTTP: it turns JSON into typed values and back.
 """
@@ -27,6 +30,7 @@ from luodi.engine.grammar import GrammarSpec
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.server.limits import RequestLimits
+from luodi.toolcall import Tool, ToolChoice, parse_tools
 
 
 def find_lone_surrogate(value: Any, path: tuple[str, ...] = ()) -> str | None:
@@ -89,10 +93,25 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends and returns it
+
+
+class ToolCall(_Request):
+    """A call the assistant made: in a response, and in the history a client sends back."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the id of the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -111,6 +130,18 @@ class JsonSchemaFormat(_Request):
     description: str | None = None
     json_schema: dict[str, Any] | bool = Field(True, alias="schema")
     strict: bool | None = None
+
+
+class FunctionDefinition(_Request):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of an object; None: no arguments
+    strict: bool | None = None  # accepted either way: the arguments are always enforced by the grammar
+
+
+class ChatTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class ResponseFormat(_Request):
@@ -290,7 +321,13 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ChatTool] | None = None
+    # "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}; checked in
+    # `tool_choice_value` so that a bad one gets a message naming it, not a pydantic union's.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, naming tools
+    function_call: Any = None
     # Luodi's extension: answer the last user turn from this knowledge base, with sources.
     kb: str | None = Field(None, description="Knowledge base to answer from (its passages, cited [n]).")
     kb_k: int = Field(8, ge=1, le=32, description="Passages to retrieve from the knowledge base.")
@@ -298,18 +335,54 @@ class ChatCompletionRequest(_SamplingFields):
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
         super().check_limits(limits, vocab_size)
         _at_most(len(self.messages), limits.max_messages, "messages", "messages")
+        tools = self.tools or []
+        _at_most(len(tools), limits.max_tools, "tools", "tools")
+        size = sum(len(tool.model_dump_json()) for tool in tools)
+        if size > limits.max_tools_chars:
+            raise InvalidParameterError(
+                f"the tools' definitions are {size} characters, over the limit of {limits.max_tools_chars}; "
+                "send fewer tools or shorter descriptions and schemas", param="tools")
 
     def check_supported(self) -> None:
         super().check_supported()
-        if not any(m.text().strip() for m in self.messages):
+        if not any(m.text().strip() or m.tool_calls for m in self.messages):
             raise InvalidParameterError(
                 "the messages hold no text; send at least one message with content", param="messages")
-        if self.tools:
+        if self.functions is not None or self.function_call is not None:
             raise InvalidParameterError(
-                "tools (function calling) are not supported yet; remove them", param="tools"
-            )
+                "functions and function_call (deprecated by OpenAI) are not supported; send tools and "
+                "tool_choice instead", param="functions" if self.functions is not None else "function_call")
+        _check_tool_history(self.messages)
+        if self.tools and self.tool_choice_value().mode != "none":
+            if self.kb:
+                raise InvalidParameterError("kb answers cannot call tools; send either kb or tools", param="tools")
+            if self.response_format is not None and self.response_format.type != "text" \
+                    or self.structured_outputs is not None:
+                raise InvalidParameterError(
+                    "tools and response_format / structured_outputs both constrain the answer; send one of them "
+                    '(or tool_choice "none")', param="tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameterError("top_logprobs needs logprobs=true", param="top_logprobs")
+
+    def function_tools(self) -> list[Tool]:
+        """The tools, checked: valid names, none twice, parameters a JSON Schema of an object."""
+        return parse_tools([(t.function.name, t.function.description, t.function.parameters)
+                            for t in self.tools or []])
+
+    def tool_choice_value(self) -> ToolChoice:
+        """OpenAI's default: auto with tools, none without; a named function means that call, required."""
+        choice = self.tool_choice
+        if choice is None:
+            return ToolChoice("auto" if self.tools else "none")
+        if isinstance(choice, str):
+            return ToolChoice(choice)
+        function = choice.get("function")
+        if choice.get("type") != "function" or not isinstance(function, dict) \
+                or not isinstance(function.get("name"), str):
+            raise InvalidParameterError(
+                'tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
+                '{"name": "..."}}', param="tool_choice")
+        return ToolChoice("required", function["name"])
 
     def to_sampling_params(self) -> SamplingParams:
         self.check_supported()
@@ -318,12 +391,46 @@ class ChatCompletionRequest(_SamplingFields):
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return self.sampling_params(max_tokens, logprobs)
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        # The "developer" role is OpenAI's new name for "system"; chat templates know only the latter.
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The history as chat templates take it: text content, calls with their JSON-text arguments."""
+        messages = []
+        for m in self.messages:
+            # The "developer" role is OpenAI's new name for "system"; chat templates know only the latter.
+            message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                message["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+            if m.role == "tool":
+                message["tool_call_id"] = m.tool_call_id
+                if m.name:
+                    message["name"] = m.name
+            messages.append(message)
+        return messages
+
+    @property
+    def has_tool_history(self) -> bool:
+        return any(m.tool_calls or m.role == "tool" for m in self.messages)
+
+
+def _check_tool_history(messages: list[ChatMessage]) -> None:
+    """Calls only on assistant turns; each tool turn answers a call an earlier assistant turn made."""
+    call_ids: set[str] = set()
+    for index, message in enumerate(messages):
+        where = f"messages.{index}"
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidParameterError(
+                f"{where} is a {message.role} message with tool_calls; only assistant messages carry them",
+                param=f"{where}.tool_calls")
+        call_ids.update(call.id for call in message.tool_calls or ())
+        if message.role != "tool":
+            continue
+        if not message.tool_call_id:
+            raise InvalidParameterError(
+                f"{where} is a tool message without tool_call_id; give the id of the call it answers",
+                param=f"{where}.tool_call_id")
+        if message.tool_call_id not in call_ids:
+            raise InvalidParameterError(
+                f"{where} answers tool call {message.tool_call_id!r}, which no earlier assistant message made; "
+                "send the assistant message with that call before its result", param=f"{where}.tool_call_id")
 
 
 class CompletionRequest(_SamplingFields):
@@ -430,9 +537,19 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _omitted_if_none() -> Any:
+    """A field OpenAI leaves out of the JSON, rather than sending null, when it has no value."""
+    return Field(None, exclude_if=_is_none)
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None when the answer is calls only
+    tool_calls: list[ToolCall] | None = _omitted_if_none()
 
 
 class ChatChoice(BaseModel):
@@ -452,6 +569,43 @@ class ChatCompletion(BaseModel):
     sources: list[dict[str, Any]] | None = None  # with `kb`: [n] → source, page, section, text, cited
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = _omitted_if_none()
+    arguments: str | None = _omitted_if_none()
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of call `index`: its id, type and name come once, in its first piece."""
+
+    index: int
+    id: str | None = _omitted_if_none()
+    type: Literal["function"] | None = _omitted_if_none()
+    function: FunctionDelta
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = _omitted_if_none()
+    content: str | None = _omitted_if_none()
+    tool_calls: list[ToolCallDelta] | None = _omitted_if_none()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = _omitted_if_none()  # the last chunk's, with stream_options.include_usage
+    sources: list[dict[str, Any]] | None = _omitted_if_none()  # a kb answer's, in its first chunk
+
+
 class CompletionLogprobs(BaseModel):
     tokens: list[str] = []
     token_logprobs: list[float] = []
@@ -467,12 +621,14 @@ class CompletionChoice(BaseModel):
 
 
 class Completion(BaseModel):
+    """A whole completion, and each chunk of a streamed one (OpenAI uses the one shape for both)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
+    usage: Usage | None = _omitted_if_none()
 
 
 class HealthStatus(BaseModel):

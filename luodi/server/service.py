@@ -45,7 +45,7 @@ class ServerConfig:
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
     ingest_limits: IngestLimits = DEFAULT_LIMITS  # what one uploaded document may cost to read
-    request_limits: RequestLimits = RequestLimits()  # per-request caps: stop strings, logit_bias, messages
+    request_limits: RequestLimits = RequestLimits()  # per-request caps: stop strings, logit_bias, messages, tools
     # Host names a key-less server answers (any port), against DNS rebinding; None: any Host (a
     # network bind with --insecure-no-auth). A server with keys checks none: a page cannot send the key.
     allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "[::1]")

@@ -7,7 +7,10 @@ writes the format's trigger (a lazy lexeme: it ends the text at the trigger's fi
 calls only, to the end. `parallel_tool_calls=false` (or a format that allows one call) means one.
 
 JSON inside a call is compact (no free whitespace): a small model given the freedom writes
-whitespace forever.
+whitespace forever. Objects that list their properties are closed (`additionalProperties: false`
+unless the schema says otherwise): JSON Schema leaves them open, and a small model then invents
+properties until max_tokens, while a function has no use for arguments it does not declare. The
+arguments still validate against the schema as given, which allows more.
 
 Must not know: tokenizers beyond the special tokens' ids it is given, the engine, HTTP.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from luodi.toolcall.formats import ToolFormat
 from luodi.toolcall.tools import Tool, ToolChoice
@@ -52,11 +56,36 @@ def tool_call_lark(fmt: ToolFormat, tools: Sequence[Tool], choice: ToolChoice, *
     lines.append(f"call: {_literal(fmt.call_open, specials)} function")
     lines.append("function: " + " | ".join(f"f{i}" for i in range(len(chosen))))
     for index, tool in enumerate(chosen):
-        schema = {**tool.parameters, "x-guidance": _COMPACT}
+        schema = {**closed_objects(tool.parameters), "x-guidance": _COMPACT}
         name = json.dumps(tool.name) + fmt.args_open
         lines.append(f"f{index}: {_literal(name, specials)} %json {json.dumps(schema, ensure_ascii=False)} "
                      f"{_literal(fmt.call_close, specials)}")
     return "\n".join(lines) + "\n"
+
+
+# Where subschemas sit that describe a value of their own (closing one there closes only that value);
+# allOf is left alone: its parts describe the same object, and closing each would forbid the others' keys.
+_NAMED_SUBSCHEMAS = ("properties", "$defs", "definitions")
+_LISTED_SUBSCHEMAS = ("anyOf", "oneOf", "prefixItems")
+
+
+def closed_objects(schema: Any) -> Any:
+    """`schema` with each object schema that lists `properties` and says nothing of other keys closed."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and not {"additionalProperties", "patternProperties", "unevaluatedProperties"} & set(out):
+        out["additionalProperties"] = False
+    for key in _NAMED_SUBSCHEMAS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(sub) for name, sub in out[key].items()}
+    for key in _LISTED_SUBSCHEMAS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(sub) for sub in out[key]]
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = closed_objects(out[key])
+    return out
 
 
 def _literal(text: str, specials: Mapping[str, int]) -> str:

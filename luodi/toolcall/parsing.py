@@ -1,10 +1,12 @@
-"""Generated text back into calls: whole (`parse_calls`) or as deltas while it streams (`ToolCallParser`).
+"""Generated text back into calls: whole (`split_answer`, `parse_calls`) or as deltas while it streams
+(`ToolCallParser`).
 
 Owns reading a format's block of calls out of the answer text: the text before the trigger is the
 message content, each call gives its name and its arguments exactly as generated (JSON text, not
 re-serialized, so streamed pieces concatenate to the non-streamed call). The stream parser
 re-reads the text it has so far and sends only what is new and settled: content up to where a
-trigger may be starting, a call's name once, then its arguments piece by piece.
+trigger may be starting, then each call once it is complete and valid, as its id and name and
+then its arguments. Whole answers go through the same parser, so the two cannot disagree.
 
 Must not know: HTTP, the engine, the OpenAI wire types (the server wraps `CallDelta`s in them).
 """
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from luodi.toolcall.formats import ToolFormat
+from luodi.toolcall.tools import Tool, validate_arguments
 
 
 @dataclass(slots=True)
@@ -24,6 +28,7 @@ class ParsedCall:
     arguments: str = ""  # the arguments' JSON text so far
     is_complete: bool = False
     id: str = field(default_factory=lambda: "call_" + secrets.token_hex(12))
+    end: int = 0  # where the call's text ends in the answer (after its closing literal), once complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,7 @@ def _call(fmt: ToolFormat, text: str, pos: int) -> tuple[ParsedCall, int | None]
         return call, None
     after = _literal(text, end, fmt.call_close)
     call.is_complete = after is not None
+    call.end = after or 0
     return call, after
 
 
@@ -118,40 +124,79 @@ def _json_end(text: str, pos: int) -> int | None:
 
 
 class ToolCallParser:
-    """Feeds on the answer's text as it streams; `feed` returns the new content and call deltas."""
+    """Feeds on the answer's text as it streams; `feed` returns the new content and call deltas.
 
-    def __init__(self, fmt: ToolFormat) -> None:
+    A call is sent only once it is complete and valid (given `tools`: it names one of them and its
+    arguments validate against that tool's parameters), so a stream cut by max_tokens or a stop
+    string never carries half a call. From the first call that is not (invalid, or cut off) the
+    rest of the text is content: a model that writes a broken call gives text, never a broken call.
+    """
+
+    def __init__(self, fmt: ToolFormat, tools: Sequence[Tool] | None = None) -> None:
         self.fmt = fmt
+        self._tools = None if tools is None else {t.name: t for t in tools}
         self.text = ""
-        self.calls: list[ParsedCall] = []
-        self._sent_content = 0
-        self._sent_arguments: list[int] = []
+        self.content = ""  # all content sent so far
+        self.calls: list[ParsedCall] = []  # the calls sent, in order
+        self._sent_content = 0  # characters of the text before the trigger sent as content
+        self._calls_end: int | None = None  # where the last sent call ends (the trigger, before one)
+        self._rest_sent: int | None = None  # once a call is broken: how far the rest is sent as content
 
     def feed(self, new_text: str, *, final: bool = False) -> tuple[str, list[CallDelta]]:
         self.text += new_text
-        content, calls = parse_calls(self.fmt, self.text, final=final)
-        content_delta = content[self._sent_content:]
-        self._sent_content = len(content)
-        deltas = []
-        for index, call in enumerate(calls):
-            if call.name is None:
-                break
-            if index == len(self.calls):  # a new call: its id and name, once
-                self.calls.append(call)
-                self._sent_arguments.append(0)
-                deltas.append(CallDelta(index, "", id=call.id, name=call.name))
-            known = self.calls[index]
-            known.arguments, known.is_complete = call.arguments, call.is_complete
-            piece = call.arguments[self._sent_arguments[index]:]
-            if piece:
-                self._sent_arguments[index] = len(call.arguments)
-                deltas.append(CallDelta(index, piece))
-        return content_delta, deltas
+        deltas: list[CallDelta] = []
+        if self._rest_sent is None:
+            content, calls = parse_calls(self.fmt, self.text, final=final)
+            piece = content[self._sent_content:]
+            self._sent_content = len(content)
+            if self._calls_end is None and (at := self.text.find(self.fmt.trigger)) >= 0:
+                self._calls_end = at  # the trigger: calls start here
+            deltas = self._take(calls)
+            if final and self._calls_end is not None and not self._ends_cleanly():
+                self._rest_sent = self._calls_end
+        else:
+            piece = ""
+        if self._rest_sent is not None:  # broken: everything from the last good call on is text
+            piece += self.text[self._rest_sent:]
+            self._rest_sent = len(self.text)
+        self.content += piece
+        return piece, deltas
 
     def finish(self) -> tuple[str, list[CallDelta]]:
-        """What is left once the answer is complete (content held back for a trigger that never came)."""
+        """What is left once the answer is complete: held-back content, or the text of a cut call."""
         return self.feed("", final=True)
 
-    @property
-    def content(self) -> str:
-        return parse_calls(self.fmt, self.text)[0]
+    def _take(self, calls: list[ParsedCall]) -> list[CallDelta]:
+        """Deltas for the calls newly complete; marks the answer broken at the first invalid one."""
+        deltas = []
+        for call in calls[len(self.calls):]:
+            if not call.is_complete:
+                break
+            if not self._is_valid(call):
+                self._rest_sent = self._calls_end
+                break
+            index = len(self.calls)
+            self.calls.append(call)
+            self._calls_end = call.end
+            deltas += [CallDelta(index, "", id=call.id, name=call.name), CallDelta(index, call.arguments)]
+        return deltas
+
+    def _is_valid(self, call: ParsedCall) -> bool:
+        if call.name is None:
+            return False
+        if self._tools is None:
+            return True
+        tool = self._tools.get(call.name)
+        return tool is not None and validate_arguments(tool, call.arguments) is None
+
+    def _ends_cleanly(self) -> bool:
+        """A call was sent, and nothing but the block's close follows the last one."""
+        assert self._calls_end is not None
+        return bool(self.calls) and self.text[self._calls_end:] == self.fmt.block_close
+
+
+def split_answer(fmt: ToolFormat, tools: Sequence[Tool] | None, text: str) -> tuple[str, list[ParsedCall]]:
+    """(content, valid calls) of a whole answer, exactly as `ToolCallParser` streams them."""
+    parser = ToolCallParser(fmt, tools)
+    parser.feed(text, final=True)
+    return parser.content, parser.calls

@@ -64,8 +64,27 @@ def parse_tools(functions: Sequence[tuple[str, str | None, dict[str, Any] | None
             raise ToolError(f"tool {name!r} is defined twice; give each function a distinct name", param=param)
         schema = _EMPTY_PARAMETERS if parameters is None else parameters
         _check_schema(name, schema, f"{param}.parameters")
+        schema = {"type": "object", **schema}  # no type said: still an object (arguments always are one)
         tools.append(Tool(name, description or "", json.dumps(schema, ensure_ascii=False)))
     return tools
+
+
+def tools_from_definitions(definitions: Any) -> list[Tool]:
+    """Tools from OpenAI-shaped definitions (`[{"type": "function", "function": {"name", ...}}]`), as
+    read from a file; `ToolError` naming the entry that is not one."""
+    if not isinstance(definitions, list):
+        raise ToolError("tools must be a JSON list of {\"type\": \"function\", \"function\": {...}} objects",
+                        param="tools")
+    functions = []
+    for index, definition in enumerate(definitions):
+        function = definition.get("function") if isinstance(definition, dict) else None
+        if definition.get("type", "function") != "function" or not isinstance(function, dict) \
+                or not isinstance(function.get("name"), str):
+            raise ToolError(f"tools[{index}] is not a function definition: give "
+                            '{"type": "function", "function": {"name": ..., "parameters": {...}}}',
+                            param=f"tools.{index}")
+        functions.append((function["name"], function.get("description"), function.get("parameters")))
+    return parse_tools(functions)
 
 
 def _check_schema(name: str, schema: Any, param: str) -> None:

@@ -157,6 +157,23 @@ def test_special_tokens_in_message_content_stay_text(smollm2, hf_smollm2):
     assert smollm2.encode_chat(honest) == smollm2.encode(smollm2.apply_chat_template(honest), False)
 
 
+def test_special_tokens_in_tool_definitions_and_call_arguments_stay_text(smollm2, hf_smollm2):
+    template = ("{% for t in tools %}{{ t.function.description }}\n{% endfor %}{% for m in messages %}"
+                "<|im_start|>{{ m.role }}\n{{ m.content }}{% for c in m.tool_calls or [] %}"
+                "{{ c.function.arguments | tojson }}{% endfor %}<|im_end|>\n{% endfor %}")
+    tok = smollm2.with_chat_template(template)
+    tools = [{"type": "function", "function": {"name": "f", "description": "Weather." + FORGED_TURN}}]
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"city": "Paris" + FORGED_TURN}}}
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    ids = tok.encode_chat(messages, tools=tools)
+    specials = {smollm2.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+    start, end = smollm2.token_to_id("<|im_start|>"), smollm2.token_to_id("<|im_end|>")
+    assert [i for i in ids if i in specials] == [start, end, start, end]  # the template's own markers only
+    text_ids = hf_smollm2(FORGED_TURN, add_special_tokens=False, split_special_tokens=True).input_ids
+    assert _contains(ids, text_ids)
+    assert tok.decode(ids, skip_special_tokens=False) == tok.apply_chat_template(messages, tools=tools)
+
+
 def test_gemma_turn_markers_in_content_stay_text(gemma3):
     template = (
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] | trim }}"

@@ -103,7 +103,6 @@ def test_out_of_range_parameter_is_400_naming_it(base_url, field, value):
         ({"n": 17}, "n"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"top_logprobs": 2}, "top_logprobs"),
-        ({"tools": [{"type": "function"}]}, "tools"),
     ],
 )
 def test_unsupported_options_are_400_naming_them(base_url, fields, param):

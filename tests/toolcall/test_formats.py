@@ -6,8 +6,9 @@ import json
 import pytest
 
 from luodi.loading.tokenizer import Tokenizer
-from luodi.toolcall import (FORMATS, ToolCallParser, ToolChoice, ToolError, check_tool_choice, detect_format,
-                            parse_calls, parse_tools, render_messages, tool_call_lark)
+from luodi.toolcall import (FORMATS, ToolCallParser, ToolCalling, ToolChoice, ToolError, check_tool_choice,
+                            detect_format, parse_calls, parse_tools, render_messages, split_answer, tool_call_lark,
+                            tools_from_definitions)
 
 WEATHER = ("get_weather", "Weather in a city",
            {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
@@ -160,3 +161,106 @@ def test_auto_grammar_takes_text_or_a_call_after_the_trigger(tokenizer):
     assert _accepts(tokenizer, lark, "Checking. " + fmt.block_text([("get_time", "{}")]))
     assert not _accepts(tokenizer, lark, "Checking. " + fmt.block_text([("get_weather", '{"town":"P"}')]))
     assert tool_call_lark(fmt, TOOLS, ToolChoice("none")) is None
+
+
+# -- calls checked against the tools: a broken or invalid call is text, never a call ------------------
+
+
+def _streamed(fmt, tools, text, size=4):
+    """(content, [(name, arguments)]) as the stream parser sends them, fed `size` characters at a time."""
+    parser = ToolCallParser(fmt, tools)
+    content, names, arguments = "", {}, {}
+    for piece in [text[i:i + size] for i in range(0, len(text), size)] + [None]:
+        new_content, deltas = parser.finish() if piece is None else parser.feed(piece)
+        content += new_content
+        for delta in deltas:
+            names.setdefault(delta.index, delta.name)
+            arguments[delta.index] = arguments.get(delta.index, "") + delta.arguments
+    return content, [(names[i], arguments[i]) for i in sorted(names)]
+
+
+def _whole(fmt, tools, text):
+    content, calls = split_answer(fmt, tools, text)
+    return content, [(c.name, c.arguments) for c in calls]
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_a_cut_call_is_content_streamed_or_whole(name):
+    fmt = FORMATS[name]
+    calls = CALLS[:1] if fmt.max_calls == 1 else CALLS[:2]
+    whole = "Hm. " + fmt.block_text(calls)
+    for cut in range(len("Hm. ") + 1, len(whole) - len(fmt.block_close)):
+        text = whole[:cut]
+        content, made = _whole(fmt, TOOLS, text)
+        assert _streamed(fmt, TOOLS, text) == (content, made)
+        # The complete calls are calls; the text after them (all of it, if none) is content.
+        assert made == calls[:len(made)]
+        sent = len("Hm. " + fmt.block_open + fmt.separator.join(fmt.call_text(n, a) for n, a in made))
+        assert content == (text if not made else "Hm. " + text[sent:])
+    assert _whole(fmt, TOOLS, whole) == ("Hm. ", calls) == _streamed(fmt, TOOLS, whole)
+
+
+@pytest.mark.parametrize(("calls", "valid"), [
+    ([("get_weather", '{"city":"Paris","days":2}')], 1),
+    ([("get_weather", '{"days":2}')], 0),  # city is required
+    ([("get_weather", '{"city":"Paris","days":0}')], 0),  # days >= 1
+    ([("send_mail", "{}")], 0),  # not a tool
+    ([("get_time", "{}"), ("get_weather", '{"town":"P"}'), ("get_time", "{}")], 1),  # from the bad one on: text
+])
+def test_calls_must_validate_against_their_tool(calls, valid):
+    fmt = FORMATS["hermes"]
+    text = fmt.block_text(calls)
+    content, made = _whole(fmt, TOOLS, text)
+    assert made == calls[:valid] and _streamed(fmt, TOOLS, text) == (content, made)
+    skipped = fmt.block_text(calls[:valid])
+    assert content == ("" if valid == len(calls) else text[len(skipped):])
+
+
+def test_tools_from_openai_definitions():
+    definitions = [{"type": "function", "function": {"name": WEATHER[0], "description": WEATHER[1],
+                                                     "parameters": WEATHER[2]}},
+                   {"type": "function", "function": {"name": "get_time"}}]
+    assert tools_from_definitions(definitions) == TOOLS
+    for bad in ({"type": "function"}, [{"type": "retrieval", "function": {"name": "x"}}], [{"function": "x"}]):
+        with pytest.raises(ToolError, match="function"):
+            tools_from_definitions(bad)
+
+
+def test_tool_choice_none_renders_no_tools_and_parses_nothing():
+    calling = ToolCalling(FORMATS["generic"], tuple(TOOLS), ToolChoice("none"))
+    messages, _ = calling.render([{"role": "user", "content": "hi"}])
+    assert messages == [{"role": "user", "content": "hi"}]
+    text = FORMATS["generic"].block_text(CALLS[:1])
+    assert calling.grammar() is None and calling.parser() is None and calling.split(text) == (text, [])
+
+
+def test_objects_that_list_properties_are_closed_in_the_grammar(tokenizer):
+    open_tool = parse_tools([("note", None, {"type": "object", "properties": {"text": {"type": "string"}},
+                                             "required": ["text"]})])
+    fmt = FORMATS["hermes"]
+    lark = tool_call_lark(fmt, open_tool, ToolChoice("required"))
+    assert _accepts(tokenizer, lark, fmt.block_text([("note", '{"text":"hi"}')]))
+    assert not _accepts(tokenizer, lark, fmt.block_text([("note", '{"text":"hi","more":{"a":1}}')]))
+
+
+def test_parameters_without_a_type_are_an_object(tokenizer):
+    untyped = parse_tools([("f", None, {"properties": {"a": {"type": "integer"}}})])
+    assert untyped[0].parameters["type"] == "object"
+    lark = tool_call_lark(FORMATS["hermes"], untyped, ToolChoice("required"))
+    assert _accepts(tokenizer, lark, FORMATS["hermes"].block_text([("f", '{"a":1}')]))
+    assert not _accepts(tokenizer, lark, FORMATS["hermes"].block_text([("f", '"text"')]))
+
+
+def test_closed_objects_keeps_what_the_schema_says():
+    from luodi.toolcall.grammar import closed_objects
+
+    point = {"type": "object", "properties": {"x": {"type": "number"}}}
+    schema = {"type": "object", "properties": {"at": point, "tags": {"type": "object"}},
+              "$defs": {"P": point}, "allOf": [point],
+              "anyOf": [point, {"type": "object", "properties": {}, "additionalProperties": True}]}
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False and closed["properties"]["at"]["additionalProperties"] is False
+    assert closed["$defs"]["P"]["additionalProperties"] is False and closed["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["tags"]  # lists no properties: any keys
+    assert closed["allOf"] == [point] and closed["anyOf"][1]["additionalProperties"] is True
+    assert "additionalProperties" not in point  # the tool's own schema is not changed
