@@ -32,6 +32,7 @@ MAX_EPOCHS = 30
 WARMUP_FRACTION = 0.06
 MAX_WARMUP_STEPS = 50
 FINAL_LR_FRACTION = 0.1  # cosine decay ends at lr × this
+DEFAULT_REPLAY_WEIGHT = 1.0  # the general-text loss's weight beside the task loss (see `replay`)
 DEFAULT_PATIENCE = 3  # evaluations without a better held-out loss before training stops
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -54,6 +55,7 @@ class TrainingPlan:
     warmup_steps: Choice
     schedule: Choice
     patience: Choice
+    replay: Choice
     steps_per_epoch: int
 
     @property
@@ -64,7 +66,7 @@ class TrainingPlan:
         """(setting, value, why) rows for the terminal and report.json."""
         rows = [("rank", self.rank), ("learning rate", self.lr), ("epochs", self.epochs),
                 ("warm-up steps", self.warmup_steps), ("schedule", self.schedule),
-                ("early stopping", self.patience)]
+                ("early stopping", self.patience), ("general-text replay", self.replay)]
         return [(name, _format(choice.value, name), choice.reason) for name, choice in rows]
 
     def to_dict(self) -> dict[str, object]:
@@ -75,7 +77,7 @@ class TrainingPlan:
 def plan_training(
     num_examples: int, batch_size: int, *, rank: int | None = None, lr: float | None = None,
     epochs: int | None = None, warmup_steps: int | None = None, schedule: str | None = None,
-    patience: int | None = None, has_heldout: bool = True,
+    patience: int | None = None, replay: float | None = None, has_heldout: bool = True,
 ) -> TrainingPlan:
     """Every setting the user gave is kept ("given"); the rest follow from the dataset's size."""
     steps_per_epoch = math.ceil(num_examples / batch_size)
@@ -97,7 +99,9 @@ def plan_training(
                                               "the best epoch's adapter is kept")
     else:
         patience_c = Choice(0, "off: no held-out examples to judge by")
-    plan = TrainingPlan(rank_c, lr_c, epochs_c, warmup_c, schedule_c, patience_c, steps_per_epoch)
+    replay_c = _given(replay) or Choice(DEFAULT_REPLAY_WEIGHT, "each step also trains on a window of general "
+                                        "text, so the model keeps what it knew")
+    plan = TrainingPlan(rank_c, lr_c, epochs_c, warmup_c, schedule_c, patience_c, replay_c, steps_per_epoch)
     _validate(plan)
     return plan
 
@@ -119,6 +123,9 @@ def _validate(plan: TrainingPlan) -> None:
     if plan.schedule.value not in SCHEDULES:
         raise InvalidParameterError(
             f"--schedule {plan.schedule.value!r} is not one of {', '.join(SCHEDULES)}", "schedule")
+    replay = plan.replay.value
+    if isinstance(replay, bool) or not isinstance(replay, int | float) or not 0 <= replay <= 10:
+        raise InvalidParameterError(f"--replay {replay!r} must be a weight in [0, 10] (0: no replay)", "replay")
     for name, choice in (("warmup-steps", plan.warmup_steps), ("patience", plan.patience)):
         value = choice.value
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -128,6 +135,8 @@ def _validate(plan: TrainingPlan) -> None:
 def _format(value: float | int | str, name: str) -> str:
     if name == "learning rate":
         return f"{value:g}"
+    if name == "general-text replay":
+        return f"weight {value:g}" if value else "off"
     if name == "early stopping":
         return f"patience {value}" if value else "off"
     return str(value)

@@ -34,6 +34,7 @@ from luodi.finetune.lora import (
     mixed_precision, save_adapter, trainable_parameters,
 )
 from luodi.finetune.plan import SCHEDULES, TrainingPlan, lr_factor, plan_training
+from luodi.finetune.replay import Replay, ReplayStream, general_replay
 from luodi.finetune.probe import ProbeResult, compare, general_perplexity, greedy_answers, probe_cases
 from luodi.finetune.report import learning_record, summary_lines, write_learning_report, write_loss_report
 from luodi.finetune.split import carve_heldout
@@ -124,8 +125,10 @@ def evaluate(model: nn.Module, examples: list[TrainingExample], batch_size: int 
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, examples: list[TrainingExample],
     options: TrainOptions, rng: random.Random, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    replay: ReplayStream | None = None,
 ) -> Iterator[tuple[float, int]]:
-    """One pass over shuffled batches; yields (loss, num tokens) after each optimizer step."""
+    """One pass over shuffled batches; yields (task loss, num tokens) after each optimizer step.
+    With `replay`, each step's gradient also holds its weighted loss on general text."""
     device = next(model.parameters()).device
     model.train()
     for group in batches(examples, options.batch_size, rng):
@@ -133,6 +136,10 @@ def train_epoch(
         with autocast(model):
             loss = batch_loss(model, batch)
         loss.backward()
+        if replay is not None:
+            with autocast(model):
+                general = batch_loss(model, pack(next(replay.batches), device))
+            (replay.weight * general).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
@@ -154,12 +161,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions, num_
 def train_epochs(
     model: nn.Module, train: list[TrainingExample], eval_examples: list[TrainingExample] | None,
     options: TrainOptions, *, progress: bool = False, report: Callable[[str], None] | None = None,
+    replay: Replay | None = None,
 ) -> TrainLog:
     """Train a model that already has its adapters; eval before training and after each epoch.
 
     With eval examples, the adapter of the epoch with the lowest eval loss is kept (restored at the
     end if later epochs did worse), and with `options.patience` training stops after that many
-    epochs without a better eval loss."""
+    epochs without a better eval loss. With `replay`, every step also trains on general text."""
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
     num_steps = options.epochs * math.ceil(len(train) / options.batch_size)
@@ -167,12 +175,13 @@ def train_epochs(
     scheduler = make_scheduler(optimizer, options, num_steps)
     log = TrainLog()
     best = _Best()
+    stream = replay.stream(options.seed) if replay is not None else None
     with mixed_precision(model):
         _record_eval(model, eval_examples, 0, log, report)
     with _progress_bar(num_steps, progress) as advance, mixed_precision(model):
         for epoch in range(1, options.epochs + 1):
             start = time.perf_counter()
-            for loss, num_tokens in train_epoch(model, optimizer, train, options, rng, scheduler):
+            for loss, num_tokens in train_epoch(model, optimizer, train, options, rng, scheduler, stream):
                 log.train_seconds += time.perf_counter() - start
                 log.num_tokens += num_tokens
                 step = {"step": len(log.steps) + 1, "epoch": epoch, "loss": loss, "tokens": num_tokens,
@@ -284,7 +293,8 @@ def finetune(
     target: tuple[str, ...] | list[str] = PROJECTIONS,
     epochs: int | None = None, lr: float | None = None, max_seq_len: int = 512, batch_size: int = 4,
     warmup_steps: int | None = None, schedule: str | None = None, patience: int | None = None,
-    gradient_checkpointing: bool = False, dtype: str = "bfloat16", seed: int = 0, device: str = "auto",
+    replay: float | None = None, gradient_checkpointing: bool = False, dtype: str = "bfloat16", seed: int = 0,
+    device: str = "auto",
     checks: bool = True, progress: bool = False, report: Callable[[str], None] | None = print,
 ) -> FinetuneResult:
     """Train a LoRA adapter for `model` on the JSONL file `data`; write it and its report to `out`.
@@ -303,7 +313,7 @@ def finetune(
     tokenizer = load_tokenizer(resolve_model(model))  # data errors surface before the model loads
     train, eval_examples, heldout = _datasets(data, eval_data, tokenizer, max_seq_len, seed)
     plan = plan_training(len(train), batch_size, rank=rank, lr=lr, epochs=epochs, warmup_steps=warmup_steps,
-                         schedule=schedule, patience=patience, has_heldout=bool(eval_examples))
+                         schedule=schedule, patience=patience, replay=replay, has_heldout=bool(eval_examples))
     _say(report, f"held-out: {heldout}")
     for name, value, why in plan.describe():
         _say(report, f"{name}: {value} ({why})")
@@ -321,7 +331,9 @@ def finetune(
         enable_gradient_checkpointing(peft_model)
     checker = _Checker(peft_model, loaded.tokenizer, loaded.config.max_position_embeddings,
                        eval_examples if checks else [], enabled=checks, report=report)
-    log = train_epochs(peft_model, train, eval_examples, options, progress=progress, report=report)
+    replay_weight = float(plan.replay.value)
+    general = general_replay(loaded.tokenizer, replay_weight) if replay_weight else None
+    log = train_epochs(peft_model, train, eval_examples, options, progress=progress, report=report, replay=general)
     probe, ppl_after = checker.after()
     save_adapter(peft_model, out, model)
     evals = {int(e["epoch"]): e["loss"] for e in log.evals}

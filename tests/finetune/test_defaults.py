@@ -132,3 +132,11 @@ def test_default_run_carves_a_split_and_writes_the_learning_report(tiny_model_di
     assert any(line.startswith("learning rate: 0.001 (") for line in lines)
     assert any(line.startswith("held-out: 3 examples") for line in lines)
     assert result.num_steps <= 30 * 5 and result.best_epoch is not None  # 17 examples: 5 steps an epoch
+
+
+def test_general_replay_is_planned_on_and_can_be_turned_off():
+    assert plan_training(41, 4).replay.value == 1.0
+    off = plan_training(41, 4, replay=0)
+    assert off.replay.is_given and dict((n, v) for n, v, _ in off.describe())["general-text replay"] == "off"
+    with pytest.raises(InvalidParameterError, match="--replay -1"):
+        plan_training(41, 4, replay=-1)
