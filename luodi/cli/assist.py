@@ -1,0 +1,11 @@
+"""Registers the assistant apps' commands on the `luodi` app (one line in main.py)."""
+
+from __future__ import annotations
+
+import typer
+
+from luodi.cli.persona import persona
+
+
+def register_assist_commands(app: typer.Typer) -> None:
+    app.command()(persona)
