@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from luodi.cli.persona import persona
+from luodi.cli.schedule import schedule
 
 
 def register_assist_commands(app: typer.Typer) -> None:
     app.command()(persona)
+    app.command()(schedule)
