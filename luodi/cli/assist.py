@@ -6,8 +6,10 @@ import typer
 
 from luodi.cli.persona import persona
 from luodi.cli.schedule import schedule
+from luodi.cli.support import support
 
 
 def register_assist_commands(app: typer.Typer) -> None:
     app.command()(persona)
     app.command()(schedule)
+    app.command()(support)
