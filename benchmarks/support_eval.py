@@ -41,10 +41,10 @@ def build_kb(workdir: Path):
     return store, embedder
 
 
-def evaluate(bot_factory, questions: dict) -> dict:
+def evaluate(bot_factory, questions: dict, params=None) -> dict:
     answerable, unanswerable = [], []
     for question, gold in questions["answerable"]:
-        reply = bot_factory().ask(question)
+        reply = bot_factory().ask(question, params)
         cited = [Path(s.hit.source).name for s in reply.sources if s.cited]
         answerable.append({"q": question, "gold": gold, "handoff": reply.handoff, "cites_gold": gold in cited,
                            "best_score": round(reply.best_score, 4), "answer": reply.answer})
@@ -56,6 +56,7 @@ def evaluate(bot_factory, questions: dict) -> dict:
         "gold_cited_rate": round(sum(a["cites_gold"] for a in answerable) / len(answerable), 3),
         "handoff_rate_unanswerable": round(sum(u["handoff"] for u in unanswerable) / len(unanswerable), 3),
         "wrong_handoff_rate_answerable": round(sum(a["handoff"] for a in answerable) / len(answerable), 3),
+        "model_cited_rate": round(sum("[" in a["answer"] for a in answerable) / len(answerable), 3),
         "details": {"answerable": answerable, "unanswerable": unanswerable},
     }
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--no-model", action="store_true", help="retrieval and hand-off only (answers not generated)")
     parser.add_argument("--min-score", type=float, default=None)
+    parser.add_argument("--max-tokens", type=int, default=64, help="answer length (the citation comes early)")
     args = parser.parse_args()
     from luodi.apps.support import SupportBot, SupportConfig
     from luodi.llm import LLM
@@ -74,9 +76,13 @@ def main() -> None:
     config = SupportConfig() if args.min_score is None else SupportConfig(min_score=args.min_score)
     with tempfile.TemporaryDirectory() as tmp:
         store, embedder = build_kb(Path(tmp))
-        result = evaluate(lambda: SupportBot(llm, store, embedder, KB, OWNER, config), questions)
+        from luodi.engine.sampling import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=1.1)
+        result = evaluate(lambda: SupportBot(llm, store, embedder, KB, OWNER, config), questions, params)
         store.close()
     result = {"benchmark": "support_eval", "model": None if llm is None else args.model,
+              "max_tokens": args.max_tokens,
               "min_score": config.min_score, "targets": {"handoff_rate_unanswerable": 0.9, "gold_cited_rate": 0.8},
               **result}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
