@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from luodi.cli.assist import register_assist_commands
 from luodi.cli.corpus import corpus_app
 from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
@@ -41,6 +42,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.command()(ask)
 app.add_typer(corpus_app, name="corpus")
+register_assist_commands(app)
 
 
 @app.command()
