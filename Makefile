@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SERVE_EXTRAS := kb,structured
-TEST_EXTRAS := kb,structured,pg,finetune,corpus,ray,test
+TEST_EXTRAS := kb,structured,pg,finetune,corpus,ray,schedule,test
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 
