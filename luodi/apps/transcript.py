@@ -109,7 +109,7 @@ def _speaker_lines(lines: list[str]) -> tuple[str | None, date | None, list[tupl
         elif match and match["text"].strip():
             pairs.append((match["name"].strip(), _TAG.sub("", match["text"]).strip()))
         elif pairs and not match:
-            pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]} {_TAG.sub('', line)}".strip())
+            pairs[-1] = (pairs[-1][0], _join(pairs[-1][1], _TAG.sub("", line).strip()))
         elif not pairs and title is None and not match and raw.lstrip().startswith("#"):
             title = line  # a Markdown heading before the first turn names the meeting
         elif not pairs and stated is None and not match:
