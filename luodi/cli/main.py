@@ -20,6 +20,7 @@ from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
 from luodi.cli.kb import ask, kb_app
 from luodi.cli.minutes import minutes
+from luodi.cli.outline import outline
 from luodi.cli.quant import convert, evaluate, quantize
 from luodi.cli.serve import keys_app, serve
 from luodi.errors import LuodiError
@@ -43,6 +44,7 @@ app.add_typer(kb_app, name="kb")
 app.command()(ask)
 app.add_typer(corpus_app, name="corpus")
 app.command()(minutes)
+app.command()(outline)
 
 
 @app.command()
