@@ -46,3 +46,17 @@ def test_a_fifty_megabyte_body_is_refused_before_it_is_read(base_url):
     response = httpx.post(f"{base_url}/v1/apps/minutes", content=b"x" * (50 * 2**20),
                           headers={"content-type": "application/json"}, timeout=60)
     assert response.status_code == 413 and "error" in response.json()
+
+
+def test_minutes_mode_of_the_web_chat(base_url):
+    from test_web import chat_page  # Playwright + Debian Chromium; skips without them
+
+    with chat_page(base_url) as (page, expect):
+        page.fill("#prompt", "we talked and left")
+        page.click("#minutes")
+        expect(page.locator(".message.assistant.error .text")).to_contain_text("no speaker turns", timeout=60_000)
+        page.fill("#prompt", "Date: 2024-10-07\nAlex: Sam, please post the designer role by October 11.\nSam: OK.")
+        page.click("#minutes")
+        answer = page.locator(".message.assistant:not(.error) .text")
+        expect(answer.locator("h2").first).to_have_text("Summary", timeout=300_000)
+        expect(answer.locator("table")).to_contain_text("2024-10-11")
