@@ -95,7 +95,20 @@ def _addressee(turn: Turn, turns: tuple[Turn, ...]) -> str | None:
 
 
 def decisions(transcript: Transcript) -> list[Statement]:
-    return _statements(transcript, lambda s: _DECISION.search(s) is not None and not _QUESTION.search(s))
+    """Decision sentences; a short one that only points back ("这个就这么定了", "Agreed.") is given
+    the sentence before it in the turn, which says what was decided."""
+    found: list[Statement] = []
+    for turn in transcript.turns:
+        said = sentences(turn.text)
+        for i, s in enumerate(said):
+            if _DECISION.search(s) and not _QUESTION.search(s):
+                text = _joined(said[i - 1], s) if i > 0 and len(_DECISION.sub("", s).strip(" 。.!！,，这个就了")) < 6 else s
+                found.append(Statement(turn.index, turn.speaker, text))
+    return found
+
+
+def _joined(a: str, b: str) -> str:
+    return a + b if re.match(r"[\u3000-\u9fff]", a[-1]) else f"{a} {b}"
 
 
 def open_questions(transcript: Transcript) -> list[Statement]:
