@@ -20,6 +20,8 @@ from luodi.cli.corpus import corpus_app
 from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
 from luodi.cli.kb import ask, kb_app
+from luodi.cli.minutes import minutes
+from luodi.cli.outline import outline
 from luodi.cli.quant import convert, evaluate, quantize
 from luodi.cli.serve import keys_app, serve
 from luodi.errors import LuodiError
@@ -43,6 +45,8 @@ app.add_typer(kb_app, name="kb")
 app.command()(ask)
 app.add_typer(corpus_app, name="corpus")
 register_assist_commands(app)
+app.command()(minutes)
+app.command()(outline)
 
 
 @app.command()

@@ -47,6 +47,7 @@ from luodi.server.errors import (
 )
 from luodi.server.kb_routes import router as kb_router
 from luodi.server.kb_service import KnowledgeService
+from luodi.server.minutes_routes import router as minutes_router
 from luodi.server.openai_routes import router as openai_router
 from luodi.server.service import ModelService, ServerConfig
 
@@ -82,6 +83,7 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(kb_router)
+    app.include_router(minutes_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = partial(_openapi_naming_the_model, app, service)  # type: ignore[method-assign]
