@@ -29,7 +29,7 @@ def finetune(
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warm-up steps. Default: 6% of the steps, at most 50.")] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine | linear | constant decay after warm-up. Default: cosine.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better held-out loss (0: never). Default: 3.")] = None,
-    replay: Annotated[float | None, typer.Option(help="Weight of the general-text loss trained beside yours each step, so the model keeps what it knew (0: off). Default: 1.")] = None,
+    replay: Annotated[float | None, typer.Option(help="Weight of the general-text loss trained beside yours each step, so the model keeps what it knew (0: off). Default: 0.3.")] = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longest example in tokens (longer ones are errors).")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per optimizer step.")] = 4,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations per layer: ~30% less memory, up to ~20% slower.")] = False,

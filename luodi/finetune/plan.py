@@ -32,7 +32,10 @@ MAX_EPOCHS = 30
 WARMUP_FRACTION = 0.06
 MAX_WARMUP_STEPS = 50
 FINAL_LR_FRACTION = 0.1  # cosine decay ends at lr × this
-DEFAULT_REPLAY_WEIGHT = 1.0  # the general-text loss's weight beside the task loss (see `replay`)
+# The general-text loss's weight beside the task loss (see `replay`). Measured on the twelve-fact set
+# (seed 0, 154 steps): weight 0 answered 16 of 24 held-out questions with general perplexity +36 %;
+# 0.3 answered 15 with -7 %; 1.0 answered 6-9 with -8 % (the facts are learned more slowly).
+DEFAULT_REPLAY_WEIGHT = 0.3
 DEFAULT_PATIENCE = 3  # evaluations without a better held-out loss before training stops
 SCHEDULES = ("cosine", "linear", "constant")
 

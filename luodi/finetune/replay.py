@@ -2,7 +2,7 @@
 
 A LoRA adapter that learns a few dozen facts at a high rate also moves what the model does on
 everything else (measured on SmolLM2-135M: twelve facts, rank 16, lr 1e-3, ~150 steps raised the
-perplexity per byte of the bundled held-out text by 28 %). Each optimizer step therefore also
+perplexity per byte of the bundled held-out text by 28-36 %). Each optimizer step therefore also
 takes the language-model loss of one window of general text (`luodi.quant.texts.calibration_text`,
 English and Chinese, sharing no sentence with the held-out text the forgetting check reads),
 weighted against the task loss. The windows cycle in a seeded shuffled order.

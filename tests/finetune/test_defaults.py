@@ -135,7 +135,7 @@ def test_default_run_carves_a_split_and_writes_the_learning_report(tiny_model_di
 
 
 def test_general_replay_is_planned_on_and_can_be_turned_off():
-    assert plan_training(41, 4).replay.value == 1.0
+    assert plan_training(41, 4).replay.value == 0.3
     off = plan_training(41, 4, replay=0)
     assert off.replay.is_given and dict((n, v) for n, v, _ in off.describe())["general-text replay"] == "off"
     with pytest.raises(InvalidParameterError, match="--replay -1"):

@@ -30,12 +30,12 @@ pytestmark = pytest.mark.slow
 
 QUESTIONS = heldout_questions()  # 24: two per fact, never in the training file
 MIN_ANSWERED = 0.9
-# The targets of the fine-tuning-defaults work are not met yet: with the planned defaults (rank 16,
-# lr 1e-3, early stopping) one seeded run raised general-text perplexity per byte by 27.9 % (3.47 ->
-# 4.44) and its probe and held-out answers fall short. These tests run and report; they turn into
-# plain assertions once the defaults reach the targets.
-TARGET_NOT_MET = pytest.mark.xfail(reason="fine-tuning defaults do not reach the answer / forgetting "
-                                          "targets yet (general perplexity +27.9 % in one run)", strict=False)
+# The answer target is not met yet on this 135M model: with the planned defaults (rank 16, lr 1e-3,
+# ~150 steps, general-text replay 0.3) a seeded run answered 15 of the 24 held-out paraphrases (62 %;
+# without replay 16, at +36 % general perplexity); the misses mostly give another fact's number.
+# These tests run and report; they turn into plain assertions once the defaults reach 90 %.
+TARGET_NOT_MET = pytest.mark.xfail(reason="the defaults answer ~62 % of held-out paraphrases on SmolLM2-135M, "
+                                          "short of 90 %", strict=False)
 
 
 def _answers(llm: LLM) -> list[str]:
@@ -92,7 +92,6 @@ def test_defaults_are_planned_from_the_data_and_reported(trained):
     assert result.best_epoch is not None and result.num_steps >= 3 * 11
 
 
-@TARGET_NOT_MET
 def test_general_text_perplexity_rises_at_most_5_percent(trained):
     _, result = trained
     assert result.general_ppl_before is not None and result.general_ppl_after is not None
