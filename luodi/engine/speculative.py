@@ -67,7 +67,7 @@ class SpeculativeConfig:
     def __post_init__(self) -> None:
         if self.method not in SPECULATIVE_METHODS:
             raise InvalidParameterError(
-                f"speculative method {self.method!r} is unknown; use one of {', '.join(SPECULATIVE_METHODS)}",
+                f"speculative decoding method {self.method!r} is unknown; use one of {', '.join(SPECULATIVE_METHODS)}",
                 param="speculative")
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise InvalidParameterError(
