@@ -131,8 +131,16 @@ class Scheduler:
         return touched
 
     def _draft(self, request: Request, num_new: int, budget: int) -> tuple[int, ...]:
-        """A draft to verify after the chunk, if the chunk reaches the request's last known token."""
+        """A draft to verify after the chunk, if the chunk reaches the request's last known token.
+
+        None while the pool runs low: a draft's blocks must not leave another running request
+        without room for its next token (that would preempt it). One free block per running
+        request stays in reserve, besides what the longest draft can take.
+        """
         if self.speculator is None or request.num_computed_tokens + num_new < request.num_tokens:
+            return ()
+        draft_blocks = -(-self.speculator.config.num_draft_tokens // self.kv.block_size)
+        if self.kv.num_free_blocks < len(self.running) + draft_blocks:
             return ()
         return self.speculator.propose(request, budget - num_new, len(self.running))
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
+from luodi.engine.kv_cache import KVCacheManager
 from luodi.engine.request import Request
 from luodi.engine.sampling import SamplingParams, make_generator, processed_logits
+from luodi.engine.scheduler import Scheduler, SchedulerConfig
 from luodi.engine.speculative import NgramIndex, NgramSpeculator, SpeculativeConfig, verify
 from luodi.errors import InvalidParameterError
 
@@ -178,6 +180,18 @@ def test_drafts_fit_max_tokens_and_the_context_window():
     assert speculator.propose(request, 8, 1) == ()  # one token left: nothing to verify it with
     window = Request("w", [5, 6, 7, 5, 6, 7, 5, 6], GREEDY, max_total_tokens=10)
     assert speculator.propose(window, 8, 1) == (7,)
+
+
+@pytest.mark.parametrize(("num_blocks", "drafts"), [(5, False), (6, True)])
+def test_drafts_leave_a_free_block_per_running_request(num_blocks, drafts):
+    """A draft's blocks never take the last block another request would need for its next token."""
+    kv = KVCacheManager(num_blocks, block_size=4)
+    scheduler = Scheduler(SchedulerConfig(), kv, NgramSpeculator(SpeculativeConfig()))
+    scheduler.add(_request([1, 2, 3, 4] * 4))  # 16 tokens: 4 blocks
+    scheduler.update(scheduler.schedule(), {"r": [1]})
+    [chunk] = scheduler.schedule().chunks  # 1 running + 1 block for a 4-token draft must stay free
+    assert chunk.token_ids == ((1, 2, 3, 4, 1) if drafts else (1,))  # the sampled token, then the draft
+    assert chunk.num_draft == (4 if drafts else 0)
 
 
 def test_request_choice_overrides_the_engine_default(tiny_model):
