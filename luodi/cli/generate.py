@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 
 from luodi.cli.options import (
-    DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt, SeedOpt, TemperatureOpt,
-    TopKOpt, TopPOpt,
+    DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt, SeedOpt, SpeculativeOpt,
+    TemperatureOpt, TopKOpt, TopPOpt,
 )
 from luodi.errors import InvalidParameterError
 
@@ -38,11 +38,14 @@ def _is_blank(text: str) -> bool:
     return not any(ch.isprintable() and not ch.isspace() for ch in text)
 
 
-def _load(model: str, device: str, dtype: str) -> LLM:
-    from luodi.engine.grammar import GrammarSpec
+def _load(model: str, device: str, dtype: str, speculative: str) -> LLM:
+    from luodi.engine.engine import EngineConfig
+    from luodi.engine.speculative import SpeculativeConfig
     from luodi.llm import LLM
 
-    return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True)
+    config = EngineConfig(speculative=SpeculativeConfig(method=speculative))  # a bad method fails before loading
+    return LLM.load(model, device=device, dtype=None if dtype == "auto" else dtype, progress=True,
+                    engine_config=config)
 
 
 def generate(
@@ -62,6 +65,7 @@ def generate(
     regex: Annotated[str | None, typer.Option("--regex", help="Constrain the output to this regex.")] = None,
     choice: Annotated[str | None, typer.Option(
         "--choice", help="Constrain the output to one of these comma-separated strings.")] = None,
+    speculative: SpeculativeOpt = "ngram",
 ) -> None:
     """Complete one prompt, streaming the text (or printing JSON with --json)."""
     from luodi.engine.sampling import SamplingParams
@@ -75,7 +79,7 @@ def generate(
     grammar = _grammar(json_schema, regex, choice)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                             grammar=grammar)
-    llm = _load(model, device, dtype)
+    llm = _load(model, device, dtype, speculative)
     if not raw and not llm.has_chat_template:
         err.print(f"[yellow]{model} has no chat template: plain completion of the prompt[/yellow]")
     result = llm.complete(llm.prompt_ids(prompt, raw=raw), params, on_text=None if as_json else _write)
@@ -128,6 +132,7 @@ def chat(
         dir_okay=False)] = None,
     tool_choice: Annotated[str, typer.Option(
         "--tool-choice", help="With --tools: auto, required, none, or a function's name (that call).")] = "auto",
+    speculative: SpeculativeOpt = "ngram",
 ) -> None:
     """Talk with a model: streams answers, keeps history within the context window. /reset, /exit."""
     from luodi.conversation import Conversation
@@ -137,7 +142,7 @@ def chat(
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed)
     functions, choice = _tools(tools, tool_choice)
-    llm = _load(model, device, dtype)
+    llm = _load(model, device, dtype, speculative)
     # One call per answer: a small model allowed several repeats the same call until max_tokens.
     conversation = Conversation(llm, system, functions, choice, is_parallel=False)
     interactive = sys.stdin.isatty()

@@ -15,6 +15,9 @@ SeedOpt = Annotated[int | None, typer.Option(help="Seed for reproducible samplin
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, (0, 1].")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
 RepetitionPenaltyOpt = Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages repeats (1 = off).")]
+SpeculativeOpt = Annotated[str, typer.Option(
+    "--speculative", help="ngram: draft tokens from the prompt and output (prompt lookup) and verify them in one "
+    "forward pass, while few requests run: the same text, faster where it copies its input. none: off.")]
 
-__all__ = ["DEFAULT_MODEL", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "RepetitionPenaltyOpt", "TemperatureOpt",
-           "TopKOpt", "TopPOpt"]
+__all__ = ["DEFAULT_MODEL", "DeviceOpt", "DtypeOpt", "MaxTokensOpt", "ModelOpt", "SeedOpt", "RepetitionPenaltyOpt",
+           "SpeculativeOpt", "TemperatureOpt", "TopKOpt", "TopPOpt"]

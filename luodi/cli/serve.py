@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from luodi.cli.kb import IngestLimitOpt, ingest_limits
-from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, ModelOpt
+from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, ModelOpt, SpeculativeOpt
 from luodi.errors import InvalidParameterError, LuodiError
 
 out = Console()
@@ -158,11 +158,13 @@ def serve(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    speculative: SpeculativeOpt = "ngram",
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a web chat at http://HOST:PORT/."""
     import uvicorn
 
     from luodi.engine.engine import EngineConfig
+    from luodi.engine.speculative import SpeculativeConfig
     from luodi.llm import LLM
     from luodi.server import ModelService, ServerConfig, create_app
 
@@ -170,7 +172,8 @@ def serve(
     adapters = parse_lora_specs(lora or [])
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
     keys_file = resolve_keys_file(api_key_file, host, insecure_no_auth)
-    engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30))
+    engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30),
+                                 speculative=SpeculativeConfig(method=speculative))
     config = ServerConfig(
         model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file,
         kb_store=kb_store, ingest_limits=ingest_limits(ingest_limit),

@@ -6,6 +6,10 @@ engine was given a tokenizer to decode with — UTF-8-safe text deltas with stop
 A request whose params carry a grammar is compiled through the engine's `GrammarBackend` (built by
 the composition root from the tokenizer) into a matcher that constrains every token it samples;
 the tokens the grammar forces arrive in the same output as the sampled token before them.
+With speculative decoding (`EngineConfig.speculative`, per request `SamplingParams.speculative`)
+one step may add several tokens to a request: its accepted draft tokens, then the sampled one.
+Text is pushed token by token through the stop strings, so a stop string ends the output at the
+token that completed it, as it would without speculation.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from luodi.engine.request import FinishReason, Request
 from luodi.engine.runner import ModelRunner, kv_bytes_per_block, kv_cache_dtype
 from luodi.engine.sampling import SamplingParams, TokenLogprobs
 from luodi.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from luodi.engine.speculative import NgramSpeculator, SpeculativeConfig
 from luodi.errors import InvalidParameterError, PromptTooLongError
 
 
@@ -41,6 +46,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_fast_forward: bool = True  # grammar-forced tokens skip their decode steps
     overlap_masks: bool = False  # grammar masks on a worker thread beside the forward pass
+    # Prompt-lookup drafts verified in one forward pass; the default of requests that name none.
+    speculative: SpeculativeConfig = SpeculativeConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +73,15 @@ class _TextState:
 class StepStats:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
+    num_draft_tokens: int = 0  # speculative draft tokens verified
+    num_accepted_tokens: int = 0  # of those, accepted
     seconds: float = 0.0
     # (prefill tokens, decode tokens, seconds) of the most recent steps
     history: deque[tuple[int, int, float]] = field(default_factory=lambda: deque(maxlen=4096))
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
 
 
 class LLMEngine:
@@ -88,7 +101,7 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
                                 enable_fast_forward=config.enable_fast_forward)
-        self.scheduler = Scheduler(sched, self.kv)
+        self.scheduler = Scheduler(sched, self.kv, NgramSpeculator(config.speculative))
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size,
                                   eos_token_ids=self.eos_token_ids, overlap_masks=config.overlap_masks,
                                   fast_forward=config.enable_fast_forward)
@@ -168,47 +181,48 @@ class LLMEngine:
         start = time.perf_counter()
         result = self.runner.execute(schedule, self.scheduler.requests)
         touched = self.scheduler.update(schedule, result.token_ids)
-        self._record(schedule, time.perf_counter() - start)
+        self._record(schedule, result.token_ids, time.perf_counter() - start)
         outputs = []
         for request in touched:
             if request.request_id not in result.token_ids:
                 continue  # a prompt chunk that did not reach the end: nothing to report yet
-            outputs.append(self._output(request, result.logprobs.get(request.request_id)))
+            outputs.append(self._output(request, result.logprobs.get(request.request_id, [])))
         return outputs
 
-    def _record(self, schedule: SchedulerOutput, seconds: float) -> None:
-        decode = sum(1 for c in schedule.chunks if len(c.token_ids) == 1 and c.start > 0)
-        prefill = schedule.num_tokens - decode
+    def _record(self, schedule: SchedulerOutput, sampled: dict[str, list[int]], seconds: float) -> None:
+        decode = sum(1 for c in schedule.chunks if len(c.token_ids) - c.num_draft == 1 and c.start > 0)
+        drafted = sum(c.num_draft for c in schedule.chunks)
+        prefill = schedule.num_tokens - drafted - decode
         self.stats.num_prefill_tokens += prefill
         self.stats.num_decode_tokens += decode
+        self.stats.num_draft_tokens += drafted
+        self.stats.num_accepted_tokens += sum(len(sampled.get(c.request_id, ())) - 1
+                                              for c in schedule.chunks if c.num_draft)
         self.stats.seconds += seconds
         self.stats.history.append((prefill, decode, seconds))
 
-    def _new_tokens(self, request: Request, logprobs: TokenLogprobs | None) -> tuple[list[int], list[TokenLogprobs]]:
-        """The output tokens not yet reported — the sampled one, then any the grammar forced — and
-        their logprobs: a forced token has probability 1 under the grammar (logprob 0)."""
+    def _new_tokens(self, request: Request, logprobs: list[TokenLogprobs]) -> tuple[list[int], list[TokenLogprobs]]:
+        """The output tokens not yet reported — the accepted draft and sampled ones, then any the
+        grammar forced — and their logprobs: a forced token has probability 1 under the grammar
+        (logprob 0)."""
         start = self._num_reported.get(request.request_id, 0)
         new = request.output_ids[start:]
         self._num_reported[request.request_id] = len(request.output_ids)
-        if logprobs is None:
+        if not logprobs:
             return new, []
         top = request.params.logprobs or 0
-        forced = [TokenLogprobs(t, 0.0, ((t, 0.0),) if top else ()) for t in new[1:]]
-        return new, [logprobs, *forced]
+        sampled = logprobs[: len(new)]  # a request that finished early kept fewer tokens
+        forced = [TokenLogprobs(t, 0.0, ((t, 0.0),) if top else ()) for t in new[len(sampled) :]]
+        return new, [*sampled, *forced]
 
-    def _output(self, request: Request, logprobs: TokenLogprobs | None) -> RequestOutput:
+    def _output(self, request: Request, logprobs: list[TokenLogprobs]) -> RequestOutput:
         text = ""
         new_ids, new_logprobs = self._new_tokens(request, logprobs)
         state = self._text.get(request.request_id)
         if state is not None:
-            delta = "".join(state.detokenizer.push(t) for t in new_ids)
-            if request.finish_reason is not None:
-                delta += state.detokenizer.flush()
-            text = state.stops.push(delta)
-            if state.stops.stopped and request.finish_reason is None:
-                self.scheduler.abort(request.request_id, FinishReason.STOP)  # a stop string ends it
-            elif request.finish_reason is not None:
-                text += state.stops.flush()
+            text, num_kept = self._push_text(request, state, new_ids)
+            if num_kept < len(new_ids):
+                new_ids, new_logprobs = new_ids[:num_kept], new_logprobs[:num_kept]
         finished = request.finish_reason is not None
         if finished:
             self._forget(request.request_id)
@@ -223,6 +237,31 @@ class LLMEngine:
             num_output_tokens=len(request.output_ids),
             num_cached_tokens=request.num_cached_tokens or 0,
         )
+
+    def _push_text(self, request: Request, state: _TextState, new_ids: list[int]) -> tuple[str, int]:
+        """The text of the new tokens, pushed one token at a time through the stop strings, and how
+        many of them the output keeps. A stop string ends the request at the token that completed it;
+        tokens after that one (the rest of an accepted draft, forced tokens) are dropped."""
+        pieces = []
+        num_kept = len(new_ids)
+        for i, token_id in enumerate(new_ids):
+            pieces.append(state.stops.push(state.detokenizer.push(token_id)))
+            if state.stops.stopped:
+                num_kept = i + 1
+                break
+        if state.stops.stopped:
+            if num_kept < len(new_ids):
+                del request.output_ids[len(request.output_ids) - (len(new_ids) - num_kept) :]
+                request.finish_reason = None  # what ended it came after the stop string
+            if request.finish_reason is None:
+                if request.is_finished:
+                    request.finish_reason = FinishReason.STOP
+                else:
+                    self.scheduler.abort(request.request_id, FinishReason.STOP)
+        elif request.finish_reason is not None:
+            pieces.append(state.stops.push(state.detokenizer.flush()))
+            pieces.append(state.stops.flush())
+        return "".join(pieces), num_kept
 
     def _forget(self, request_id: str) -> None:
         self._text.pop(request_id, None)

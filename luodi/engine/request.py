@@ -16,6 +16,7 @@ from luodi.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from luodi.engine.grammar import GrammarMatcher
+    from luodi.engine.speculative import DraftState
 
 
 class RequestStatus(enum.Enum):
@@ -50,6 +51,7 @@ class Request:
     num_preemptions: int = 0
     matcher: GrammarMatcher | None = None  # the request's grammar state (constrained decoding)
     num_forced_tokens: int = 0  # output tokens the grammar forced, appended without a decode step
+    draft_state: DraftState | None = None  # speculative decoding: its n-gram index and recent acceptance
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -58,6 +60,14 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_tokens_left(self) -> int:
+        """Output tokens the request may still append before max_tokens or the context window."""
+        left = self.max_total_tokens - self.num_tokens
+        if self.params.max_tokens is not None:
+            left = min(left, self.params.max_tokens - len(self.output_ids))
+        return left
 
     @property
     def is_finished(self) -> bool:

@@ -2,8 +2,10 @@
 
 It flattens every scheduled chunk into `input_ids` / `positions` of shape [T], builds the shared
 attention metadata once, runs the model once for the whole batch, and samples one token for each
-request whose chunk reached its last known token. Requests with a grammar get their token bitmask
-filled for the sampler — inline, or (`overlap_masks`) on a worker thread while the forward pass
+request whose chunk reached its last known token — or, when the chunk ends with a speculative
+draft, takes logits at the last known token and at every draft token and verifies the draft
+(`luodi.engine.speculative.verify`). Requests with a grammar get their token bitmask
+filled for the sampler (one row per verified position, the matcher walked along the draft) — inline, or (`overlap_masks`) on a worker thread while the forward pass
 runs: llguidance releases the GIL, but on a CPU the two share cores. A model serving LoRA adapters (one with an
 `adapters` set, `luodi.models.adapters`) is told which adapter each token uses; requests on
 different adapters and the base share the one forward pass. Knows tensors, block ids and
@@ -22,17 +24,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from luodi.engine.grammar import new_bitmask
+from luodi.engine.grammar import GrammarMatcher, new_bitmask
 from luodi.engine.request import Request
-from luodi.engine.sampling import SamplerOutput, TokenLogprobs, make_generator, sample
-from luodi.engine.scheduler import SchedulerOutput
+from luodi.engine.sampling import TokenLogprobs, make_generator
+from luodi.engine.scheduler import ScheduledChunk, SchedulerOutput
+from luodi.engine.speculative import verify
 from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
 
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    token_ids: dict[str, int]  # request id -> sampled token
-    logprobs: dict[str, TokenLogprobs]
+    token_ids: dict[str, list[int]]  # request id -> its accepted draft tokens, then the sampled token
+    logprobs: dict[str, list[TokenLogprobs]]  # of those tokens, for requests that asked
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -49,8 +52,17 @@ def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) ->
 @dataclass(frozen=True, slots=True)
 class _Masks:
     bitmask: torch.Tensor  # [len(rows), ceil(V / 32)] int32
-    rows: list[int]  # the sampled rows they belong to
+    rows: list[int]  # the logits rows they belong to
     done: Future | None  # pending fill when computed beside the forward pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Sampled:
+    """A request sampled this step: its logits rows (last known token, then one per draft token)."""
+
+    request: Request
+    rows: list[int]
+    draft: tuple[int, ...]
 
 
 class ModelRunner:
@@ -83,7 +95,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput, requests: dict[str, Request]) -> StepResult:
-        input_ids, positions, seqs, sample_rows, sample_ids = [], [], [], [], []
+        input_ids, positions, seqs, logits_rows = [], [], [], []
+        sampled: list[_Sampled] = []
         offset = 0
         for chunk in step.chunks:
             n = len(chunk.token_ids)
@@ -92,42 +105,59 @@ class ModelRunner:
             seqs.append(SequenceSlice(chunk.start, n, chunk.block_ids))
             offset += n
             if chunk.needs_sample:
-                sample_rows.append(offset - 1)
-                sample_ids.append(chunk.request_id)
+                first = len(logits_rows)
+                logits_rows.extend(range(offset - 1 - chunk.num_draft, offset))
+                sampled.append(_Sampled(requests[chunk.request_id], list(range(first, len(logits_rows))),
+                                        _draft(chunk)))
         meta = build_metadata(seqs, self.block_size, self.device, self.pad_slot)
         kv = PagedAttention(self.k_caches, self.v_caches, meta)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
-        sampled = [requests[i] for i in sample_ids]
+        rows = torch.tensor(logits_rows, dtype=torch.long, device=self.device)
         masks = self._start_masks(sampled)
         with self._adapters_for(step, requests):
             logits = self.model(ids, torch.cat(positions).to(self.device), kv, rows)
-        if not sample_ids:
+        if not sampled:
             return StepResult({}, {})
         if masks is not None and masks.done is not None:
             masks.done.result()
         return self._sample(logits.float().cpu(), sampled, masks)
 
-    def _start_masks(self, sampled: list[Request]) -> _Masks | None:
-        """The grammar bitmasks of the rows about to be sampled (None: no row has a grammar)."""
-        constrained = [(row, r.matcher) for row, r in enumerate(sampled) if r.matcher is not None]
+    def _start_masks(self, sampled: list[_Sampled]) -> _Masks | None:
+        """The grammar bitmasks of the rows about to be sampled (None: no row has a grammar).
+
+        A request verifying a draft gets a mask per row: its matcher is advanced along the draft
+        (which the scheduler cut to what the grammar allows) and rolled back afterwards.
+        """
+        constrained = [s for s in sampled if s.request.matcher is not None]
         if not constrained:
             return None
-        bitmask = new_bitmask(len(constrained), self.model.config.vocab_size)
+        bitmask = new_bitmask(sum(len(s.rows) for s in constrained), self.model.config.vocab_size)
 
         def fill() -> None:
-            for i, (_, matcher) in enumerate(constrained):
-                start = time.perf_counter()
-                forced = [] if self.fast_forward else matcher.forced_tokens()
-                if forced:
-                    bitmask[i].zero_()
-                    bitmask[i, forced[0] // 32] = _bit(forced[0] % 32)
-                else:
-                    matcher.fill_mask(bitmask[i])
-                self.mask_seconds.append(time.perf_counter() - start)
+            i = 0
+            for s in constrained:
+                matcher = s.request.matcher
+                assert matcher is not None
+                for j in range(len(s.rows)):
+                    self._fill_row(matcher, bitmask[i])
+                    i += 1
+                    if j < len(s.draft) and not matcher.accept([s.draft[j]]):
+                        raise AssertionError(f"the grammar rejects draft token {s.draft[j]}")
+                if s.draft:
+                    matcher.rollback(len(s.draft))
 
         done = self._mask_pool.submit(fill) if self._mask_pool is not None else _run(fill)
-        return _Masks(bitmask, [row for row, _ in constrained], done)
+        return _Masks(bitmask, [row for s in constrained for row in s.rows], done)
+
+    def _fill_row(self, matcher: GrammarMatcher, row: torch.Tensor) -> None:
+        start = time.perf_counter()
+        forced = [] if self.fast_forward else matcher.forced_tokens()
+        if forced:
+            row.zero_()
+            row[forced[0] // 32] = _bit(forced[0] % 32)
+        else:
+            matcher.fill_mask(row)
+        self.mask_seconds.append(time.perf_counter() - start)
 
     def _adapters_for(self, step: SchedulerOutput, requests: dict[str, Request]) -> contextlib.AbstractContextManager:
         """The scope in which the model runs each token on its request's adapter (none: a no-op)."""
@@ -142,14 +172,15 @@ class ModelRunner:
         token_adapters = torch.tensor(per_token).repeat_interleave(counts)  # [T]; -1 = the base
         return adapters.use(token_adapters.to(self.device))
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request], masks: _Masks | None) -> StepResult:
-        generators = [self._generator(r) for r in requests]
-        out: SamplerOutput = sample(
-            logits, [r.params for r in requests], requests, generators, self.eos_token_ids,
+    def _sample(self, logits: torch.Tensor, sampled: list[_Sampled], masks: _Masks | None) -> StepResult:
+        requests = [s.request for s in sampled]
+        out = verify(
+            logits, [s.rows for s in sampled], [s.draft for s in sampled], requests,
+            [self._generator(r) for r in requests], self.eos_token_ids,
             bitmask=masks.bitmask if masks else None, masked_rows=masks.rows if masks else (),
         )
-        ids = {r.request_id: t for r, t in zip(requests, out.token_ids, strict=True)}
-        logprobs = {r.request_id: lp for r, lp in zip(requests, out.logprobs, strict=True) if lp is not None}
+        ids = {r.request_id: v.token_ids for r, v in zip(requests, out, strict=True)}
+        logprobs = {r.request_id: v.logprobs for r, v in zip(requests, out, strict=True) if v.logprobs}
         return StepResult(ids, logprobs)
 
     def _generator(self, request: Request) -> torch.Generator | None:
@@ -163,6 +194,10 @@ class ModelRunner:
 
 def _run(fill: Callable[[], None]) -> None:
     fill()
+
+
+def _draft(chunk: ScheduledChunk) -> tuple[int, ...]:
+    return chunk.token_ids[len(chunk.token_ids) - chunk.num_draft :]
 
 
 def _bit(index: int) -> int:

@@ -37,6 +37,7 @@ from luodi.engine.grammar import GrammarSpec, apply_bitmask
 from luodi.errors import InvalidParameterError
 
 __all__ = [
+    "SPECULATIVE_METHODS",
     "SamplerOutput",
     "SamplingParams",
     "TokenHistory",
@@ -51,6 +52,7 @@ MAX_LOGPROBS = 20
 # a full sort only when they hold less than top_p of the mass (flat distributions).
 _TOP_P_CANDIDATES = 1024
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+SPECULATIVE_METHODS = ("none", "ngram")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class SamplingParams:
     min_tokens: int = 0
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
     grammar: GrammarSpec | None = None  # constrained decoding: the output must match it
+    # Speculative decoding for this request: "ngram" (prompt lookup) or "none"; None: the engine's
+    # default. Tokens and their distribution are the same either way: only speed differs.
+    speculative: str | None = None
 
     def __post_init__(self) -> None:
         # Accept a bare string or a list at the boundary; store tuples so params stay hashable.
@@ -114,6 +119,8 @@ class SamplingParams:
             raise _invalid("stop", self.stop, "non-empty strings")
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
             raise _invalid("stop_token_ids", self.stop_token_ids, "non-negative integers")
+        if self.speculative not in (None, *SPECULATIVE_METHODS):
+            raise _invalid("speculative", self.speculative, f"one of {', '.join(SPECULATIVE_METHODS)} or null")
         if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
             raise _invalid("grammar", self.grammar, "a GrammarSpec or None")
         for token_id, bias in self.logit_bias:

@@ -6,16 +6,25 @@ arrival order, whose prompts may be cut into chunks (chunked prefill), so a long
 stalls the others' token generation. When the KV cache has no block left for a running request,
 the most recently admitted request is preempted: its blocks are freed and it is recomputed later.
 
+With speculative decoding, a running request's chunk that reaches its last known token may carry
+a draft after it (`NgramSpeculator`), in the same budget; the draft never joins the request's
+tokens. On update the request's computed tokens advance over the accepted draft tokens only: the
+cache slots of rejected ones lie past `num_computed_tokens`, where the next chunk overwrites them,
+and prefix caching registers only blocks of the request's own tokens.
+
 Knows requests and block ids; not tensors, the model or text.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from luodi.engine.kv_cache import KVCacheManager
+from luodi.engine.grammar import GrammarMatcher
 from luodi.engine.request import FinishReason, Request, RequestStatus
+from luodi.engine.speculative import NgramSpeculator
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +36,7 @@ class ScheduledChunk:
     start: int
     block_ids: tuple[int, ...]
     needs_sample: bool  # the chunk reaches the request's last known token: sample the next one
+    num_draft: int = 0  # the last num_draft token_ids are a speculative draft to verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +64,10 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, speculator: NgramSpeculator | None = None) -> None:
         self.config = config
         self.kv = kv
+        self.speculator = speculator
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -88,43 +99,77 @@ class Scheduler:
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._allocate_or_preempt(request, num_new, preempted):
+            draft = self._draft(request, num_new, budget)
+            if draft and self.kv.allocate(request, num_new + len(draft)) is None:
+                draft = ()  # no room for the draft: decode plainly, preempting only for that
+            if not draft and not self._allocate_or_preempt(request, num_new, preempted):
                 continue
-            chunks.append(self._chunk(request, num_new))
-            budget -= num_new
+            chunks.append(self._chunk(request, num_new, draft))
+            budget -= num_new + len(draft)
         if not preempted:
             budget = self._admit_waiting(budget, chunks)
         return SchedulerOutput(tuple(chunks), tuple(preempted))
 
-    def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance every scheduled request; append sampled tokens. Returns the requests touched."""
+    def update(self, output: SchedulerOutput, sampled: Mapping[str, Sequence[int]]) -> list[Request]:
+        """Advance every scheduled request; append its new tokens (accepted draft tokens, then the one
+        sampled after them). Returns the requests touched."""
         touched = []
         for chunk in output.chunks:
             request = self.requests.get(chunk.request_id)
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue  # aborted while its step ran
-            request.num_computed_tokens += len(chunk.token_ids)
-            if chunk.request_id in sampled:
-                self._append(request, sampled[chunk.request_id])
+            token_ids = sampled.get(chunk.request_id, ())
+            num_accepted = max(len(token_ids) - 1, 0)
+            request.num_computed_tokens += len(chunk.token_ids) - chunk.num_draft + num_accepted
+            if chunk.num_draft and self.speculator is not None:
+                self.speculator.record(request, chunk.num_draft, num_accepted)
+            if token_ids:
+                self._append(request, token_ids)
                 if request.finish_reason is not None:
                     self._finish(request)
             touched.append(request)
         return touched
 
-    def _append(self, request: Request, token_id: int) -> None:
-        """Append a sampled token; with a grammar, advance it and append the tokens it then forces.
+    def _draft(self, request: Request, num_new: int, budget: int) -> tuple[int, ...]:
+        """A draft to verify after the chunk, if the chunk reaches the request's last known token.
+
+        None while the pool runs low: a draft's blocks must not leave another running request
+        without room for its next token (that would preempt it). One free block per running
+        request stays in reserve, besides what the longest draft can take.
+        """
+        if self.speculator is None or request.num_computed_tokens + num_new < request.num_tokens:
+            return ()
+        draft_blocks = -(-self.speculator.config.num_draft_tokens // self.kv.block_size)
+        if self.kv.num_free_blocks < len(self.running) + draft_blocks:
+            return ()
+        return self.speculator.propose(request, budget - num_new, len(self.running))
+
+    def _append(self, request: Request, token_ids: Sequence[int]) -> None:
+        """Append tokens one by one, each advancing the request's grammar; after the last, the tokens
+        the grammar then forces. A request that finishes drops the tokens after that point.
 
         A grammar that is complete (only end-of-sequence left) ends the request at once with
         "stop": no step is spent sampling the end token.
         """
-        request.append_token(token_id)
         matcher = request.matcher
-        if matcher is None or request.finish_reason is not None:
-            return
-        if not matcher.accept([token_id]):
-            # Unreachable while the mask is applied; never emit text the grammar rejects.
-            request.finish_reason = FinishReason.STOP
-            return
+        for i, token_id in enumerate(token_ids):
+            request.append_token(token_id)
+            if request.finish_reason is not None:
+                return
+            if matcher is None:
+                continue
+            if not matcher.accept([token_id]):
+                # Unreachable while the mask is applied; never emit text the grammar rejects.
+                request.finish_reason = FinishReason.STOP
+                return
+            if i + 1 < len(token_ids) and matcher.is_finished():
+                request.finish_reason = FinishReason.STOP  # complete within the accepted draft
+                return
+        if matcher is not None:
+            self._fast_forward(request, matcher)
+
+    def _fast_forward(self, request: Request, matcher: GrammarMatcher) -> None:
+        """Append the tokens the grammar forces now; end the request if the grammar is complete."""
         if self.config.enable_fast_forward:
             for forced in matcher.forced_tokens():
                 request.append_token(forced)
@@ -183,13 +228,14 @@ class Scheduler:
         self.kv.free(request)
         del self.requests[request.request_id]
 
-    def _chunk(self, request: Request, num_new: int) -> ScheduledChunk:
+    def _chunk(self, request: Request, num_new: int, draft: tuple[int, ...] = ()) -> ScheduledChunk:
         start = request.num_computed_tokens
         tokens = request.all_token_ids[start : start + num_new]
         return ScheduledChunk(
             request_id=request.request_id,
-            token_ids=tuple(tokens),
+            token_ids=(*tokens, *draft),
             start=start,
             block_ids=tuple(self.kv.block_ids(request.request_id)),
             needs_sample=start + num_new == request.num_tokens,
+            num_draft=len(draft),
         )

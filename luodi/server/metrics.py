@@ -2,15 +2,15 @@
 
 Owns one `CollectorRegistry` per app (so several servers in one process never share counters),
 the counters and histograms the request path updates, and a collector that reads the engine's
-live state — queue depth, running sequences, KV blocks used and free, prefix-cache hits — at
-scrape time, so a scrape always shows the present, not the last update.
+live state — queue depth, running sequences, KV blocks used and free, prefix-cache hits,
+speculative draft tokens verified and accepted — at scrape time, so a scrape always shows the present, not the last update.
 
 Latency definitions follow vLLM's metric names: time to first token is from the request's
 admission to its first generated token; time per output token is, per finished request, the
 mean gap between its output tokens after the first ((last - first) / (n - 1)).
 
 Must not know about routes or the protocol. Reads the engine only through small public
-properties (scheduler queues, KV pool counts, prefix-cache stats); takes no engine lock, since
+properties (scheduler queues, KV pool counts, prefix-cache and step stats); takes no engine lock, since
 each value read is one atomic `len` or int.
 """
 
@@ -83,6 +83,16 @@ class _EngineCollector(Collector):
             "luodi_engine_busy_seconds",
             "Seconds the engine spent in model steps.",
             value=engine.stats.seconds,
+        )
+        yield CounterMetricFamily(
+            "luodi_spec_decode_draft_tokens",
+            "Speculative draft tokens (prompt lookup) verified by the model.",
+            value=engine.stats.num_draft_tokens,
+        )
+        yield CounterMetricFamily(
+            "luodi_spec_decode_accepted_tokens",
+            "Of the speculative draft tokens, those the model accepted.",
+            value=engine.stats.num_accepted_tokens,
         )
 
 

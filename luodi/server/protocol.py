@@ -186,6 +186,7 @@ class _SamplingFields(_Body):
     cache_salt: str | None = Field(None, max_length=256)
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None  # Luodi's (and vLLM's) extension
+    speculative: str | None = None  # Luodi's extension: "ngram" | "none"; null: the server's default
 
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
         """Refuse what exceeds `limits` (or names tokens outside the vocabulary), naming the cap."""
@@ -260,6 +261,7 @@ class _SamplingFields(_Body):
             min_tokens=_default(self.min_tokens, 0),
             grammar=self.grammar_spec(),
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            speculative=self.speculative,
         )
 
     @property

@@ -17,8 +17,8 @@ from model_cache import cache_home, pulled_model_path
 SMOLLM2 = "smollm2-135m-instruct"
 
 
-def luodi(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LUODI_HOME": str(cache_home())}
+def luodi(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUODI_HOME": str(cache_home()), **(env or {})}
     return subprocess.run([sys.executable, "-m", "luodi", *args], capture_output=True, text=True, input=stdin,
                           env=env, timeout=600)
 
@@ -168,3 +168,24 @@ def test_eval_off_a_terminal_reports_progress_in_plain_lines(smollm2):
     assert any(line.startswith("scoring 3 windows: 3/3 (100 %), done in") for line in lines), result.stderr
     assert "\x1b[" not in result.stderr  # no terminal escape codes in a log
     assert "perplexity_per_byte" in result.stdout
+
+
+def test_speculative_decoding_on_and_off_give_the_same_tokens(smollm2):
+    """--speculative ngram verifies prompt-lookup drafts; the tokens are those of --speculative none
+    (batch-invariant kernels: a verified position's logits equal its decode step's bit for bit)."""
+    prompt = "Repeat exactly: The train to Lyon leaves at 9:40 from platform 7, the one to Nice at 10:15."
+    outputs = {}
+    for method in ("none", "ngram"):
+        result = luodi("generate", "-p", prompt, "-n", "32", "-t", "0", "--json", "--speculative", method,
+                       env={"LUODI_BATCH_INVARIANT": "1"})
+        assert result.returncode == 0, result.stderr
+        outputs[method] = json.loads(result.stdout)["completion_token_ids"]
+    assert outputs["ngram"] == outputs["none"] and len(outputs["none"]) > 10
+    result = luodi("chat", "-t", "0", "-n", "8", "--speculative", "none", stdin="Say hi.\n/exit\n")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
+
+
+@pytest.mark.parametrize("command", [("generate", "-p", "hi"), ("chat",), ("serve", "--port", "0")])
+def test_an_unknown_speculative_method_is_one_line_error(command):
+    result = luodi(*command, "--speculative", "eagle", stdin="hi\n")
+    assert_one_line_error(result, "'eagle'", "none, ngram")

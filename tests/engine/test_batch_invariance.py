@@ -18,6 +18,7 @@ import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.sampling import SamplingParams
+from luodi.engine.speculative import SpeculativeConfig
 from luodi.models import native_stack
 from luodi.models.loader import load_model
 from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
@@ -69,15 +70,17 @@ def stack_path(request, loaded, monkeypatch):
 
 
 def _recording_engine(model, budget: int) -> tuple[LLMEngine, dict[str, list[torch.Tensor]]]:
-    """An engine whose sampled logits rows are kept, per request id, in step order."""
-    engine = LLMEngine(model, config=EngineConfig(max_num_batched_tokens=budget, max_model_len=512))
+    """An engine whose sampled logits rows are kept, per request id, in step order (speculation off:
+    one sampled row per request and step; tests/engine/test_speculative_models.py covers it)."""
+    engine = LLMEngine(model, config=EngineConfig(max_num_batched_tokens=budget, max_model_len=512,
+                                                  speculative=SpeculativeConfig(method="none")))
     seen: dict[str, list[torch.Tensor]] = {}
     sample = engine.runner._sample
 
-    def recording(logits, requests, *rest):
-        for row, request in zip(logits, requests, strict=True):
-            seen.setdefault(request.request_id, []).append(row.clone())
-        return sample(logits, requests, *rest)
+    def recording(logits, sampled, *rest):
+        for row, s in zip(logits, sampled, strict=True):
+            seen.setdefault(s.request.request_id, []).append(row.clone())
+        return sample(logits, sampled, *rest)
 
     engine.runner._sample = recording
     return engine, seen

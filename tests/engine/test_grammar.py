@@ -22,6 +22,7 @@ from tokenizers.models import BPE
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.grammar import GrammarError, GrammarSpec, allowed_tokens, new_bitmask
 from luodi.engine.sampling import SamplingParams
+from luodi.engine.speculative import SpeculativeConfig
 from luodi.loading.gguf import GGUFFile
 from luodi.loading.tokenizer import Tokenizer, _byte_to_unicode
 from luodi.structured.guidance import MAX_GRAMMAR_CHARS, LLGuidanceBackend, backend_for
@@ -110,6 +111,48 @@ def test_fast_forwarded_tokens_equal_step_by_step_decoding(tiny_model, grammars,
     assert num_forced > 0 and fast_steps < slow_steps
     for spec, ids in zip(GRAMMARS, fast, strict=True):
         check_matches(spec, text_of(byte_tokenizer, ids))
+
+
+# Outputs of the four grammars, put in the prompts so that drafts from the prompt match them.
+EXAMPLES = ['{"name":"ab","age":7,"role":"user","tags":["a","b"]}', "green-123", "negative", "x=12;"]
+
+
+def _run_collecting(model, grammars, params: list[SamplingParams], prompts: list[list[int]], **config):
+    """Tokens and logprobs per request, and the engine's stats."""
+    engine = LLMEngine(model, None, EngineConfig(**config), eos_token_ids=frozenset({EOS}),
+                       grammar_backend=grammars)
+    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+    tokens: dict[str, list[int]] = {i: [] for i in ids}
+    logprobs: dict[str, list[float]] = {i: [] for i in ids}
+    while engine.has_unfinished:
+        for out in engine.step():
+            tokens[out.request_id].extend(out.new_token_ids)
+            logprobs[out.request_id].extend(lp.logprob for lp in out.new_logprobs)
+    return [tokens[i] for i in ids], [logprobs[i] for i in ids], engine.stats
+
+
+@pytest.mark.parametrize("fast_forward", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_speculation_leaves_constrained_outputs_unchanged(tiny_model, grammars, byte_tokenizer, temperature,
+                                                          fast_forward):
+    """Drafts cut where the grammar rejects them, a mask per draft row, the matcher advanced over
+    accepted tokens only: the tokens (and logprobs) of constrained decoding without speculation."""
+    specs = GRAMMARS * 2
+    params = [SamplingParams(max_tokens=120, temperature=temperature, seed=7 + i, grammar=g, logprobs=2)
+              for i, g in enumerate(specs)]
+    prompts = [list(f"Example: {EXAMPLES[i % 4]} Now: ".encode()) * (1 + i // 4) for i in range(len(specs))]
+    off = SpeculativeConfig(method="none")
+    plain, plain_logprobs, _ = _run_collecting(tiny_model, grammars, params, prompts, speculative=off,
+                                               enable_fast_forward=fast_forward)
+    spec, spec_logprobs, stats = _run_collecting(tiny_model, grammars, params, prompts,
+                                                 speculative=SpeculativeConfig(max_batch=8, min_acceptance=0.0),
+                                                 enable_fast_forward=fast_forward)
+    assert spec == plain
+    for got, want in zip(spec_logprobs, plain_logprobs, strict=True):
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4)
+    assert stats.num_accepted_tokens > 0
+    for grammar, ids in zip(specs, spec, strict=True):
+        check_matches(grammar, text_of(byte_tokenizer, ids))
 
 
 def test_sampled_outputs_always_match_their_grammar(tiny_model, grammars, byte_tokenizer):
