@@ -38,7 +38,8 @@ def _is_blank(text: str) -> bool:
     return not any(ch.isprintable() and not ch.isspace() for ch in text)
 
 
-def _load(model: str, device: str, dtype: str, speculative: str) -> LLM:
+def load_llm(model: str, device: str, dtype: str, speculative: str = "ngram") -> LLM:
+    """The model with the CLI's engine settings (apps commands share it)."""
     from luodi.engine.engine import EngineConfig
     from luodi.engine.speculative import SpeculativeConfig
     from luodi.llm import LLM
@@ -79,7 +80,7 @@ def generate(
     grammar = _grammar(json_schema, regex, choice)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                             grammar=grammar)
-    llm = _load(model, device, dtype, speculative)
+    llm = load_llm(model, device, dtype, speculative)
     if not raw and not llm.has_chat_template:
         err.print(f"[yellow]{model} has no chat template: plain completion of the prompt[/yellow]")
     result = llm.complete(llm.prompt_ids(prompt, raw=raw), params, on_text=None if as_json else _write)
@@ -142,7 +143,7 @@ def chat(
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed)
     functions, choice = _tools(tools, tool_choice)
-    llm = _load(model, device, dtype, speculative)
+    llm = load_llm(model, device, dtype, speculative)
     # One call per answer: a small model allowed several repeats the same call until max_tokens.
     conversation = Conversation(llm, system, functions, choice, is_parallel=False)
     interactive = sys.stdin.isatty()

@@ -59,9 +59,9 @@ def persona(
 
 def _chat(character, model: str, device: str, dtype: str):
     from luodi.apps.persona import PersonaChat
-    from luodi.cli.generate import _load
+    from luodi.cli.generate import load_llm
 
-    return PersonaChat(_load(model, device, dtype), character)
+    return PersonaChat(load_llm(model, device, dtype), character)
 
 
 def _stdin_message() -> str:

@@ -34,11 +34,11 @@ def schedule(
     """Ask about or change your calendar in words: 'move Tuesday's review to Thursday 3pm', '明天上午有什么安排'."""
     from luodi.apps.calendar_file import CalendarFile
     from luodi.apps.schedule import ScheduleAssistant
-    from luodi.cli.generate import _load
+    from luodi.cli.generate import load_llm
 
     clock = _parse_now(now)
     CalendarFile(calendar)  # a bad file is an error before the model loads
-    assistant = ScheduleAssistant(_load(model, device, dtype), CalendarFile(calendar), clock)
+    assistant = ScheduleAssistant(load_llm(model, device, dtype), CalendarFile(calendar), clock)
     for text in ([request] if request is not None else _lines()):
         if not text.strip():
             continue

@@ -37,14 +37,14 @@ def support(
     from luodi.kb.embedding import get_embedder
     from luodi.kb.store import check_text
     from luodi.kb.store.base import LOCAL_OWNER
-    from luodi.cli.generate import _load
+    from luodi.cli.generate import load_llm
 
     if question is not None:
         check_text(question, "question", "--ask")  # before the model loads
     kb_store = _store(store)
     info = kb_store.info(kb, owner=LOCAL_OWNER)  # a missing knowledge base is an error here
     config = SupportConfig(persona, tone, DEFAULT_MIN_SCORE if min_score is None else min_score)
-    bot = SupportBot(_load(model, device, dtype), kb_store, get_embedder(info.embedder), kb, LOCAL_OWNER, config)
+    bot = SupportBot(load_llm(model, device, dtype), kb_store, get_embedder(info.embedder), kb, LOCAL_OWNER, config)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1)
     for text in [question] if question is not None else _lines():
         if text.strip():
