@@ -18,6 +18,7 @@ from luodi.cli.options import (
     DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt, SeedOpt, SpeculativeOpt,
     TemperatureOpt, TopKOpt, TopPOpt,
 )
+from luodi.cli.terminal import user_lines
 from luodi.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def chat(
                   "without history.[/yellow]")
     if interactive:
         err.print("[dim]/reset clears the history, /exit (or Ctrl-D) quits.[/dim]")
-    for line in _lines(interactive):
+    for line in user_lines():
         text = line.strip()
         if _is_blank(text):  # an empty turn is never sent to the model: ask again
             if interactive:
@@ -197,13 +198,3 @@ def _tools(path: Path | None, tool_choice: str) -> tuple[list[Tool], ToolChoice]
     check_tool_choice(choice, functions)
     return functions, choice
 
-
-def _lines(interactive: bool):
-    if not interactive:
-        yield from sys.stdin  # piped: each line is one user turn
-        return
-    while True:
-        try:
-            yield input(">>> ")
-        except EOFError:
-            return

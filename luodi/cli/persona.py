@@ -12,6 +12,7 @@ from rich.console import Console
 
 from luodi.cli.options import (DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt, RepetitionPenaltyOpt,
                                SeedOpt, TemperatureOpt)
+from luodi.cli.terminal import user_lines
 from luodi.errors import InvalidParameterError
 
 err = Console(stderr=True)
@@ -75,11 +76,10 @@ def _stdin_message() -> str:
 
 
 def _converse(chat, params, as_json: bool) -> None:
-    interactive = sys.stdin.isatty()
     greeting = chat.persona.greeting()
     if greeting and not as_json:
         print(f"{chat.persona.card.name}: {greeting}\n", flush=True)
-    for line in _lines(interactive):
+    for line in user_lines():
         text = line.strip()
         if not text:
             continue
@@ -92,13 +92,3 @@ def _converse(chat, params, as_json: bool) -> None:
         chat.reply(text, params, on_text=lambda d: (sys.stdout.write(d), sys.stdout.flush()))
         sys.stdout.write("\n\n")
 
-
-def _lines(interactive: bool):
-    if not interactive:
-        yield from sys.stdin
-        return
-    while True:
-        try:
-            yield input(">>> ")
-        except EOFError:
-            return

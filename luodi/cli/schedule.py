@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, ModelOpt
+from luodi.cli.terminal import user_lines
 from luodi.errors import InvalidParameterError, LuodiError
 
 err = Console(stderr=True)
@@ -39,7 +40,7 @@ def schedule(
     clock = _parse_now(now)
     CalendarFile(calendar)  # a bad file is an error before the model loads
     assistant = ScheduleAssistant(load_llm(model, device, dtype), CalendarFile(calendar), clock)
-    for text in ([request] if request is not None else _lines()):
+    for text in ([request] if request is not None else user_lines("schedule> ")):
         if not text.strip():
             continue
         assistant.calendar = CalendarFile(calendar)  # read afresh: an earlier request may have changed it
@@ -83,13 +84,3 @@ def _parse_now(now: str | None) -> datetime:
     except ValueError as exc:
         raise InvalidParameterError(f"--now {now!r} is not an ISO 8601 time; e.g. 2026-12-07T09:00", "now") from exc
 
-
-def _lines():
-    if not sys.stdin.isatty():
-        yield from sys.stdin
-        return
-    while True:
-        try:
-            yield input("schedule> ")
-        except EOFError:
-            return

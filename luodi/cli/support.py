@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated
 
 import typer
@@ -11,6 +10,7 @@ from rich.console import Console
 
 from luodi.cli.kb import StoreOpt, _place, _store
 from luodi.cli.options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, MaxTokensOpt, ModelOpt
+from luodi.cli.terminal import user_lines
 
 out = Console()
 err = Console(stderr=True)
@@ -46,7 +46,7 @@ def support(
     config = SupportConfig(persona, tone, DEFAULT_MIN_SCORE if min_score is None else min_score)
     bot = SupportBot(load_llm(model, device, dtype), kb_store, get_embedder(info.embedder), kb, LOCAL_OWNER, config)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1)
-    for text in [question] if question is not None else _lines():
+    for text in [question] if question is not None else user_lines("support> "):
         if text.strip():
             _show(bot.ask(text.strip(), params), as_json)
 
@@ -62,13 +62,3 @@ def _show(reply, as_json: bool) -> None:
         if source.cited:
             out.print(f"[{source.number}] {_place(source.hit)}", highlight=False, style="dim")
 
-
-def _lines():
-    if not sys.stdin.isatty():
-        yield from sys.stdin
-        return
-    while True:
-        try:
-            yield input("support> ")
-        except EOFError:
-            return
