@@ -7,7 +7,9 @@ model with the adapter (fp32, through Luodi's engine), the fraction whose answer
 the training report's figures (plan, steps, best epoch, probe, general-text perplexity) and the
 wall time of the whole `finetune()` call.
 
-    python benchmarks/finetune_facts.py [--seeds 0 1 2] [--threads 2]
+    python benchmarks/finetune_facts.py [--seeds 0 1 2] [--threads 2] [--replay W] [--patience P]
+
+`--replay` and `--patience` override those two defaults (to compare replay weights side by side).
 
 Writes benchmarks/results/finetune_facts.json. Needs the `finetune` and `test` extras.
 """
@@ -44,14 +46,15 @@ def answer_heldout(model_path: str, adapter: Path | None) -> list[str]:
         return [llm.complete(llm.prompt_ids(q), params).text for q, _ in heldout_questions()]
 
 
-def run_seed(model_path: str, seed: int, root: Path) -> dict:
+def run_seed(model_path: str, seed: int, root: Path, overrides: dict) -> dict:
     from facts import contains_answer, heldout_questions, write_training_file
 
     from luodi import finetune
 
     data = write_training_file(root / "train.jsonl")
     start = time.perf_counter()
-    result = finetune(model_path, data, out=root / f"adapter-{seed}", seed=seed, device="cpu", report=print)
+    result = finetune(model_path, data, out=root / f"adapter-{seed}", seed=seed, device="cpu", report=print,
+                      **overrides)
     wall = time.perf_counter() - start
     answers = answer_heldout(model_path, result.adapter_dir)
     found = [contains_answer(a, fact) for a, (_, fact) in zip(answers, heldout_questions(), strict=True)]
@@ -66,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--replay", type=float, help="general-text replay weight (default: the plan's)")
+    parser.add_argument("--patience", type=int, help="early-stopping patience (default: the plan's)")
     parser.add_argument("--base", action="store_true", help="also answer with the base model (expect 0)")
     args = parser.parse_args()
     import torch
@@ -73,12 +78,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model_path = str(pulled_model_path("smollm2-135m-instruct"))
+    overrides = {k: v for k, v in (("replay", args.replay), ("patience", args.patience)) if v is not None}
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            runs.append(run_seed(model_path, seed, Path(tmp)))
+            runs.append(run_seed(model_path, seed, Path(tmp), overrides))
     record = {"model": "smollm2-135m-instruct", "threads": args.threads, "machine": platform.processor() or
-              platform.machine(), "torch": torch.__version__, "runs": runs}
+              platform.machine(), "torch": torch.__version__, "overrides": overrides, "runs": runs}
     if args.base:
         from facts import contains_answer, heldout_questions
 
