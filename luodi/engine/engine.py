@@ -73,7 +73,8 @@ class _TextState:
 class StepStats:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
-    num_draft_tokens: int = 0  # speculative draft tokens verified
+    num_drafts: int = 0  # speculative drafts verified (one per request and step)
+    num_draft_tokens: int = 0  # their tokens
     num_accepted_tokens: int = 0  # of those, accepted
     seconds: float = 0.0
     # (prefill tokens, decode tokens, seconds) of the most recent steps
@@ -195,6 +196,7 @@ class LLMEngine:
         prefill = schedule.num_tokens - drafted - decode
         self.stats.num_prefill_tokens += prefill
         self.stats.num_decode_tokens += decode
+        self.stats.num_drafts += sum(1 for c in schedule.chunks if c.num_draft)
         self.stats.num_draft_tokens += drafted
         self.stats.num_accepted_tokens += sum(len(sampled.get(c.request_id, ())) - 1
                                               for c in schedule.chunks if c.num_draft)
