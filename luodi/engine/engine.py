@@ -203,7 +203,8 @@ class LLMEngine:
         self.stats.seconds += seconds
         self.stats.history.append((prefill, decode, seconds))
 
-    def _new_tokens(self, request: Request, logprobs: list[TokenLogprobs]) -> tuple[list[int], list[TokenLogprobs]]:
+    def _new_tokens(self, request: Request,
+                    logprobs: list[TokenLogprobs]) -> tuple[list[int], list[TokenLogprobs]]:
         """The output tokens not yet reported — the accepted draft and sampled ones, then any the
         grammar forced — and their logprobs: a forced token has probability 1 under the grammar
         (logprob 0)."""

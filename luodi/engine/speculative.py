@@ -72,11 +72,13 @@ class SpeculativeConfig:
     def __post_init__(self) -> None:
         if self.method not in SPECULATIVE_METHODS:
             raise InvalidParameterError(
-                f"speculative decoding method {self.method!r} is unknown; use one of {', '.join(SPECULATIVE_METHODS)}",
+                f"speculative decoding method {self.method!r} is unknown; "
+                f"use one of {', '.join(SPECULATIVE_METHODS)}",
                 param="speculative")
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise InvalidParameterError(
-                f"n-gram sizes {self.min_ngram}..{self.max_ngram} are invalid: need 1 <= min_ngram <= max_ngram",
+                f"n-gram sizes {self.min_ngram}..{self.max_ngram} are invalid: "
+                "need 1 <= min_ngram <= max_ngram",
                 param="speculative")
         if self.num_draft_tokens < 1:
             raise InvalidParameterError(f"num_draft_tokens={self.num_draft_tokens} must be >= 1",
