@@ -73,7 +73,8 @@ class _TextState:
 class StepStats:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
-    num_draft_tokens: int = 0  # speculative draft tokens verified
+    num_drafts: int = 0  # speculative drafts verified (one per request and step)
+    num_draft_tokens: int = 0  # their tokens
     num_accepted_tokens: int = 0  # of those, accepted
     seconds: float = 0.0
     # (prefill tokens, decode tokens, seconds) of the most recent steps
@@ -195,13 +196,15 @@ class LLMEngine:
         prefill = schedule.num_tokens - drafted - decode
         self.stats.num_prefill_tokens += prefill
         self.stats.num_decode_tokens += decode
+        self.stats.num_drafts += sum(1 for c in schedule.chunks if c.num_draft)
         self.stats.num_draft_tokens += drafted
         self.stats.num_accepted_tokens += sum(len(sampled.get(c.request_id, ())) - 1
                                               for c in schedule.chunks if c.num_draft)
         self.stats.seconds += seconds
         self.stats.history.append((prefill, decode, seconds))
 
-    def _new_tokens(self, request: Request, logprobs: list[TokenLogprobs]) -> tuple[list[int], list[TokenLogprobs]]:
+    def _new_tokens(self, request: Request,
+                    logprobs: list[TokenLogprobs]) -> tuple[list[int], list[TokenLogprobs]]:
         """The output tokens not yet reported — the accepted draft and sampled ones, then any the
         grammar forced — and their logprobs: a forced token has probability 1 under the grammar
         (logprob 0)."""

@@ -4,9 +4,10 @@ It flattens every scheduled chunk into `input_ids` / `positions` of shape [T], b
 attention metadata once, runs the model once for the whole batch, and samples one token for each
 request whose chunk reached its last known token — or, when the chunk ends with a speculative
 draft, takes logits at the last known token and at every draft token and verifies the draft
-(`luodi.engine.speculative.verify`). Requests with a grammar get their token bitmask
-filled for the sampler (one row per verified position, the matcher walked along the draft) — inline, or (`overlap_masks`) on a worker thread while the forward pass
-runs: llguidance releases the GIL, but on a CPU the two share cores. A model serving LoRA adapters (one with an
+(`luodi.engine.speculative.verify`). Requests with a grammar get their token bitmask filled for
+the sampler (a row per verified position, the matcher walked along the draft) — inline, or
+(`overlap_masks`) on a worker thread while the forward pass runs: llguidance releases the GIL,
+but on a CPU the two share cores. A model serving LoRA adapters (one with an
 `adapters` set, `luodi.models.adapters`) is told which adapter each token uses; requests on
 different adapters and the base share the one forward pass. Knows tensors, block ids and
 sampling params; not text or scheduling policy.

@@ -64,7 +64,8 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, speculator: NgramSpeculator | None = None) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager,
+                 speculator: NgramSpeculator | None = None) -> None:
         self.config = config
         self.kv = kv
         self.speculator = speculator

@@ -3,7 +3,8 @@
 Owns one `CollectorRegistry` per app (so several servers in one process never share counters),
 the counters and histograms the request path updates, and a collector that reads the engine's
 live state — queue depth, running sequences, KV blocks used and free, prefix-cache hits,
-speculative draft tokens verified and accepted — at scrape time, so a scrape always shows the present, not the last update.
+speculative draft tokens verified and accepted — at scrape time, so a scrape always shows the
+present, not the last update.
 
 Latency definitions follow vLLM's metric names: time to first token is from the request's
 admission to its first generated token; time per output token is, per finished request, the

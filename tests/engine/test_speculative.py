@@ -152,21 +152,24 @@ def _request(prompt: list[int], params: SamplingParams = GREEDY) -> Request:
     return Request("r", prompt, params, max_total_tokens=512)
 
 
-def test_policy_batch_limit_pause_and_resume():
-    config = SpeculativeConfig(num_draft_tokens=3, max_batch=2, cooldown_steps=2)
-    speculator = NgramSpeculator(config)
+def test_policy_shares_the_step_rows_and_pauses_beside_others():
+    speculator = NgramSpeculator(SpeculativeConfig(num_draft_tokens=3, max_step_rows=8, cooldown_steps=2))
     request = _request([1, 2, 3, 4, 1, 2, 3])
-    assert speculator.propose(request, max_len=8, num_running=3) == ()  # batch too large
-    assert speculator.propose(request, max_len=2, num_running=2) == (4, 1)  # the step's budget
-    assert speculator.propose(request, max_len=8, num_running=1) == (4, 1, 2)
+    # (8 rows - n decode rows) // n running: 3 (capped by num_draft_tokens), 1, 1, then none.
+    drafts = [speculator.propose(request, max_len=8, num_running=n) for n in (1, 2, 3, 4, 5)]
+    assert drafts == [(4, 1, 2), (4, 1, 2), (4,), (4,), ()]
+    assert speculator.propose(request, max_len=2, num_running=1) == (4, 1)  # the step's token budget
     speculator.record(request, 3, 0)  # 0.5 -> 0.35: still drafting
-    assert speculator.propose(request, 8, 1) == (4, 1, 2)
+    assert speculator.propose(request, 8, 2) == (4, 1, 2)
     speculator.record(request, 3, 0)  # 0.35 -> 0.245 < 0.3: a pause of 2 steps
-    assert [speculator.propose(request, 8, 1) for _ in range(3)] == [(), (), (4, 1, 2)]
+    assert [speculator.propose(request, 8, 2) for _ in range(3)] == [(), (), (4, 1, 2)]
     speculator.record(request, 3, 0)
     speculator.record(request, 3, 0)  # the second pause in a row is twice as long
-    assert [speculator.propose(request, 8, 1) for _ in range(5)] == [(), (), (), (), (4, 1, 2)]
-    speculator.record(request, 3, 3)  # 0.5 -> 0.65: drafting on, the pauses forgotten
+    assert [speculator.propose(request, 8, 2) for _ in range(2)] == [(), ()]
+    # Alone, a paused request drafts anyway (its draft rides in its decode row's pass); the pause runs on.
+    assert [speculator.propose(request, 8, 1) for _ in range(2)] == [(4, 1, 2)] * 2
+    assert speculator.propose(request, 8, 2) == (4, 1, 2)
+    speculator.record(request, 3, 3)  # 0.5 -> 0.65: the pauses are forgotten
     assert request.draft_state is not None and request.draft_state.num_pauses == 0
 
 
@@ -215,14 +218,14 @@ def test_request_choice_overrides_the_engine_default(tiny_model):
     dict(max_num_seqs=4),  # batches of up to 4, all drafting
     dict(max_num_seqs=4, max_num_batched_tokens=6),  # chunked prefill: drafts share a 6-token budget
     dict(max_num_seqs=4, num_blocks=40, max_model_len=256),  # preemption and recompute
-    dict(max_num_seqs=8),  # above max_batch: no drafts while all 8 run
+    dict(max_num_seqs=8),  # no spare rows while more than 4 run: all 8 run to the end together
 ], ids=["alone", "batch4", "chunked", "preempted", "batch8"])
 def test_greedy_tokens_equal_plain_decoding(tiny_model, config):
     prompts = _prompts()
     plain, _ = _generate(tiny_model, prompts, GREEDY, OFF, **config)
     spec, engine = _generate(tiny_model, prompts, GREEDY, **config)
     assert spec == plain
-    if config["max_num_seqs"] <= SpeculativeConfig().max_batch:
+    if config["max_num_seqs"] <= 4:
         assert engine.stats.num_accepted_tokens > 0
     else:
         assert engine.stats.num_draft_tokens == 0
