@@ -7,8 +7,8 @@ they rarely are and the adaptive policy should keep the cost near zero. Per task
 tok/s (output tokens after every request's first, over the time after it) with
 `--speculative none` and `ngram`, alternating (none, ngram, none, ...), medians and their ratio;
 the acceptance rate (accepted / drafted tokens) and accepted tokens per draft verified; and
-whether the greedy outputs were identical (they must be in batch-invariant mode; in the default
-mode a near-tie may part them, as batching can).
+whether the greedy outputs were identical (they must be in batch-invariant mode, the default; with
+`--batch-invariant off` a near-tie may part them, as batching can).
 
     python benchmarks/speculative.py [--model smollm2-135m-instruct] [--reps 2] [--max-tokens 96]
 
@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--num-prompts", type=int, default=8, help="prompts per task (at most 8)")
-    parser.add_argument("--batch-invariant", action="store_true", help="kernels in batch-invariant mode")
+    parser.add_argument("--batch-invariant", choices=("on", "off"), default="on",
+                        help="kernels in batch-invariant mode (the default) or not")
     args = parser.parse_args()
 
     from luodi.engine.engine import EngineConfig, LLMEngine
@@ -125,7 +126,7 @@ def main() -> None:
     from luodi.llm import LLM
 
     for module in (lowbit, fused):
-        module.set_batch_invariant(args.batch_invariant)
+        module.set_batch_invariant(args.batch_invariant == "on")
     llm = LLM.load(args.model)
     engines = {method: LLMEngine(llm.loaded.model, llm.tokenizer,
                                  EngineConfig(max_num_seqs=4, speculative=SpeculativeConfig(method=method)),

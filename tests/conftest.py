@@ -6,12 +6,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def batch_invariant_kernels():
-    """The kernels' batch-invariant mode for a module's tests (off by default: it costs speed;
-    `luodi.kernels.lowbit`), switched back off afterwards."""
+    """The kernels' batch-invariant mode for a module's tests (the default unless
+    LUODI_BATCH_INVARIANT=0; `luodi.kernels.lowbit`), switched back to what it was afterwards."""
     from luodi.kernels import fused, lowbit
 
+    before = lowbit._batch_invariant
     for module in (lowbit, fused):
         module.set_batch_invariant(True)
     yield
     for module in (lowbit, fused):
-        module.set_batch_invariant(False)
+        module.set_batch_invariant(before)

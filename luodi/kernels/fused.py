@@ -54,7 +54,7 @@ NATIVE_HEAD_DIMS = (16, 32, 64, 96, 128, 256)  # rope_attend_decode's compiled k
 _disabled = os.environ.get("LUODI_FUSED", "1") == "0"
 
 
-_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "0") == "1"
+_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 
 @functools.cache

@@ -67,15 +67,16 @@ to keep one packed copy of the weights instead of two.
 
 Batch invariance. INT8/INT4 outputs are summed in an order fixed by K alone (blocks front to back in
 one fp32 chain, then the bias) whatever the number of rows, a row's position or the thread split
-(threads split output tiles, never K). BF16 decode splits K over 1-4 chains by row count, which is
-fastest but makes a row's sum depend on its batch; `set_batch_invariant(True)` (with
-`luodi.kernels.fused.set_batch_invariant`, or LUODI_BATCH_INVARIANT=1) makes decode sum in the
-prompt kernel's single chain, getting its parallel chains from 4 tiles instead, so a request's
-logits are the same alone and batched (tests/engine/test_batch_invariance.py). Off by default, as
-it costs more than 5 % of prompt speed: SmolLM2 bf16, 1 thread, off and on alternated 4 times in one
-process on a busy 2-core Zen 4, medians: pp512 80.0 vs 88.9 tok/s (0.90, the chunk attention's
-per-row dot products), decode 7.0 vs 6.6 tok/s (1.07: no measurable cost). Up to `NATIVE_MAX_ROWS`
-rows: beyond, quantized layers switch to GEMMs with their own order.
+(threads split output tiles, never K). BF16 decode can split K over 1-4 chains by row count, which
+makes a row's sum depend on its batch; batch-invariant mode (the default; `set_batch_invariant`,
+with `luodi.kernels.fused.set_batch_invariant`, or LUODI_BATCH_INVARIANT=0 at load to turn it off)
+makes decode sum in the prompt kernel's single chain, getting its parallel chains from 4 tiles
+instead, so a request's logits are the same alone and batched (tests/engine/test_batch_invariance.py).
+It is the default because it costs under 5 %: SmolLM2 bf16, off and on alternated 4 times in one
+process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --threads T`), medians on/off:
+2 threads pp512 701 vs 728 tok/s (0.963, the chunk attention's per-row dot products), decode 79.8 vs
+66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
+Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
 If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
 is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
@@ -118,8 +119,8 @@ INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _module: Any = None  # the loaded extension, once `native_available()` has found it
 
 
-# Batch-invariant mode (`set_batch_invariant`; the env var LUODI_BATCH_INVARIANT=1 turns it on at load).
-_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "0") == "1"
+# Batch-invariant mode (`set_batch_invariant`): on by default; LUODI_BATCH_INVARIANT=0 turns it off at load.
+_batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 
 @functools.cache

@@ -172,12 +172,11 @@ def test_eval_off_a_terminal_reports_progress_in_plain_lines(smollm2):
 
 def test_speculative_decoding_on_and_off_give_the_same_tokens(smollm2):
     """--speculative ngram verifies prompt-lookup drafts; the tokens are those of --speculative none
-    (batch-invariant kernels: a verified position's logits equal its decode step's bit for bit)."""
+    (batch-invariant kernels, the default: a verified position's logits equal its decode step's bit for bit)."""
     prompt = "Repeat exactly: The train to Lyon leaves at 9:40 from platform 7, the one to Nice at 10:15."
     outputs = {}
     for method in ("none", "ngram"):
-        result = luodi("generate", "-p", prompt, "-n", "32", "-t", "0", "--json", "--speculative", method,
-                       env={"LUODI_BATCH_INVARIANT": "1"})
+        result = luodi("generate", "-p", prompt, "-n", "32", "-t", "0", "--json", "--speculative", method)
         assert result.returncode == 0, result.stderr
         outputs[method] = json.loads(result.stdout)["completion_token_ids"]
     assert outputs["ngram"] == outputs["none"] and len(outputs["none"]) > 10
