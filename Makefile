@@ -17,7 +17,8 @@ run: $(SERVE_STAMP)  ## main job: pull the bundled default model and serve it (O
 	$(BIN)/luodi pull smollm2-135m-instruct
 	$(BIN)/luodi serve
 
-test: $(STAMP)  ## the test suite
+test: $(STAMP)  ## the layer contracts (import-linter), then the test suite
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)  ## speed benchmarks against llama.cpp and transformers (JSON in benchmarks/results/)
