@@ -33,7 +33,8 @@ class ModelConfig:
     hidden_act: str = "silu"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    # Gemma 3: interleaved local (sliding-window) and global attention layers.
+    # Attention over the last `sliding_window` positions on the layers `layer_types` marks as sliding:
+    # every layer for Mistral; Gemma 3 interleaves local (sliding) and global layers.
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()  # per layer: "full_attention" | "sliding_attention"
     rope_local_base_freq: float | None = None
@@ -57,6 +58,14 @@ def _eos_ids(value: Any) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,)
     return tuple(int(v) for v in value)
+
+
+def _layer_types(raw: dict[str, Any], model_type: str, num_layers: int) -> tuple[str, ...]:
+    if model_type == "gemma3_text":
+        return _gemma3_layer_types(raw, num_layers)
+    if model_type == "mistral" and raw.get("sliding_window"):
+        return ("sliding_attention",) * num_layers
+    return ()
 
 
 def _gemma3_layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]:
@@ -133,8 +142,8 @@ def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
         hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu"),
         bos_token_id=raw.get("bos_token_id"),
         eos_token_ids=_eos_ids(raw.get("eos_token_id")),
-        sliding_window=raw.get("sliding_window") if is_gemma else None,
-        layer_types=_gemma3_layer_types(raw, num_layers) if is_gemma else (),
+        sliding_window=raw.get("sliding_window") if is_gemma or model_type == "mistral" else None,
+        layer_types=_layer_types(raw, model_type, num_layers),
         rope_local_base_freq=rope_local_base_freq if is_gemma else None,
         query_pre_attn_scalar=raw.get("query_pre_attn_scalar") if is_gemma else None,
         final_logit_softcapping=raw.get("final_logit_softcapping"),

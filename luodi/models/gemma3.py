@@ -27,7 +27,6 @@ class Gemma3Attention(LlamaAttention):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         self.is_sliding = config.is_sliding_layer(layer_idx)
-        self.sliding_window = config.sliding_window if self.is_sliding else None
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
 

@@ -27,6 +27,7 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.attention_scale
+        self.sliding_window = config.sliding_window if config.is_sliding_layer(layer_idx) else None
         has_bias = self.has_qkv_bias(config)
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_dim, bias=has_bias)
@@ -41,7 +42,7 @@ class LlamaAttention(nn.Module):
         return config.attention_bias
 
     def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        return self.o_proj(rotary_attention(self, x, rope, kv))
+        return self.o_proj(rotary_attention(self, x, rope, kv, sliding_window=self.sliding_window))
 
 
 class LlamaDecoderLayer(nn.Module):

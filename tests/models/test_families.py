@@ -34,6 +34,7 @@ def _configs():
             "original_max_position_embeddings": 8192}),
         "llama-tied": t.LlamaConfig(**COMMON, tie_word_embeddings=True),
         "mistral": t.MistralConfig(**COMMON, sliding_window=None),
+        "mistral-window": t.MistralConfig(**COMMON, sliding_window=8),
         "qwen2": t.Qwen2Config(**COMMON, tie_word_embeddings=True),
         "qwen3": t.Qwen3Config(**COMMON, head_dim=32),
         "gemma3": t.Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,

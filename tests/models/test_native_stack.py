@@ -28,6 +28,8 @@ TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_lay
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
 FAMILIES = {
     "llama": (LlamaForCausalLM, ModelConfig(model_type="llama", **TINY)),
+    "mistral-window": (LlamaForCausalLM, ModelConfig(model_type="mistral", **TINY, sliding_window=6,
+                                                     layer_types=("sliding_attention",) * 3)),
     "qwen2": (Qwen2ForCausalLM, ModelConfig(model_type="qwen2", **TINY, attention_bias=True)),
     "qwen3": (Qwen3ForCausalLM, ModelConfig(model_type="qwen3", **TINY)),
     "gemma3": (Gemma3ForCausalLM, ModelConfig(
@@ -89,7 +91,7 @@ def test_step_logits_equal_the_python_path(name, scheme, monkeypatch):
     assert stack is not None
     calls = []
     monkeypatch.setattr(stack, "stack", _Counting(stack.stack, calls))
-    got = _step_logits(model, steps=10)  # Gemma 3's window (6) is passed by every prompt but one
+    got = _step_logits(model, steps=10)  # the windows (6) are passed by every prompt but one
     assert calls == ["chunks"] + ["decode"] * 10  # every step ran natively
     monkeypatch.setattr(native_stack, "_disabled", True)
     want = _step_logits(model, steps=10)
