@@ -49,6 +49,7 @@ from luodi.server.kb_routes import router as kb_router
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.minutes_routes import router as minutes_router
 from luodi.server.openai_routes import router as openai_router
+from luodi.server.support_routes import router as support_router
 from luodi.server.service import ModelService, ServerConfig
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -84,6 +85,7 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     app.include_router(openai_router)
     app.include_router(kb_router)
     app.include_router(minutes_router)
+    app.include_router(support_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = partial(_openapi_naming_the_model, app, service)  # type: ignore[method-assign]
@@ -149,7 +151,8 @@ def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
     """The route template a request matches (bounded label values), or "other"."""
     # Included routers are wrapped by FastAPI; match against their own routes.
     routes = [
-        r for r in (*openai_router.routes, *kb_router.routes, *app.router.routes)
+        r for r in (*openai_router.routes, *kb_router.routes, *minutes_router.routes, *support_router.routes,
+                    *app.router.routes)
         if isinstance(getattr(r, "path", None), str)
     ]
 
