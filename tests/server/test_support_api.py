@@ -141,3 +141,26 @@ def test_bad_input_is_a_4xx_naming_it(server, body, status, needle):
     error = response.json()["error"]
     assert needle in error["message"] + str(error["param"])
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_support_mode_of_the_web_chat(server):
+    from test_web import chat_page, screenshot  # Playwright + Debian Chromium; skips without them
+
+    base_url, headers = server
+    key = headers["alice"]["Authorization"].removeprefix("Bearer ")
+    with chat_page(base_url, api_key=key) as (page, expect):
+        page.fill("#prompt", WIFI[0]["content"])
+        page.click("#support")  # no knowledge base picked yet
+        expect(page.locator(".message.assistant.error .text")).to_contain_text("knowledge base", timeout=10_000)
+        page.select_option("#kb", "help")
+        page.fill("#prompt", WIFI[0]["content"])
+        page.click("#support")
+        answered = page.locator(".message.assistant:not(.error)").nth(0)
+        expect(answered.locator("ol.sources li.cited .place").first).to_contain_text("wifi.md", timeout=120_000)
+        page.fill("#prompt", OFF_TOPIC[0]["content"])
+        page.click("#support")
+        handed_off = page.locator(".message.assistant:not(.error)").nth(1)
+        expect(handed_off.locator(".handoff-note")).to_contain_text("close enough", timeout=60_000)
+        expect(handed_off.locator(".text")).to_have_text(HANDOFF_TEXT)
+        assert handed_off.locator("ol.sources").count() == 0
+        screenshot(page, "support-mode.png")
