@@ -9,10 +9,12 @@ and the text stream of one admitted request. Must not know any app.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import suppress
 
 from luodi.apps.generation import Generate
 from luodi.engine.sampling import SamplingParams
+from luodi.server.errors import ClientClosedRequest
 from luodi.server.service import Admission, ModelService
 
 
@@ -41,3 +43,24 @@ async def stream_text(service: ModelService, admission: Admission, prompt_ids: l
     async for out in service.generate(admission, prompt_ids, params, cache_salt=cache_salt):
         if out.new_text:
             yield out.new_text
+
+
+async def join_text(deltas: AsyncIterator[str], client_gone: Awaitable[None]) -> str:
+    """All of `deltas` as one text — or, if `client_gone` completes first, the request aborted
+    (its KV blocks freed at once) and ClientClosedRequest raised."""
+    async def join() -> str:
+        return "".join([delta async for delta in deltas])
+
+    work = asyncio.ensure_future(join())
+    gone = asyncio.ensure_future(client_gone)
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()  # CancelledError inside the engine stream aborts the request
+            with suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        raise ClientClosedRequest("the client closed the connection before the answer was ready")
+    return work.result()

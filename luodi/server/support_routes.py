@@ -30,9 +30,9 @@ from luodi.apps.support import SupportBot, SupportConfig, SupportTurn, default_p
 from luodi.errors import InvalidParameterError
 from luodi.kb.store import check_text
 from luodi.llm import LLM, Message
-from luodi.server.app_generation import stream_text
+from luodi.server.app_generation import join_text, stream_text
 from luodi.server.errors import error_payload
-from luodi.server.kb_routes import request_owner
+from luodi.server.kb_routes import client_gone, request_owner
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.openai_routes import cache_salt
 from luodi.server.protocol import ERROR_RESPONSES
@@ -43,7 +43,8 @@ _DEFAULTS = SupportConfig()
 
 
 class SupportMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant"] = Field(
+        description="System messages are ignored: `persona` and `tone` set the bot's instructions.")
     content: str = Field(max_length=8000)
 
 
@@ -81,17 +82,23 @@ async def support(body: SupportRequest, request: Request) -> Any:
     question = body.question()
     llm = service.ready_llm(body.model)
     bot, turn = await knowledge.run(_prepare, knowledge, llm, body, request_owner(request), question)
-    params = default_params(body.max_tokens)
-    deltas = None
+    admission, deltas = None, None  # a hand-off asks no model
     if not turn.handoff:
+        params = default_params(body.max_tokens)
         await run_in_threadpool(service.check_prompt, turn.prompt_ids, params, prompt_param="messages")
         admission = service.admit()
         deltas = stream_text(service, admission, turn.prompt_ids, params, cache_salt(request, None))
+    # The admission is released when its stream ends; releasing it here too (idempotent) covers a
+    # stream that never started (its client gone first).
     if body.stream:
-        release = BackgroundTask(admission.release) if deltas is not None else None  # a stream never started
-        return EventSourceResponse(_events(bot, turn, deltas), sep="\n", background=release,
+        return EventSourceResponse(_events(bot, turn, deltas), sep="\n",
+                                   background=BackgroundTask(admission.release) if admission else None,
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    text = "" if deltas is None else "".join([delta async for delta in deltas])
+    try:
+        text = await join_text(deltas, client_gone(request)) if deltas is not None else ""
+    finally:
+        if admission is not None:
+            admission.release()
     return bot.finish(turn, text).to_dict()
 
 
