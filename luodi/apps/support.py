@@ -116,7 +116,9 @@ class SupportBot:
         hits = search(self.store, self.embedder, self.kb, query, owner=self.owner, k=self.config.k)
         if self.llm is None:
             return SupportTurn(question, query, best, False, hits[:1], top=1)
-        passages, _ = fit_passages(self.llm, query, hits, max_tokens)
+        # Room for the answer and for the persona the fitted prompt does not hold yet.
+        persona_tokens = len(self.llm.prompt_ids([{"role": "system", "content": self._persona()}]))
+        passages, _ = fit_passages(self.llm, query, hits, max_tokens + persona_tokens)
         prompt_ids = self.llm.prompt_ids(self._messages(question, passages))
         return SupportTurn(question, query, best, False, passages, prompt_ids, passages.index(hits[0]) + 1)
 
@@ -145,6 +147,8 @@ class SupportBot:
 
     def _messages(self, question: str, passages: list[Hit]) -> list[Message]:
         messages = answer_messages(question, passages)
-        persona = f"{self.config.persona} Your tone is {self.config.tone}."
-        messages[0] = {"role": "system", "content": f"{persona}\n\n{messages[0]['content']}"}
+        messages[0] = {"role": "system", "content": f"{self._persona()}\n\n{messages[0]['content']}"}
         return messages
+
+    def _persona(self) -> str:
+        return f"{self.config.persona} Your tone is {self.config.tone}."

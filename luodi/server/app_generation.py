@@ -9,7 +9,7 @@ and the text stream of one admitted request. Must not know any app.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import suppress
 
 from luodi.apps.generation import Generate
@@ -38,14 +38,14 @@ async def generate_all(service: ModelService, prompts: Sequence[list[int]], para
 
 
 async def stream_text(service: ModelService, admission: Admission, prompt_ids: list[int],
-                      params: SamplingParams, cache_salt: str | None = None) -> AsyncIterator[str]:
+                      params: SamplingParams, cache_salt: str | None = None) -> AsyncGenerator[str, None]:
     """The text deltas of one admitted request; closing the iterator early aborts it."""
     async for out in service.generate(admission, prompt_ids, params, cache_salt=cache_salt):
         if out.new_text:
             yield out.new_text
 
 
-async def join_text(deltas: AsyncIterator[str], client_gone: Awaitable[None]) -> str:
+async def join_text(deltas: AsyncGenerator[str, None], client_gone: Awaitable[None]) -> str:
     """All of `deltas` as one text — or, if `client_gone` completes first, the request aborted
     (its KV blocks freed at once) and ClientClosedRequest raised."""
     async def join() -> str:

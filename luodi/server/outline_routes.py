@@ -23,9 +23,13 @@ from luodi.server.multipart import form_file
 from luodi.server.protocol import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], responses=ERROR_RESPONSES)
+# The body is read by hand (`form_file`), so its shape is declared for the OpenAPI schema here.
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "The document."}}}}}}}
 
 
-@router.post("/outline")
+@router.post("/outline", openapi_extra=_UPLOAD_BODY)
 async def outline(request: Request) -> dict[str, Any]:
     """Upload one document as the form field `file`; get {outline, markdown}."""
     filename, content = form_file(request.headers.get("content-type", ""), await request.body())

@@ -16,7 +16,7 @@ Must not know how the bot decides: it calls `SupportBot.prepare` and `SupportBot
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -112,11 +112,11 @@ def _prepare(knowledge: KnowledgeService, llm: LLM, body: SupportRequest, owner:
 
 
 async def _events(bot: SupportBot, turn: SupportTurn,
-                  deltas: AsyncIterator[str] | None) -> AsyncIterator[dict[str, str]]:
+                  deltas: AsyncGenerator[str, None] | None) -> AsyncIterator[dict[str, str]]:
     text = ""
     if deltas is not None:
         try:
-            async with aclosing(deltas):  # type: ignore[type-var]
+            async with aclosing(deltas):
                 async for delta in deltas:
                     text += delta
                     yield {"data": _dumps({"delta": delta})}

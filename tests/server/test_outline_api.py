@@ -94,3 +94,9 @@ def test_a_body_that_is_not_a_form_is_a_400(base_url):
 def test_an_upload_over_the_limit_is_a_413(base_url):
     response = upload(base_url, "big.md", b"# Big\n\n" + b"word " * MAX_UPLOAD)
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_the_openapi_schema_declares_the_upload(base_url):
+    post = httpx.get(f"{base_url}/openapi.json", timeout=60).json()["paths"]["/v1/apps/outline"]["post"]
+    schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
