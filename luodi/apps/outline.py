@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from luodi.kb.document import Block
+from luodi.kb.ingest.limits import IngestBudget
 from luodi.kb.ingest.loaders import load_document
 
 MAX_POINTS = 3
@@ -45,10 +46,11 @@ class Outline:
         return asdict(self)
 
 
-def outline_document(path: Path) -> Outline:
-    """The outline of the document at `path`; raises `DocumentError` for a file it cannot read."""
+def outline_document(path: Path, budget: IngestBudget | None = None) -> Outline:
+    """The outline of the document at `path`, read within `budget` (the knowledge base's default
+    limits if None); raises `DocumentError` for a file it cannot read or one over a limit."""
     path = Path(path)
-    blocks = load_document(path)
+    blocks = load_document(path, budget)
     levels = _markdown_levels(path) if path.suffix.lower() in (".md", ".markdown") else {}
     return Outline(source=path.name, sections=build_outline(blocks, levels))
 

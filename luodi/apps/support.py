@@ -21,6 +21,7 @@ from typing import Any
 
 from luodi.engine.sampling import SamplingParams
 from luodi.kb.answer import Source, answer_messages, cited_numbers, fit_passages
+from luodi.kb.document import Hit
 from luodi.kb.embedding import Embedder
 from luodi.kb.retrieval import search
 from luodi.kb.store.base import Store
@@ -50,10 +51,32 @@ class SupportReply:
     handoff: bool
     query: str  # what was searched (the question, or the rewritten follow-up)
     best_score: float
+    reason: str = ""  # why a hand-off was made; empty for an answer
 
     def to_dict(self) -> dict[str, Any]:
-        return {"answer": self.answer, "sources": [s.as_json() for s in self.sources if s.cited],
-                "handoff": self.handoff, "query": self.query, "best_score": round(self.best_score, 4)}
+        reply = {"answer": self.answer, "sources": [s.as_json() for s in self.sources if s.cited],
+                 "handoff": self.handoff, "query": self.query, "best_score": round(self.best_score, 4)}
+        return {**reply, "reason": self.reason} if self.handoff else reply
+
+
+@dataclass(frozen=True, slots=True)
+class SupportTurn:
+    """One question made ready to answer: what was searched, how close the best passage came, and,
+    unless it is a hand-off, the numbered passages and the prompt. The caller generates the answer
+    from `prompt_ids` its own way (the CLI on the `LLM`, the server through its async engine) and
+    hands the text to `SupportBot.finish`."""
+
+    question: str
+    query: str
+    best_score: float
+    handoff: bool
+    passages: list[Hit] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)  # empty without a model
+    top: int = 0  # the [n] of the best-retrieved passage: the source when the answer cites none
+
+
+def default_params(max_tokens: int = 200) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1)
 
 
 def rewrite_follow_up(history: list[Message], question: str) -> str:
@@ -76,35 +99,56 @@ class SupportBot:
 
     def ask(self, question: str, params: SamplingParams | None = None,
             on_text: Callable[[str], None] | None = None) -> SupportReply:
+        params = params or default_params()
+        turn = self.prepare(question, params.max_tokens or 200)
+        text = ""
+        if turn.prompt_ids:
+            assert self.llm is not None  # prepare builds a prompt only with a model
+            text = self.llm.complete(turn.prompt_ids, params, on_text=on_text).text
+        return self.finish(turn, text)
+
+    def prepare(self, question: str, max_tokens: int = 200) -> SupportTurn:
+        """Rewrite a follow-up, decide on a hand-off, and build the prompt (fit to the context window)."""
         query = rewrite_follow_up(self.history, question)
         best = self.best_score(query)
         if best < self.config.min_score:
-            reply = SupportReply(HANDOFF_TEXT, [], True, query, best)
+            return SupportTurn(question, query, best, handoff=True)
+        hits = search(self.store, self.embedder, self.kb, query, owner=self.owner, k=self.config.k)
+        if self.llm is None:
+            return SupportTurn(question, query, best, False, hits[:1], top=1)
+        # Room for the answer and for the persona the fitted prompt does not hold yet.
+        persona_tokens = len(self.llm.prompt_ids([{"role": "system", "content": self._persona()}]))
+        passages, _ = fit_passages(self.llm, query, hits, max_tokens + persona_tokens)
+        prompt_ids = self.llm.prompt_ids(self._messages(question, passages))
+        return SupportTurn(question, query, best, False, passages, prompt_ids, passages.index(hits[0]) + 1)
+
+    def finish(self, turn: SupportTurn, text: str) -> SupportReply:
+        """The reply to `turn` given the model's `text`, with its sources; the turn joins the history."""
+        if turn.handoff:
+            reason = self._handoff_reason(turn)
+            reply = SupportReply(HANDOFF_TEXT, [], True, turn.query, turn.best_score, reason)
         else:
-            reply = self._answer(question, query, best, params, on_text)
-        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply.answer}]
+            text = text.strip()
+            cited = cited_numbers(text) & set(range(1, len(turn.passages) + 1))
+            cited = cited or {turn.top}  # the model cited nothing: the best-retrieved passage is the source
+            sources = [Source(n, hit, n in cited) for n, hit in enumerate(turn.passages, 1)]
+            reply = SupportReply(text, sources, False, turn.query, turn.best_score)
+        self.history += [{"role": "user", "content": turn.question},
+                         {"role": "assistant", "content": reply.answer}]
         return reply
 
     def best_score(self, query: str) -> float:
         hits = self.store.search_vector(self.kb, self.embedder.embed_query(query), 1, owner=self.owner)
         return hits[0].score if hits else 0.0
 
-    def _answer(self, question: str, query: str, best: float, params: SamplingParams | None,
-                on_text: Callable[[str], None] | None) -> SupportReply:
-        hits = search(self.store, self.embedder, self.kb, query, owner=self.owner, k=self.config.k)
-        if self.llm is None:
-            return SupportReply("", [Source(1, hits[0], True)], False, query, best)
-        params = params or SamplingParams(temperature=0.0, max_tokens=200, repetition_penalty=1.1)
-        passages, _ = fit_passages(self.llm, query, hits, params.max_tokens or 200)
-        messages = self._messages(question, passages)
-        text = self.llm.complete(self.llm.prompt_ids(messages), params, on_text=on_text).text.strip()
-        cited = cited_numbers(text) & set(range(1, len(passages) + 1))
-        if not cited:  # the model cited nothing: the best-retrieved passage is the source
-            cited = {passages.index(hits[0]) + 1}
-        return SupportReply(text, [Source(n, h, n in cited) for n, h in enumerate(passages, 1)], False, query, best)
+    def _handoff_reason(self, turn: SupportTurn) -> str:
+        return (f"no passage of knowledge base {self.kb!r} is close enough to the question (best cosine "
+                f"similarity {turn.best_score:.3f}, below {self.config.min_score:.3f})")
 
-    def _messages(self, question: str, passages) -> list[Message]:
+    def _messages(self, question: str, passages: list[Hit]) -> list[Message]:
         messages = answer_messages(question, passages)
-        persona = f"{self.config.persona} Your tone is {self.config.tone}."
-        messages[0] = {"role": "system", "content": persona + "\n\n" + messages[0]["content"]}
+        messages[0] = {"role": "system", "content": f"{self._persona()}\n\n{messages[0]['content']}"}
         return messages
+
+    def _persona(self) -> str:
+        return f"{self.config.persona} Your tone is {self.config.tone}."

@@ -57,7 +57,7 @@ def _show(reply, as_json: bool) -> None:
         return
     out.print(reply.answer, highlight=False)
     if reply.handoff:
-        err.print("[yellow]hand-off: nothing in the knowledge base is close enough to answer this[/yellow]")
+        err.print(f"hand-off: {reply.reason}", style="yellow", markup=False, highlight=False)
     for source in reply.sources:
         if source.cited:
             out.print(f"[{source.number}] {_place(source.hit)}", highlight=False, style="dim")

@@ -74,10 +74,10 @@ async def upload_document(name: str, filename: str, request: Request) -> dict[st
     safe = upload_name(filename)
     content = await request.body()
     service = knowledge(request)
-    return await service.upload(_client_gone(request), name, request_owner(request), safe, content)
+    return await service.upload(client_gone(request), name, request_owner(request), safe, content)
 
 
-async def _client_gone(request: Request) -> None:
+async def client_gone(request: Request) -> None:
     # The body has been read, so the next ASGI message can only be the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -122,8 +122,15 @@ class KnowledgeService:
     async def upload(self, client_gone: Awaitable[None], name: str, owner: str, filename: str,
                      content: bytes) -> dict[str, Any]:
         """`add_document` in a thread, cancelled (IngestCancelledError) if `client_gone` completes first."""
+        return await self.run_upload(client_gone, filename, self.add_document, name, owner, filename, content)
+
+    async def run_upload(self, client_gone: Awaitable[None], filename: str,
+                         fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args, cancel)` in a thread, where `cancel` is a `threading.Event` set (and
+        IngestCancelledError raised here) if `client_gone` completes first: the work on an upload
+        stops at its next page, OCR call or embedding batch once its client has left."""
         cancel = threading.Event()
-        work = asyncio.ensure_future(self.run(self.add_document, name, owner, filename, content, cancel))
+        work = asyncio.ensure_future(self.run(fn, *args, cancel))
         gone = asyncio.ensure_future(client_gone)
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -204,15 +211,19 @@ class KnowledgeService:
         cancel = cancel if cancel is not None else threading.Event()
         with self._owner_turn(owner, cancel), self.uploads.holding(filename, content) as path:
             budget = IngestBudget(self.limits, cancel, name=filename)
-            with self._tracked(owner, name, filename, budget):
-                try:
-                    status, chunks = ingestor.add_file(SourceFile(path, filename), budget)
-                except DocumentError as exc:  # the file's path is the spool's; the client knows the name
-                    raise type(exc)(str(exc).replace(str(path), filename)) from None
-                except OSError as exc:
-                    raise DocumentError(f"{filename}: cannot read the stored upload ({exc.strerror}); "
-                                        "check the disk under the uploads folder and retry") from None
+            with self._tracked(owner, name, filename, budget), upload_errors(path, filename):
+                status, chunks = ingestor.add_file(SourceFile(path, filename), budget)
         return {"source": filename, "status": status, "chunks": chunks}
+
+    def read_upload(self, owner: str, filename: str, content: bytes, read: Callable[[Path, IngestBudget], T],
+                    cancel: threading.Event | None = None) -> T:
+        """`read(path, budget)` on the upload spooled to disk, within the ingestion limits, tracked and
+        cancelled like an ingestion (for an app that reads a document without storing it)."""
+        cancel = cancel if cancel is not None else threading.Event()
+        with self.uploads.holding(filename, content) as path:
+            budget = IngestBudget(self.limits, cancel, name=filename)
+            with self._tracked(owner, "", filename, budget), upload_errors(path, filename):
+                return read(path, budget)
 
     @contextmanager
     def _owner_turn(self, owner: str, cancel: threading.Event) -> Iterator[None]:
@@ -259,6 +270,18 @@ class KnowledgeService:
         grounded = answer_messages(question, passages)
         sources = [{"n": n, **hit.as_json()} for n, hit in enumerate(passages, start=1)]
         return GroundedPrompt(grounded, prompt_ids, sources)
+
+
+@contextmanager
+def upload_errors(path: Path, filename: str) -> Iterator[None]:
+    """Errors reading the spooled upload at `path`, told in terms of the client's `filename`."""
+    try:
+        yield
+    except DocumentError as exc:  # the file's path is the spool's; the client knows the name
+        raise type(exc)(str(exc).replace(str(path), filename)) from None
+    except OSError as exc:
+        raise DocumentError(f"{filename}: cannot read the stored upload ({exc.strerror}); "
+                            "check the disk under the uploads folder and retry") from None
 
 
 def _info(info) -> dict[str, Any]:

@@ -9,7 +9,6 @@ Must not know how minutes are made.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 import datetime as dt
 from typing import Any, Literal
 
@@ -18,7 +17,8 @@ from pydantic import BaseModel, Field
 
 from luodi.apps.minutes import to_markdown, write_minutes
 from luodi.apps.transcript import MAX_TRANSCRIPT_BYTES, parse_transcript
-from luodi.engine.sampling import SamplingParams
+from luodi.server.app_generation import threaded_generate
+from luodi.server.openai_routes import cache_salt
 from luodi.server.protocol import ERROR_RESPONSES
 from luodi.server.service import ModelService
 
@@ -38,19 +38,7 @@ async def minutes(body: MinutesRequest, request: Request) -> dict[str, Any]:
     llm = service.ready_llm(body.model)
     transcript = parse_transcript(body.transcript, name="transcript", subtitles=body.format in ("srt", "vtt"),
                                   meeting_date=body.date)
-    loop = asyncio.get_running_loop()
-
-    def generate(prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[str]:
-        return asyncio.run_coroutine_threadsafe(_generate_all(service, prompts, params), loop).result()
-
+    generate = threaded_generate(service, asyncio.get_running_loop(), cache_salt(request, None))
     result = await asyncio.to_thread(write_minutes, llm, transcript, generate=generate)
     return {"minutes": result.to_dict(), "markdown": to_markdown(result)}
 
-
-async def _generate_all(service: ModelService, prompts: Sequence[list[int]],
-                        params: Sequence[SamplingParams]) -> list[str]:
-    async def one(prompt_ids: list[int], sampling: SamplingParams) -> str:
-        admission = service.admit()
-        return "".join([out.new_text async for out in service.generate(admission, prompt_ids, sampling)])
-
-    return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, params, strict=True))))

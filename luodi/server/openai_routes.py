@@ -12,7 +12,7 @@ Either way the engine frees the request's KV blocks.
 
 Work that grows with the input — tokenizing, rendering the chat template — runs in a worker
 thread, so one multi-megabyte prompt does not stall `/health` and every other stream. Each
-caller's prompts share cached prefix blocks only with the same caller's (`_cache_salt`), so
+caller's prompts share cached prefix blocks only with the same caller's (`cache_salt`), so
 `cached_tokens` and the time to first token reveal nothing of another tenant's prompts.
 
 Must not know how the engine schedules or a model computes: it calls `ModelService` and `LLM`.
@@ -59,7 +59,7 @@ def _tenant(request: Request) -> str | None:
     return getattr(request.state, "api_key_id", None)
 
 
-def _cache_salt(request: Request, requested: str | None) -> str | None:
+def cache_salt(request: Request, requested: str | None) -> str | None:
     """The caller's prefix-cache partition: its tenant's, narrowed by the request's own `cache_salt`.
     Every caller of a server without keys shares one partition (None, unless a salt is sent)."""
     tenant = _tenant(request)
@@ -172,7 +172,7 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
                      calling=calling)
     plan = choices.plan(answer.prompts, params, body.n or 1)
     admissions = choices.Admissions(service, len(plan))
-    outputs = choices.merged(service, admissions, plan, adapter, _cache_salt(request, body.cache_salt))
+    outputs = choices.merged(service, admissions, plan, adapter, cache_salt(request, body.cache_salt))
     if body.stream:
         return _event_stream(_chat_events(answer, outputs, len(plan), body.include_usage), admissions)
     return _chat_completion(answer, await _collect(request, outputs, admissions, len(plan)))
@@ -268,7 +268,7 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     answer = _Answer(llm, body.model, prompts, params, p.new_id("cmpl"))
     plan = choices.plan(prompts, params, body.n or 1, echoes)
     admissions = choices.Admissions(service, len(plan))
-    outputs = choices.merged(service, admissions, plan, adapter, _cache_salt(request, body.cache_salt))
+    outputs = choices.merged(service, admissions, plan, adapter, cache_salt(request, body.cache_salt))
     if body.stream:
         return _event_stream(_completion_events(answer, plan, outputs, body.include_usage), admissions)
     return _completion(answer, plan, await _collect(request, outputs, admissions, len(plan)))

@@ -61,6 +61,25 @@ def test_pdf_pages(tmp_path):
     assert pages[0] == 1 and 2 in pages
 
 
+def test_pdf_headings_followed_by_their_text(tmp_path):
+    canvas = pytest.importorskip("reportlab.pdfgen.canvas")
+    path = tmp_path / "r.pdf"
+    pdf = canvas.Canvas(str(path))
+    for page, (heading, body) in enumerate([("1 Introduction", "Luodi runs models on CPUs."),
+                                            ("2 Results", "Decode reaches the memory wall.")]):
+        pdf.drawString(72, 720, heading)
+        pdf.drawString(72, 700, body)
+        if page == 0:
+            pdf.drawString(72, 660, "1.1 Scope")
+            pdf.drawString(72, 640, "Only CPUs are measured.")
+        pdf.showPage()
+    pdf.save()
+    outline = outline_document(path)
+    assert titles(outline.sections) == [(0, "1 Introduction"), (1, "1.1 Scope"), (0, "2 Results")]
+    assert [s.page for s in outline.sections] == [1, 2]
+    assert outline.sections[1].points == ["Decode reaches the memory wall."]
+
+
 @pytest.mark.parametrize(("title", "level"), [("2.1.3 Details", 3), ("3 Scope", 1), ("第二节 范围", 2),
                                               ("一、背景", 1), ("（二）目标", 2), ("Overview", 1)])
 def test_heading_levels(title, level):

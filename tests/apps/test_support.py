@@ -62,6 +62,7 @@ def test_unanswerable_question_hands_off(kb, question):
     reply = bot(kb).ask(question)
     assert reply.handoff and reply.answer == HANDOFF_TEXT and reply.sources == []
     assert reply.to_dict()["handoff"] is True and reply.best_score < SupportConfig().min_score
+    assert "close enough" in reply.to_dict()["reason"] and "'help'" in reply.reason
 
 
 def test_follow_up_finds_the_page_of_the_first_question(kb):

@@ -232,3 +232,17 @@ def test_blank_pdf_needs_no_font(tmp_path: Path) -> None:
     with pytest.raises(DocumentError, match="blank.pdf: no text found"):
         load_document(write_blank_pdf(tmp_path / "blank.pdf", 1), budget)
     assert (budget.pages_read, budget.ocr_pages) == (1, 1)
+
+
+@pytest.mark.parametrize(("text", "paragraphs"), [
+    ("1 Introduction\nLuodi runs models\non CPUs.\n2.1 Results\nDecode is fast.\n",
+     ["1 Introduction", "Luodi runs models on CPUs.", "2.1 Results", "Decode is fast."]),
+    ("第二章 考勤\n每天九点上班。\n", ["第二章考勤", "每天九点上班。"]),
+    # a number that opens a wrapped line inside a sentence stays in it; so does a numbered sentence
+    ("Employees get\n15 days of leave per year.\n3 apples were sold.\n",
+     ["Employees get 15 days of leave per year.", "3 apples were sold."]),
+])
+def test_pdf_numbered_heading_lines_are_blocks_of_their_own(text: str, paragraphs: list[str]) -> None:
+    from luodi.kb.ingest.pdf import page_paragraphs
+
+    assert page_paragraphs(text) == paragraphs

@@ -71,13 +71,16 @@ def _playwright():
 
 
 @contextmanager
-def chat_page(base_url: str, width: int = 900, height: int = 640):
-    """The web chat in headless Chromium, model connected and settings open; yields (page, expect)."""
+def chat_page(base_url: str, width: int = 900, height: int = 640, api_key: str | None = None):
+    """The web chat in headless Chromium, model connected and settings open; yields (page, expect).
+    With `api_key`, the page starts with it as if typed into Settings earlier in the tab."""
     sync_api, executable = _playwright()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            if api_key is not None:
+                page.add_init_script(f"sessionStorage.setItem('luodi-api-key', {json.dumps(api_key)});")
             page.goto(base_url + "/")
             sync_api.expect(page.locator("#model")).to_have_text("smollm2", timeout=30_000)
             page.click("#settings summary")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+import re
 from typing import Any
 
 from luodi.errors import DocumentError
@@ -25,6 +26,11 @@ MIN_TEXT_CHARS = 20
 OCR_DPI = 200
 MAX_OCR_SIDE = 2000  # pixels; RapidOCR shrinks anything larger anyway
 SENTENCE_ENDS = ("。", "！", "？", "；", "：", ".", "!", "?", ";", ":", "”", "」")
+# A numbered heading ("2.1 Results", "第二章 考勤", "一、背景", "（二）目标"): short, no closing
+# punctuation. A body line wrapped at the page width is longer than MAX_HEADING_CHARS.
+_NUMBERED_HEADING = re.compile(r"^\s*(\d+(\.\d+)*[.、)]?\s+\S|第[一二三四五六七八九十百\d]+[章篇部节条]|"
+                               r"（[一二三四五六七八九十]+）|[一二三四五六七八九十]+、)")
+MAX_HEADING_CHARS = 60
 
 
 def load_pdf(path: Path, budget: IngestBudget) -> list[Block]:
@@ -74,18 +80,28 @@ def page_paragraphs(text: str) -> list[str]:
 
     pypdf's plain mode (which keeps columns apart, unlike its layout mode) rarely marks
     paragraphs, so besides blank lines a line that ends a sentence ends a block too: a paragraph
-    may come out as several blocks, but a sentence is never split between two.
+    may come out as several blocks, but a sentence is never split between two. A numbered heading
+    line that opens a block is a block of its own, so an outline can find it.
     """
     paragraphs = []
     for run in split_paragraphs(text):
         lines: list[str] = []
         for line in run.split("\n"):
+            if not lines and _is_numbered_heading(line):  # a heading opening a block: a block alone
+                paragraphs.append(line.strip())
+                continue
             lines.append(line)
             if line.rstrip().endswith(SENTENCE_ENDS):
                 paragraphs.append(join_wrapped_lines(lines))
                 lines = []
         paragraphs.append(join_wrapped_lines(lines))
     return [remove_cjk_spaces(p) for p in paragraphs if p]
+
+
+def _is_numbered_heading(line: str) -> bool:
+    line = line.strip()
+    return (len(line) <= MAX_HEADING_CHARS and bool(_NUMBERED_HEADING.match(line))
+            and not line.endswith((*SENTENCE_ENDS, ",", "，")))
 
 
 def _open_reader(path: Path) -> Any:

@@ -83,8 +83,9 @@ function setStats(box, text) {
   stats.textContent = text;
 }
 
-// Split an SSE byte stream into `data:` payloads; comments (": ping") are skipped.
-async function* sseData(response) {
+// Split an SSE byte stream into { event, data } (event "message" unless named); comments
+// (": ping") are skipped.
+async function* sseEvents(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -96,10 +97,17 @@ async function* sseData(response) {
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
-      if (data.length) yield data.join("\n");
+      const lines = event.split("\n");
+      const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
+      const name = lines.filter((l) => l.startsWith("event:")).map((l) => l.slice(6).trim()).pop();
+      if (data.length) yield { event: name || "message", data: data.join("\n") };
     }
   }
+}
+
+// The `data:` payloads of an SSE stream.
+async function* sseData(response) {
+  for await (const event of sseEvents(response)) yield event.data;
 }
 
 function requestBody() {
@@ -197,7 +205,7 @@ function showSources(box, sources, answer) {
   for (const source of sources) {
     const item = document.createElement("li");
     item.value = source.n;
-    if (cited.has(source.n)) item.classList.add("cited");
+    if (cited.has(source.n) || source.cited) item.classList.add("cited");
     const place = [source.source, source.page ? "page " + source.page : "", source.section || ""].filter(Boolean);
     const title = document.createElement("div");
     title.className = "place";
