@@ -20,7 +20,7 @@ fi
 cmake -S "src-$version/vendor/llama.cpp" -B "cmake-$version" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF > "cmake-$version.log"
-cmake --build "cmake-$version" --target llama-server -j "$(nproc)"
+cmake --build "cmake-$version" --target llama-server -j "${JOBS:-$(nproc)}"
 mkdir -p bin
 cp "cmake-$version/bin/llama-server" bin/llama-server
 echo "$root/bin/llama-server"

@@ -8,6 +8,12 @@ token p50 / p99 (target p99 <= 1 ms), the share of output tokens fast-forwarded 
 and masks computed inline vs on a worker thread beside the forward pass. Runs alternate
 (plain, schema, schema+overlap, plain, ...) and medians are reported.
 
+Peer, same run, after Luodi's runs: llama-server (llama.cpp, built by
+benchmarks/build_llama_server.sh) on the same GGUF as it is (its quantized weights; Luodi runs them
+as bf16), 2 threads, `--parallel` = the batch, the same prompt token ids, with `json_schema` (its
+grammar from the same schema) and without (as many tokens, ignore_eos); decode tok/s from its own
+per-request timings. Skipped if the binary is missing.
+
     python benchmarks/structured.py [--model smollm2-135m-instruct] [--reps 2]
 
 Writes benchmarks/results/structured.json.
@@ -19,8 +25,12 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_load: the llama-server launcher
 
 RESULTS = Path(__file__).resolve().parent / "results" / "structured.json"
 SCHEMA = {
@@ -74,6 +84,57 @@ def run_batch(llm, prompt_ids: list[list[int]], params: list) -> dict:
     seconds = end - decode_start
     return {"tokens": [tokens[i] for i in ids], "decode_tok_s": (total - first) / seconds,
             "decode_steps_s": steps / seconds, "forced": forced, "total": total, "steps": steps}
+
+
+def llama_server_batch(base: str, prompts: list[list[int]], max_tokens: list[int], schema: dict | None) -> dict:
+    """Requests sent together to llama-server's /completion; decode tok/s from its own timings
+    (tokens after each request's first, over the longest decode)."""
+    import httpx
+
+    def one(prompt: list[int], n: int) -> dict:
+        body = {"prompt": prompt, "n_predict": n, "temperature": 0, "cache_prompt": False}
+        if schema is not None:
+            body["json_schema"] = schema
+        else:
+            body["ignore_eos"] = True
+        return httpx.post(base + "/completion", json=body, timeout=600).json()
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(pool.map(one, prompts, max_tokens))
+    timings = [r["timings"] for r in results]
+    decoded = sum(t["predicted_n"] - 1 for t in timings)
+    return {"decode_tok_s": decoded / (max(t["predicted_ms"] for t in timings) / 1e3),
+            "tokens": [t["predicted_n"] for t in timings]}
+
+
+def llama_server_peer(gguf: str, prompts: list[list[int]], reps: int) -> dict:
+    """llama-server with and without the schema (see the module docstring), batch 1 and 8."""
+    from serve_load import default_llama_server, free_port, start_llama_server, wait_ready
+
+    binary = default_llama_server()
+    if not binary.exists():
+        return {"skipped": f"no llama-server at {binary} (bash benchmarks/build_llama_server.sh)"}
+    out = {}
+    for batch in (1, 8):
+        port = free_port()
+        proc = start_llama_server(binary, Path(gguf), port, batch)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", proc)
+            rates: dict[str, list[float]] = {"plain": [], "schema": []}
+            groups = [[p] for p in prompts[:4]] if batch == 1 else [prompts]
+            for _ in range(reps):
+                for group in groups:
+                    schema = llama_server_batch(f"http://127.0.0.1:{port}", group, [200] * len(group), SCHEMA)
+                    plain = llama_server_batch(f"http://127.0.0.1:{port}", group, schema["tokens"], None)
+                    rates["schema"].append(schema["decode_tok_s"])
+                    rates["plain"].append(plain["decode_tok_s"])
+        finally:
+            proc.terminate()
+            proc.wait()
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        out[str(batch)] = {"decode_tok_s_plain": round(med["plain"], 2), "decode_tok_s_schema": round(med["schema"], 2),
+                           "ratio_schema_over_plain": round(med["schema"] / med["plain"], 3)}
+    return out
 
 
 def main() -> None:
@@ -137,6 +198,11 @@ def main() -> None:
             "mask_ms_p99": round(1e3 * mask_times[int(len(mask_times) * 0.99)], 4),
             "forced_token_share": round(forced / total, 3),
         }
+    peer = llama_server_peer(str(llm.loaded.path), prompts, args.reps)
+    report["llama_server"] = peer
+    if "skipped" not in peer:
+        report["luodi_over_llama_server_schema"] = {
+            b: round(report["batches"][b]["decode_tok_s_schema"] / peer[b]["decode_tok_s_schema"], 3) for b in peer}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

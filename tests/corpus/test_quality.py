@@ -8,7 +8,6 @@ import json
 import math
 import random
 from os.path import commonprefix
-from pathlib import Path
 
 import numpy as np
 import pytest
