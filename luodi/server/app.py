@@ -35,7 +35,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from luodi.kb.embedding import embedder_names
-from luodi.server import protocol as p
+from luodi.server import responses as r
 from luodi.server.auth import KeyStore, bearer_token
 from luodi.server.errors import (
     APIError,
@@ -116,11 +116,11 @@ def _openapi_naming_the_model(app: FastAPI, service: ModelService) -> dict[str, 
 
 
 def _add_service_routes(app: FastAPI, service: ModelService) -> None:
-    @app.get("/health", response_model=p.HealthStatus, responses={503: {"model": p.HealthStatus}})
+    @app.get("/health", response_model=r.HealthStatus, responses={503: {"model": r.HealthStatus}})
     async def health() -> JSONResponse:
         """200 once the model is loaded; 503 while loading (detail: "compiling native … kernels (first
         start only)" while a first start builds them) or after a failed load."""
-        body = p.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail)  # type: ignore[arg-type]
+        body = r.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail)  # type: ignore[arg-type]
         return JSONResponse(body.model_dump(), status_code=200 if service.status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response)
@@ -156,9 +156,9 @@ def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
     """The route template a request matches (bounded label values), or "other"."""
     # Included routers are wrapped by FastAPI; match against their own routes.
     routes = [
-        r for r in (*openai_router.routes, *kb_router.routes, *minutes_router.routes, *support_router.routes,
-                    *outline_router.routes, *app.router.routes)
-        if isinstance(getattr(r, "path", None), str)
+        route for route in (*openai_router.routes, *kb_router.routes, *minutes_router.routes,
+                            *support_router.routes, *outline_router.routes, *app.router.routes)
+        if isinstance(getattr(route, "path", None), str)
     ]
 
     def route_of(scope: Scope) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from luodi.server.protocol import ERROR_RESPONSES
+from luodi.server.responses import ERROR_RESPONSES
 from luodi.kb.embedding import DEFAULT_EMBEDDER
 from luodi.kb.store.base import LOCAL_OWNER
 from luodi.server.kb_service import KnowledgeService, upload_name

@@ -19,7 +19,7 @@ from luodi.apps.minutes import to_markdown, write_minutes
 from luodi.apps.transcript import MAX_TRANSCRIPT_BYTES, parse_transcript
 from luodi.server.app_generation import threaded_generate
 from luodi.server.openai_routes import cache_salt
-from luodi.server.protocol import ERROR_RESPONSES
+from luodi.server.responses import ERROR_RESPONSES
 from luodi.server.service import ModelService
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], responses=ERROR_RESPONSES)

@@ -37,6 +37,7 @@ from luodi.engine.engine import RequestOutput
 from luodi.engine.sampling import SamplingParams, TokenLogprobs
 from luodi.llm import LLM
 from luodi.server import protocol as p
+from luodi.server import responses as r
 from luodi.errors import InvalidParameterError
 from luodi.kb.answer import cited_numbers
 from luodi.kb.embedding import embedder_names
@@ -46,7 +47,7 @@ from luodi.server import choices, tool_calls
 from luodi.server.service import ModelService
 from luodi.toolcall import ToolCalling
 
-router = APIRouter(responses=p.ERROR_RESPONSES)
+router = APIRouter(responses=r.ERROR_RESPONSES)
 
 
 def _service(request: Request) -> ModelService:
@@ -77,7 +78,7 @@ class _Answer:
     prompts: list[list[int]]  # each prompt once (its n samples share it)
     params: SamplingParams
     id: str
-    created: int = field(default_factory=p.now)
+    created: int = field(default_factory=r.now)
     sources: list[dict[str, Any]] | None = None  # a knowledge-base answer's [n] → passage
     calling: ToolCalling | None = None  # a chat answer that may call tools
 
@@ -133,24 +134,24 @@ class _Answer:
 # -- models -------------------------------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=p.ModelList)
-async def list_models(request: Request) -> p.ModelList:
+@router.get("/v1/models", response_model=r.ModelList)
+async def list_models(request: Request) -> r.ModelList:
     service = _service(request)
     llm = service.ready_llm()
-    return p.ModelList(data=[p.ModelCard(id=model_id, max_model_len=llm.context_window)
+    return r.ModelList(data=[r.ModelCard(id=model_id, max_model_len=llm.context_window)
                              for model_id in service.model_ids()])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=p.ModelCard)
-async def retrieve_model(model_id: str, request: Request) -> p.ModelCard:
+@router.get("/v1/models/{model_id:path}", response_model=r.ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> r.ModelCard:
     llm = _service(request).ready_llm(model_id)
-    return p.ModelCard(id=model_id, max_model_len=llm.context_window)
+    return r.ModelCard(id=model_id, max_model_len=llm.context_window)
 
 
 # -- chat completions ----------------------------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions", response_model=p.ChatCompletion)
+@router.post("/v1/chat/completions", response_model=r.ChatCompletion)
 async def create_chat_completion(body: p.ChatCompletionRequest, request: Request) -> Any:
     service = _service(request)
     llm = service.ready_llm(body.model)
@@ -168,7 +169,7 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
         prompt_ids = await run_in_threadpool(tool_calls.prompt_ids, llm, body.chat_messages(), calling)
     adapter = service.adapter_for(body.model)
     await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
-    answer = _Answer(llm, body.model, [prompt_ids], params, p.new_id("chatcmpl"), sources=sources,
+    answer = _Answer(llm, body.model, [prompt_ids], params, r.new_id("chatcmpl"), sources=sources,
                      calling=calling)
     plan = choices.plan(answer.prompts, params, body.n or 1)
     admissions = choices.Admissions(service, len(plan))
@@ -178,24 +179,24 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
     return _chat_completion(answer, await _collect(request, outputs, admissions, len(plan)))
 
 
-def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> p.ChatCompletion:
+def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> r.ChatCompletion:
     choices_out = []
     for index, outputs in enumerate(per_choice):
         logprobs = answer.chat_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs))
         message = tool_calls.message(answer.calling, "".join(o.new_text for o in outputs))
         reason = outputs[-1].finish_reason if outputs else None
-        choices_out.append(p.ChatChoice(
+        choices_out.append(r.ChatChoice(
             index=index,
             message=message,
-            logprobs=p.ChatLogprobs(**logprobs) if logprobs else None,
+            logprobs=r.ChatLogprobs(**logprobs) if logprobs else None,
             finish_reason=tool_calls.finish_reason(reason, bool(message.tool_calls)),
         ))
-    return p.ChatCompletion(
+    return r.ChatCompletion(
         id=answer.id,
         created=answer.created,
         model=answer.model,
         choices=choices_out,
-        usage=p.Usage(**answer.usage(_finals(per_choice))),
+        usage=r.Usage(**answer.usage(_finals(per_choice))),
         sources=_cited(answer.sources, choices_out[0].message.content or ""),
     )
 
@@ -214,16 +215,16 @@ def _cited(sources: list[dict[str, Any]] | None, text: str) -> list[dict[str, An
 async def _chat_events(
     answer: _Answer, outputs: AsyncGenerator[tuple[int, RequestOutput], None], num_choices: int, include_usage: bool
 ) -> AsyncIterator[str]:
-    def chunk(index: int, delta: p.ChatDelta, finish_reason: str | None = None, logprobs: Any = None,
+    def chunk(index: int, delta: r.ChatDelta, finish_reason: str | None = None, logprobs: Any = None,
               **extra: Any) -> str:
-        choice = p.ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
-        return p.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[choice],
+        choice = r.ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        return r.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[choice],
                                      **extra).model_dump_json()
 
     for index in range(num_choices):
         # A knowledge-base answer's first chunk carries the passages it may cite.
         sources = {"sources": answer.sources} if index == 0 and answer.sources is not None else {}
-        yield chunk(index, p.ChatDelta(role="assistant", content=""), **sources)
+        yield chunk(index, r.ChatDelta(role="assistant", content=""), **sources)
     streams = [tool_calls.StreamedCalls(answer.calling) for _ in range(num_choices)]
     finals: list[RequestOutput | None] = [None] * num_choices
     try:
@@ -233,24 +234,24 @@ async def _chat_events(
                 logprobs = answer.chat_logprobs(out.new_logprobs)
                 delta = streams[index].delta(out.new_text, final=out.finished)
                 if delta.content or delta.tool_calls or logprobs:
-                    yield chunk(index, delta, logprobs=p.ChatLogprobs(**logprobs) if logprobs else None)
+                    yield chunk(index, delta, logprobs=r.ChatLogprobs(**logprobs) if logprobs else None)
                 if out.finished:
                     reason = tool_calls.finish_reason(out.finish_reason, streams[index].has_calls)
-                    yield chunk(index, p.ChatDelta(), finish_reason=reason)
+                    yield chunk(index, r.ChatDelta(), finish_reason=reason)
     except Exception as exc:  # noqa: BLE001
         # The engine failed mid-stream: the 200 status is already sent, so the error goes in the stream.
         yield _error_event(exc)
         return
     if include_usage:
-        yield p.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[],
-                                    usage=p.Usage(**answer.usage(finals))).model_dump_json()
+        yield r.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[],
+                                    usage=r.Usage(**answer.usage(finals))).model_dump_json()
     yield "[DONE]"
 
 
 # -- completions --------------------------------------------------------------------------------------
 
 
-@router.post("/v1/completions", response_model=p.Completion)
+@router.post("/v1/completions", response_model=r.Completion)
 async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     service = _service(request)
     llm = service.ready_llm(body.model)
@@ -265,7 +266,7 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
         prompts.append(ids)
     echoes = [_echo_text(llm, prompt, ids) for prompt, ids in zip(body.prompts(), prompts, strict=True)] \
         if body.echo else None
-    answer = _Answer(llm, body.model, prompts, params, p.new_id("cmpl"))
+    answer = _Answer(llm, body.model, prompts, params, r.new_id("cmpl"))
     plan = choices.plan(prompts, params, body.n or 1, echoes)
     admissions = choices.Admissions(service, len(plan))
     outputs = choices.merged(service, admissions, plan, adapter, cache_salt(request, body.cache_salt))
@@ -279,22 +280,22 @@ def _echo_text(llm: LLM, prompt: str | list[int], ids: list[int]) -> str:
     return prompt if isinstance(prompt, str) else llm.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def _completion(answer: _Answer, plan: list[choices.Choice], per_choice: list[list[RequestOutput]]) -> p.Completion:
+def _completion(answer: _Answer, plan: list[choices.Choice], per_choice: list[list[RequestOutput]]) -> r.Completion:
     choices_out = []
     for choice, outputs in zip(plan, per_choice, strict=True):
         logprobs = answer.completion_logprobs(tuple(lp for out in outputs for lp in out.new_logprobs), 0)
-        choices_out.append(p.CompletionChoice(
+        choices_out.append(r.CompletionChoice(
             index=choice.index,
             text=choice.echo + "".join(o.new_text for o in outputs),
-            logprobs=p.CompletionLogprobs(**logprobs) if logprobs else None,
+            logprobs=r.CompletionLogprobs(**logprobs) if logprobs else None,
             finish_reason=outputs[-1].finish_reason if outputs else None,
         ))
-    return p.Completion(
+    return r.Completion(
         id=answer.id,
         created=answer.created,
         model=answer.model,
         choices=choices_out,
-        usage=p.Usage(**answer.usage(_finals(per_choice))),
+        usage=r.Usage(**answer.usage(_finals(per_choice))),
     )
 
 
@@ -302,8 +303,8 @@ async def _completion_events(
     answer: _Answer, plan: list[choices.Choice], outputs: AsyncGenerator[tuple[int, RequestOutput], None],
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    def chunk(choices_out: list[p.CompletionChoice], usage: p.Usage | None = None) -> str:
-        return p.Completion(id=answer.id, created=answer.created, model=answer.model, choices=choices_out,
+    def chunk(choices_out: list[r.CompletionChoice], usage: r.Usage | None = None) -> str:
+        return r.Completion(id=answer.id, created=answer.created, model=answer.model, choices=choices_out,
                             usage=usage).model_dump_json()
 
     finals: list[RequestOutput | None] = [None] * len(plan)
@@ -316,14 +317,14 @@ async def _completion_events(
                 logprobs = answer.completion_logprobs(out.new_logprobs, offsets[index])
                 offsets[index] += len(out.new_text)
                 if text or logprobs or out.finished:
-                    yield chunk([p.CompletionChoice(
-                        index=index, text=text, logprobs=p.CompletionLogprobs(**logprobs) if logprobs else None,
+                    yield chunk([r.CompletionChoice(
+                        index=index, text=text, logprobs=r.CompletionLogprobs(**logprobs) if logprobs else None,
                         finish_reason=out.finish_reason if out.finished else None)])
     except Exception as exc:  # noqa: BLE001 -- the engine failed mid-stream
         yield _error_event(exc)
         return
     if include_usage:
-        yield chunk([], p.Usage(**answer.usage(finals)))
+        yield chunk([], r.Usage(**answer.usage(finals)))
     yield "[DONE]"
 
 

@@ -20,7 +20,7 @@ from luodi.apps.outline import outline_document, to_markdown
 from luodi.server.kb_routes import client_gone, request_owner
 from luodi.server.kb_service import KnowledgeService, upload_name
 from luodi.server.multipart import form_file
-from luodi.server.protocol import ERROR_RESPONSES
+from luodi.server.responses import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], responses=ERROR_RESPONSES)
 # The body is read by hand (`form_file`), so its shape is declared for the OpenAPI schema here.

@@ -35,7 +35,7 @@ from luodi.server.errors import error_payload
 from luodi.server.kb_routes import client_gone, request_owner
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.openai_routes import cache_salt
-from luodi.server.protocol import ERROR_RESPONSES
+from luodi.server.responses import ERROR_RESPONSES
 from luodi.server.service import ModelService
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], responses=ERROR_RESPONSES)

@@ -20,6 +20,7 @@ from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.llm import LLM
 from luodi.server import protocol as p
+from luodi.server import responses as r
 from luodi.server.limits import RequestLimits
 from luodi.toolcall import CallDelta, ParsedCall, ToolCalling, detect_format
 
@@ -59,12 +60,12 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
     return "tool_calls" if has_calls and reason == "stop" else reason
 
 
-def message(calling: ToolCalling | None, text: str) -> p.ChatResponseMessage:
+def message(calling: ToolCalling | None, text: str) -> r.ChatResponseMessage:
     """A whole answer as the response's message: its content, and its calls if it made any."""
     content, calls = calling.split(text) if calling is not None else (text, [])
     if not calls:
-        return p.ChatResponseMessage(content=content)
-    return p.ChatResponseMessage(content=content or None, tool_calls=[_tool_call(call) for call in calls])
+        return r.ChatResponseMessage(content=content)
+    return r.ChatResponseMessage(content=content or None, tool_calls=[_tool_call(call) for call in calls])
 
 
 def _tool_call(call: ParsedCall) -> p.ToolCall:
@@ -82,17 +83,17 @@ class StreamedCalls:
     def has_calls(self) -> bool:
         return self._parser is not None and bool(self._parser.calls)
 
-    def delta(self, new_text: str, *, final: bool) -> p.ChatDelta:
+    def delta(self, new_text: str, *, final: bool) -> r.ChatDelta:
         """The delta for `new_text` (`final`: the answer's last text); empty when nothing is settled."""
         if self._parser is None:
-            return p.ChatDelta(content=new_text or None)
+            return r.ChatDelta(content=new_text or None)
         content, deltas = self._parser.feed(new_text, final=final)
         calls = [_tool_call_delta(d) for d in deltas]
-        return p.ChatDelta(content=content or None, tool_calls=calls or None)
+        return r.ChatDelta(content=content or None, tool_calls=calls or None)
 
 
-def _tool_call_delta(delta: CallDelta) -> p.ToolCallDelta:
+def _tool_call_delta(delta: CallDelta) -> r.ToolCallDelta:
     if delta.name is not None:  # the call's first piece: its id, type and name
-        return p.ToolCallDelta(index=delta.index, id=delta.id, type="function",
-                               function=p.FunctionDelta(name=delta.name, arguments=delta.arguments))
-    return p.ToolCallDelta(index=delta.index, function=p.FunctionDelta(arguments=delta.arguments))
+        return r.ToolCallDelta(index=delta.index, id=delta.id, type="function",
+                               function=r.FunctionDelta(name=delta.name, arguments=delta.arguments))
+    return r.ToolCallDelta(index=delta.index, function=r.FunctionDelta(arguments=delta.arguments))
