@@ -317,13 +317,7 @@ def finetune(
     _say(report, f"held-out: {heldout}")
     for name, value, why in plan.describe():
         _say(report, f"{name}: {value} ({why})")
-    rank_value = int(plan.rank.value)
-    lora = LoraOptions(rank=rank_value, alpha=float(alpha if alpha is not None else 2 * rank_value),
-                       target_modules=tuple(target))
-    options = TrainOptions(epochs=int(plan.epochs.value), lr=float(plan.lr.value), batch_size=batch_size,
-                           max_seq_len=max_seq_len, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                           warmup_steps=int(plan.warmup_steps.value), schedule=str(plan.schedule.value),
-                           patience=int(plan.patience.value))
+    lora, options = _settings(plan, alpha, target, batch_size, max_seq_len, gradient_checkpointing, seed)
     loaded = load_for_training(model, device=device, dtype=dtype)
     torch.manual_seed(seed)  # LoRA's A is initialized at random
     peft_model = attach_lora(loaded.model, lora)
@@ -344,14 +338,33 @@ def finetune(
         general_ppl_before=checker.ppl_before, general_ppl_after=ppl_after,
         wall_seconds=time.perf_counter() - started,
     )
-    meta = {"model": model, "data": str(data), "eval": str(eval_data or ""), "dtype": dtype, "rank": rank_value,
+    meta = {"model": model, "data": str(data), "eval": str(eval_data or ""), "dtype": dtype, "rank": lora.rank,
             "alpha": lora.alpha, "lr": options.lr}
+    _write_reports(result, log, meta, report)
+    return result
+
+
+def _settings(
+    plan: TrainingPlan, alpha: float | None, target: tuple[str, ...] | list[str], batch_size: int, max_seq_len: int,
+    gradient_checkpointing: bool, seed: int,
+) -> tuple[LoraOptions, TrainOptions]:
+    """The adapter's and the loop's settings from the plan (alpha: 2 × rank unless given)."""
+    rank = int(plan.rank.value)
+    lora = LoraOptions(rank=rank, alpha=float(alpha if alpha is not None else 2 * rank), target_modules=tuple(target))
+    options = TrainOptions(epochs=int(plan.epochs.value), lr=float(plan.lr.value), batch_size=batch_size,
+                           max_seq_len=max_seq_len, gradient_checkpointing=gradient_checkpointing, seed=seed,
+                           warmup_steps=int(plan.warmup_steps.value), schedule=str(plan.schedule.value),
+                           patience=int(plan.patience.value))
+    return lora, options
+
+
+def _write_reports(result: FinetuneResult, log: TrainLog, meta: dict, report: Callable[[str], None] | None) -> None:
+    """report.json, loss.json and loss.png beside the adapter; the forgetting warning if it applies."""
     record = learning_record(result, meta)
-    write_loss_report(log, out, meta=meta, summary=summary_lines(record))
-    write_learning_report(record, out)
+    write_loss_report(log, result.adapter_dir, meta=meta, summary=summary_lines(record))
+    write_learning_report(record, result.adapter_dir)
     if result.is_forgetting:
         _say(report, forgetting_warning(result))
-    return result
 
 
 def _datasets(
