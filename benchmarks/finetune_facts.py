@@ -7,9 +7,9 @@ model with the adapter (fp32, through Luodi's engine), the fraction whose answer
 the training report's figures (plan, steps, best epoch, probe, general-text perplexity) and the
 wall time of the whole `finetune()` call.
 
-    python benchmarks/finetune_facts.py [--seeds 0 1 2] [--threads 2] [--replay W] [--patience P]
+    python benchmarks/finetune_facts.py [--seeds 0 1 2] [--threads 2] [--replay W] [--patience P] [--epochs E] [--rank R]
 
-`--replay` and `--patience` override those two defaults (to compare replay weights side by side).
+`--replay`, `--patience`, `--epochs` and `--rank` override those defaults (to compare them side by side).
 
 Writes benchmarks/results/finetune_facts.json. Needs the `finetune` and `test` extras.
 """
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replay", type=float, help="general-text replay weight (default: the plan's)")
     parser.add_argument("--patience", type=int, help="early-stopping patience (default: the plan's)")
+    parser.add_argument("--epochs", type=int, help="epochs (default: the plan's)")
+    parser.add_argument("--rank", type=int, help="LoRA rank (default: the plan's)")
     parser.add_argument("--base", action="store_true", help="also answer with the base model (expect 0)")
     args = parser.parse_args()
     import torch
@@ -78,7 +80,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model_path = str(pulled_model_path("smollm2-135m-instruct"))
-    overrides = {k: v for k, v in (("replay", args.replay), ("patience", args.patience)) if v is not None}
+    overrides = {k: v for k, v in (("replay", args.replay), ("patience", args.patience), ("epochs", args.epochs),
+                                   ("rank", args.rank)) if v is not None}
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
