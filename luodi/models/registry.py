@@ -2,7 +2,8 @@
 
 Models are built on the `meta` device and take the loaded tensors by assignment
 (`load_state_dict(assign=True)`), so a memory-mapped weight is not copied unless its dtype or
-device changes.
+device changes. Loading is strict: every tensor the model has must come, and nothing else
+(bar the few a checkpoint may carry for nothing, `_is_unused`).
 """
 
 from __future__ import annotations
@@ -54,24 +55,19 @@ def build_model(
         if transform is not None:
             transform(model)
     expected = dict(model.state_dict())
+    if config.tie_word_embeddings:  # the embedding is the head: tie_weights() shares it below
+        expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     fixed_dtype = _quantized_tensor_names(model)
-    state = {}
+    state, unexpected = {}, []
     for name, tensor in weights:
         if name not in expected:
-            continue  # e.g. a tied lm_head stored anyway, or rotary tables
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ModelFormatError(
-                f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
-            )
+            if not _is_unused(name, config):
+                unexpected.append(name)
+            continue
         target = expected[name].dtype if name in fixed_dtype else dtype
-        if tensor.dtype != target and not (tensor.is_floating_point() and target.is_floating_point):
-            raise ModelFormatError(f"weight {name} is stored as {tensor.dtype}, expected {target}")
+        _check_tensor(name, tensor, expected[name].shape, target)
         state[name] = _aligned(tensor.to(device=device, dtype=target))
-    if config.tie_word_embeddings:
-        expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ModelFormatError(f"the checkpoint lacks {len(missing)} weight(s), e.g. {missing[:3]}")
+    _check_names(config, unexpected, sorted(set(expected) - set(state)))
     model.load_state_dict(state, strict=False, assign=True)
     for module in model.modules():
         if hasattr(module, "scheme"):  # built as placeholders: their float outputs take the model's dtype
@@ -79,6 +75,46 @@ def build_model(
     model.tie_weights()
     _materialize_buffers(model, device)
     return model.eval()
+
+
+def _is_unused(name: str, config: ModelConfig) -> bool:
+    """Tensors some checkpoints carry that the model legitimately does without: rotary tables
+    (older HF checkpoints saved `inv_freq`; it is recomputed from the config) and a tied lm_head
+    written anyway (the embedding is the head)."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return True
+    return config.tie_word_embeddings and name.startswith("lm_head.")
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ModelFormatError(
+            f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(shape)}"
+        )
+    if tensor.dtype != dtype and not (tensor.is_floating_point() and dtype.is_floating_point):
+        raise ModelFormatError(f"weight {name} is stored as {tensor.dtype}, expected {dtype}")
+
+
+def _check_names(config: ModelConfig, unexpected: list[str], missing: list[str]) -> None:
+    """Loading is strict: a tensor the family does not expect (say a bias it has no place for) would
+    otherwise be dropped without a word, and the model would run, wrongly."""
+    problems = []
+    if unexpected:
+        problems.append(f"holds {_some(sorted(unexpected))} that a {config.model_type} model with this "
+                        "config does not expect")
+    if missing:
+        problems.append(f"lacks {_some(missing)} that it needs")
+    if problems:
+        raise ModelFormatError(
+            f"the checkpoint {' and '.join(problems)}; check that config.json matches the weights "
+            "and that Luodi implements every part of this model"
+        )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The count and the first `shown` names: `2 tensor(s) (a, b)`, `9 tensor(s) (a, ..., e and 4 more)`."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} tensor(s) ({', '.join(names[:shown])}{more})"
 
 
 def _aligned(tensor: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ def _rewrite_quant_json(path: Path, edit) -> None:
     (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scheme="int8"), "do not fit scheme 'int8'"),
     (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scale_bits=12), "up_proj'.*scale bits 12"),
     # stored with 8-bit codes (float weights), named fp16: the fp16 tensors are missing
-    (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scale_bits=16), r"lacks 2 weight.*up_proj\.mins"),
+    (lambda raw: raw["modules"]["model.layers.0.mlp.up_proj"].update(scale_bits=16), r"lacks 2 tensor.*up_proj\.mins"),
 ])
 def test_mismatched_quant_json_is_a_clear_error(float_model, tmp_path, edit, message):
     _save(float_model, "int4", tmp_path)
