@@ -96,6 +96,7 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
+from luodi.kernels import isa
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,15 @@ EXTENSION = NativeExtension(
     "luodi_lowbit", "lowbit.cpp", "low-bit kernels",
     required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
 )
+# A real AVX2 binary (no -march=native): its build must run on any AVX2 CPU, and here it is the same
+# code a Haswell or Zen 2 runs.
+AVX2_EXTENSION = NativeExtension(
+    "luodi_lowbit_avx2", "lowbit_avx2.cpp", "AVX2 low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"),
+)
+# Each build and the level it serves, best first: a CPU runs the best that loads at or below its level
+# (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
+_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION))
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
@@ -117,6 +127,7 @@ INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 _module: Any = None  # the loaded extension, once `native_available()` has found it
+_level = "generic"  # the level of `_module`'s build
 
 
 # Batch-invariant mode (`set_batch_invariant`): on by default; LUODI_BATCH_INVARIANT=0 turns it off at load.
@@ -125,18 +136,36 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 @functools.cache
 def _native_or_reason() -> tuple[Any, str]:
-    global _module
-    _module, reason = EXTENSION.load()
-    if _module is not None:
-        _module.set_batch_invariant(_batch_invariant)
-    return _module, reason
+    global _module, _level
+    reasons = []
+    for level, extension in _BUILDS:
+        _module, reason = extension.load()  # refuses a build above the level in force
+        if _module is not None:
+            _level = level
+            if level == "avx512bf16":
+                _module.set_batch_invariant(_batch_invariant)
+            return _module, ""
+        reasons.append(f"{extension.what}: {reason}")
+    _level = "generic"
+    return None, "; ".join(reasons)
+
+
+def native_level() -> str:
+    """The instruction-set level of the low-bit kernels in use ('generic': torch's)."""
+    return _level if native_available() else "generic"
+
+
+def bf16_available() -> bool:
+    """Whether the native BF16 kernel (and the kernel table `native_api`) exists here: the AVX-512
+    BF16 build only."""
+    return native_available() and _level == "avx512bf16"
 
 
 def set_batch_invariant(on: bool) -> None:
     """Sum every BF16 output in one order whatever the batch (see the module docstring). Process-wide."""
     global _batch_invariant
     _batch_invariant = on
-    if native_available():
+    if bf16_available():
         _module.set_batch_invariant(on)
 
 
@@ -145,6 +174,8 @@ def native_available() -> bool:
     module, reason = _native_or_reason()
     if module is None:
         _log_once(reason)
+    else:
+        _log_level(_level)
     return module is not None
 
 
@@ -155,13 +186,18 @@ def native_unavailable_reason() -> str:
 
 def native_api() -> int:
     """The address of the native kernels' table (`native/kernel_api.h`), for the layer stack.
-    Needs `native_available()`."""
+    Needs `bf16_available()`."""
     return _module.api()
 
 
 @functools.cache
 def _log_once(reason: str) -> None:
     log.warning("native low-bit kernels unavailable (%s); using torch's int8/int4 kernels", reason)
+
+
+@functools.cache
+def _log_level(level: str) -> None:
+    log.info("low-bit kernels: %s build", level)
 
 
 # -- packed forms ---------------------------------------------------------------------------------
@@ -375,7 +411,7 @@ class PackedBf16:
 
 
 def prepack_bf16(weight: torch.Tensor) -> PackedBf16:
-    """Tile a [N, K] weight (any float dtype; rounded to bf16). Needs `native_available()`."""
+    """Tile a [N, K] weight (any float dtype; rounded to bf16). Needs `bf16_available()`."""
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ModelFormatError(f"a bf16 weight must be a 2-D float tensor, got {weight.dtype} {list(weight.shape)}")
     n, k = weight.shape
