@@ -1,4 +1,4 @@
-"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 kernels, torch fallback.
+"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 / AVX2 kernels, torch fallback.
 
 Owns turning Luodi's stored quantized weights into a kernel-ready packed form (once, at load time)
 and computing `y = x @ W.T (+ bias)` from it. It knows nothing of models or of how the weights were
@@ -78,10 +78,26 @@ process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --thread
 66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
-If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
-is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
-own forms instead, for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu`
-(fast only for bf16 x). They keep x unrounded and round the scales to bf16.
+Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|generic, default
+the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
+VNNI + BF16, compiled -march=native) at avx512bf16, and `native/lowbit_avx2.cpp` (-mavx2 -mfma
+-mf16c, so a real AVX2 binary) at avx2 and avx512 (no kernel of its own yet). A level runs the best
+build at or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
+compiled twice under #if: every inner loop differs (8 lanes instead of 16, no mask registers, no
+u8 x s8 dot), so shared text would be little beyond the dispatch, and two readable files beat one
+file of alternating branches. It reads the same packed layouts, so prepacking stays one code path:
+a 64-byte run of a tile (16 rows x 4 bytes) is two ymm halves of 8 rows, handled one after the
+other (the second from cache). Its numerics are the same: x rounded per block of 32 (in two terms
+for weight-only INT8), int32 block sums, one fp32 chain per output in K order, so it is batch
+invariant in the same way; it differs from the AVX-512 build only in fp32 rounding (weight-only
+INT8 multiplies the two terms as one int16, 254 q + fine, through `_mm256_madd_epi16` on widened
+weights: 5-24 % faster than two `_mm256_maddubs_epi16` products, M = 1 to 4). AVX2 has no bf16 dot,
+so there is no native BF16 kernel below avx512bf16 (`bf16_available()`): float layers use oneDNN.
+
+At the generic level, or where no build compiles (`native_available()` False; the reason is logged
+once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,
+for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu` (fast only for
+bf16 x). They keep x unrounded and round the scales to bf16.
 """
 
 from __future__ import annotations
