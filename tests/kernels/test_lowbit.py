@@ -169,6 +169,23 @@ def test_int8_rounds_activations_in_two_terms(m: int) -> None:
 
 
 @pytest.mark.usefixtures("level")
+@pytest.mark.parametrize("m", [1, 5, 9])
+def test_int8_per_row_is_smoothquants_rounding(m: int) -> None:
+    """W8A8: x rounded once per row as SmoothQuant defines it (scale = max|x_row| / 127, round half
+    to even), then multiplied exactly: only fp32 summation separates the result from that product."""
+    w = weights(N, K)
+    qweight, scales = stored_int8(w)
+    x = activations(m, K, torch.float32)
+    step = (x.abs().amax(1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)  # [M, 1]
+    x_rounded = torch.round(x / step) * step
+    exact = qweight.float() * scales[:, None]
+    y = lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales), per_row=True)
+    ref = reference(x_rounded, exact, None)
+    bound = FP32_SUM_EPS * (x_rounded.double().abs() @ exact.double().abs().T) + 1e-6
+    assert ((y.double() - ref).abs() <= bound).all()
+
+
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("m", range(1, 10))
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_matches_float_reference(m: int, group_size: int) -> None:
