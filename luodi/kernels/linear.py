@@ -31,7 +31,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
-        self.native = lowbit.prepack_bf16(weight) if lowbit.native_available() else None
+        self.native = lowbit.prepack_bf16(weight) if lowbit.bf16_available() else None
         self.packed = None if self.native else torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         bias = None if linear.bias is None else linear.bias.detach()
         self.bias = bias.float() if bias is not None and self.native else bias  # the native kernel adds in fp32
@@ -68,7 +68,7 @@ class PackedEmbedding(nn.Module):
 
 def pack_linears(model: nn.Module) -> int:
     """Swap every bf16 CPU `nn.Linear` in `model` for a `PackedLinear`; returns how many."""
-    if not (lowbit.native_available() or can_pack_bf16()):
+    if not (lowbit.bf16_available() or can_pack_bf16()):
         return 0
     # Names only: holding the modules themselves would keep every unpacked weight alive until
     # the end, doubling peak memory.

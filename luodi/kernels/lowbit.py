@@ -1,4 +1,4 @@
-"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 kernels, torch fallback.
+"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 / AVX2 kernels, torch fallback.
 
 Owns turning Luodi's stored quantized weights into a kernel-ready packed form (once, at load time)
 and computing `y = x @ W.T (+ bias)` from it. It knows nothing of models or of how the weights were
@@ -78,10 +78,37 @@ process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --thread
 66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
-If the CPU lacks AVX512-VNNI/BF16, or compiling fails, `native_available()` is False (the reason
-is logged once and returned by `native_unavailable_reason()`), and prepacking produces torch's
-own forms instead, for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu`
-(fast only for bf16 x). They keep x unrounded and round the scales to bf16.
+Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|generic, default
+the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
+VNNI + BF16, compiled -march=native) at avx512bf16, and `native/lowbit_avx2.cpp` (-mavx2 -mfma
+-mf16c, so a real AVX2 binary) at avx2 and avx512 (no kernel of its own yet). A level runs the best
+build at or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
+compiled twice under #if: every inner loop differs (8 lanes instead of 16, no mask registers, no
+u8 x s8 dot), so shared text would be little beyond the dispatch, and two readable files beat one
+file of alternating branches. It reads the same packed layouts, so prepacking stays one code path:
+a 64-byte run of a tile (16 rows x 4 bytes) is two ymm halves of 8 rows, handled one after the
+other (the second from cache). Its numerics are the same: x rounded per block of 32 (in two terms
+for weight-only INT8), int32 block sums, one fp32 chain per output in K order, so it is batch
+invariant in the same way; it differs from the AVX-512 build only in fp32 rounding (weight-only
+INT8 multiplies the two terms as one int16, 254 q + fine, through `_mm256_madd_epi16` on widened
+weights: 5-24 % faster than two `_mm256_maddubs_epi16` products, M = 1 to 4). AVX2 has no bf16 dot,
+so there is no native BF16 kernel below avx512bf16 (`bf16_available()`): float layers use oneDNN.
+
+Measured (`python benchmarks/isa_speed.py --reps 3 --threads 2 --tokens 32`; SmolLM2-135M batch-1
+decode, a fresh process per level, levels alternating; at avx2 and generic torch and oneDNN held
+to AVX2 too; medians, on a 2-core Zen 4 under a load average of 5-6, so absolute figures are a
+fraction of a quiet machine's and single runs scattered 2-4x): INT8 avx2 2.91 tok/s, avx512bf16
+8.60, generic 0.33 (avx2 / generic 8.8x); INT4 g32 7.92, 21.94, 0.51 (15.5x). The avx2 level
+reaches a third of avx512bf16 mostly outside these kernels: the fused ops and the native layer
+stack are AVX-512 only, so each step runs the torch path, ~0.5 ms a layer. Kernel alone (1 thread,
+CPU time, M = 1, same load): AVX2 INT8 1.0-1.6x and INT4 0.9-1.4x the AVX-512 build's time over
+576 x 1536, 1536 x 576 and 2048 x 2048. Generic on an AVX2 CPU was slower still than torch's int
+kernels suggest: without oneDNN bf16 the quantized layers dequantized every weight per call.
+
+At the generic level, or where no build compiles (`native_available()` False; the reason is logged
+once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,
+for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu` (fast only for
+bf16 x). They keep x unrounded and round the scales to bf16.
 """
 
 from __future__ import annotations
@@ -96,6 +123,7 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
+from luodi.kernels import isa
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -104,6 +132,15 @@ EXTENSION = NativeExtension(
     "luodi_lowbit", "lowbit.cpp", "low-bit kernels",
     required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
 )
+# A real AVX2 binary (no -march=native): its build must run on any AVX2 CPU, and here it is the same
+# code a Haswell or Zen 2 runs.
+AVX2_EXTENSION = NativeExtension(
+    "luodi_lowbit_avx2", "lowbit_avx2.cpp", "AVX2 low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"),
+)
+# Each build and the level it serves, best first: a CPU runs the best that loads at or below its level
+# (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
+_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION))
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
@@ -117,6 +154,7 @@ INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 _module: Any = None  # the loaded extension, once `native_available()` has found it
+_level = "generic"  # the level of `_module`'s build
 
 
 # Batch-invariant mode (`set_batch_invariant`): on by default; LUODI_BATCH_INVARIANT=0 turns it off at load.
@@ -125,18 +163,36 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 @functools.cache
 def _native_or_reason() -> tuple[Any, str]:
-    global _module
-    _module, reason = EXTENSION.load()
-    if _module is not None:
-        _module.set_batch_invariant(_batch_invariant)
-    return _module, reason
+    global _module, _level
+    reasons = []
+    for level, extension in _BUILDS:
+        _module, reason = extension.load()  # refuses a build above the level in force
+        if _module is not None:
+            _level = level
+            if level == "avx512bf16":
+                _module.set_batch_invariant(_batch_invariant)
+            return _module, ""
+        reasons.append(f"{extension.what}: {reason}")
+    _level = "generic"
+    return None, "; ".join(reasons)
+
+
+def native_level() -> str:
+    """The instruction-set level of the low-bit kernels in use ('generic': torch's)."""
+    return _level if native_available() else "generic"
+
+
+def bf16_available() -> bool:
+    """Whether the native BF16 kernel (and the kernel table `native_api`) exists here: the AVX-512
+    BF16 build only."""
+    return native_available() and _level == "avx512bf16"
 
 
 def set_batch_invariant(on: bool) -> None:
     """Sum every BF16 output in one order whatever the batch (see the module docstring). Process-wide."""
     global _batch_invariant
     _batch_invariant = on
-    if native_available():
+    if bf16_available():
         _module.set_batch_invariant(on)
 
 
@@ -145,6 +201,8 @@ def native_available() -> bool:
     module, reason = _native_or_reason()
     if module is None:
         _log_once(reason)
+    else:
+        _log_level(_level)
     return module is not None
 
 
@@ -155,13 +213,18 @@ def native_unavailable_reason() -> str:
 
 def native_api() -> int:
     """The address of the native kernels' table (`native/kernel_api.h`), for the layer stack.
-    Needs `native_available()`."""
+    Needs `bf16_available()`."""
     return _module.api()
 
 
 @functools.cache
 def _log_once(reason: str) -> None:
     log.warning("native low-bit kernels unavailable (%s); using torch's int8/int4 kernels", reason)
+
+
+@functools.cache
+def _log_level(level: str) -> None:
+    log.info("low-bit kernels: %s build", level)
 
 
 # -- packed forms ---------------------------------------------------------------------------------
@@ -375,7 +438,7 @@ class PackedBf16:
 
 
 def prepack_bf16(weight: torch.Tensor) -> PackedBf16:
-    """Tile a [N, K] weight (any float dtype; rounded to bf16). Needs `native_available()`."""
+    """Tile a [N, K] weight (any float dtype; rounded to bf16). Needs `bf16_available()`."""
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ModelFormatError(f"a bf16 weight must be a 2-D float tensor, got {weight.dtype} {list(weight.shape)}")
     n, k = weight.shape

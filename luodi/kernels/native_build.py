@@ -1,8 +1,8 @@
 """Compiling Luodi's C++ CPU kernels at first use, and deciding whether they can run here.
 
-Owns the one recipe both native modules (`lowbit`, `fused`) share: check the CPU architecture and
-flags, compile the source with torch's `cpp_extension` into `$LUODI_HOME/build/NAME-KEY/`, load it,
-and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
+Owns the one recipe the native modules (`lowbit`, `fused`, the layer stack) share: check the CPU
+architecture and flags (those the instruction-set level in force allows, `luodi.kernels.isa`),
+compile the source with torch's `cpp_extension` into `$LUODI_HOME/build/NAME-KEY/`, load it, and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
 never an exception: callers fall back to torch ops. The build key covers everything the binary
 depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
 on another CPU model that shares the home directory).
@@ -19,7 +19,6 @@ wait (the server's `/health` and log) registers a listener with `add_compile_lis
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import platform
 import sys
@@ -31,6 +30,8 @@ from typing import Any
 
 import torch
 
+from luodi.kernels import isa
+from luodi.kernels.isa import cpu_flags  # here too: tests stand in a CPU by patching it
 from luodi.paths import luodi_home
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
@@ -70,19 +71,6 @@ def announce_compile(what: str) -> Iterator[None]:
             listener(None)
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 @dataclass(frozen=True)
 class NativeExtension:
     name: str  # the Python module name the extension defines
@@ -108,9 +96,14 @@ class NativeExtension:
         """(the extension module, '') or (None, why it cannot run here). Compiles on first use."""
         if platform.machine().lower() not in ("x86_64", "amd64"):
             return None, f"CPU architecture {platform.machine()} is not x86-64"
-        missing = [flag for flag in self.required_cpu_flags if flag not in cpu_flags()]
+        flags = cpu_flags()
+        missing = [flag for flag in self.required_cpu_flags if flag not in flags]
         if missing:
             return None, f"CPU lacks {', '.join(missing)}"
+        choice = isa.cpu_isa(flags)
+        withheld = [flag for flag in self.required_cpu_flags if flag not in isa.usable_flags(flags, choice.level)]
+        if withheld:
+            return None, f"instruction-set level {choice.level} ({choice.reason}) excludes {', '.join(withheld)}"
         try:
             module = self._compile()
         except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch ops"

@@ -80,7 +80,7 @@ def attach(model: nn.Module) -> bool:
     backbone = getattr(model, "model", None)
     if backbone is None or not hasattr(backbone, "native_stack") or not fused.native_available():
         return False
-    native = _native() if lowbit.native_available() else None
+    native = _native() if lowbit.bf16_available() else None  # the stack runs the AVX-512 build's table
     if native is None:
         return False
     dtype = next(model.parameters()).dtype

@@ -145,14 +145,18 @@ class QuantLinear(nn.Module):
     def finalize(self) -> None:
         """Make the fastest kernel layout for the device the buffers are on (idempotent).
 
-        CPU with bf16 support: the subclass's kernel tensors (non-persistent buffers). Any other
+        CPU with Luodi's native low-bit kernels (any level, AVX2 included) or with oneDNN bf16 (for
+        torch's int kernels): the subclass's kernel tensors (non-persistent buffers). Any other
         device: none, so forward dequantizes per call.
         """
         device = self.get_buffer(self._weight_buffer).device
         if self.has_kernel and device.type == "cpu":
             return
         self._drop_kernel()
-        self.has_kernel = device.type == "cpu" and can_pack_bf16() and self._prepare_cpu_kernel()
+        # An AVX2 CPU has no oneDNN bf16, but the native kernels need none: without them it would
+        # dequantize every weight on every call.
+        has_cpu_kernel = lowbit.native_available() or can_pack_bf16()
+        self.has_kernel = device.type == "cpu" and has_cpu_kernel and self._prepare_cpu_kernel()
         if self.native is not None and self.bias is not None:
             self.native_bias = self.bias.float()
 

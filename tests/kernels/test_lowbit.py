@@ -6,7 +6,9 @@ per element times |W|), plus fp32 summation error and, for 16-bit outputs, the o
 rounding. The RMS error must also stay near the value the rounding noise predicts (uniform on
 ±step/2: variance step² / 12), which a wrong layout or scale would exceed by orders of magnitude.
 The torch fallback keeps x unrounded but stores scales in bf16; it is checked against a reference
-built from those rounded scales, and against the native result.
+built from those rounded scales, and against the native result. The INT8/INT4 kernel tests run at
+each instruction-set level this CPU has a build for (`level`: the default, and LUODI_CPU_ISA=avx2),
+against the same bounds: both builds read one packed layout.
 """
 
 from __future__ import annotations
@@ -16,9 +18,28 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
-from luodi.kernels import lowbit, native_build
+from luodi.kernels import isa, lowbit, native_build
 
 needs_native = pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
+needs_bf16 = pytest.mark.skipif(not lowbit.bf16_available(), reason="no native BF16 kernel at this level")
+LEVELS = ["default", "avx2"]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Run the test with the low-bit kernels of this level (LUODI_CPU_ISA), then restore the default."""
+    if request.param == "default":
+        monkeypatch.delenv(isa.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(isa.ENV_VAR, request.param)
+    lowbit._native_or_reason.cache_clear()
+    if not lowbit.native_available():
+        pytest.skip(f"no native low-bit kernels at level {request.param}: {lowbit.native_unavailable_reason()}")
+    assert request.param == "default" or lowbit.native_level() == request.param
+    yield request.param
+    monkeypatch.undo()
+    lowbit._native_or_reason.cache_clear()
+    lowbit.native_available()  # reload the default build for the tests that follow
 
 N, K = 67, 300  # N odd and not a multiple of the 16-row tile, K not a multiple of 32 (nor 256)
 FP32_SUM_EPS = 1e-5  # fp32 accumulation over a few hundred terms, relative to sum |x| |w|
@@ -116,7 +137,7 @@ def assert_within_activation_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Te
 
 
 # -- native kernels -------------------------------------------------------------------------------
-@needs_native
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("m", range(1, 10))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_matches_float_reference(m: int, dtype: torch.dtype) -> None:
@@ -127,7 +148,7 @@ def test_int8_matches_float_reference(m: int, dtype: torch.dtype) -> None:
     assert_within_activation_bound(y, x, qweight.float() * scales[:, None])
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("m", [1, 3, 8, 20])
 def test_int8_rounds_activations_in_two_terms(m: int) -> None:
     """INT8 weight-only also multiplies the rounding residual, itself rounded 254x finer: the error
@@ -147,7 +168,24 @@ def test_int8_rounds_activations_in_two_terms(m: int) -> None:
     assert float(per_row.max()) > 10 * float(bound.max())
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
+@pytest.mark.parametrize("m", [1, 5, 9])
+def test_int8_per_row_is_smoothquants_rounding(m: int) -> None:
+    """W8A8: x rounded once per row as SmoothQuant defines it (scale = max|x_row| / 127, round half
+    to even), then multiplied exactly: only fp32 summation separates the result from that product."""
+    w = weights(N, K)
+    qweight, scales = stored_int8(w)
+    x = activations(m, K, torch.float32)
+    step = (x.abs().amax(1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)  # [M, 1]
+    x_rounded = torch.round(x / step) * step
+    exact = qweight.float() * scales[:, None]
+    y = lowbit.int8_linear(x, lowbit.prepack_int8(qweight, scales), per_row=True)
+    ref = reference(x_rounded, exact, None)
+    bound = FP32_SUM_EPS * (x_rounded.double().abs() @ exact.double().abs().T) + 1e-6
+    assert ((y.double() - ref).abs() <= bound).all()
+
+
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("m", range(1, 10))
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_matches_float_reference(m: int, group_size: int) -> None:
@@ -158,7 +196,7 @@ def test_int4_matches_float_reference(m: int, group_size: int) -> None:
     assert_within_activation_bound(y, x, dequant_int4(nibbles, scales, mins, group_size))
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("m", [1, 4, 9])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_with_coded_scales_matches_float_reference(m: int, group_size: int) -> None:
@@ -171,7 +209,7 @@ def test_int4_with_coded_scales_matches_float_reference(m: int, group_size: int)
     assert_within_activation_bound(y, x, dequant_int4(nibbles, *decoded(scale_codes, min_codes, steps), group_size))
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_bias_and_leading_dims(dtype: torch.dtype) -> None:
     w = weights(N, K)
@@ -186,7 +224,7 @@ def test_bias_and_leading_dims(dtype: torch.dtype) -> None:
     assert_within_activation_bound(y4.view(6, N), x, dequant_int4(nibbles, s4, m4, 32), bias)
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
 def test_zero_and_constant_rows() -> None:
     # An all-zero block has no scale (max |x| = 0); a constant row quantizes exactly.
     w = weights(N, K)
@@ -197,6 +235,21 @@ def test_zero_and_constant_rows() -> None:
     ref = reference(x, qweight.float() * scales[:, None], None).float()
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     assert lowbit.int8_linear(torch.zeros(0, K), lowbit.prepack_int8(qweight, scales)).shape == (0, N)
+
+
+@pytest.mark.usefixtures("level")
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_rows_give_the_same_outputs_alone_and_batched(group_size: int) -> None:
+    """Each output is summed in an order fixed by K alone: a row's result is bit-identical whatever
+    the rows beside it (batch invariance)."""
+    w = weights(N, 256)
+    x = activations(11, 256, torch.float32)
+    int8 = lowbit.prepack_int8(*stored_int8(w))
+    int4 = lowbit.prepack_int4(*stored_int4(w, group_size), group_size)
+    for linear, packed in ((lowbit.int8_linear, int8), (lowbit.int4_linear, int4)):
+        batched = linear(x, packed)
+        for row in (0, 5, 8, 10):
+            assert torch.equal(linear(x[row:row + 1], packed)[0], batched[row])
 
 
 # -- bf16 weights ----------------------------------------------------------------------------------
@@ -211,7 +264,7 @@ def assert_bf16_product(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias=
     assert (err <= bound).all(), f"max error {err.max():.3g} where bound {bound.flatten()[err.argmax()]:.3g}"
 
 
-@needs_native
+@needs_bf16
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16, 17, 24, 40])  # decode passes, then 12-row blocks + rest
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bf16_matches_float_reference(m: int, dtype: torch.dtype) -> None:
@@ -220,7 +273,7 @@ def test_bf16_matches_float_reference(m: int, dtype: torch.dtype) -> None:
     assert_bf16_product(lowbit.bf16_linear(x, lowbit.prepack_bf16(w)), x, w)
 
 
-@needs_native
+@needs_bf16
 @pytest.mark.parametrize("m", [6, 30])
 def test_bf16_bias_and_leading_dims(m: int) -> None:
     w, bias = weights(N, K), torch.randn(N)
@@ -292,7 +345,7 @@ def test_fallback_int4_decodes_coded_scales(without_native: None) -> None:
     assert ((lowbit.int4_linear(x, packed).double() - ref).abs() <= tol).all()
 
 
-@needs_native
+@pytest.mark.usefixtures("level")
 def test_fallback_agrees_with_native(monkeypatch: pytest.MonkeyPatch) -> None:
     w = weights(N, 256)
     x = activations(4, 256, torch.bfloat16)
@@ -331,7 +384,7 @@ def test_failed_build_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
     def failing_build(self) -> None:
         raise RuntimeError("Error building extension 'luodi_lowbit': g++ not found")
 
-    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset(lowbit.EXTENSION.required_cpu_flags))
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset(isa.LEVEL_FLAGS["avx512bf16"]))
     fresh_probe.setattr(native_build.NativeExtension, "_compile", failing_build)
     assert not lowbit.native_available()
     assert "g++ not found" in lowbit.native_unavailable_reason()
@@ -341,10 +394,25 @@ def test_failed_build_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(y, reference(x, qweight.float() * scales[:, None], None).float())
 
 
-def test_cpu_without_vnni_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
-    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset({"avx512f", "avx512bw"}))
+def test_cpu_without_avx2_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))
     assert not lowbit.native_available()
-    assert "avx512_vnni" in lowbit.native_unavailable_reason()
+    assert lowbit.native_level() == "generic"
+    assert "avx512_vnni" in lowbit.native_unavailable_reason() and "avx2" in lowbit.native_unavailable_reason()
+
+
+@needs_native
+def test_cpu_without_vnni_runs_the_avx2_build(fresh_probe: pytest.MonkeyPatch) -> None:
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset(isa.LEVEL_FLAGS["avx512"]))
+    assert lowbit.native_level() == "avx2" and not lowbit.bf16_available()
+
+
+@needs_native
+def test_generic_level_means_fallback(fresh_probe: pytest.MonkeyPatch) -> None:
+    fresh_probe.setenv(isa.ENV_VAR, "generic")
+    assert not lowbit.native_available()
+    assert "level generic (forced by LUODI_CPU_ISA) excludes avx2" in lowbit.native_unavailable_reason()
+    assert not lowbit.prepack_int8(*stored_int8(weights(N, K))).is_native
 
 
 # -- boundaries -----------------------------------------------------------------------------------

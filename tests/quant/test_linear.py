@@ -30,6 +30,7 @@ from torch import nn
 
 import luodi.quant.linear as quant_linear
 from luodi.errors import InvalidParameterError
+from luodi.kernels import lowbit
 from luodi.kernels.linear import can_pack_bf16
 from luodi.quant.linear import Int4Linear, Int8Linear, QuantEmbedding, QuantLinear
 from luodi.quant.weight_only import pack_int4
@@ -105,7 +106,7 @@ def test_forward_equals_dequantized_matmul(
     assert before.dtype == dtype and before.shape == (rows, layer.out_features)
     assert_matches_oracle(layer, x, before, bf16_paths=dtype == torch.bfloat16)
     layer.finalize()
-    assert layer.has_kernel == can_pack_bf16()
+    assert layer.has_kernel == (lowbit.native_available() or can_pack_bf16())
     for path in ("kernel", "gemm"):
         set_path(layer, path)
         after = layer(x)
@@ -248,6 +249,18 @@ def test_finalize_is_idempotent(scheme: str, options: dict) -> None:
     first = {name: t.data_ptr() for name, t in layer.named_buffers()}
     layer.finalize()
     assert {name: t.data_ptr() for name, t in layer.named_buffers()} == first
+
+
+@pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
+@pytest.mark.parametrize("scheme,options", SCHEMES[:2], ids=SCHEME_IDS[:2])
+def test_native_kernels_need_no_onednn_bf16(scheme: str, options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AVX2 CPU has no oneDNN bf16; the native kernels still serve it (else every call dequantizes)."""
+    monkeypatch.setattr(quant_linear, "can_pack_bf16", lambda: False)
+    layer = quantized(scheme, options)
+    layer.finalize()
+    assert layer.has_kernel and layer.native is not None
+    x = torch.randn(3, K, generator=torch.Generator().manual_seed(3))
+    assert_matches_oracle(layer, x, layer(x), bf16_paths=True)
 
 
 def test_finalize_on_meta_makes_no_kernel() -> None:

@@ -22,6 +22,7 @@ import torch
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.reference import full_logits
 from luodi.engine.sampling import SamplingParams
+from luodi.kernels import isa, lowbit
 from luodi.models.loader import load_model
 from model_cache import cache_home, pulled_model_path
 from oracles import assert_greedy_match
@@ -62,6 +63,21 @@ def _greedy(model: torch.nn.Module, prompts: list[list[int]]) -> list[list[int]]
     return outputs
 
 
+@pytest.fixture(params=["default", "avx2"])
+def isa_level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The low-bit kernels of this instruction-set level (LUODI_CPU_ISA) for the test; the default after."""
+    if request.param != "default":
+        monkeypatch.setenv(isa.ENV_VAR, request.param)
+    lowbit._native_or_reason.cache_clear()
+    if request.param != "default" and lowbit.native_level() != request.param:
+        pytest.skip(f"no {request.param} low-bit kernels here: {lowbit.native_unavailable_reason()}")
+    yield request.param
+    monkeypatch.undo()
+    lowbit._native_or_reason.cache_clear()
+    lowbit.native_available()
+
+
+@pytest.mark.usefixtures("isa_level")
 def test_int8_greedy_tokens_equal_the_float_model(smollm2, int8_dir):
     float_model = load_model(str(smollm2), device="cpu", dtype="float32", for_inference=False)
     int8_model = load_model(str(int8_dir), device="cpu", dtype="float32", for_inference=False)
