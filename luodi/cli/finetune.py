@@ -28,7 +28,7 @@ def finetune(
     lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate. Default: 1e-3 up to 1000 examples, else 3e-4.")] = None,
     warmup_steps: Annotated[int | None, typer.Option("--warmup-steps", help="Linear warm-up steps. Default: 6% of the steps, at most 50.")] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine | linear | constant decay after warm-up. Default: cosine.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better held-out loss (0: never). Default: 3.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better held-out result: answers right, then loss (0: never). Default: 3.")] = None,
     replay: Annotated[float | None, typer.Option(help="Weight of the general-text loss trained beside yours each step, so the model keeps what it knew (0: off). Default: 0.3.")] = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Longest example in tokens (longer ones are errors).")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per optimizer step.")] = 4,

@@ -103,8 +103,8 @@ def plan_training(
     if patience is not None:
         patience_c = Choice(patience, "given")
     elif has_heldout:
-        patience_c = Choice(DEFAULT_PATIENCE, "stop after this many epochs without a better held-out loss; "
-                                              "the best epoch's adapter is kept")
+        patience_c = Choice(DEFAULT_PATIENCE, "stop after this many epochs without a better held-out result "
+                                              "(answers right, then loss); the best epoch's adapter is kept")
     else:
         patience_c = Choice(0, "off: no held-out examples to judge by")
     replay_c = _given(replay) or Choice(DEFAULT_REPLAY_WEIGHT, "each step also trains on a window of general "

@@ -35,7 +35,8 @@ from luodi.finetune.lora import (
 )
 from luodi.finetune.plan import SCHEDULES, TrainingPlan, lr_factor, plan_training
 from luodi.finetune.replay import Replay, ReplayStream, general_replay
-from luodi.finetune.probe import ProbeResult, compare, general_perplexity, greedy_answers, probe_cases
+from luodi.finetune.probe import (ProbeResult, compare, contains_expected, general_perplexity, greedy_answers,
+                                  probe_cases)
 from luodi.finetune.report import learning_record, summary_lines, write_learning_report, write_loss_report
 from luodi.finetune.split import carve_heldout
 from luodi.loading.tokenizer import Tokenizer
@@ -90,7 +91,7 @@ class TrainLog:
     evals: list[dict[str, float]] = field(default_factory=list)  # {"epoch", "loss", "perplexity"}
     num_tokens: int = 0  # every token of every training batch (prompt tokens included)
     train_seconds: float = 0.0
-    best_epoch: int | None = None  # the epoch whose adapter was kept (lowest eval loss)
+    best_epoch: int | None = None  # the epoch whose adapter was kept (most answers right, then lowest loss)
     stopped_early: bool = False
 
     @property
@@ -161,13 +162,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions, num_
 def train_epochs(
     model: nn.Module, train: list[TrainingExample], eval_examples: list[TrainingExample] | None,
     options: TrainOptions, *, progress: bool = False, report: Callable[[str], None] | None = None,
-    replay: Replay | None = None,
+    replay: Replay | None = None, judge: Callable[[nn.Module], float] | None = None,
 ) -> TrainLog:
     """Train a model that already has its adapters; eval before training and after each epoch.
 
-    With eval examples, the adapter of the epoch with the lowest eval loss is kept (restored at the
-    end if later epochs did worse), and with `options.patience` training stops after that many
-    epochs without a better eval loss. With `replay`, every step also trains on general text."""
+    With eval examples, the adapter of the best epoch is kept (restored at the end if later epochs
+    did worse), and with `options.patience` training stops after that many epochs without a better
+    one. Best: the most held-out answers right (`judge`: the fraction, when given), then the lowest
+    eval loss. With `replay`, every step also trains on general text."""
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
     num_steps = options.epochs * math.ceil(len(train) / options.batch_size)
@@ -177,7 +179,7 @@ def train_epochs(
     best = _Best()
     stream = replay.stream(options.seed) if replay is not None else None
     with mixed_precision(model):
-        _record_eval(model, eval_examples, 0, log, report)
+        _record_eval(model, eval_examples, 0, log, report, judge)
     with _progress_bar(num_steps, progress) as advance, mixed_precision(model):
         for epoch in range(1, options.epochs + 1):
             start = time.perf_counter()
@@ -189,31 +191,32 @@ def train_epochs(
                 log.steps.append(step)
                 advance(loss, log.tokens_per_s, epoch)
                 start = time.perf_counter()
-            _record_eval(model, eval_examples, epoch, log, report)
+            _record_eval(model, eval_examples, epoch, log, report, judge)
             best.offer(model, log, epoch)
             if options.patience and epoch - best.epoch >= options.patience and epoch < options.epochs:
                 log.stopped_early = True
-                _say(report, f"early stop after epoch {epoch}: no better eval loss for {options.patience} epochs")
+                _say(report, f"early stop after epoch {epoch}: no better held-out result for {options.patience} epochs")
                 break
     best.restore(model, log, report)
     return log
 
 
 class _Best:
-    """The adapter tensors of the trained epoch with the lowest eval loss so far (kept in memory: a
-    LoRA adapter is a few MB). Epoch 0, the untrained adapter, is never the one kept."""
+    """The adapter tensors of the best trained epoch so far: the most held-out answers right, then
+    the lowest eval loss (kept in memory: a LoRA adapter is a few MB). Epoch 0, the untrained
+    adapter, is never the one kept."""
 
     def __init__(self) -> None:
         self.epoch = 0
-        self.loss = math.inf
+        self.key: tuple[float, float] = (-math.inf, -math.inf)
         self.state: list[torch.Tensor] | None = None
 
     def offer(self, model: nn.Module, log: TrainLog, epoch: int) -> None:
         if not log.evals or log.evals[-1]["epoch"] != epoch:
             return
-        loss = log.evals[-1]["loss"]
-        if loss < self.loss:
-            self.epoch, self.loss = epoch, loss
+        key = (log.evals[-1].get("answered", 0.0), -log.evals[-1]["loss"])
+        if key > self.key:
+            self.epoch, self.key = epoch, key
             self.state = [p.detach().clone() for p in trainable_parameters(model)]
 
     def restore(self, model: nn.Module, log: TrainLog, report: Callable[[str], None] | None) -> None:
@@ -226,7 +229,9 @@ class _Best:
         with torch.no_grad():
             for param, saved in zip(trainable_parameters(model), self.state, strict=True):
                 param.copy_(saved)
-        _say(report, f"keeping the adapter of epoch {self.epoch} (lowest eval loss {self.loss:.4f})")
+        chosen = next(e for e in log.evals if e["epoch"] == self.epoch)
+        answered = f"{chosen['answered']:.0%} of held-out answers right, " if "answered" in chosen else ""
+        _say(report, f"keeping the adapter of epoch {self.epoch} ({answered}eval loss {chosen['loss']:.4f})")
 
 
 def _say(report: Callable[[str], None] | None, line: str) -> None:
@@ -236,15 +241,20 @@ def _say(report: Callable[[str], None] | None, line: str) -> None:
 
 def _record_eval(
     model: nn.Module, examples: list[TrainingExample] | None, epoch: int, log: TrainLog,
-    report: Callable[[str], None] | None,
+    report: Callable[[str], None] | None, judge: Callable[[nn.Module], float] | None = None,
 ) -> None:
     if not examples:
         return
     result = evaluate(model, examples)
-    log.evals.append({"epoch": epoch, "loss": result.loss, "perplexity": result.perplexity})
+    record = {"epoch": epoch, "loss": result.loss, "perplexity": result.perplexity}
+    answered = ""
+    if judge is not None:
+        record["answered"] = judge(model)
+        answered = f", held-out answers right {record['answered']:.0%}"
+    log.evals.append(record)
     if report is not None:
         when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        report(f"eval loss {when}: {result.loss:.4f} (perplexity {result.perplexity:.2f})")
+        report(f"eval loss {when}: {result.loss:.4f} (perplexity {result.perplexity:.2f}){answered}")
 
 
 @contextlib.contextmanager
@@ -327,7 +337,8 @@ def finetune(
                        eval_examples if checks else [], enabled=checks, report=report)
     replay_weight = float(plan.replay.value)
     general = general_replay(loaded.tokenizer, replay_weight) if replay_weight else None
-    log = train_epochs(peft_model, train, eval_examples, options, progress=progress, report=report, replay=general)
+    log = train_epochs(peft_model, train, eval_examples, options, progress=progress, report=report, replay=general,
+                       judge=checker.answered if checker.cases else None)
     probe, ppl_after = checker.after()
     save_adapter(peft_model, out, model)
     evals = {int(e["epoch"]): e["loss"] for e in log.evals}
@@ -391,6 +402,13 @@ class _Checker:
         self.ppl_before = general_perplexity(model, tokenizer, max_positions) if enabled else None
         if self.ppl_before is not None:
             _say(report, f"general text perplexity per byte before training: {self.ppl_before:.4f}")
+
+    def answered(self, model: nn.Module) -> float:
+        """The fraction of probed held-out examples whose greedy answer holds the expected answer (called
+        between epochs, inside `mixed_precision`, whose forwards need autocast)."""
+        with autocast(model):
+            answers = greedy_answers(model, self.tokenizer, self.cases)
+        return sum(contains_expected(a, c.expected) for a, c in zip(answers, self.cases, strict=True)) / len(answers)
 
     def after(self) -> tuple[list[ProbeResult], float | None]:
         answers = greedy_answers(self.model, self.tokenizer, self.cases) if self.cases else []
