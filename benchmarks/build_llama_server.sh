@@ -3,9 +3,12 @@
 # llama-cpp-python sdist (the peer of benchmarks/serve_load.py). Nothing here is installed or
 # committed; the binary lands in $LUODI_HOME/build/llama-server/bin/llama-server.
 #
-#   bash benchmarks/build_llama_server.sh [VERSION]     # default 0.3.36
+#   JOBS=2 bash benchmarks/build_llama_server.sh [VERSION]     # default 0.3.16
+#
+# 0.3.16: the llama.cpp that 0.3.36 vendors (its server and its Python binding alike) crashed at
+# threadpool start on a 2-vCPU Zen 4 VM; 0.3.16 runs there.
 set -euo pipefail
-version="${1:-0.3.36}"
+version="${1:-0.3.16}"
 root="${LUODI_HOME:-$HOME/.cache/luodi}/build/llama-server"
 mkdir -p "$root"
 cd "$root"
