@@ -7,7 +7,8 @@ the shared instruction prefix is computed once (prefix cache). The server passes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from luodi.engine.sampling import SamplingParams
 from luodi.llm import LLM
@@ -34,3 +35,9 @@ def engine_generate(llm: LLM) -> Generate:
         return [texts[i] for i in ids]
 
     return generate
+
+
+def stop_at_speakers(params: SamplingParams, names: Iterable[str]) -> SamplingParams:
+    """`params` that also stop where a line "\nName:" begins: a small model goes on to write the
+    other speakers' lines itself."""
+    return replace(params, stop=(*params.stop, *(f"\n{name}:" for name in names)))

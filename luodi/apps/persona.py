@@ -13,9 +13,10 @@ Must not know: card file formats (`cards`), lorebook matching (`lorebook`), HTTP
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from luodi.apps.cards import Card
+from luodi.apps.generation import stop_at_speakers
 from luodi.apps.lorebook import LoreEntry, active_entries
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
@@ -144,7 +145,7 @@ class PersonaChat:
             messages, lore = self.prompt_messages(user_text)
             prompt_ids = self.llm.prompt_ids(messages)
         # A stop at the user's name: a small model goes on to write the user's next line itself.
-        params = _with_stop(params, f"\n{self.persona.user}:")
+        params = stop_at_speakers(params, [self.persona.user])
         completion = self.llm.complete(prompt_ids, params, on_text)
         text = completion.text.strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
@@ -156,7 +157,3 @@ class PersonaChat:
             dropped = self.history[:2]
             del self.history[:2]
             excess_tokens -= sum(self._count_tokens(m["content"]) + 4 for m in dropped)
-
-
-def _with_stop(params: SamplingParams, stop: str) -> SamplingParams:
-    return replace(params, stop=(*params.stop, stop))

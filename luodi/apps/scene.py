@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from luodi.apps.generation import stop_at_speakers
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.llm import LLM, Message
@@ -165,7 +166,7 @@ class SceneChat:
         """`name`'s next line, sampled again (a new seed; greedy becomes sampled) while it gives the secret away."""
         character = self.scene.character(name)
         prompt_ids = self.llm.prompt_ids(self.messages_for(character))
-        params = _with_stops(params, [self.scene.user] + [c.name for c in self.scene.characters])
+        params = stop_at_speakers(params, [self.scene.user] + [c.name for c in self.scene.characters])
         for attempt in range(RETRIES_ON_LEAK + 1):
             attempt_params = params if attempt == 0 else replace(
                 params, temperature=max(params.temperature, 0.8), seed=(params.seed or 0) + attempt)
@@ -185,11 +186,6 @@ class SceneChat:
             if on_line is not None:
                 on_line(lines[-1])
         return lines
-
-
-def _with_stops(params: SamplingParams, names: list[str]) -> SamplingParams:
-    """Stop where a small model starts writing someone else's line."""
-    return replace(params, stop=(*params.stop, *(f"\n{n}:" for n in names)))
 
 
 def _own_words(text: str, name: str) -> str:
