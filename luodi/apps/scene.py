@@ -115,6 +115,10 @@ def _text(data: dict, key: str, where: str, *, required: bool = True) -> str:
     value = data.get(key, "")
     if not isinstance(value, str) or (required and not value.strip()):
         raise InvalidParameterError(f"{where}.{key} must be a non-empty string", where)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows "\ud800"; no UTF-8 text holds a lone surrogate
+        raise InvalidParameterError(f"{where}.{key} holds a lone UTF-16 surrogate, which is not text", where) from None
     return value.strip()
 
 

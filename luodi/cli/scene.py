@@ -34,7 +34,8 @@ def scene(
     from luodi.cli.generate import load_llm
     from luodi.engine.sampling import SamplingParams
 
-    table = SceneChat(load_llm(model, device, dtype), read_scene(scene_path))
+    scene_file = read_scene(scene_path)  # a bad file is reported before the model loads
+    table = SceneChat(load_llm(model, device, dtype), scene_file)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, top_k=40,
                             repetition_penalty=repetition_penalty, seed=seed)
     show = (lambda line: print(json.dumps(line.to_dict(), ensure_ascii=False), flush=True)) if as_json else _print

@@ -55,6 +55,7 @@ def test_reveals_counts_runs_of_words_and_cjk_characters():
     ({"characters": [{"name": "A", "public": "x"}, MANOR["characters"][1]]}, r"characters\[0\].secret"),
     ({"characters": [{"name": "A: B", "public": "x", "secret": "y"}, MANOR["characters"][1]]}, "may not hold ':'"),
     ({"title": 7}, "scene.title must be a non-empty string"),
+    ({"setting": "night\ud800"}, "scene.setting holds a lone UTF-16 surrogate"),
 ])
 def test_bad_scenes_name_the_field(change, message):
     with pytest.raises(InvalidParameterError, match=message):
