@@ -168,8 +168,9 @@ def train_epochs(
 
     With eval examples, the adapter of the best epoch is kept (restored at the end if later epochs
     did worse), and with `options.patience` training stops after that many epochs without a better
-    one. Best: the most held-out answers right (`judge`: the fraction, when given), then the lowest
-    eval loss. With `replay`, every step also trains on general text."""
+    one (with a `judge`, counted only once some held-out answer came out right). Best: the most
+    held-out answers right (`judge`: the fraction, when given), then the lowest eval loss. With
+    `replay`, every step also trains on general text."""
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
     num_steps = options.epochs * math.ceil(len(train) / options.batch_size)
@@ -193,7 +194,8 @@ def train_epochs(
                 start = time.perf_counter()
             _record_eval(model, eval_examples, epoch, log, report, judge)
             best.offer(model, log, epoch)
-            if options.patience and epoch - best.epoch >= options.patience and epoch < options.epochs:
+            if options.patience and best.judged_right(judge) and epoch - best.epoch >= options.patience \
+                    and epoch < options.epochs:
                 log.stopped_early = True
                 _say(report, f"early stop after epoch {epoch}: no better held-out result for {options.patience} epochs")
                 break
@@ -218,6 +220,12 @@ class _Best:
         if key > self.key:
             self.epoch, self.key = epoch, key
             self.state = [p.detach().clone() for p in trainable_parameters(model)]
+
+    def judged_right(self, judge: Callable[[nn.Module], float] | None) -> bool:
+        """Whether patience may count: always when judged by loss, and with a judge only once some
+        held-out answer came out right. Until then a falling loss says little about facts; on the
+        twelve-fact set (seed 1) no answer was right by epoch 7, and stopping there kept 10 of 24."""
+        return judge is None or self.key[0] > 0
 
     def restore(self, model: nn.Module, log: TrainLog, report: Callable[[str], None] | None) -> None:
         if self.state is None:

@@ -110,6 +110,22 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model_dir):
     assert math.isclose(evaluate(model, heldout).loss, losses[best], rel_tol=1e-6)  # the best epoch's adapter
 
 
+def test_patience_waits_for_the_first_right_answer(tiny_model_dir):
+    # The rising eval loss of the test above, judged by answers: none right until epoch 5, fewer after.
+    # Patience 2 must not stop while no answer is right (by loss it stops at 3); it counts from 5.
+    train = [TrainingExample([3, 4, 1], [IGNORE_INDEX, 4, 1], "train")] * 8
+    heldout = [TrainingExample([3, 5, 1], [IGNORE_INDEX, 5, 1], "eval")]
+    torch.manual_seed(0)
+    model = attach_lora(load_for_training(str(tiny_model_dir), device="cpu", dtype="float32").model,
+                        LoraOptions(rank=4, alpha=8))
+    train_epochs(model, train, None, TrainOptions(epochs=10, lr=1e-2, batch_size=4), report=None)  # loss now rises
+    calls = iter([0.0] * 5 + [0.5] + [0.25] * 5)  # epoch 0 (before), 1, 2, ...
+    log = train_epochs(model, train, heldout, TrainOptions(epochs=10, lr=1e-2, batch_size=4, patience=2),
+                       report=None, judge=lambda _model: next(calls))
+    assert [e["answered"] for e in log.evals] == [0.0] * 5 + [0.5, 0.25, 0.25]  # epochs 0-7
+    assert log.stopped_early and log.best_epoch == 5
+
+
 def test_default_run_carves_a_split_and_writes_the_learning_report(tiny_model_dir, tmp_path):
     from luodi import finetune
 
