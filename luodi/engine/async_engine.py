@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from luodi.engine.engine import LLMEngine, RequestOutput
@@ -38,6 +38,7 @@ class _Add:
     stream: _Stream
     adapter: str | None
     cache_salt: str | None = None
+    resume_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +58,15 @@ class AsyncLLMEngine:
         self._thread.start()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                       adapter: str | None = None, cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+                       adapter: str | None = None, cache_salt: str | None = None,
+                       resume_ids: Sequence[int] = ()) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs (on a LoRA adapter, if named; sharing cached prefix blocks only
-        with requests of the same `cache_salt`); raises validation errors at once."""
-        self.engine.check_request(prompt_ids, params, adapter=adapter)  # reads only config: safe beside a step
+        with requests of the same `cache_salt`; continuing after `resume_ids`, see
+        `LLMEngine.add_request`); raises validation errors at once."""
+        self.engine.check_request(prompt_ids, params, adapter=adapter, resume_ids=resume_ids)  # reads only config
         request_id = request_id or f"async-{next(self._ids)}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._send(_Add(request_id, list(prompt_ids), params, stream, adapter, cache_salt))
+        self._send(_Add(request_id, list(prompt_ids), params, stream, adapter, cache_salt, tuple(resume_ids)))
         finished = False
         try:
             while not finished:
@@ -117,7 +120,7 @@ class AsyncLLMEngine:
                 continue
             try:
                 self.engine.add_request(message.prompt_ids, message.params, message.request_id, message.adapter,
-                                        message.cache_salt)
+                                        message.cache_salt, message.resume_ids)
             except Exception as exc:  # checked by the caller already; deliver, never drop
                 self._put(message.stream, exc)
                 continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 import time
 from dataclasses import dataclass, field
 
@@ -114,18 +115,38 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    adapter: str | None = None, cache_salt: str | None = None) -> str:
+                    adapter: str | None = None, cache_salt: str | None = None,
+                    resume_ids: Sequence[int] = ()) -> str:
         """`adapter`: one of the model's LoRA adapters (`adapter_names`) to run with; None = the base.
-        `cache_salt`: prefix-cache blocks are shared only with requests given the same salt."""
+        `cache_salt`: prefix-cache blocks are shared only with requests given the same salt.
+        `resume_ids`: output tokens another engine already generated (and reported) for this request,
+        whose process died: they are recomputed with the prompt, count towards max_tokens, and their
+        text is not reported again, so the output continues where that engine stopped (greedy
+        output is the one an uninterrupted run gives)."""
         request_id = request_id or f"req-{next(self._ids)}"
-        self.check_request(prompt_ids, params, adapter=adapter)
+        self.check_request(prompt_ids, params, adapter=adapter, resume_ids=resume_ids)
         request = Request(request_id, list(prompt_ids), params, self.eos_token_ids, self.max_model_len,
                           adapter=adapter, cache_salt=cache_salt, matcher=self._matcher(params))
         if self.tokenizer is not None:
             self._text[request_id] = _TextState(IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                                 StopChecker(params.stop))
+        if resume_ids:
+            self._resume(request, resume_ids)
         self.scheduler.add(request)
         return request_id
+
+    def _resume(self, request: Request, resume_ids: Sequence[int]) -> None:
+        """Take `resume_ids` as output already reported: the grammar and the text state advance over
+        them as they did in the engine that generated them, so the next delta starts after them."""
+        if request.matcher is not None and not request.matcher.accept(list(resume_ids)):
+            raise InvalidParameterError("resume_token_ids break the request's grammar; they cannot be "
+                                        "output it generated", param="resume_token_ids")
+        request.output_ids = list(resume_ids)
+        self._num_reported[request.request_id] = len(resume_ids)
+        state = self._text.get(request.request_id)
+        if state is not None:
+            for token_id in resume_ids:
+                state.stops.push(state.detokenizer.push(token_id))
 
     def _matcher(self, params: SamplingParams) -> GrammarMatcher | None:
         """A fresh matcher for the request's grammar (compiled once per grammar, then copied)."""
@@ -150,7 +171,7 @@ class LLMEngine:
         return adapters.names if adapters is not None else ()
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt",
-                      adapter: str | None = None) -> None:
+                      adapter: str | None = None, resume_ids: Sequence[int] = ()) -> None:
         """Raise the error `add_request` would raise; callers use it before they commit to a response.
 
         `prompt_param` names the client's field that carried the prompt (e.g. "messages").
@@ -165,6 +186,7 @@ class LLMEngine:
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab})", param=prompt_param)
         self._matcher(params)  # compiles (and caches) the grammar: a bad one fails here
+        self._check_resume(resume_ids, params, vocab)
         n, limit = len(prompt_ids), self.max_model_len
         wanted = n + (params.max_tokens or 1)
         if wanted > limit:
@@ -173,6 +195,17 @@ class LLMEngine:
                 f"{what} exceed the context window of {limit} tokens; shorten the prompt or lower max_tokens",
                 param="max_tokens" if n < limit else prompt_param,
             )
+
+    @staticmethod
+    def _check_resume(resume_ids: Sequence[int], params: SamplingParams, vocab: int) -> None:
+        if not resume_ids:
+            return
+        if min(resume_ids) < 0 or max(resume_ids) >= vocab:
+            raise InvalidParameterError(f"resume_token_ids must lie in [0, {vocab})", param="resume_token_ids")
+        if params.max_tokens is not None and len(resume_ids) >= params.max_tokens:
+            raise InvalidParameterError(
+                f"{len(resume_ids)} resume_token_ids leave nothing to generate under max_tokens "
+                f"{params.max_tokens}", param="resume_token_ids")
 
     # -- the loop -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
