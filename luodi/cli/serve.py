@@ -159,6 +159,24 @@ def serve(
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     speculative: SpeculativeOpt = "ngram",
+    hardware_class: Annotated[
+        str | None, typer.Option("--hardware-class", help="The class a gateway knows this server by "
+                                 "(default: cuda:<GPU> or cpu-<ISA level>).")] = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", help="Serve through a gateway over this many local replica processes "
+                          "(0: one process, no gateway).")] = 0,
+    threads_per_replica: Annotated[
+        int | None, typer.Option("--threads-per-replica", help="CPU threads of each replica (default: all).")
+    ] = None,
+    routing: Annotated[
+        str, typer.Option("--routing", help="With --replicas: latency (target, then cached prefix) | round-robin.")
+    ] = "latency",
+    slo_tpot_ms: Annotated[
+        float | None, typer.Option("--slo-tpot-ms", help="With --replicas: route each request where its time per "
+                                   "output token stays under this (a request's slo_tpot_ms overrides it).")
+    ] = None,
+    when_no_replica_fits: Annotated[
+        str, typer.Option("--when-no-replica-fits", help="With --replicas: queue | reject (429).")] = "queue",
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a web chat at http://HOST:PORT/."""
     import uvicorn
@@ -172,12 +190,24 @@ def serve(
     adapters = parse_lora_specs(lora or [])
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
     keys_file = resolve_keys_file(api_key_file, host, insecure_no_auth)
+    if replicas:
+        from luodi.cli.cluster import replica_args, serve_replicas
+
+        if replicas < 1 or (threads_per_replica is not None and threads_per_replica < 1):
+            raise InvalidParameterError("--replicas and --threads-per-replica must be at least 1", param="replicas")
+        options = dict(max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb, max_queue=max_queue,
+                       served_model_name=served_model_name or served_name(model), kb_store=kb_store, lora=lora,
+                       ingest_limit=ingest_limit, device=device, dtype=dtype, speculative=speculative,
+                       api_key_file=keys_file, hardware_class=hardware_class)
+        serve_replicas(replicas, threads_per_replica, replica_args(model, options), host, port, keys_file,
+                       allowed_hosts(host, allowed_host or []), routing, slo_tpot_ms, when_no_replica_fits, log_level)
+        return
     engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30),
                                  speculative=SpeculativeConfig(method=speculative))
     config = ServerConfig(
         model_name=served_model_name or served_name(model), max_queue=max_queue, api_keys_file=keys_file,
         kb_store=kb_store, ingest_limits=ingest_limits(ingest_limit),
-        allowed_hosts=allowed_hosts(host, allowed_host or []),
+        allowed_hosts=allowed_hosts(host, allowed_host or []), hardware=hardware_class,
     )
 
     def load() -> LLM:

@@ -120,7 +120,8 @@ def _add_service_routes(app: FastAPI, service: ModelService) -> None:
     async def health() -> JSONResponse:
         """200 once the model is loaded; 503 while loading (detail: "compiling native … kernels (first
         start only)" while a first start builds them) or after a failed load."""
-        body = r.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail)  # type: ignore[arg-type]
+        body = r.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail,  # type: ignore[arg-type]
+                              load=service.load())
         return JSONResponse(body.model_dump(), status_code=200 if service.status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response)

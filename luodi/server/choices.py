@@ -31,12 +31,15 @@ class Choice:
     prompt_ids: list[int]
     params: SamplingParams
     echo: str = ""  # completions with echo: the prompt's text, sent before the answer
+    resume_ids: tuple[int, ...] = ()  # output another replica already sent (one prompt, n = 1)
 
 
-def plan(prompts: list[list[int]], params: SamplingParams, n: int, echoes: list[str] | None = None) -> list[Choice]:
+def plan(prompts: list[list[int]], params: SamplingParams, n: int, echoes: list[str] | None = None,
+         resume_ids: list[int] | None = None) -> list[Choice]:
     """Choice i * n + j is sample j of prompt i."""
     echoes = echoes or [""] * len(prompts)
-    return [Choice(i * n + j, ids, sample_params(params, j), echo)
+    resume = tuple(resume_ids or ())
+    return [Choice(i * n + j, ids, sample_params(params, j), echo, resume)
             for i, (ids, echo) in enumerate(zip(prompts, echoes, strict=True)) for j in range(n)]
 
 
@@ -74,7 +77,8 @@ async def merged(
     tasks: list[asyncio.Task] = []
 
     async def pump(k: int, choice: Choice, first_out: asyncio.Event | None) -> None:
-        outputs = service.generate(admissions.items[k], choice.prompt_ids, choice.params, adapter, cache_salt)
+        outputs = service.generate(admissions.items[k], choice.prompt_ids, choice.params, adapter, cache_salt,
+                                   choice.resume_ids)
         try:
             async with aclosing(outputs):
                 async for out in outputs:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,10 @@ class _Answer:
     created: int = field(default_factory=r.now)
     sources: list[dict[str, Any]] | None = None  # a knowledge-base answer's [n] → passage
     calling: ToolCalling | None = None  # a chat answer that may call tools
+    return_token_ids: bool = False  # each choice and chunk carries its token ids (a gateway asks)
+
+    def token_ids(self, outputs: Iterable[RequestOutput]) -> list[int] | None:
+        return [t for out in outputs for t in out.new_token_ids] if self.return_token_ids else None
 
     def token_text(self, token_id: int) -> str:
         return self.llm.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -168,10 +172,11 @@ async def create_chat_completion(body: p.ChatCompletionRequest, request: Request
     else:
         prompt_ids = await run_in_threadpool(tool_calls.prompt_ids, llm, body.chat_messages(), calling)
     adapter = service.adapter_for(body.model)
-    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter)
+    await run_in_threadpool(service.check_prompt, prompt_ids, params, prompt_param="messages", adapter=adapter,
+                            resume_ids=body.resume_token_ids)
     answer = _Answer(llm, body.model, [prompt_ids], params, r.new_id("chatcmpl"), sources=sources,
-                     calling=calling)
-    plan = choices.plan(answer.prompts, params, body.n or 1)
+                     calling=calling, return_token_ids=body.return_token_ids)
+    plan = choices.plan(answer.prompts, params, body.n or 1, resume_ids=body.resume_token_ids)
     admissions = choices.Admissions(service, len(plan))
     outputs = choices.merged(service, admissions, plan, adapter, cache_salt(request, body.cache_salt))
     if body.stream:
@@ -190,6 +195,7 @@ def _chat_completion(answer: _Answer, per_choice: list[list[RequestOutput]]) -> 
             message=message,
             logprobs=r.ChatLogprobs(**logprobs) if logprobs else None,
             finish_reason=tool_calls.finish_reason(reason, bool(message.tool_calls)),
+            token_ids=answer.token_ids(outputs),
         ))
     return r.ChatCompletion(
         id=answer.id,
@@ -216,8 +222,9 @@ async def _chat_events(
     answer: _Answer, outputs: AsyncGenerator[tuple[int, RequestOutput], None], num_choices: int, include_usage: bool
 ) -> AsyncIterator[str]:
     def chunk(index: int, delta: r.ChatDelta, finish_reason: str | None = None, logprobs: Any = None,
-              **extra: Any) -> str:
-        choice = r.ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+              token_ids: list[int] | None = None, **extra: Any) -> str:
+        choice = r.ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
+                                   token_ids=token_ids)
         return r.ChatCompletionChunk(id=answer.id, created=answer.created, model=answer.model, choices=[choice],
                                      **extra).model_dump_json()
 
@@ -233,8 +240,10 @@ async def _chat_events(
                 finals[index] = out
                 logprobs = answer.chat_logprobs(out.new_logprobs)
                 delta = streams[index].delta(out.new_text, final=out.finished)
-                if delta.content or delta.tool_calls or logprobs:
-                    yield chunk(index, delta, logprobs=r.ChatLogprobs(**logprobs) if logprobs else None)
+                token_ids = answer.token_ids([out]) or None  # a gateway must see every token, text or not
+                if delta.content or delta.tool_calls or logprobs or token_ids:
+                    yield chunk(index, delta, logprobs=r.ChatLogprobs(**logprobs) if logprobs else None,
+                                token_ids=token_ids)
                 if out.finished:
                     reason = tool_calls.finish_reason(out.finish_reason, streams[index].has_calls)
                     yield chunk(index, r.ChatDelta(), finish_reason=reason)
@@ -262,12 +271,13 @@ async def create_completion(body: p.CompletionRequest, request: Request) -> Any:
     for prompt in body.prompts():
         # Text is text (special tokens spelled in it too, as OpenAI's API does); control tokens come as ids.
         ids = await run_in_threadpool(llm.prompt_ids, prompt, raw=True) if isinstance(prompt, str) else list(prompt)
-        await run_in_threadpool(service.check_prompt, ids, params, prompt_param="prompt", adapter=adapter)
+        await run_in_threadpool(service.check_prompt, ids, params, prompt_param="prompt", adapter=adapter,
+                                resume_ids=body.resume_token_ids)
         prompts.append(ids)
     echoes = [_echo_text(llm, prompt, ids) for prompt, ids in zip(body.prompts(), prompts, strict=True)] \
         if body.echo else None
-    answer = _Answer(llm, body.model, prompts, params, r.new_id("cmpl"))
-    plan = choices.plan(prompts, params, body.n or 1, echoes)
+    answer = _Answer(llm, body.model, prompts, params, r.new_id("cmpl"), return_token_ids=body.return_token_ids)
+    plan = choices.plan(prompts, params, body.n or 1, echoes, resume_ids=body.resume_token_ids)
     admissions = choices.Admissions(service, len(plan))
     outputs = choices.merged(service, admissions, plan, adapter, cache_salt(request, body.cache_salt))
     if body.stream:
@@ -289,6 +299,7 @@ def _completion(answer: _Answer, plan: list[choices.Choice], per_choice: list[li
             text=choice.echo + "".join(o.new_text for o in outputs),
             logprobs=r.CompletionLogprobs(**logprobs) if logprobs else None,
             finish_reason=outputs[-1].finish_reason if outputs else None,
+            token_ids=answer.token_ids(outputs),
         ))
     return r.Completion(
         id=answer.id,
@@ -316,10 +327,11 @@ async def _completion_events(
                 finals[index] = out
                 logprobs = answer.completion_logprobs(out.new_logprobs, offsets[index])
                 offsets[index] += len(out.new_text)
-                if text or logprobs or out.finished:
+                token_ids = answer.token_ids([out]) or None
+                if text or logprobs or out.finished or token_ids:
                     yield chunk([r.CompletionChoice(
                         index=index, text=text, logprobs=r.CompletionLogprobs(**logprobs) if logprobs else None,
-                        finish_reason=out.finish_reason if out.finished else None)])
+                        finish_reason=out.finish_reason if out.finished else None, token_ids=token_ids)])
     except Exception as exc:  # noqa: BLE001 -- the engine failed mid-stream
         yield _error_event(exc)
         return

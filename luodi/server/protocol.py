@@ -185,6 +185,18 @@ class _SamplingFields(_Body):
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None  # Luodi's (and vLLM's) extension
     speculative: str | None = None  # Luodi's extension: "ngram" | "none"; null: the server's default
+    # Luodi's extensions for a gateway over replicas (`luodi.cluster`): every choice and streamed chunk
+    # carries the token ids it adds; and a request may continue the output another replica began
+    # (its token ids so far: recomputed, counted in max_tokens, their text not sent again).
+    return_token_ids: bool = False
+    resume_token_ids: list[int] | None = None
+
+    def _check_resume(self, vocab_size: int) -> None:
+        if not self.resume_token_ids:
+            return
+        _check_token_ids(self.resume_token_ids, vocab_size, "resume_token_ids")
+        if (self.n or 1) != 1:
+            raise InvalidParameterError("resume_token_ids continue one choice; send n=1", param="resume_token_ids")
 
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
         """Refuse what exceeds `limits` (or names tokens outside the vocabulary), naming the cap."""
@@ -208,6 +220,7 @@ class _SamplingFields(_Body):
             if not -100 <= value <= 100:
                 raise InvalidParameterError(
                     f"logit_bias[{key!r}] = {value} is outside [-100, 100]", param="logit_bias")
+        self._check_resume(vocab_size)
         grammar = self.grammar_spec()
         if grammar is not None and len(grammar.text) > limits.max_grammar_chars:
             raise InvalidParameterError(
@@ -342,6 +355,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise InvalidParameterError(
                 f"the tools' definitions are {size} characters, over the limit of {limits.max_tools_chars}; "
                 "send fewer tools or shorter descriptions and schemas", param="tools")
+        if self.resume_token_ids and (self.tools or self.kb):
+            raise InvalidParameterError("resume_token_ids cannot continue a tool-calling or kb answer; "
+                                        "send the request again from its start", param="resume_token_ids")
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -461,6 +477,9 @@ class CompletionRequest(_SamplingFields):
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
         super().check_limits(limits, vocab_size)
         _at_most(len(self.prompts()), limits.max_prompts, "prompt", "prompts")
+        if self.resume_token_ids and (len(self.prompts()) > 1 or self.echo):
+            raise InvalidParameterError("resume_token_ids continue one prompt's answer, without echo",
+                                        param="resume_token_ids")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts (texts or token id lists) in order; one unless a list of them was sent."""

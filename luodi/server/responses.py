@@ -78,6 +78,7 @@ class ChatChoice(BaseModel):
     message: ChatResponseMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None
+    token_ids: list[int] | None = _omitted_if_none()  # with return_token_ids
 
 
 class ChatCompletion(BaseModel):
@@ -115,6 +116,7 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = _omitted_if_none()  # with return_token_ids
 
 
 class ChatCompletionChunk(BaseModel):
@@ -139,6 +141,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
+    token_ids: list[int] | None = _omitted_if_none()  # with return_token_ids
 
 
 class Completion(BaseModel):
@@ -156,6 +159,7 @@ class HealthStatus(BaseModel):
     status: Literal["ok", "loading", "failed"]
     model: str
     detail: str | None = None
+    load: dict[str, Any] | None = _omitted_if_none()  # once ready: the figures a gateway routes by
 
 
 class ErrorInfo(BaseModel):

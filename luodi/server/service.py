@@ -30,6 +30,7 @@ from luodi.kb.ingest.limits import DEFAULT_LIMITS, IngestLimits
 from luodi.llm import LLM
 from luodi.server.errors import ModelLoadingError, ModelNotServedError, QueueFullError
 from luodi.server.limits import RequestLimits
+from luodi.server.load import load_report
 from luodi.server.metrics import ServerMetrics
 
 log = logging.getLogger("luodi.server")
@@ -49,6 +50,19 @@ class ServerConfig:
     # Host names a key-less server answers (any port), against DNS rebinding; None: any Host (a
     # network bind with --insecure-no-auth). A server with keys checks none: a page cannot send the key.
     allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "[::1]")
+    hardware: str | None = None  # the class a gateway knows this replica by; None: from the device / CPU ISA
+
+
+def hardware_class(llm: LLM) -> str:
+    """"cuda:<device name>" on a GPU, else "cpu-<ISA level the kernels use>" (e.g. cpu-avx2)."""
+    import torch
+
+    from luodi.kernels.isa import cpu_isa
+
+    device = next(llm.engine.model.parameters()).device
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu-{cpu_isa().level}"
 
 
 class Admission:
@@ -75,6 +89,7 @@ class ModelService:
         self.detail: str | None = None
         self.metrics = ServerMetrics(self._sync_engine, lambda: self._num_admitted)
         self._thread: threading.Thread | None = None
+        self.started_at = time.time()
 
     @classmethod
     def from_llm(cls, config: ServerConfig, llm: LLM) -> ModelService:
@@ -135,6 +150,13 @@ class ModelService:
         if self._engine is not None:
             self._engine.shutdown()
 
+    def load(self) -> dict | None:
+        """The load and speed figures of `luodi.server.load` (None until the model is ready)."""
+        if self._llm is None:
+            return None
+        hardware = self.config.hardware or hardware_class(self._llm)
+        return load_report(self._llm.engine, self._num_admitted, hardware, self.started_at)
+
     def _sync_engine(self) -> LLMEngine | None:
         return self._llm.engine if self._llm is not None else None
 
@@ -170,10 +192,11 @@ class ModelService:
 
     def check_prompt(
         self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt",
-        adapter: str | None = None,
+        adapter: str | None = None, resume_ids: list[int] | None = None,
     ) -> None:
         """The engine's own checks, made before a streamed response has sent its 200 status."""
-        self.ready_llm().engine.check_request(prompt_ids, params, prompt_param, adapter=adapter)
+        self.ready_llm().engine.check_request(prompt_ids, params, prompt_param, adapter=adapter,
+                                              resume_ids=resume_ids or ())
 
     def admit(self) -> Admission:
         """A place for one more request, or 429 when the running batch and the queue are full."""
@@ -191,7 +214,7 @@ class ModelService:
     # -- generation --------------------------------------------------------------------------------
     async def generate(
         self, admission: Admission, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
-        cache_salt: str | None = None,
+        cache_salt: str | None = None, resume_ids: tuple[int, ...] = (),
     ) -> AsyncGenerator[RequestOutput, None]:
         """Stream one admitted request (on `adapter`, if named; sharing cached prompt blocks only with
         requests of the same `cache_salt`); leaving early (a client gone) aborts it and frees its blocks."""
@@ -202,7 +225,8 @@ class ModelService:
         final: RequestOutput | None = None
         reason = "abort"
         try:
-            async for out in self._engine.generate(prompt_ids, params, adapter=adapter, cache_salt=cache_salt):
+            async for out in self._engine.generate(prompt_ids, params, adapter=adapter, cache_salt=cache_salt,
+                                                   resume_ids=resume_ids or ()):
                 last = time.perf_counter()
                 if final is None:
                     first = last
