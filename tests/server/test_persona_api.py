@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 
 import httpx
 import pytest
@@ -172,3 +173,32 @@ def test_an_oversized_card_is_a_400(server, monkeypatch):
     monkeypatch.setattr(luodi.apps.cards, "MAX_CARD_BYTES", len(png) - 1)  # the server runs in this process
     response = post(server, "/card", card_png=base64.b64encode(png).decode())
     assert response.status_code == 400 and "too large for a character card" in response.json()["error"]["message"]
+
+
+def test_persona_mode_of_the_web_chat(server, tmp_path):
+    from test_web import chat_page, screenshot  # Playwright + Debian Chromium; skips without them
+
+    sneaky = {"name": "Bram", "first_mes": 'Sit down. <img src=x onerror="window.__injected = 1">'}
+    (tmp_path / "bram.json").write_text(json.dumps(sneaky))
+    (tmp_path / "mira.png").write_bytes(post(server, "/card", params={"format": "png"}, card=CARD).content)
+    (tmp_path / "broken.json").write_text("{not json")
+    with chat_page(server[0]) as (page, expect):
+        page.fill("#prompt", "Hello?")
+        page.click("#persona")  # no card loaded yet
+        expect(page.locator(".message.assistant.error .text")).to_contain_text("character card", timeout=10_000)
+        page.set_input_files("#persona-card", str(tmp_path / "broken.json"))
+        expect(page.locator("#persona-card-status")).to_contain_text("neither a PNG card nor JSON")
+        page.set_input_files("#persona-card", str(tmp_path / "bram.json"))
+        expect(page.locator(".message.persona .text").last).to_have_text(sneaky["first_mes"], timeout=30_000)
+        assert page.evaluate("window.__injected") is None  # shown as text, never as HTML
+        page.set_input_files("#persona-card", str(tmp_path / "mira.png"))
+        expect(page.locator("#persona-card-status")).to_have_text("chatting with Mira", timeout=30_000)
+        greeting = "*Mira opens the door.* Get in, User, before the wind takes you."
+        expect(page.locator(".message.persona .text").last).to_have_text(greeting)
+        page.fill("#max-tokens", "16")
+        page.fill("#prompt", "Who are you?")
+        page.click("#persona")
+        reply = page.locator(".message.persona").last
+        expect(reply).not_to_have_class(re.compile("streaming"), timeout=120_000)
+        assert reply.locator(".text").inner_text().strip() and reply.locator(".error-note").count() == 0
+        screenshot(page, "persona-mode.png")

@@ -146,3 +146,28 @@ def test_bad_requests_are_4xx_naming_the_problem(server, body, status, needle):
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert needle in error["message"] + str(error["param"])
+
+
+def test_schedule_mode_of_the_web_chat(server, tmp_path):
+    from test_web import chat_page, screenshot  # Playwright + Debian Chromium; skips without them
+
+    _, headers, _ = server
+    (tmp_path / "work.ics").write_bytes(calendar_ics())
+    (tmp_path / "broken.ics").write_bytes(b"not a calendar")
+    key = headers["alice"]["Authorization"].removeprefix("Bearer ")
+    with chat_page(server[0], api_key=key) as (page, expect):
+        page.set_input_files("#schedule-calendar", str(tmp_path / "broken.ics"))
+        expect(page.locator("#schedule-calendar-status")).to_contain_text("not an iCalendar file", timeout=30_000)
+        page.set_input_files("#schedule-calendar", str(tmp_path / "work.ics"))
+        expect(page.locator("#schedule-calendar-status")).to_have_text("work.ics: calendar stored", timeout=30_000)
+        page.fill("#prompt", "Move the design review to Thursday 3pm")
+        page.click("#schedule")
+        planned = page.locator(".message.schedule").last
+        expect(planned.locator("ul.changes li")).to_contain_text("move: Design review", timeout=120_000)
+        assert call(server, "GET", "/calendar").content == calendar_ics()  # shown, not yet written
+        planned.locator("button.apply").click()
+        expect(planned.locator(".applied-note")).to_contain_text("Applied", timeout=30_000)
+        screenshot(page, "schedule-mode.png")
+    # The page sends the browser's own clock as `today`, so the day is checked by its weekday.
+    start, end = events_of(call(server, "GET", "/calendar").content)["Design review"]
+    assert (start.weekday(), start.hour, end - start) == (3, 15, datetime(1, 1, 1, 11) - datetime(1, 1, 1, 10))
