@@ -55,6 +55,7 @@ from luodi.server.openai_routes import router as openai_router
 from luodi.server.outline_routes import router as outline_router
 from luodi.server.persona_routes import PERSONA_PATHS
 from luodi.server.persona_routes import router as persona_router
+from luodi.server.scene_routes import router as scene_router
 from luodi.server.schedule_routes import CALENDAR_PATH
 from luodi.server.schedule_routes import router as schedule_router
 from luodi.server.support_routes import router as support_router
@@ -98,6 +99,7 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     app.include_router(outline_router)
     app.include_router(persona_router)
     app.include_router(schedule_router)
+    app.include_router(scene_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = partial(_openapi_naming_the_model, app, service)  # type: ignore[method-assign]
@@ -170,7 +172,7 @@ def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
     routes = [
         route for route in (*openai_router.routes, *kb_router.routes, *minutes_router.routes,
                             *support_router.routes, *outline_router.routes, *persona_router.routes,
-                            *schedule_router.routes, *app.router.routes)
+                            *schedule_router.routes, *scene_router.routes, *app.router.routes)
         if isinstance(getattr(route, "path", None), str)
     ]
 
