@@ -202,3 +202,10 @@ def test_persona_mode_of_the_web_chat(server, tmp_path):
         expect(reply).not_to_have_class(re.compile("streaming"), timeout=120_000)
         assert reply.locator(".text").inner_text().strip() and reply.locator(".error-note").count() == 0
         screenshot(page, "persona-mode.png")
+
+
+def test_a_card_over_the_json_body_limit_is_taken_as_an_upload(server):
+    """A card with its avatar is MBs: the persona routes take bodies up to the upload limit."""
+    big = {**CARD, "data": {**CARD["data"], "creator_notes": "x" * (5 * 2**20)}}  # over max_body_bytes (4 MB)
+    response = post(server, "/card", card=big)
+    assert response.status_code == 200 and response.json()["data"]["creator_notes"] == big["data"]["creator_notes"]
