@@ -45,6 +45,9 @@ class Event:
     def describe(self) -> str:
         return f"{self.title} · {self.start:%a %Y-%m-%d %H:%M}–{self.end:%H:%M}"
 
+    def to_dict(self) -> dict[str, str]:
+        return {"uid": self.uid, "title": self.title, "start": self.start.isoformat(), "end": self.end.isoformat()}
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -61,6 +64,11 @@ class Change:
             return f"delete: {self.before.describe()}"
         assert self.before and self.after
         return f"move: {self.before.describe()}  →  {self.after.start:%a %Y-%m-%d %H:%M}–{self.after.end:%H:%M}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "description": self.describe(),
+                "before": self.before.to_dict() if self.before else None,
+                "after": self.after.to_dict() if self.after else None}
 
 
 def _as_datetime(value: date | datetime) -> datetime:
@@ -130,21 +138,34 @@ class CalendarFile:
         self.calendar.subcomponents.remove(component)
 
     def _write(self) -> None:
-        blob = self.calendar.to_ical()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise CalendarError(f"{self.path}: cannot write the calendar ({exc.strerror})") from exc
+        write_atomically(self.path, self.calendar.to_ical())
+
+
+def write_atomically(path: Path, blob: bytes) -> None:
+    """`blob` written to a temporary file beside `path` (mode 0600) and renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CalendarError(f"{path.name}: cannot write the calendar ({exc.strerror})") from exc
 
 
 def new_uid() -> str:
     return f"{uuid.uuid4()}@luodi"
+
+
+def check_ics(blob: bytes, name: str) -> None:
+    """Raise `CalendarError` naming the problem (reported as `name`) unless `blob` is a calendar
+    `CalendarFile` reads: what an upload is checked with before it is stored."""
+    if len(blob) > MAX_ICS_BYTES:
+        raise CalendarError(f"{name}: {len(blob) / 2**20:.1f} MB is too large for a calendar "
+                            f"(at most {MAX_ICS_BYTES // 2**20} MB)")
+    _parse(blob, name)
 
 
 def _read(path: Path) -> Any:
@@ -161,7 +182,7 @@ def _read(path: Path) -> Any:
     return _parse(blob, path)
 
 
-def _parse(blob: bytes, path: Path) -> Any:
+def _parse(blob: bytes, path: Path | str) -> Any:
     icalendar = _icalendar()
     text = blob.strip()
     if not (text.startswith(b"BEGIN:VCALENDAR") and text.endswith(b"END:VCALENDAR")):

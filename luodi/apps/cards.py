@@ -104,23 +104,30 @@ def _check_fields(card: Card, source: str) -> None:
 def read_card(path: str | Path) -> Card:
     """Read a card from a .json or .png file."""
     path = Path(path)
-    blob = _read_bounded(path)
+    return card_from_bytes(_read_bounded(path), str(path))
+
+
+def card_from_bytes(blob: bytes, source: str = "card") -> Card:
+    """A card from a file's bytes: a PNG card, or JSON; too large, corrupt or not a card is a `CardError`."""
+    _check_size(len(blob), source)
     if blob.startswith(PNG_SIGNATURE):
-        card = card_from_png(blob, str(path))
-        return card
+        return card_from_png(blob, source)
     try:
         obj = json.loads(blob.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CardError(f"{path}: neither a PNG card nor JSON ({exc})") from exc
-    return card_from_json(obj, str(path))
+        raise CardError(f"{source}: neither a PNG card nor JSON ({exc})") from exc
+    return card_from_json(obj, source)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_CARD_BYTES:
+        raise CardError(f"{source}: {size / 2**20:.1f} MB is too large for a character card "
+                        f"(at most {MAX_CARD_BYTES // 2**20} MB)")
 
 
 def _read_bounded(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > MAX_CARD_BYTES:
-            raise CardError(f"{path}: {size / 2**20:.1f} MB is too large for a character card "
-                            f"(at most {MAX_CARD_BYTES // 2**20} MB)")
+        _check_size(path.stat().st_size, str(path))
         return path.read_bytes()
     except IsADirectoryError as exc:
         raise CardError(f"{path} is a directory; give a card file (.json or .png)") from exc

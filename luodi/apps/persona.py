@@ -37,6 +37,13 @@ class PersonaReply:
         return {"reply": self.reply, "prompt_tokens": self.prompt_tokens, "ttft_s": round(self.ttft_s, 6)}
 
 
+def chat_params(max_tokens: int = 200, temperature: float = 0.7, repetition_penalty: float = 1.1,
+                seed: int | None = None) -> SamplingParams:
+    """Sampling for role-play: some variety, nucleus-trimmed, a mild penalty against loops."""
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, top_k=40,
+                          repetition_penalty=repetition_penalty, seed=seed)
+
+
 def substitute(text: str, char: str, user: str) -> str:
     """The card macros: {{char}} / <BOT> and {{user}} / <USER> (any case)."""
     text = re.sub(r"\{\{char\}\}|<BOT>", lambda _: char, text, flags=re.IGNORECASE)
@@ -113,6 +120,16 @@ class Persona:
         return messages
 
 
+@dataclass(frozen=True, slots=True)
+class PersonaTurn:
+    """One reply to make: the user's message, the prompt for it, its params and the lore it called up."""
+
+    user_text: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    lore: tuple[LoreEntry, ...]
+
+
 @dataclass(slots=True)
 class PersonaChat:
     """A chat with one character: history, lorebook, prompt, reply."""
@@ -135,7 +152,10 @@ class PersonaChat:
     def prompt_text(self, user_text: str) -> str:
         return self.llm.tokenizer.apply_chat_template(self.prompt_messages(user_text)[0])
 
-    def reply(self, user_text: str, params: SamplingParams, on_text=None) -> PersonaReply:
+    def prepare(self, user_text: str, params: SamplingParams) -> PersonaTurn:
+        """The prompt for the next reply, the oldest exchanges dropped if it would not fit, and the
+        params that stop at the user's name. Generation is the caller's (the CLI here, the server
+        through its async engine); `finish` records the reply."""
         if not user_text.strip():
             raise InvalidParameterError("the message is empty; say something to the character", "message")
         messages, lore = self.prompt_messages(user_text)
@@ -145,11 +165,17 @@ class PersonaChat:
             messages, lore = self.prompt_messages(user_text)
             prompt_ids = self.llm.prompt_ids(messages)
         # A stop at the user's name: a small model goes on to write the user's next line itself.
-        params = stop_at_speakers(params, [self.persona.user])
-        completion = self.llm.complete(prompt_ids, params, on_text)
-        text = completion.text.strip()
-        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
-        return PersonaReply(text, completion.prompt_tokens, completion.ttft_s, tuple(lore))
+        return PersonaTurn(user_text, prompt_ids, stop_at_speakers(params, [self.persona.user]), tuple(lore))
+
+    def finish(self, turn: PersonaTurn, text: str, ttft_s: float = 0.0) -> PersonaReply:
+        text = text.strip()
+        self.history += [{"role": "user", "content": turn.user_text}, {"role": "assistant", "content": text}]
+        return PersonaReply(text, len(turn.prompt_ids), ttft_s, turn.lore)
+
+    def reply(self, user_text: str, params: SamplingParams, on_text=None) -> PersonaReply:
+        turn = self.prepare(user_text, params)
+        completion = self.llm.complete(turn.prompt_ids, turn.params, on_text)
+        return self.finish(turn, completion.text, completion.ttft_s)
 
     def _drop_oldest(self, excess_tokens: int) -> None:
         """Old exchanges go first; the character's fixed part always stays."""

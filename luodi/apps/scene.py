@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from luodi.apps.generation import stop_at_speakers
+from luodi.apps.generation import Generate, stop_at_speakers
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.llm import LLM, Message
@@ -152,6 +152,7 @@ class SceneChat:
     llm: LLM
     scene: Scene
     transcript: list[Line] = field(default_factory=list)
+    generate: Generate | None = None  # the server's, through its async engine; None: `llm` directly
 
     def messages_for(self, character: SceneCharacter) -> list[Message]:
         lines = "\n".join(f"{line.speaker}: {line.text}" for line in self.transcript) or "(The scene begins.)"
@@ -174,13 +175,20 @@ class SceneChat:
         for attempt in range(RETRIES_ON_LEAK + 1):
             attempt_params = params if attempt == 0 else replace(
                 params, temperature=max(params.temperature, 0.8), seed=(params.seed or 0) + attempt)
-            completion = self.llm.complete(prompt_ids, attempt_params)
-            text = _own_words(completion.text, character.name)
+            reply, ttft_s = self._complete(prompt_ids, attempt_params)
+            text = _own_words(reply, character.name)
             if not reveals(text, character.secret):
                 break
-        line = Line(name, text, reveals(text, character.secret), completion.prompt_tokens, completion.ttft_s)
+        line = Line(name, text, reveals(text, character.secret), len(prompt_ids), ttft_s)
         self.transcript.append(line)
         return line
+
+    def _complete(self, prompt_ids: list[int], params: SamplingParams) -> tuple[str, float]:
+        """The reply's text and its time to first token (0 when `generate` does not report one)."""
+        if self.generate is None:
+            completion = self.llm.complete(prompt_ids, params)
+            return completion.text, completion.ttft_s
+        return self.generate([prompt_ids], [params])[0], 0.0
 
     def round(self, params: SamplingParams, on_line: Callable[[Line], None] | None = None) -> list[Line]:
         """Every character once, in the scene's order (`on_line` sees each line as it is said)."""

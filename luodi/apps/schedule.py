@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from luodi.apps.calendar_file import CalendarError, CalendarFile, Change, Event, new_uid
+from luodi.apps.generation import Generate, engine_generate
 from luodi.apps.when import When, find_days, find_duration
 from luodi.engine.grammar import GrammarSpec
 from luodi.engine.sampling import SamplingParams
@@ -78,10 +79,12 @@ def tools_for(titles: list[str]) -> list[Tool]:
 
 
 class ScheduleAssistant:
-    def __init__(self, llm: LLM, calendar: CalendarFile, now: datetime | None = None) -> None:
+    def __init__(self, llm: LLM, calendar: CalendarFile, now: datetime | None = None,
+                 generate: Generate | None = None) -> None:
         self.llm = llm
         self.calendar = calendar
         self.now = now or datetime.now()
+        self.generate = generate or engine_generate(llm)  # the server passes one through its async engine
 
     def handle(self, request: str, params: SamplingParams = SamplingParams(max_tokens=128, temperature=0.0)) -> ScheduleResult:
         if not request.strip():
@@ -115,8 +118,8 @@ class ScheduleAssistant:
         grammar = calling.grammar(self.llm.tokenizer.special_token_ids)
         assert grammar is not None  # a required choice always has one
         params = dataclasses.replace(params, grammar=GrammarSpec("lark", grammar, param="tools"))
-        completion = self.llm.complete(self.llm.prompt_ids(rendered, tools=tool_defs), params)
-        _, calls = calling.split(completion.text)
+        [text] = self.generate([self.llm.prompt_ids(rendered, tools=tool_defs)], [params])
+        _, calls = calling.split(text)
         if not calls:  # cut short by max_tokens: the grammar allows nothing but a call otherwise
             raise ScheduleError("the model did not finish a tool call; raise --max-tokens")
         return calls[0].name, json.loads(calls[0].arguments)

@@ -50,10 +50,9 @@ def persona(
         chat = _chat(character, model, device, dtype)
         sys.stdout.write(chat.prompt_text(_stdin_message()))
         return
-    from luodi.engine.sampling import SamplingParams
+    from luodi.apps.persona import chat_params
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, top_k=40,
-                            repetition_penalty=repetition_penalty, seed=seed)
+    params = chat_params(max_tokens, temperature, repetition_penalty, seed)
     chat = _chat(character, model, device, dtype)
     _converse(chat, params, as_json)
 

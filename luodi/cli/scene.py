@@ -30,14 +30,13 @@ def scene(
 ) -> None:
     """A murder-mystery table or a game's NPCs: each line you type is heard by all, then every character
     answers in turn. Each knows only its own secret. /exit quits."""
+    from luodi.apps.persona import chat_params
     from luodi.apps.scene import SceneChat, read_scene
     from luodi.cli.generate import load_llm
-    from luodi.engine.sampling import SamplingParams
 
     scene_file = read_scene(scene_path)  # a bad file is reported before the model loads
     table = SceneChat(load_llm(model, device, dtype), scene_file)
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=0.9, top_k=40,
-                            repetition_penalty=repetition_penalty, seed=seed)
+    params = chat_params(max_tokens, temperature, repetition_penalty, seed)
     show = (lambda line: print(json.dumps(line.to_dict(), ensure_ascii=False), flush=True)) if as_json else _print
     if not as_json:
         print(f"{table.scene.title}\n{table.scene.setting}\n", flush=True)

@@ -8,7 +8,8 @@ responses and disconnect notices pass through untouched):
 - auth: when a keys file is configured, every route except `/health` and the web page's static
   files needs `Authorization: Bearer KEY` (the page itself holds no secret; its API calls do);
 - body limit: a body over `max_body_bytes` (`max_upload_bytes` for a document uploaded to a
-  knowledge base or for an outline) is refused with 413 before it is read in full;
+  knowledge base, an outline's document, a calendar or a character card) is refused with 413
+  before it is read in full;
 - host check (a server without keys): a `Host` header not in `allowed_hosts` is refused with 400,
   so a web page on another name that DNS-rebinds to 127.0.0.1 cannot read the local server;
 - security headers on every response: a CSP that allows only this origin's own files (no inline
@@ -35,6 +36,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from luodi.kb.embedding import embedder_names
+from luodi.paths import luodi_home
 from luodi.server import responses as r
 from luodi.server.auth import KeyStore, bearer_token
 from luodi.server.errors import (
@@ -45,11 +47,17 @@ from luodi.server.errors import (
     error_payload,
     install_error_handlers,
 )
+from luodi.server.calendars import CalendarStore
 from luodi.server.kb_routes import router as kb_router
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.minutes_routes import router as minutes_router
 from luodi.server.openai_routes import router as openai_router
 from luodi.server.outline_routes import router as outline_router
+from luodi.server.persona_routes import PERSONA_PATHS
+from luodi.server.persona_routes import router as persona_router
+from luodi.server.scene_routes import router as scene_router
+from luodi.server.schedule_routes import CALENDAR_PATH
+from luodi.server.schedule_routes import router as schedule_router
 from luodi.server.support_routes import router as support_router
 from luodi.server.service import ModelService, ServerConfig
 
@@ -82,12 +90,16 @@ def create_app(service: ModelService, knowledge: KnowledgeService | None = None)
     )
     app.state.service = service
     app.state.knowledge = knowledge
+    app.state.calendars = CalendarStore(service.config.calendars_dir or luodi_home() / "calendars")
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(kb_router)
     app.include_router(minutes_router)
     app.include_router(support_router)
     app.include_router(outline_router)
+    app.include_router(persona_router)
+    app.include_router(schedule_router)
+    app.include_router(scene_router)
     _add_service_routes(app, service)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = partial(_openapi_naming_the_model, app, service)  # type: ignore[method-assign]
@@ -142,13 +154,15 @@ def _open_kb_store(location: str | None):
 
 
 _UPLOAD_PATH = re.compile(r"^/v1/kb/[^/]+/documents/[^/]+$")
-_OUTLINE_PATH = "/v1/apps/outline"  # a document upload too: the same limit
+# Other bodies that carry a file (a document to outline, a calendar, a PNG character card): the same limit.
+_FILE_ROUTES = {("POST", "/v1/apps/outline"), ("PUT", CALENDAR_PATH),
+                *(("POST", path) for path in PERSONA_PATHS)}
 
 
 def _body_limit(config: ServerConfig, scope: Scope) -> int:
     if scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"]):
         return config.max_upload_bytes
-    if scope["method"] == "POST" and scope["path"] == _OUTLINE_PATH:
+    if (scope["method"], scope["path"]) in _FILE_ROUTES:
         return config.max_upload_bytes
     return config.max_body_bytes
 
@@ -158,7 +172,8 @@ def _route_namer(app: FastAPI) -> Callable[[Scope], str]:
     # Included routers are wrapped by FastAPI; match against their own routes.
     routes = [
         route for route in (*openai_router.routes, *kb_router.routes, *minutes_router.routes,
-                            *support_router.routes, *outline_router.routes, *app.router.routes)
+                            *support_router.routes, *outline_router.routes, *persona_router.routes,
+                            *schedule_router.routes, *scene_router.routes, *app.router.routes)
         if isinstance(getattr(route, "path", None), str)
     ]
 

@@ -43,6 +43,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 2**20  # ~1M tokens of text: far above any context window we serve
     max_upload_bytes: int = 64 * 2**20  # one document uploaded to a knowledge base
     kb_store: str | None = None  # where knowledge bases live: None = SQLite under $LUODI_HOME/kb
+    calendars_dir: Path | None = None  # the schedule assistant's calendars: None = $LUODI_HOME/calendars
     api_keys_file: Path | None = None  # None: no auth (loopback only, or --insecure-no-auth)
     retry_after_s: int = 1  # told to clients refused with 429
     ingest_limits: IngestLimits = DEFAULT_LIMITS  # what one uploaded document may cost to read

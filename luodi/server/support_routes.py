@@ -15,23 +15,18 @@ Must not know how the bot decides: it calls `SupportBot.prepare` and `SupportBot
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from luodi.apps.support import SupportBot, SupportConfig, SupportTurn, default_params
 from luodi.errors import InvalidParameterError
 from luodi.kb.store import check_text
 from luodi.llm import LLM, Message
-from luodi.server.app_generation import join_text, stream_text
-from luodi.server.errors import error_payload
+from luodi.server.app_generation import StreamedText, delta_events, event_stream, join_text, sse_json, stream_text
 from luodi.server.kb_routes import client_gone, request_owner
 from luodi.server.kb_service import KnowledgeService
 from luodi.server.openai_routes import cache_salt
@@ -88,12 +83,8 @@ async def support(body: SupportRequest, request: Request) -> Any:
         await run_in_threadpool(service.check_prompt, turn.prompt_ids, params, prompt_param="messages")
         admission = service.admit()
         deltas = stream_text(service, admission, turn.prompt_ids, params, cache_salt(request, None))
-    # The admission is released when its stream ends; releasing it here too (idempotent) covers a
-    # stream that never started (its client gone first).
     if body.stream:
-        return EventSourceResponse(_events(bot, turn, deltas), sep="\n",
-                                   background=BackgroundTask(admission.release) if admission else None,
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(_events(bot, turn, deltas), admission)
     try:
         text = await join_text(deltas, client_gone(request)) if deltas is not None else ""
     finally:
@@ -113,22 +104,14 @@ def _prepare(knowledge: KnowledgeService, llm: LLM, body: SupportRequest, owner:
 
 async def _events(bot: SupportBot, turn: SupportTurn,
                   deltas: AsyncGenerator[str, None] | None) -> AsyncIterator[dict[str, str]]:
-    text = ""
+    streamed = StreamedText()
     if deltas is not None:
-        try:
-            async with aclosing(deltas):
-                async for delta in deltas:
-                    text += delta
-                    yield {"data": _dumps({"delta": delta})}
-        except Exception as exc:  # noqa: BLE001 — the 200 is sent: the error goes in the stream
-            yield {"event": "error", "data": _dumps(error_payload(exc)[1])}
+        async for event in delta_events(deltas, streamed):
+            yield event
+        if streamed.has_failed:
             return
-    reply = bot.finish(turn, text)
-    yield {"event": "sources", "data": _dumps(reply.to_dict()["sources"])}
+    reply = bot.finish(turn, streamed.text)
+    yield {"event": "sources", "data": sse_json(reply.to_dict()["sources"])}
     if reply.handoff:
-        yield {"event": "handoff", "data": _dumps({"reason": reply.reason, "question": turn.question,
-                                                   "answer": reply.answer})}
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        yield {"event": "handoff", "data": sse_json({"reason": reply.reason, "question": turn.question,
+                                                     "answer": reply.answer})}

@@ -100,3 +100,20 @@ def test_the_openapi_schema_declares_the_upload(base_url):
     post = httpx.get(f"{base_url}/openapi.json", timeout=60).json()["paths"]["/v1/apps/outline"]["post"]
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
+
+
+def test_outline_mode_of_the_web_chat(base_url, tmp_path):
+    from test_web import chat_page, screenshot  # Playwright + Debian Chromium; skips without them
+
+    (tmp_path / "guide.md").write_text(GUIDE + "\n<img src=x onerror=\"window.__injected = 1\">\n")
+    (tmp_path / "tool.exe").write_bytes(b"MZ")
+    with chat_page(base_url) as (page, expect):
+        page.set_input_files("#outline-file", str(tmp_path / "tool.exe"))
+        expect(page.locator(".message.outline .error-note")).to_contain_text("unsupported document type",
+                                                                           timeout=30_000)
+        page.set_input_files("#outline-file", str(tmp_path / "guide.md"))
+        outline = page.locator(".message.outline").last.locator(".text.markdown")
+        expect(outline.locator("li strong").first).to_have_text("Guide", timeout=60_000)
+        assert outline.locator("li strong").all_inner_texts() == ["Guide", "Install", "Linux", "Use"]
+        assert page.evaluate("window.__injected") is None
+        screenshot(page, "outline-mode.png")

@@ -60,6 +60,51 @@ function addMessage(role, text) {
   return box;
 }
 
+// An app mode's button, placed after Send (the Minutes, Support, Persona, Schedule modes).
+function modeButton(id, label, title) {
+  const button = document.createElement("button");
+  button.id = id;
+  button.type = "button";
+  button.textContent = label;
+  button.title = title;
+  $("send").after(button);
+  return button;
+}
+
+// An app mode's file picker, in the bar of app inputs under the header; returns the <input>.
+function appFileInput(id, label, title, accept) {
+  const wrap = document.createElement("label");
+  wrap.className = "app-file";
+  wrap.title = title;
+  wrap.textContent = label + " ";
+  const input = document.createElement("input");
+  input.id = id;
+  input.type = "file";
+  input.accept = accept;
+  const status = document.createElement("span");
+  status.id = id + "-status";
+  status.className = "muted";
+  wrap.append(input);
+  $("apps").append(wrap, status);
+  return input;
+}
+
+// Headers for a body the browser types itself (a File, FormData): the API key only.
+function authHeaders() {
+  const h = headers();
+  delete h["Content-Type"];
+  return h;
+}
+
+// An error shown under a message's text (the answer so far stays).
+function showError(box, message) {
+  box.classList.add("error");
+  const note = document.createElement("div");
+  note.className = "error-note";
+  note.textContent = "Error: " + message;
+  box.insertBefore(note, box.querySelector(".text").nextSibling);
+}
+
 // Show `text` (the answer so far) as Markdown in `out`, at most once per frame while streaming.
 function markdownView(out) {
   let text = "", pending = false;
@@ -175,11 +220,7 @@ async function send(text) {
     if (error.name === "AbortError") {
       stopped = true;
     } else {
-      box.classList.add("error");
-      const note = document.createElement("div");
-      note.className = "error-note";
-      note.textContent = "Error: " + error.message;
-      box.insertBefore(note, out.nextSibling);
+      showError(box, error.message);
     }
   } finally {
     view.flush();
@@ -245,8 +286,7 @@ async function createKnowledgeBase() {
 
 async function uploadDocuments(files) {
   const kb = $("kb").value;
-  const auth = headers();
-  delete auth["Content-Type"];
+  const auth = authHeaders();
   for (const file of files) {
     $("kb-status").textContent = "adding " + file.name + "…";
     const url = "/v1/kb/" + encodeURIComponent(kb) + "/documents/" + encodeURIComponent(file.name);

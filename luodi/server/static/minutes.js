@@ -1,15 +1,10 @@
 // Luodi web chat: the "Minutes" mode. Sends the composer's text as a meeting transcript
 // ("Name: text" per turn) to POST /v1/apps/minutes and shows the minutes' Markdown as an answer.
-// Uses chat.js's headers(), errorMessage() and addMessage(), and markdown.js's renderMarkdown().
+// Uses chat.js's modeButton(), headers(), errorMessage() and addMessage(), and markdown.js's renderMarkdown().
 "use strict";
 
 (function () {
-  const button = document.createElement("button");
-  button.id = "minutes";
-  button.type = "button";
-  button.textContent = "Minutes";
-  button.title = "Write meeting minutes of the transcript in the message box";
-  document.getElementById("send").after(button);
+  const button = modeButton("minutes", "Minutes", "Write meeting minutes of the transcript in the message box");
 
   button.addEventListener("click", async function () {
     const prompt = document.getElementById("prompt");

@@ -2,18 +2,14 @@
 // question in the message box, over the knowledge base picked in the header; shows the answer as
 // it streams, then its sources, or a hand-off notice when the knowledge base does not cover the
 // question. Keeps its own conversation, so follow-up questions are searched with the earlier ones.
-// Uses chat.js's $(), headers(), errorMessage(), addMessage(), markdownView(), sseEvents() and
-// showSources().
+// Uses chat.js's $(), modeButton(), headers(), errorMessage(), addMessage(), showError(),
+// markdownView(), sseEvents() and showSources().
 "use strict";
 
 (function () {
   let history = [];
-  const button = document.createElement("button");
-  button.id = "support";
-  button.type = "button";
-  button.textContent = "Support";
-  button.title = "Ask the support bot, which answers from the selected knowledge base or hands off to a person";
-  $("send").after(button);
+  const button = modeButton("support", "Support",
+    "Ask the support bot, which answers from the selected knowledge base or hands off to a person");
 
   $("new-chat").addEventListener("click", () => { history = []; });
 
@@ -66,11 +62,7 @@
       }
       return answer;
     } catch (err) {
-      box.classList.add("error");
-      const note = document.createElement("div");
-      note.className = "error-note";
-      note.textContent = "Error: " + err.message;
-      box.insertBefore(note, out.nextSibling);
+      showError(box, err.message);
       return null;
     } finally {
       view.flush();
