@@ -45,8 +45,8 @@ class LocalReplicas:
     """N `luodi serve` children; `serve_args` are passed to each (model, dtype, keys file, ...)."""
 
     def __init__(self, count: int, serve_args: list[str], threads_per_replica: int | None = None,
-                 log_dir: str | None = None) -> None:
-        self.replicas = [LocalReplica(f"r{i}", free_port()) for i in range(count)]
+                 log_dir: str | None = None, id_prefix: str = "r") -> None:
+        self.replicas = [LocalReplica(f"{id_prefix}{i}", free_port()) for i in range(count)]
         self._serve_args = serve_args
         self._threads = threads_per_replica
         self._log_dir = log_dir

@@ -37,4 +37,10 @@ def test_health_says_the_kernels_are_compiling_then_ok(loaded, caplog):
         assert httpx.get(url + "/health").json()["status"] == "loading"
         finish.set()
         wait_for(lambda: httpx.get(url + "/health").status_code == 200, what="the model to load")
-        assert httpx.get(url + "/health").json() == {"status": "ok", "model": MODEL_ID, "detail": None}
+        ready = httpx.get(url + "/health").json()
+        assert {k: ready[k] for k in ("status", "model", "detail")} == {"status": "ok", "model": MODEL_ID, "detail": None}
+        # Once ready it carries the figures a gateway routes by: a fresh engine, nothing running.
+        load = ready["load"]
+        assert (load["running"], load["waiting"], load["admitted"]) == (0, 0, 0)
+        assert load["kv_blocks_free"] == load["kv_blocks_total"] > 0 and load["step_cost"] is None
+        assert load["hardware"].startswith(("cpu-", "cuda:"))

@@ -75,7 +75,8 @@ def finish_reason_for(ids: list[int], expected: dict) -> str:
 
 
 def test_health_and_models(env, client):
-    assert httpx.get(env[0] + "/health").json() == {"status": "ok", "model": MODEL_ID, "detail": None}
+    health = httpx.get(env[0] + "/health").json()
+    assert (health["status"], health["model"], health["detail"]) == ("ok", MODEL_ID, None)
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL_ID]
     assert client.models.retrieve(MODEL_ID).id == MODEL_ID
