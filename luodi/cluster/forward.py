@@ -125,7 +125,7 @@ async def relay(client: httpx.AsyncClient, pick: Pick, release: Release, path: s
     """SSE `data:` payloads for the client, from `first` and, after a failure, its successors."""
     replica, response = first
     while True:
-        done = False
+        done = broke = False
         try:
             async for payload in _payloads(response):
                 if payload == "[DONE]":
@@ -134,12 +134,13 @@ async def relay(client: httpx.AsyncClient, pick: Pick, release: Release, path: s
                 out = _rewrite(payload, state)
                 if out is not None:
                     yield out
+            broke = not done and not state.finished
         except httpx.TransportError:
-            pass
-        finally:
+            broke = not state.finished
+        finally:  # also when the client leaves (the generator is closed): the replica's count drops
             await response.aclose()
-        release(replica, done)
-        if done or state.finished:
+            release(replica, not broke)
+        if not broke:
             yield "[DONE]"
             return
         replica.mark_down(f"the stream of {path} broke off")

@@ -118,6 +118,7 @@ def test_killing_a_replica_mid_stream_loses_no_request(gateway, alone):
         assert reason in ("stop", "length")
     after = {r["id"]: r for r in _status(gateway)["replicas"]}
     assert after[victim["id"]]["failures"] >= 1  # the gateway saw it die and moved its streams
+    assert all(r["in_flight"] == 0 for r in after.values())  # every request counted out where it ended
     _wait_for(lambda: {r["id"]: r for r in _status(gateway)["replicas"]}[victim["id"]]["status"] == "ok",
               "the killed replica to rejoin")
     rejoined = {r["id"]: r for r in _status(gateway)["replicas"]}[victim["id"]]
