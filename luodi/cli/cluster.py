@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -19,38 +20,66 @@ err = Console(stderr=True)
 cluster_app = typer.Typer(name="cluster", no_args_is_help=True, help="Inspect a gateway and its replicas.")
 
 
-def serve_replicas(count: int, threads: int | None, replica_args: list[str], host: str, port: int,
-                   keys_file: Path | None, allowed_hosts: tuple[str, ...] | None, policy: str,
-                   slo_tpot_ms: float | None, when_no_replica_fits: str, log_level: str) -> None:
-    """Start `count` replicas and serve the gateway in front of them until stopped."""
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    count: int
+    threads: int | None
+    policy: str = "latency"
+    slo_tpot_ms: float | None = None
+    when_no_replica_fits: str = "queue"
+    ray_address: str | None = None  # None: local processes; "local": a Ray started here; else join it
+    ray_resource: str | None = None
+    gpus_per_replica: float = 0.0
+
+
+def serve_replicas(options: ClusterOptions, replica_args: list[str], host: str, port: int,
+                   keys_file: Path | None, allowed_hosts: tuple[str, ...] | None, log_level: str) -> None:
+    """Start the replicas and serve the gateway in front of them until stopped."""
     import uvicorn
 
     from luodi.cluster.gateway import GatewayConfig, create_gateway
-    from luodi.cluster.local import LocalReplicas
     from luodi.cluster.routing import POLICIES
-    from luodi.paths import luodi_home
 
-    if policy not in POLICIES:
-        raise InvalidParameterError(f"--routing {policy!r} is not one of {', '.join(POLICIES)}", param="routing")
-    if when_no_replica_fits not in ("queue", "reject"):
+    if options.policy not in POLICIES:
+        raise InvalidParameterError(f"--routing {options.policy!r} is not one of {', '.join(POLICIES)}",
+                                    param="routing")
+    if options.when_no_replica_fits not in ("queue", "reject"):
         raise InvalidParameterError("--when-no-replica-fits must be queue or reject", param="when_no_replica_fits")
-    log_dir = luodi_home() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    replicas = LocalReplicas(count, replica_args, threads, log_dir=str(log_dir))
-    config = GatewayConfig(replicas.urls(), policy=policy, slo_tpot_ms=slo_tpot_ms,  # type: ignore[arg-type]
-                           when_no_replica_fits=when_no_replica_fits,  # type: ignore[arg-type]
-                           api_keys_file=keys_file, allowed_hosts=allowed_hosts)
+    replicas, where = _backend(options, replica_args, keys_file)
     replicas.start()
     try:
-        err.print(f"[green]luodi[/green] gateway on http://{host}:{port} over {count} replicas "
-                  f"({threads or 'all'} threads each; routing {policy}"
-                  f"{f', target {slo_tpot_ms:g} ms/token' if slo_tpot_ms else ''}); replica logs in {log_dir}",
+        config = GatewayConfig(replicas.urls(), policy=options.policy,  # type: ignore[arg-type]
+                               slo_tpot_ms=options.slo_tpot_ms,
+                               when_no_replica_fits=options.when_no_replica_fits,  # type: ignore[arg-type]
+                               api_keys_file=keys_file, allowed_hosts=allowed_hosts,
+                               replica_key=getattr(replicas, "replica_key", None))
+        target = f", target {options.slo_tpot_ms:g} ms/token" if options.slo_tpot_ms else ""
+        err.print(f"[green]luodi[/green] gateway on http://{host}:{port} over {options.count} replicas "
+                  f"({options.threads or 'all'} threads each; routing {options.policy}{target}); {where}",
                   soft_wrap=True)
         server = uvicorn.Server(uvicorn.Config(create_gateway(config), host=host, port=port, log_level=log_level,
                                                timeout_graceful_shutdown=5))
         server.run()
     finally:
         replicas.stop()
+
+
+def _backend(options: ClusterOptions, replica_args: list[str], keys_file: Path | None):
+    """The replicas' owner (not started) and where their logs are."""
+    if options.ray_address is None:
+        from luodi.cluster.local import LocalReplicas
+        from luodi.paths import luodi_home
+
+        log_dir = luodi_home() / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return LocalReplicas(options.count, replica_args, options.threads, log_dir=str(log_dir)), \
+            f"replica logs in {log_dir}"
+    from luodi.cluster.ray_replicas import RayReplicas, RaySpec, parse_resources
+
+    spec = RaySpec(options.count, replica_args, options.threads or 1, options.gpus_per_replica,
+                   parse_resources(options.ray_resource))
+    address = None if options.ray_address == "local" else options.ray_address
+    return RayReplicas(address, [spec], keys_file), f"replicas on Ray at {options.ray_address}"
 
 
 def replica_args(model: str, options: dict[str, object]) -> list[str]:

@@ -177,6 +177,14 @@ def serve(
     ] = None,
     when_no_replica_fits: Annotated[
         str, typer.Option("--when-no-replica-fits", help="With --replicas: queue | reject (429).")] = "queue",
+    ray: Annotated[
+        str | None, typer.Option("--ray", help="Place the replicas on Ray: the cluster's address (HOST:PORT), "
+                                 "or 'local' for a Ray started here.")] = None,
+    ray_resource: Annotated[
+        str | None, typer.Option("--ray-resource", help="With --ray: a custom resource each replica needs (a "
+                                 "hardware class, e.g. cpu-fast), or a JSON object of them.")] = None,
+    gpus_per_replica: Annotated[
+        float, typer.Option("--gpus-per-replica", help="With --ray: GPUs each replica reserves.")] = 0.0,
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a web chat at http://HOST:PORT/."""
     import uvicorn
@@ -190,17 +198,20 @@ def serve(
     adapters = parse_lora_specs(lora or [])
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
     keys_file = resolve_keys_file(api_key_file, host, insecure_no_auth)
-    if replicas:
-        from luodi.cli.cluster import replica_args, serve_replicas
+    if replicas or ray:
+        from luodi.cli.cluster import ClusterOptions, replica_args, serve_replicas
 
+        replicas = replicas or 1
         if replicas < 1 or (threads_per_replica is not None and threads_per_replica < 1):
             raise InvalidParameterError("--replicas and --threads-per-replica must be at least 1", param="replicas")
+        cluster = ClusterOptions(replicas, threads_per_replica, routing, slo_tpot_ms, when_no_replica_fits, ray,
+                                 ray_resource, gpus_per_replica)
         options = dict(max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb, max_queue=max_queue,
                        served_model_name=served_model_name or served_name(model), kb_store=kb_store, lora=lora,
                        ingest_limit=ingest_limit, device=device, dtype=dtype, speculative=speculative,
-                       api_key_file=keys_file, hardware_class=hardware_class)
-        serve_replicas(replicas, threads_per_replica, replica_args(model, options), host, port, keys_file,
-                       allowed_hosts(host, allowed_host or []), routing, slo_tpot_ms, when_no_replica_fits, log_level)
+                       api_key_file=None if ray else keys_file, hardware_class=hardware_class)
+        serve_replicas(cluster, replica_args(model, options), host, port, keys_file,
+                       allowed_hosts(host, allowed_host or []), log_level)
         return
     engine_config = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_bytes=int(kv_cache_gb * 2**30),
                                  speculative=SpeculativeConfig(method=speculative))

@@ -65,9 +65,14 @@ def is_resumable(body: dict[str, Any]) -> bool:
     return num_choices(body) == 1 and not body.get("tools") and not body.get("kb") and not body.get("echo")
 
 
-def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
+def forwarded_headers(headers: dict[str, str], replica_key: str | None = None) -> dict[str, str]:
+    """The client's headers a replica needs; `replica_key` stands in for a client that sent no key
+    (a key-less gateway over replicas that demand one)."""
     keep = ("authorization", "content-type", "accept-language", "x-request-id")
-    return {k: v for k, v in headers.items() if k.lower() in keep}
+    kept = {k: v for k, v in headers.items() if k.lower() in keep}
+    if replica_key and not any(k.lower() == "authorization" for k in kept):
+        kept["authorization"] = f"Bearer {replica_key}"
+    return kept
 
 
 async def send_once(client: httpx.AsyncClient, pick: Pick, release: Release, path: str,

@@ -60,6 +60,7 @@ class GatewayConfig:
     api_keys_file: Any = None  # Path | None
     allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "[::1]")
     poll_s: float = 0.25
+    replica_key: str | None = None  # sent to replicas for a client that sent no key (Ray replicas demand one)
 
 
 class _Metrics:
@@ -127,7 +128,7 @@ class Gateway:
     async def generate(self, request: Request, path: str) -> Response:
         body = await _json_body(request)
         route = self._route_request(body, request)
-        headers = forwarded_headers(dict(request.headers))
+        headers = forwarded_headers(dict(request.headers), self.config.replica_key)
         pick = partial(self.pick, route)
         self.any_healthy()  # 503 at once when nothing is up (not a wait)
         if not body.get("stream"):
@@ -169,6 +170,8 @@ class Gateway:
         replica = self.any_healthy()
         url = f"{replica.url}{request.url.path}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        if self.config.replica_key and "authorization" not in request.headers:
+            headers["authorization"] = f"Bearer {self.config.replica_key}"
         upstream = self.client.build_request(request.method, url, params=request.query_params, headers=headers,
                                              content=await request.body(), timeout=httpx.Timeout(600.0, connect=5.0))
         try:
@@ -191,7 +194,8 @@ def _replica_status(replica: Replica) -> dict[str, Any]:
     report, view = replica.report, replica.view
     return {
         "id": replica.id, "url": replica.url, "status": replica.status, "detail": replica.detail,
-        "pid": report.get("pid"), "host": httpx.URL(replica.url).host, "hardware": report.get("hardware"),
+        "pid": report.get("pid"), "host": httpx.URL(replica.url).host, "node": report.get("node"),
+        "hardware": report.get("hardware"),
         "in_flight": view.in_flight, "waiting": report.get("waiting"), "running": report.get("running"),
         "tpot_ms": round(view.tpot() * 1000, 2) if view.base_s is not None else None,
         "prefix_cache_hit_rate": report.get("prefix_cache_hit_rate"),
@@ -278,7 +282,7 @@ async def _generate(gateway: Gateway, path: str, request: Request) -> Response:
 
 
 async def _replica_metrics(gateway: Gateway, request: Request) -> dict[str, str]:
-    headers = forwarded_headers(dict(request.headers))
+    headers = forwarded_headers(dict(request.headers), gateway.config.replica_key)
 
     async def one(replica: Replica) -> tuple[str, str | None]:
         try:

@@ -13,6 +13,7 @@ Must not know routes or the protocol: reads the engine's scheduler, KV pool and 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ def load_report(engine: LLMEngine, num_admitted: int, hardware: str, started_at:
     cost = fit_step_cost(list(engine.stats.history))
     return {
         "pid": os.getpid(),
+        "node": os.environ.get("LUODI_NODE_ID") or socket.gethostname(),  # a Ray node's id, else the host
         "started_at": started_at,
         "uptime_s": round(time.time() - started_at, 3),
         "hardware": hardware,
