@@ -9,12 +9,12 @@ this process:
 - slo: a fast (bf16) and a slow (fp32) replica, 1 thread each, with a TPOT target between their
   speeds: the share of requests that meet it, latency-routed vs round-robin;
 plus the router's own cost per decision (p50 / p99 over many decisions on 8 replicas with
-remembered prefixes; target p99 ≤ 2 ms).
+remembered prefixes; target p99 ≤ 2 ms), and a Ray head's start-up time and resident memory.
 
 Policies alternate within a measurement (A B A B) and medians are reported; on a shared 2-core
 machine the ratios hold, the absolute figures drift.
 
-    PYTHONPATH=. python benchmarks/cluster_load.py [--model smollm2-135m-instruct] [--reps 2] [--only scaling,prefix,slo,router]
+    PYTHONPATH=. python benchmarks/cluster_load.py [--model smollm2-135m-instruct] [--reps 2] [--only router,ray,prefix,slo,scaling]
 
 Writes benchmarks/results/cluster_load.json.
 """
@@ -233,15 +233,52 @@ def measure_router(decisions: int = 20000) -> dict:
             "includes": "hashing the prompt (~1.9k chars) and choosing"}
 
 
+RAY_HEAD = """
+import sys, time
+start = time.perf_counter()
+import ray
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+print(time.perf_counter() - start, flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+def measure_ray_head() -> dict:
+    """A local Ray head started by `ray.init` (one CPU, no dashboard, usage statistics off) in a
+    child process: seconds until it is up, and the resident memory of the head's processes (the
+    driver, GCS, raylet and their helpers) once settled. Only this head's own processes are counted
+    and stopped."""
+    import os
+    import subprocess
+
+    import psutil
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen([sys.executable, "-c", RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        started_s = float(head.stdout.readline())
+        time.sleep(3.0)  # let its helper processes settle
+        root = psutil.Process(head.pid)
+        procs = [root, *root.children(recursive=True)]
+        rss = sum(p.memory_info().rss for p in procs if p.is_running())
+        names = sorted({p.name() for p in procs if p.is_running()})
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
+    return {"start_s": round(started_s, 2), "rss_mib": round(rss / 2**20, 1), "processes": names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--only", default="router,prefix,slo,scaling")
+    parser.add_argument("--only", default="router,ray,prefix,slo,scaling")
     args = parser.parse_args()
     wanted = args.only.split(",")
     report: dict = {"model": args.model, "machine": platform.machine(), "reps": args.reps}
-    for name, measure in (("router", lambda: measure_router()), ("prefix", lambda: measure_prefix(args.model, args.reps)),
+    for name, measure in (("router", lambda: measure_router()), ("ray", measure_ray_head), ("prefix", lambda: measure_prefix(args.model, args.reps)),
                           ("slo", lambda: measure_slo(args.model, args.reps)),
                           ("scaling", lambda: measure_scaling(args.model, args.reps))):
         if name in wanted:
