@@ -23,6 +23,7 @@ from luodi.cli.kb import ask, kb_app
 from luodi.cli.minutes import minutes
 from luodi.cli.outline import outline
 from luodi.cli.quant import convert, evaluate, quantize
+from luodi.cli.batch import batch
 from luodi.cli.cluster import cluster_app
 from luodi.cli.serve import keys_app, serve
 from luodi.errors import LuodiError
@@ -41,6 +42,7 @@ app.command(name="eval")(evaluate)
 app.command()(finetune)
 app.command()(merge)
 app.command()(serve)
+app.command()(batch)
 app.add_typer(keys_app, name="keys")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(kb_app, name="kb")

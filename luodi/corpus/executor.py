@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +27,7 @@ from luodi.corpus.pipeline import Removed, Tallies, run_document
 from luodi.corpus.readers import ReadError, read_inputs
 from luodi.corpus.recipe import Recipe
 from luodi.corpus.report import FunnelReport, build_report, write_report
+from luodi.paths import write_text_atomic
 from luodi.progress import Advance, counter_if
 
 WORK_DIR = ".work"
@@ -93,7 +93,7 @@ def _process_local(todo: Iterable[tuple[list[Document], Path]], recipe: Recipe, 
 
 def process_shard(recipe: Recipe, docs: list[Document], path: Path) -> int:
     """Runs one shard's documents through the per-document steps and commits the result."""
-    write_atomic(path, clean_shard(recipe, docs))
+    write_text_atomic(path, clean_shard(recipe, docs))
     return len(docs)
 
 
@@ -211,7 +211,7 @@ def _prepare_work_dir(work: Path, fingerprint: str) -> Path:
         shutil.rmtree(work)
     (work / "shards").mkdir(parents=True, exist_ok=True)
     if not marker.exists():
-        write_atomic(marker, fingerprint)
+        write_text_atomic(marker, fingerprint)
     return work / "shards"
 
 
@@ -221,12 +221,3 @@ def _shard_path(shards: Path, index: int) -> Path:
 
 def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)

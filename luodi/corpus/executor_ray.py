@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from luodi.corpus.document import Document
-from luodi.corpus.executor import clean_shard, run_sharded, write_atomic
+from luodi.corpus.executor import clean_shard, run_sharded
 from luodi.corpus.recipe import Recipe
 from luodi.corpus.report import FunnelReport
 from luodi.errors import LuodiError
+from luodi.paths import write_text_atomic
 from luodi.progress import Advance
 
 INSTALL_HINT = "pip install 'luodi[ray]'"
@@ -106,7 +107,7 @@ def _process_ray(todo: Iterable[tuple[list[Document], Path]], recipe: Recipe, wo
             _clean_batch, fn_kwargs={"recipe": recipe}, batch_size=1, batch_format="numpy", num_cpus=1,
             compute=ray.data.TaskPoolStrategy(size=min(workers, len(items))))
         for row in results.iter_rows():
-            write_atomic(Path(row["path"]), row["shard"])
+            write_text_atomic(Path(row["path"]), row["shard"])
             advance(int(row["num_docs"]))
 
 

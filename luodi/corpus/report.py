@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from luodi.paths import write_text_atomic
+
 
 @dataclass(frozen=True, slots=True)
 class StageReport:
@@ -51,8 +53,8 @@ def build_report(tallies: dict[str, dict[str, Any]], **fields: Any) -> FunnelRep
 
 
 def write_report(report: FunnelReport, out: Path) -> None:
-    _write_atomic(out / "report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
-    _write_atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out / "report.md", render_markdown(report))
     write_chart(report, out / "report.png")
 
 
@@ -107,9 +109,3 @@ def write_chart(report: FunnelReport, path: Path) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:160].replace("|", "\\|")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
