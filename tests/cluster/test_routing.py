@@ -106,3 +106,35 @@ def test_step_cost_fit_recovers_known_costs():
     assert cost.base_s == pytest.approx(base) and cost.per_row_s == pytest.approx(per_row)
     assert cost.per_token_s == pytest.approx(per_token) and cost.tpot(4) == pytest.approx(base + 4 * per_row)
     assert fit_step_cost(steps[:3]) is None
+
+
+def test_gateway_refuses_or_queues_when_no_replica_meets_the_target():
+    import asyncio
+
+    import httpx
+
+    from luodi.cluster.gateway import Gateway, GatewayConfig
+    from luodi.server.errors import QueueFullError
+
+    def gateway(when: str) -> Gateway:
+        g = Gateway(GatewayConfig({"r0": "http://127.0.0.1:9"}, when_no_replica_fits=when, queue_timeout_s=0.3),
+                    httpx.AsyncClient())
+        view = g.pool.replicas["r0"].view
+        view.healthy, view.base_s, view.per_row_s = True, 0.080, 0.0  # 80 ms per token
+        return g
+
+    tight = RouteRequest([], 10, slo_tpot_s=0.050)
+    with pytest.raises(QueueFullError, match="within its target of 50 ms"):
+        asyncio.run(gateway("reject").pick(tight, frozenset()))
+    queued = gateway("queue")
+
+    async def speed_up_then_pick():
+        async def later():
+            await asyncio.sleep(0.1)
+            queued.pool.replicas["r0"].view.base_s = 0.030  # a poll says it is faster now
+        asyncio.ensure_future(later())
+        return await queued.pick(tight, frozenset())
+
+    replica = asyncio.run(speed_up_then_pick())
+    assert replica.id == "r0" and replica.view.in_flight == 1  # waited in the queue, then routed
+    assert asyncio.run(queued.pick(tight, frozenset({"r0"}))) is None  # every replica tried already
