@@ -15,7 +15,7 @@ Must not know: HTTP, the CLI, how stores keep vectors (only `Store.search_vector
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,3 +152,38 @@ class SupportBot:
 
     def _persona(self) -> str:
         return f"{self.config.persona} Your tone is {self.config.tone}."
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdChoice:
+    min_score: float
+    balanced_accuracy: float
+    handoff_rate: float  # of the unanswerable questions, handed off
+    answer_rate: float  # of the answerable questions, answered (not handed off)
+    margin: float  # width of the gap between scores the threshold sits in
+
+
+def pick_min_score(answerable: Sequence[float], unanswerable: Sequence[float]) -> ThresholdChoice:
+    """The hand-off threshold for a tuning set's best-retrieval cosines.
+
+    Only the midpoints between neighbouring distinct scores are candidates: any threshold inside one
+    gap splits the questions the same way, and the middle keeps the widest margin to both sides. The
+    candidate with the best balanced accuracy — the mean of the hand-off rate on unanswerable and the
+    answer rate on answerable questions, so the larger class does not outvote the smaller — wins; on
+    a tie the wider gap wins (the split least likely to move on new questions), then the lower one.
+    """
+    if not answerable or not unanswerable:
+        raise ValueError("picking a threshold needs both answerable and unanswerable scores")
+    scores = sorted(set(answerable) | set(unanswerable))
+    choices = [_choice((lo + hi) / 2, hi - lo, answerable, unanswerable)
+               for lo, hi in zip(scores, scores[1:], strict=False)]
+    if not choices:  # every score equal: no threshold separates anything
+        return _choice(scores[0], 0.0, answerable, unanswerable)
+    return max(choices, key=lambda c: (c.balanced_accuracy, c.margin, -c.min_score))
+
+
+def _choice(threshold: float, margin: float, answerable: Sequence[float],
+            unanswerable: Sequence[float]) -> ThresholdChoice:
+    handoff = sum(s < threshold for s in unanswerable) / len(unanswerable)
+    answer = sum(s >= threshold for s in answerable) / len(answerable)
+    return ThresholdChoice(threshold, (handoff + answer) / 2, handoff, answer, margin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from luodi.apps.support import HANDOFF_TEXT, SupportBot, SupportConfig, rewrite_follow_up
+from luodi.apps.support import HANDOFF_TEXT, SupportBot, SupportConfig, pick_min_score, rewrite_follow_up
 
 pytest.importorskip("apsw", reason="pip install 'luodi[kb]'")
 PAGES = {
@@ -78,3 +78,24 @@ def test_another_tenant_sees_nothing(kb):
 
     with pytest.raises(KnowledgeBaseNotFoundError):
         bot(kb, owner="t2").ask("How long is the warranty?")
+
+
+def test_threshold_pick_keeps_the_middle_of_a_clean_gap():
+    choice = pick_min_score([0.90, 0.86], [0.70, 0.80])
+    assert choice.min_score == pytest.approx(0.83) and choice.margin == pytest.approx(0.06)
+    assert (choice.balanced_accuracy, choice.handoff_rate, choice.answer_rate) == (1.0, 1.0, 1.0)
+
+
+def test_threshold_pick_breaks_a_tie_toward_the_wider_gap():
+    # sorted: .80u .82u | .84a .85u | .86a .90a. Balanced accuracy by gap midpoint, by hand:
+    # .81 -> (1/3 + 3/3)/2 = .667; .83 -> (2/3 + 3/3)/2 = .833 (gap .02); .845 -> (2/3 + 2/3)/2 = .667;
+    # .855 -> (3/3 + 2/3)/2 = .833 (gap .01); .88 -> (3/3 + 1/3)/2 = .667. Tie at .833: .83 is wider.
+    choice = pick_min_score([0.90, 0.86, 0.84], [0.80, 0.85, 0.82])
+    assert choice.min_score == pytest.approx(0.83) and choice.margin == pytest.approx(0.02)
+    assert choice.balanced_accuracy == pytest.approx(5 / 6)
+    assert choice.handoff_rate == pytest.approx(2 / 3) and choice.answer_rate == 1.0
+
+
+def test_threshold_pick_needs_both_kinds_of_question():
+    with pytest.raises(ValueError, match="both"):
+        pick_min_score([0.9], [])
