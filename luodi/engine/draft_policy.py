@@ -15,12 +15,13 @@ So that the plain step is measured too, one step of n requests in 32 goes withou
 
 The prior's numbers (SmolLM2-135M Q4_1, 2-vCPU Zen 4 shared with other work, one process
 alternating configurations, medians of runner.execute; relative to the same requests decoding
-without drafts): one request with 1 / 3 / 7 / 15 draft tokens cost 0.84 / 0.81 / 1.32 / 1.82
-(the first two are noise: below 8 rows the cost hardly moves); four requests with 1 / 3 / 7 / 15
-each 1.26 / 2.05 / 4.06 / 6.88, and 1.11 times one request's step without. The CPU kernels stream
-the weights once per 8 rows, so the shape is 4 % of a step per row, 60 % for every 8 rows past the
-first 8, and 4 % per request that verifies a draft (its chunk takes the attention path of prompt
-chunks): 1.32 at (1 request, 8 rows), 1.29 and 2.1 for four requests at 8 and 16 rows.
+without drafts): one request with 2 / 4 / 5 / 7 / 11 / 15 draft tokens cost 1.24 / 1.25 / 1.27 /
+1.26 / 1.31 / 1.54 (another run: 7 and 15 drafts 1.32 and 1.82); four requests with 1 / 3 / 7 / 15
+each 1.26 / 2.05 / 4.06 / 6.88, and 1.11 times one request's step without. So a step that verifies
+any draft pays a fixed 15 % (its chunks take the attention path of prompt chunks) and 3 % per
+request drafting, 2 % per row, and 50 % for every 8 rows past the first 8 (the CPU kernels stream
+the weights once per 8 rows): 1.22 / 1.32 / 1.98 for one request at 3 / 8 / 16 rows; 1.33, 1.95
+and 3.2 times the plain step for four requests at 8, 16 and 32 rows.
 
 E_i is a two-state model of copying (`Acceptance`): the first draft token is accepted with
 probability a, each further one, given the previous was, with probability c — copy runs are long
@@ -45,7 +46,8 @@ from dataclasses import dataclass
 def prior_cost(num_rows: int, num_drafting: int = 0) -> float:
     """A step's cost by its rows and how many of its requests verify a draft, in units of a one-row
     step (the shape in the module docstring)."""
-    return 1.0 + 0.04 * (num_rows - 1) + 0.6 * ((num_rows - 1) // 8) + 0.04 * num_drafting
+    drafting = 0.15 + 0.03 * num_drafting if num_drafting else 0.0
+    return 1.0 + 0.02 * (num_rows - 1) + 0.5 * ((num_rows - 1) // 8) + drafting
 
 
 class StepCosts:

@@ -40,7 +40,7 @@ or text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -86,12 +86,13 @@ class NgramIndex:
     once, not searched again every step.
     """
 
-    __slots__ = ("min_n", "max_n", "_ends", "_num_indexed")
+    __slots__ = ("min_n", "max_n", "_ends", "_num_indexed", "last_order")
 
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
         self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> end (exclusive) of its latest occurrence
         self._num_indexed = 0  # n-grams ending before this position are in _ends
+        self.last_order = 0  # n of the n-gram the last proposal matched (0: none)
 
     def propose(self, tokens: Sequence[int], max_len: int) -> list[int]:
         """Up to `max_len` tokens that followed the latest earlier occurrence of the longest matching
@@ -101,9 +102,11 @@ class NgramIndex:
         repeats with period P is predicted to keep repeating (a loop drafts a whole `max_len`).
         """
         self._extend(tokens)
+        self.last_order = 0
         for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
             end = self._ends.get(tuple(tokens[len(tokens) - n :]))
             if end is not None:
+                self.last_order = n
                 draft = list(tokens[end : end + max_len])
                 period = len(tokens) - end
                 while len(draft) < max_len:
@@ -125,9 +128,18 @@ class DraftState:
     (a proposal not verified, compared with the tokens produced from `shadow_start` on)."""
 
     index: NgramIndex
-    acceptance: Acceptance = field(default_factory=Acceptance)
+    # By the order n of the n-gram a draft matched: a 3-gram match is copying far more often than
+    # a 1-gram one, so each keeps its own acceptance (no lag when the text turns to copying).
+    acceptances: list[Acceptance]
+    order: int = 0  # of the latest proposal
     shadow: tuple[int, ...] = ()
     shadow_start: int = 0
+    shadow_order: int = 0
+
+    @property
+    def acceptance(self) -> Acceptance:
+        """The acceptance of drafts like the latest proposal."""
+        return self.acceptances[self.order]
 
 
 class NgramSpeculator:
@@ -159,7 +171,7 @@ class NgramSpeculator:
         for request, proposal, draft in zip(requests, proposals, drafts, strict=True):
             state = self._state(request)
             if not draft and proposal and not state.shadow:
-                state.shadow, state.shadow_start = proposal, request.num_tokens
+                state.shadow, state.shadow_start, state.shadow_order = proposal, request.num_tokens, state.order
         return drafts
 
     def propose(self, request: Request, max_len: int) -> tuple[int, ...]:
@@ -172,6 +184,7 @@ class NgramSpeculator:
         tokens = request.all_token_ids
         _resolve_shadow(state, tokens)
         draft = state.index.propose(tokens, room)
+        state.order = state.index.last_order
         if draft and request.matcher is not None:
             draft = draft[: request.matcher.num_valid(draft)]
         return tuple(draft)
@@ -190,7 +203,9 @@ class NgramSpeculator:
 
     def _state(self, request: Request) -> DraftState:
         if request.draft_state is None:
-            request.draft_state = DraftState(NgramIndex(self.config.min_ngram, self.config.max_ngram))
+            c = self.config
+            request.draft_state = DraftState(NgramIndex(c.min_ngram, c.max_ngram),
+                                             [Acceptance() for _ in range(c.max_ngram + 1)])
         return request.draft_state
 
 
@@ -205,7 +220,7 @@ def _resolve_shadow(state: DraftState, tokens: Sequence[int]) -> None:
         num_matched += 1
     if num_matched == len(produced) < len(shadow):
         return  # right so far: wait for more tokens
-    state.acceptance.record(len(shadow), num_matched)
+    state.acceptances[state.shadow_order].record(len(shadow), num_matched)
     state.shadow = ()
 
 

@@ -207,7 +207,7 @@ def test_draft_lengths_maximize_expected_tokens_per_second(candidates, cost, len
 def test_step_costs_scale_the_prior_by_what_was_measured():
     costs = StepCosts()
     assert costs.estimate(1, 9, 1) == pytest.approx(prior_cost(9, 1))  # nothing measured: the prior
-    assert prior_cost(9, 1) == pytest.approx(1 + 0.32 + 0.6 + 0.04)
+    assert prior_cost(9, 1) == pytest.approx(1 + 0.16 + 0.5 + 0.15 + 0.03)
     costs.observe(1, 1, 0, 0.010)  # the level: 0.010 s per unit; (1, 1) on it
     costs.observe(1, 8, 1, 0.026)  # prior 1.32: 0.0197 s per unit, log ratio log(1.97) (within 3x)
     log_ratio = math.log(0.026 / 1.32 / 0.010)
@@ -239,17 +239,19 @@ def test_unverified_proposals_are_judged_as_shadow_drafts():
     speculator.costs.estimate = lambda n, r, m: float(r)  # every row a full step: drafting never pays
     assert speculator.plan([request], 1, 1, max_total=8) == [()]
     state = request.draft_state
-    assert state.shadow == (4, 1, 2) and state.acceptance.first_trials == 2  # the fresh prior
+    assert state.shadow == (4, 1, 2) and state.shadow_order == 3  # (1, 2, 3) occurred before
+    acc = state.acceptances[3]
+    assert acc.first_trials == 2  # the fresh prior
     for token in (4, 1):  # right so far: nothing recorded yet
         request.append_token(token)
         speculator.plan([request], 1, 1, max_total=8)
-        assert state.acceptance.first_trials == 2
+        assert acc.first_trials == 2
     request.append_token(9)  # the third token differs: 2 of 3 accepted
     speculator.plan([request], 1, 1, max_total=8)
-    acc = state.acceptance
     assert (acc.first_hits, acc.first_trials) == pytest.approx((0.875 + 1, 2 * 0.875 + 1))
     assert (acc.next_hits, acc.next_trials) == pytest.approx((1.5 * 0.875 + 1, 2 * 0.875 + 2))
     assert state.shadow == ()  # 9 never occurred before: nothing to propose, no new shadow
+    assert state.acceptances[1].first_trials == state.acceptances[2].first_trials == 2  # other orders: untouched
 
 
 def test_drafts_fit_max_tokens_and_the_context_window():
