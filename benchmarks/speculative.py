@@ -2,17 +2,19 @@
 
 Two tasks: copy-heavy (extract from / summarize / correct a text given in the prompt, RAG-like),
 where drafts from the prompt are often right, and free generation (stories, explanations), where
-they rarely are and the adaptive policy should keep the cost near zero. Per task and batch size
-(1: prompts one at a time; 4: all together, the largest batch that drafts by default): decode
-tok/s (output tokens after every request's first, over the time after it) with
+they rarely are and the policy should keep the cost near zero. Per task and batch size (1: prompts
+one at a time; 4, 8, 16: that many together — the policy must never make serving slower, so where
+drafts do not pay it drafts nothing; a batch larger than the prompts repeats them): decode tok/s
+(output tokens after every request's first, over the time after it) with
 `--speculative none` and `ngram`, alternating (none, ngram, none, ...), medians and their ratio;
 the acceptance rate (accepted / drafted tokens) and accepted tokens per draft verified; and
 whether the greedy outputs were identical (they must be in batch-invariant mode, the default; with
 `--batch-invariant off` a near-tie may part them, as batching can).
 
-    python benchmarks/speculative.py [--model smollm2-135m-instruct] [--reps 2] [--max-tokens 96]
+    python benchmarks/speculative.py [--model smollm2-135m-instruct] [--reps 2] [--max-tokens 96] \
+        [--batches 1,4,8,16] [--out benchmarks/results/speculative.json]
 
-Writes benchmarks/results/speculative.json.
+Writes benchmarks/results/speculative.json (or --out).
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def measure(engines: dict, prompts: list[list[int]], batch: int, params, reps: i
     """Alternate none / ngram over `prompts` in groups of `batch`; medians of per-group decode tok/s."""
     speeds: dict[str, list[float]] = {"none": [], "ngram": []}
     drafts = drafted = accepted = differing = 0
+    cycled = [prompts[i % len(prompts)] for i in range(max(len(prompts), batch))]
     for _ in range(reps):
-        for start in range(0, len(prompts), batch):
-            group = prompts[start : start + batch]
+        for start in range(0, len(cycled), batch):
+            group = cycled[start : start + batch]
             results = {name: run_batch(engine, group, params) for name, engine in engines.items()}
             for name, result in results.items():
                 speeds[name].append(result["decode_tok_s"])
@@ -105,7 +108,7 @@ def measure(engines: dict, prompts: list[list[int]], batch: int, params, reps: i
         "accepted_tokens_per_draft": round(accepted / drafts, 2) if drafts else None,
         "draft_tokens": drafted,
         "outputs_differing": differing,
-        "outputs": len(prompts) * reps,
+        "outputs": len(cycled) * reps,
     }
 
 
@@ -115,6 +118,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--num-prompts", type=int, default=8, help="prompts per task (at most 8)")
+    parser.add_argument("--batches", default="1,4,8,16", help="batch sizes, comma-separated")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON report")
     parser.add_argument("--batch-invariant", choices=("on", "off"), default="on",
                         help="kernels in batch-invariant mode (the default) or not")
     args = parser.parse_args()
@@ -127,9 +132,11 @@ def main() -> None:
 
     for module in (lowbit, fused):
         module.set_batch_invariant(args.batch_invariant == "on")
+    batches = [int(b) for b in args.batches.split(",")]
     llm = LLM.load(args.model)
     engines = {method: LLMEngine(llm.loaded.model, llm.tokenizer,
-                                 EngineConfig(max_num_seqs=4, speculative=SpeculativeConfig(method=method)),
+                                 EngineConfig(max_num_seqs=max(batches),
+                                              speculative=SpeculativeConfig(method=method)),
                                  eos_token_ids=llm.engine.eos_token_ids)
                for method in ("none", "ngram")}
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
@@ -143,12 +150,12 @@ def main() -> None:
                     "tasks": {}}
     for name, prompts in prompt_ids.items():
         report["tasks"][name] = {}
-        for batch in (1, 4):
+        for batch in batches:
             result = measure(engines, prompts, batch, params, args.reps)
             report["tasks"][name][f"batch_{batch}"] = result
             print(json.dumps({"task": name, "batch": batch, **result}), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

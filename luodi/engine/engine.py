@@ -103,7 +103,8 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         sched = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
                                 enable_fast_forward=config.enable_fast_forward)
-        self.scheduler = Scheduler(sched, self.kv, NgramSpeculator(config.speculative))
+        self.speculator = NgramSpeculator(config.speculative)
+        self.scheduler = Scheduler(sched, self.kv, self.speculator)
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size,
                                   eos_token_ids=self.eos_token_ids, overlap_masks=config.overlap_masks,
                                   fast_forward=config.enable_fast_forward)
@@ -209,6 +210,7 @@ class LLMEngine:
 
     # -- the loop -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        step_start = time.perf_counter()
         schedule = self.scheduler.schedule()
         if schedule.is_empty:
             return []
@@ -221,6 +223,10 @@ class LLMEngine:
             if request.request_id not in result.token_ids:
                 continue  # a prompt chunk that did not reach the end: nothing to report yet
             outputs.append(self._output(request, result.logprobs.get(request.request_id, [])))
+        if _is_decode_only(schedule):  # what drafting decides between: the whole step's time
+            num_drafting = sum(1 for c in schedule.chunks if c.num_draft)
+            self.speculator.observe_step(len(schedule.chunks), schedule.num_tokens, num_drafting,
+                                         time.perf_counter() - step_start)
         return outputs
 
     def _record(self, schedule: SchedulerOutput, sampled: dict[str, list[int]], seconds: float) -> None:
@@ -317,3 +323,9 @@ class LLMEngine:
                 outputs[out.request_id].extend(out.new_token_ids)
         return [outputs[i] for i in ids]
 
+
+
+def _is_decode_only(schedule: SchedulerOutput) -> bool:
+    """Every chunk is one decode token (and maybe a draft): no prompt chunk, nothing preempted."""
+    return not schedule.preempted_ids and all(
+        c.needs_sample and c.start > 0 and len(c.token_ids) - c.num_draft == 1 for c in schedule.chunks)

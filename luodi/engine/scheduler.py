@@ -94,13 +94,16 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted: list[str] = []
+        drafts = self._drafts(budget)
         for request in list(self.running):
             if budget == 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            draft = self._draft(request, num_new, budget)
+            draft = drafts.get(request.request_id, ())[: budget - num_new]
+            if draft and not self._has_room_for(draft):
+                draft = ()
             if draft and self.kv.allocate(request, num_new + len(draft)) is None:
                 draft = ()  # no room for the draft: decode plainly, preempting only for that
             if not draft and not self._allocate_or_preempt(request, num_new, preempted):
@@ -131,19 +134,30 @@ class Scheduler:
             touched.append(request)
         return touched
 
-    def _draft(self, request: Request, num_new: int, budget: int) -> tuple[int, ...]:
-        """A draft to verify after the chunk, if the chunk reaches the request's last known token.
+    def _drafts(self, budget: int) -> dict[str, tuple[int, ...]]:
+        """The step's drafts, by request id: for the running requests whose chunk reaches their last
+        known token, as the speculator's policy plans them for this step's rows."""
+        if self.speculator is None:
+            return {}
+        candidates, num_rows, num_sampling = [], 0, 0
+        for request in self.running:
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget - num_rows)
+            if num_new <= 0:
+                break
+            num_rows += num_new
+            if request.num_computed_tokens + num_new == request.num_tokens:
+                num_sampling += 1
+                candidates.append(request)
+        if not candidates:
+            return {}
+        drafts = self.speculator.plan(candidates, num_sampling, num_rows, budget - num_rows)
+        return {r.request_id: d for r, d in zip(candidates, drafts, strict=True) if d}
 
-        None while the pool runs low: a draft's blocks must not leave another running request
-        without room for its next token (that would preempt it). One free block per running
-        request stays in reserve, besides what the longest draft can take.
-        """
-        if self.speculator is None or request.num_computed_tokens + num_new < request.num_tokens:
-            return ()
-        draft_blocks = -(-self.speculator.config.num_draft_tokens // self.kv.block_size)
-        if self.kv.num_free_blocks < len(self.running) + draft_blocks:
-            return ()
-        return self.speculator.propose(request, budget - num_new, len(self.running))
+    def _has_room_for(self, draft: tuple[int, ...]) -> bool:
+        """Whether the pool can take a draft: its blocks must not leave another running request
+        without room for its next token (that would preempt it), so one free block per running
+        request stays in reserve besides the draft's."""
+        return self.kv.num_free_blocks >= len(self.running) + -(-len(draft) // self.kv.block_size)
 
     def _append(self, request: Request, token_ids: Sequence[int]) -> None:
         """Append tokens one by one, each advancing the request's grammar; after the last, the tokens

@@ -25,18 +25,13 @@ request's history extended by the draft tokens before the row (penalties, min_to
 grammar mask (the runner walks the matcher along the draft), forced tokens without a draw, and
 logprobs of every accepted token.
 
-Policy, adaptive per step and per request. A CPU kernel streams the weights once for up to 8
-rows (`luodi.kernels.lowbit`), so a step's cost hardly grows until its rows pass that; measured on
-SmolLM2 (2-core Zen 4, bf16, alternating steps in one process): one request verifying 4 draft
-tokens (5 rows) cost 1.05x its plain decode step and 8 drafts 1.22x, while 4 requests with 1 draft
-each (8 rows) cost 1.24x and with 4 each (20 rows) 3.2x. So drafts share a step budget of
-`max_step_rows` rows: each of the n running requests drafts at most (max_step_rows - n) // n
-tokens (4 alone, 3 with two running, 1 with three or four, none from five up). Alone, a request
-always drafts (its draft rides in the pass its decode row pays for); beside others, only while its
-recent acceptance (an exponential average of accepted / drafted tokens) stays at or above
-`min_acceptance`. Below it the request pauses for `cooldown_steps` steps, doubled at each
-consecutive pause (free generation stops costing its neighbours), then tries again in case its
-text has turned to copying.
+Policy (`luodi.engine.draft_policy`): each step, every request whose chunk reaches its last known
+token proposes its longest draft (up to `num_draft_tokens`); the policy cuts each to the length
+that maximizes the step's expected tokens per second, from the measured cost of steps by their
+rows and each request's recent acceptance — often to nothing beside many others, where a draft's
+rows would make the kernels stream the weights once more. A proposal that is not verified stays
+as a shadow draft, compared with the tokens the request goes on to produce, so acceptance is
+measured while drafting is off.
 
 Knows requests' token ids and grammar matchers, logits rows and sampling; not blocks, the model
 or text.
@@ -50,6 +45,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from luodi.engine.draft_policy import Acceptance, StepCosts, choose_draft_lengths
 from luodi.engine.sampling import SPECULATIVE_METHODS, SamplerOutput, SamplingParams, TokenLogprobs, sample
 from luodi.errors import InvalidParameterError
 
@@ -60,14 +56,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class SpeculativeConfig:
     method: str = "ngram"  # the default of requests that name none: "ngram" or "none"
-    num_draft_tokens: int = 4  # most draft tokens per request per step
+    # Most draft tokens per request per step: 15, so that one request copying a long run can fill
+    # two 8-row passes of the kernels; the policy decides how many of them pay.
+    num_draft_tokens: int = 15
     min_ngram: int = 1
     max_ngram: int = 3
-    max_step_rows: int = 8  # decode rows plus draft tokens of a step (one pass of the CPU kernels)
-    min_acceptance: float = 0.3  # beside others, recent accepted / drafted below this pauses a request
-    smoothing: float = 0.3  # weight of the newest step in the recent acceptance
-    cooldown_steps: int = 8  # the first pause; doubled per consecutive pause, up to max_cooldown_steps
-    max_cooldown_steps: int = 256
+    adaptive: bool = True  # False: every proposal is verified whole (tests; the policy's oracle)
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATIVE_METHODS:
@@ -92,12 +86,13 @@ class NgramIndex:
     once, not searched again every step.
     """
 
-    __slots__ = ("min_n", "max_n", "_ends", "_num_indexed")
+    __slots__ = ("min_n", "max_n", "_ends", "_num_indexed", "last_order")
 
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
         self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> end (exclusive) of its latest occurrence
         self._num_indexed = 0  # n-grams ending before this position are in _ends
+        self.last_order = 0  # n of the n-gram the last proposal matched (0: none)
 
     def propose(self, tokens: Sequence[int], max_len: int) -> list[int]:
         """Up to `max_len` tokens that followed the latest earlier occurrence of the longest matching
@@ -107,9 +102,11 @@ class NgramIndex:
         repeats with period P is predicted to keep repeating (a loop drafts a whole `max_len`).
         """
         self._extend(tokens)
+        self.last_order = 0
         for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
             end = self._ends.get(tuple(tokens[len(tokens) - n :]))
             if end is not None:
+                self.last_order = n
                 draft = list(tokens[end : end + max_len])
                 period = len(tokens) - end
                 while len(draft) < max_len:
@@ -125,69 +122,115 @@ class NgramIndex:
         self._num_indexed = max(self._num_indexed, len(tokens))
 
 
-# A request's recent acceptance before any evidence: with the default smoothing and threshold, two
-# wholly rejected drafts in a row pause it (0.5 -> 0.35 -> 0.245 < 0.3).
-_FRESH_ACCEPTANCE = 0.5
-
-
 @dataclass(slots=True)
 class DraftState:
-    """One request's drafting state: its n-gram index and its recent acceptance."""
+    """One request's drafting state: its n-gram index, its recent acceptance, and its shadow draft
+    (a proposal not verified, compared with the tokens produced from `shadow_start` on)."""
 
     index: NgramIndex
-    acceptance: float = _FRESH_ACCEPTANCE
-    cooldown: int = 0  # steps left before drafting again
-    num_pauses: int = 0  # consecutive pauses (the next one lasts cooldown_steps * 2 ** num_pauses)
+    # By the order n of the n-gram a draft matched: a 3-gram match is copying far more often than
+    # a 1-gram one, so each keeps its own acceptance (no lag when the text turns to copying).
+    acceptances: list[Acceptance]
+    order: int = 0  # of the latest proposal
+    shadow: tuple[int, ...] = ()
+    shadow_start: int = 0
+    shadow_order: int = 0
+
+    @property
+    def acceptance(self) -> Acceptance:
+        """The acceptance of drafts like the latest proposal."""
+        return self.acceptances[self.order]
 
 
 class NgramSpeculator:
-    """Proposes drafts for the scheduler and learns from their verification."""
+    """Proposes drafts for the scheduler, cuts them to what pays, and learns from their verification."""
 
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
+        self.costs = StepCosts()
 
     def is_enabled(self, params: SamplingParams) -> bool:
         return (params.speculative or self.config.method) == "ngram"
 
-    def propose(self, request: Request, max_len: int, num_running: int) -> tuple[int, ...]:
-        """The draft to verify after the request's last known token (may be empty).
+    def plan(self, requests: Sequence[Request], num_requests: int, num_rows: int,
+             max_total: int) -> list[tuple[int, ...]]:
+        """The drafts to verify after each of `requests`' last known token (each may be empty).
 
-        `max_len`: draft tokens the step's budget has room for.
+        `num_requests` sample this step over `num_rows` rows before drafts; `max_total`: draft
+        tokens the step's budget has room for.
         """
-        c = self.config
-        # A fair share of the step's spare rows; the step appends the accepted draft and one
-        # sampled token, so stay within max_tokens too.
-        room = min(c.num_draft_tokens, (c.max_step_rows - num_running) // max(num_running, 1), max_len,
-                   request.num_tokens_left - 1)
+        proposals = [self.propose(r, max_total) for r in requests]
+        if not self.config.adaptive:
+            return _fit(proposals, max_total)
+        candidates = [(len(p), self._state(r).acceptance) for r, p in zip(requests, proposals, strict=True)]
+        if num_rows == num_requests and self.costs.wants_baseline(num_requests):
+            lengths = [0] * len(candidates)  # a plain decode step, measured to compare the others with
+        else:
+            lengths = choose_draft_lengths(num_requests, num_rows, candidates, self.costs.estimate)
+        drafts = _fit([p[:k] for p, k in zip(proposals, lengths, strict=True)], max_total)
+        for request, proposal, draft in zip(requests, proposals, drafts, strict=True):
+            state = self._state(request)
+            if not draft and proposal and not state.shadow:
+                state.shadow, state.shadow_start, state.shadow_order = proposal, request.num_tokens, state.order
+        return drafts
+
+    def propose(self, request: Request, max_len: int) -> tuple[int, ...]:
+        """The longest draft the request's n-grams give after its last known token (may be empty)."""
+        # The step appends the accepted draft and one sampled token: stay within max_tokens too.
+        room = min(self.config.num_draft_tokens, max_len, request.num_tokens_left - 1)
         if room <= 0 or not self.is_enabled(request.params):
             return ()
-        state = request.draft_state
-        if state is None:
-            state = request.draft_state = DraftState(NgramIndex(c.min_ngram, c.max_ngram))
-        if state.cooldown > 0:
-            state.cooldown -= 1
-            if num_running > 1:
-                return ()  # paused: alone, a draft costs next to nothing
-        draft = state.index.propose(request.all_token_ids, room)
+        state = self._state(request)
+        tokens = request.all_token_ids
+        _resolve_shadow(state, tokens)
+        draft = state.index.propose(tokens, room)
+        state.order = state.index.last_order
         if draft and request.matcher is not None:
             draft = draft[: request.matcher.num_valid(draft)]
         return tuple(draft)
 
     def record(self, request: Request, num_draft: int, num_accepted: int) -> None:
-        """Fold one verified draft into the request's recent acceptance."""
+        """Fold one verified draft into the request's acceptance."""
         state = request.draft_state
-        if state is None:
-            return
-        c = self.config
-        rate = num_accepted / num_draft
-        state.acceptance += c.smoothing * (rate - state.acceptance)
-        if rate >= c.min_acceptance:
-            state.num_pauses = 0  # a draft that paid: the next pause starts short again
-        if state.acceptance >= c.min_acceptance:
-            return
-        state.cooldown = min(c.cooldown_steps << state.num_pauses, c.max_cooldown_steps)
-        state.num_pauses += 1
-        state.acceptance = _FRESH_ACCEPTANCE  # after the pause, judge the request afresh
+        if state is not None:
+            state.acceptance.record(num_draft, num_accepted)
+            state.shadow = ()  # the verified tokens overlap it: count them once
+
+    def observe_step(self, num_requests: int, num_rows: int, num_drafting: int, seconds: float) -> None:
+        """The measured time of a step in which `num_requests` decoded over `num_rows` rows,
+        `num_drafting` of them verifying a draft."""
+        self.costs.observe(num_requests, num_rows, num_drafting, seconds)
+
+    def _state(self, request: Request) -> DraftState:
+        if request.draft_state is None:
+            c = self.config
+            request.draft_state = DraftState(NgramIndex(c.min_ngram, c.max_ngram),
+                                             [Acceptance() for _ in range(c.max_ngram + 1)])
+        return request.draft_state
+
+
+def _resolve_shadow(state: DraftState, tokens: Sequence[int]) -> None:
+    """Record the shadow draft as verified once the tokens produced since settle it."""
+    shadow = state.shadow
+    if not shadow:
+        return
+    produced = tokens[state.shadow_start : state.shadow_start + len(shadow)]
+    num_matched = 0
+    while num_matched < len(produced) and produced[num_matched] == shadow[num_matched]:
+        num_matched += 1
+    if num_matched == len(produced) < len(shadow):
+        return  # right so far: wait for more tokens
+    state.acceptances[state.shadow_order].record(len(shadow), num_matched)
+    state.shadow = ()
+
+
+def _fit(drafts: list[tuple[int, ...]], max_total: int) -> list[tuple[int, ...]]:
+    """Cut drafts, in order, to `max_total` tokens in all."""
+    fitted = []
+    for draft in drafts:
+        fitted.append(draft[: max(max_total, 0)])
+        max_total -= len(fitted[-1])
+    return fitted
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from luodi.engine.kv_cache import KVCacheManager
 from luodi.engine.request import Request
 from luodi.engine.sampling import SamplingParams, make_generator, processed_logits
 from luodi.engine.scheduler import Scheduler, SchedulerConfig
+from luodi.engine.draft_policy import Acceptance, StepCosts, choose_draft_lengths, prior_cost
 from luodi.engine.speculative import NgramIndex, NgramSpeculator, SpeculativeConfig, verify
 from luodi.errors import InvalidParameterError
 
 OFF = SpeculativeConfig(method="none")
+ALWAYS = SpeculativeConfig(adaptive=False)  # every proposal verified: drafts whatever the step costs
 GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
 
 
@@ -152,44 +154,124 @@ def _request(prompt: list[int], params: SamplingParams = GREEDY) -> Request:
     return Request("r", prompt, params, max_total_tokens=512)
 
 
-def test_policy_shares_the_step_rows_and_pauses_beside_others():
-    speculator = NgramSpeculator(SpeculativeConfig(num_draft_tokens=3, max_step_rows=8, cooldown_steps=2))
+def _acceptance(a: float, c: float) -> Acceptance:
+    """Acceptance with first-token rate a and continuation rate c, from ten drafts' worth of counts."""
+    return Acceptance(first_hits=10 * a, first_trials=10, next_hits=10 * c, next_trials=10)
+
+
+def test_expected_accepted_tokens_by_hand():
+    acc = _acceptance(0.5, 0.5)
+    # 0.5 + 0.5 * 0.5 + 0.5 * 0.25 = a (1 - c^3) / (1 - c)
+    assert acc.expected(3) == pytest.approx(0.875)
+    assert acc.gain(2) == pytest.approx(0.25)
+    acc = Acceptance()  # a fresh request: a = 1/2, c = 1.5/2
+    acc.record(num_draft=4, num_accepted=2)  # position 1 hit; 2 hit; 3 missed; 4 never tried
+    assert (acc.first_hits, acc.first_trials) == pytest.approx((0.875 + 1, 1.75 + 1))
+    assert (acc.next_hits, acc.next_trials) == pytest.approx((1.3125 + 1, 1.75 + 2))
+    acc.record(num_draft=3, num_accepted=3)  # all three: positions 2 and 3 hit, none missed
+    assert (acc.next_hits, acc.next_trials) == pytest.approx((2.3125 * 0.875 + 2, 3.75 * 0.875 + 2))
+
+
+def _passes(n: int, rows: int, num_drafting: int) -> float:
+    """1 up to 8 rows (one pass of the kernels), then 0.5 more for every 8 rows begun."""
+    return 0.5 + 0.5 * math.ceil(rows / 8) if rows > 8 else 1.0
+
+
+@pytest.mark.parametrize(("candidates", "cost", "lengths"), [
+    # Alone, E(k) = 1 - 0.5^k: 7 drafts give 1.99 tokens per unit of time; 15 give 2.0 / 1.5 = 1.33.
+    ([(15, _acceptance(0.5, 0.5))], _passes, [7]),
+    # Every row a full step: one draft gives 1.5 tokens for 2 units, below 1 per unit. No draft.
+    ([(15, _acceptance(0.5, 0.5))], lambda n, r, m: float(r), [0]),
+    # Break-even is no gain: E(1) = 0.5 and the row costs half a step (1.5 / 1.5 = 1 / 1).
+    ([(1, _acceptance(0.5, 0.75))], lambda n, r, m: 1.0 + 0.5 * (r - 1), [0]),
+    ([(1, _acceptance(0.5, 0.75))], lambda n, r, m: 1.0 + 0.49 * (r - 1), [1]),
+    # A copier (a = c = 0.9) beside free text (a = 0.1): rows cost 0.1 each up to 8, then double.
+    # The copier's gains 0.9, 0.81, ... all beat 0.1; 6 drafts (8 rows): (2 + 9 (1 - 0.9^6)) / 1.6
+    # = 3.886 tokens per unit against 3.790 with 5 and 2 / 1 without.
+    ([(15, _acceptance(0.9, 0.9)), (15, _acceptance(0.1, 0.5))],
+     lambda n, r, m: 1.0 + 0.1 * (r - 2) if r <= 8 else 10.0, [6, 0]),
+    # Eight requests: one draft each costs a second pass (16 rows: 1.5) for 8 x 0.4 tokens:
+    # 11.2 / 1.5 = 7.47 < 8 / 1; two each, 24 rows: (8 + 8 x 0.76) / 2 = 7.04; more, less still.
+    ([(15, _acceptance(0.4, 0.9))] * 8, _passes, [0] * 8),
+    # ... unless they are nearly always right: 8 x 0.95 extra tokens, 15.6 / 1.5 = 10.4 > 8.
+    ([(1, _acceptance(0.95, 0.9))] * 8, _passes, [1] * 8),
+    # A draft no longer than the proposal.
+    ([(2, _acceptance(0.9, 0.9))], _passes, [2]),
+], ids=["alone", "every-row-a-step", "break-even", "just-pays", "copier-beside-free", "batch8", "batch8-sure",
+        "short-proposal"])
+def test_draft_lengths_maximize_expected_tokens_per_second(candidates, cost, lengths):
+    num_requests = len(candidates)
+    assert choose_draft_lengths(num_requests, num_requests, candidates, cost) == lengths
+
+
+def test_step_costs_scale_the_prior_by_what_was_measured():
+    costs = StepCosts()
+    assert costs.estimate(1, 9, 1) == pytest.approx(prior_cost(9, 1))  # nothing measured: the prior
+    assert prior_cost(9, 1) == pytest.approx(1 + 0.16 + 0.5 + 0.15 + 0.03)
+    costs.observe(1, 1, 0, 0.010)  # the level: 0.010 s per unit; (1, 1) on it
+    costs.observe(1, 8, 1, 0.026)  # prior 1.32: 0.0197 s per unit, log ratio log(1.97) (within 3x)
+    log_ratio = math.log(0.026 / 1.32 / 0.010)
+    level = 0.010 * math.exp(0.2 * log_ratio)
+    assert costs.estimate(1, 1) == pytest.approx(level)
+    assert costs.estimate(1, 8, 1) == pytest.approx(level * math.exp(log_ratio) * 1.32)
+    # Unseen 9 rows: from the nearest seen (8), by the prior's shape; unseen batch 2: the prior.
+    assert costs.estimate(1, 9, 1) == pytest.approx(level * math.exp(log_ratio) * prior_cost(9, 1))
+    assert costs.estimate(2, 2) == pytest.approx(level * prior_cost(2))
+    costs.observe(2, 2, 0, 10.0)  # a step 400x slow (a neighbour took the cores) counts as 3x
+    assert costs.estimate(2, 2) == pytest.approx(level * 3 ** 0.2 * 3 * prior_cost(2))
+
+
+def test_a_plain_step_is_measured_every_so_often():
+    costs = StepCosts()
+    assert costs.wants_baseline(4)  # never measured
+    costs.observe(4, 4, 0, 0.01)
+    for _ in range(StepCosts.BASELINE_EVERY - 1):
+        costs.observe(4, 8, 4, 0.01)
+        assert not costs.wants_baseline(4)
+    costs.observe(4, 8, 4, 0.01)
+    assert costs.wants_baseline(4)
+
+
+def test_unverified_proposals_are_judged_as_shadow_drafts():
+    """A request that does not draft still learns its acceptance from what it goes on to produce."""
+    speculator = NgramSpeculator(SpeculativeConfig(num_draft_tokens=3))
     request = _request([1, 2, 3, 4, 1, 2, 3])
-    # (8 rows - n decode rows) // n running: 3 (capped by num_draft_tokens), 1, 1, then none.
-    drafts = [speculator.propose(request, max_len=8, num_running=n) for n in (1, 2, 3, 4, 5)]
-    assert drafts == [(4, 1, 2), (4, 1, 2), (4,), (4,), ()]
-    assert speculator.propose(request, max_len=2, num_running=1) == (4, 1)  # the step's token budget
-    speculator.record(request, 3, 0)  # 0.5 -> 0.35: still drafting
-    assert speculator.propose(request, 8, 2) == (4, 1, 2)
-    speculator.record(request, 3, 0)  # 0.35 -> 0.245 < 0.3: a pause of 2 steps
-    assert [speculator.propose(request, 8, 2) for _ in range(3)] == [(), (), (4, 1, 2)]
-    speculator.record(request, 3, 0)
-    speculator.record(request, 3, 0)  # the second pause in a row is twice as long
-    assert [speculator.propose(request, 8, 2) for _ in range(2)] == [(), ()]
-    # Alone, a paused request drafts anyway (its draft rides in its decode row's pass); the pause runs on.
-    assert [speculator.propose(request, 8, 1) for _ in range(2)] == [(4, 1, 2)] * 2
-    assert speculator.propose(request, 8, 2) == (4, 1, 2)
-    speculator.record(request, 3, 3)  # 0.5 -> 0.65: the pauses are forgotten
-    assert request.draft_state is not None and request.draft_state.num_pauses == 0
+    speculator.costs.estimate = lambda n, r, m: float(r)  # every row a full step: drafting never pays
+    assert speculator.plan([request], 1, 1, max_total=8) == [()]
+    state = request.draft_state
+    assert state.shadow == (4, 1, 2) and state.shadow_order == 3  # (1, 2, 3) occurred before
+    acc = state.acceptances[3]
+    assert acc.first_trials == 2  # the fresh prior
+    for token in (4, 1):  # right so far: nothing recorded yet
+        request.append_token(token)
+        speculator.plan([request], 1, 1, max_total=8)
+        assert acc.first_trials == 2
+    request.append_token(9)  # the third token differs: 2 of 3 accepted
+    speculator.plan([request], 1, 1, max_total=8)
+    assert (acc.first_hits, acc.first_trials) == pytest.approx((0.875 + 1, 2 * 0.875 + 1))
+    assert (acc.next_hits, acc.next_trials) == pytest.approx((1.5 * 0.875 + 1, 2 * 0.875 + 2))
+    assert state.shadow == ()  # 9 never occurred before: nothing to propose, no new shadow
+    assert state.acceptances[1].first_trials == state.acceptances[2].first_trials == 2  # other orders: untouched
 
 
 def test_drafts_fit_max_tokens_and_the_context_window():
     speculator = NgramSpeculator(SpeculativeConfig(num_draft_tokens=4))
     params = SamplingParams(temperature=0, max_tokens=3)
     request = _request([5, 6, 7, 5, 6, 7, 5, 6], params)
-    assert speculator.propose(request, 8, 1) == (7, 5)  # 2 drafts + 1 sampled = max_tokens
+    assert speculator.propose(request, 8) == (7, 5)  # 2 drafts + 1 sampled = max_tokens
     request.append_token(7)
     request.append_token(5)
-    assert speculator.propose(request, 8, 1) == ()  # one token left: nothing to verify it with
+    assert speculator.propose(request, 8) == ()  # one token left: nothing to verify it with
     window = Request("w", [5, 6, 7, 5, 6, 7, 5, 6], GREEDY, max_total_tokens=10)
-    assert speculator.propose(window, 8, 1) == (7,)
+    assert speculator.propose(window, 8) == (7,)
 
 
 @pytest.mark.parametrize(("num_blocks", "drafts"), [(5, False), (6, True)])
 def test_drafts_leave_a_free_block_per_running_request(num_blocks, drafts):
     """A draft's blocks never take the last block another request would need for its next token."""
     kv = KVCacheManager(num_blocks, block_size=4)
-    scheduler = Scheduler(SchedulerConfig(), kv, NgramSpeculator(SpeculativeConfig()))
+    speculator = NgramSpeculator(SpeculativeConfig(num_draft_tokens=4, adaptive=False))
+    scheduler = Scheduler(SchedulerConfig(), kv, speculator)
     scheduler.add(_request([1, 2, 3, 4] * 4))  # 16 tokens: 4 blocks
     scheduler.update(scheduler.schedule(), {"r": [1]})
     [chunk] = scheduler.schedule().chunks  # 1 running + 1 block for a 4-token draft must stay free
@@ -201,7 +283,8 @@ def test_request_choice_overrides_the_engine_default(tiny_model):
     prompt = _prompts()[6]
     _, engine = _generate(tiny_model, [prompt], SamplingParams(temperature=0, max_tokens=20, speculative="none"))
     assert engine.stats.num_draft_tokens == 0
-    _, engine = _generate(tiny_model, [prompt], SamplingParams(temperature=0, max_tokens=20, speculative="ngram"), OFF)
+    _, engine = _generate(tiny_model, [prompt], SamplingParams(temperature=0, max_tokens=20, speculative="ngram"),
+                          SpeculativeConfig(method="none", adaptive=False))
     assert engine.stats.num_draft_tokens > 0
     with pytest.raises(InvalidParameterError, match="speculative='eagle' is invalid") as info:
         SamplingParams(speculative="eagle")
@@ -213,22 +296,23 @@ def test_request_choice_overrides_the_engine_default(tiny_model):
 # --- the engine against plain decoding ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("adaptive", [True, False], ids=["policy", "every-proposal"])
 @pytest.mark.parametrize("config", [
     dict(max_num_seqs=1),  # one request at a time
-    dict(max_num_seqs=4),  # batches of up to 4, all drafting
+    dict(max_num_seqs=4),  # batches of up to 4
     dict(max_num_seqs=4, max_num_batched_tokens=6),  # chunked prefill: drafts share a 6-token budget
     dict(max_num_seqs=4, num_blocks=40, max_model_len=256),  # preemption and recompute
-    dict(max_num_seqs=8),  # no spare rows while more than 4 run: all 8 run to the end together
+    dict(max_num_seqs=8),  # all 8 run to the end together
 ], ids=["alone", "batch4", "chunked", "preempted", "batch8"])
-def test_greedy_tokens_equal_plain_decoding(tiny_model, config):
+def test_greedy_tokens_equal_plain_decoding(tiny_model, config, adaptive):
+    """With the policy (which drafts by measured time, so what it drafts varies) and verifying every
+    proposal whole."""
     prompts = _prompts()
     plain, _ = _generate(tiny_model, prompts, GREEDY, OFF, **config)
-    spec, engine = _generate(tiny_model, prompts, GREEDY, **config)
+    spec, engine = _generate(tiny_model, prompts, GREEDY, SpeculativeConfig(adaptive=adaptive), **config)
     assert spec == plain
-    if config["max_num_seqs"] <= 4:
+    if not adaptive:
         assert engine.stats.num_accepted_tokens > 0
-    else:
-        assert engine.stats.num_draft_tokens == 0
     assert engine.kv.num_free_blocks == engine.kv.num_blocks  # every block returned
 
 
@@ -240,8 +324,8 @@ def test_seeded_sampling_with_penalties_equals_plain_decoding(tiny_model):
               for t, k, s, r, pp, m in [(0.7, 0, 1, 1.0, 0.0, 0), (1.0, 20, 2, 1.1, 0.5, 10), (0.5, 0, 3, 1.0, -0.5, 0),
                                         (0.3, 5, 4, 1.0, 0.0, 0)] * 2]
     plain, _ = _generate(tiny_model, prompts, params, OFF, max_num_seqs=4)
-    spec, engine = _generate(tiny_model, prompts, params, max_num_seqs=4)
-    again, _ = _generate(tiny_model, prompts, params, max_num_seqs=4)
+    spec, engine = _generate(tiny_model, prompts, params, ALWAYS, max_num_seqs=4)
+    again, _ = _generate(tiny_model, prompts, params, ALWAYS, max_num_seqs=4)
     assert spec == plain == again
     assert engine.stats.num_accepted_tokens > 0
 
@@ -250,7 +334,7 @@ def test_logprobs_of_accepted_tokens_equal_plain_decoding(tiny_model):
     prompts = _prompts()[5:]
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, logprobs=3)
     runs = {}
-    for name, speculative in (("plain", OFF), ("spec", SpeculativeConfig())):
+    for name, speculative in (("plain", OFF), ("spec", ALWAYS)):
         engine = LLMEngine(tiny_model, config=EngineConfig(block_size=4, speculative=speculative))
         ids = [engine.add_request(p, params) for p in prompts]
         got = {i: [] for i in ids}
@@ -283,7 +367,7 @@ def test_wrong_drafts_are_rolled_back(tiny_model, monkeypatch):
         return right[:cut] + [(t + 1) % 256 for t in right[cut:]]
 
     monkeypatch.setattr(NgramIndex, "propose", half_right)
-    config = SpeculativeConfig(min_acceptance=0.0)  # never pause
+    config = SpeculativeConfig(adaptive=False)  # verify every proposal
     spec, engine = _generate(tiny_model, prompts, GREEDY, config, max_num_seqs=4, max_num_batched_tokens=9)
     assert spec == plain
     assert 0 < engine.stats.num_accepted_tokens < engine.stats.num_draft_tokens

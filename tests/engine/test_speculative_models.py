@@ -53,6 +53,7 @@ CONFIGS = {
     "chunked": dict(max_num_seqs=4, max_num_batched_tokens=24),
 }
 OFF = SpeculativeConfig(method="none")
+ALWAYS = SpeculativeConfig(adaptive=False)  # every proposal verified, whatever the policy would choose
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def _compare(llm: LLM, prompts: list[str], params: SamplingParams, **config) -> 
     """Run `prompts` with speculation off and on; the outputs must be equal. Returns the on engine."""
     ids = [llm.prompt_ids(p) for p in prompts]
     plain = _engine(llm, OFF, **config).generate(ids, params)
-    engine = _engine(llm, SpeculativeConfig(), **config)
+    engine = _engine(llm, ALWAYS, **config)
     spec = engine.generate(ids, params)
     for prompt, want, got in zip(prompts, plain, spec, strict=True):
         assert got == want, f"{prompt!r}:\n plain {llm.tokenizer.decode(want)!r}\n spec  {llm.tokenizer.decode(got)!r}"
@@ -108,7 +109,7 @@ def test_stop_strings_cut_at_the_same_token(smollm2):
     """A stop string completed inside an accepted draft ends the output at that token, as without drafts."""
     prompt = smollm2.prompt_ids(f"Repeat the following text exactly: {NOTICE}")
     results = []
-    for speculative in (OFF, SpeculativeConfig()):
+    for speculative in (OFF, ALWAYS):
         engine = _engine(smollm2, speculative)
         request_id = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=60, stop=["phones"]))
         tokens, text, reason = [], "", None
