@@ -26,16 +26,13 @@ import asyncio
 import json
 import platform
 import random
-import socket
 import statistics
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from luodi.cluster.gateway import GatewayConfig, create_gateway
 from luodi.cluster.local import LocalReplicas
@@ -91,21 +88,12 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def gateway(urls: dict[str, str], policy: str, slo_tpot_ms: float | None = None):
+    from server.live_server import serving
+
     config = GatewayConfig(urls, policy=policy, slo_tpot_ms=slo_tpot_ms, queue_timeout_s=5.0)  # type: ignore[arg-type]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_gateway(config), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    time.sleep(1.0)  # a poll of every replica's figures
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serving(create_gateway(config)) as url:
+        time.sleep(1.0)  # a poll of every replica's figures
+        yield url
 
 
 # -- workload ------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from luodi.cluster.replicas import Replica
 Pick = Callable[[frozenset[str]], Awaitable[Replica | None]]
 Release = Callable[[Replica, bool], None]  # (replica, succeeded)
 _TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=60.0, pool=60.0)
+_REPLICA_FAILED = (500, 502, 503, 504)  # the replica, not the request: try another
 
 
 class NoReplicaError(Exception):
@@ -83,18 +84,14 @@ async def send_once(client: httpx.AsyncClient, pick: Pick, release: Release, pat
         replica = await pick(frozenset(tried))
         if replica is None:
             raise NoReplicaError("no replica could take the request")
-        ok = False
         try:
             response = await client.post(f"{replica.url}{path}", json=body, headers=headers, timeout=_TIMEOUT)
-            ok = response.status_code < 500
         except httpx.TransportError as exc:
             replica.mark_down(f"{path} failed: {type(exc).__name__}")
             response = None
-        finally:
-            release(replica, ok)
-        if ok and response is not None:
-            return response
-        if response is not None and response.status_code not in (500, 502, 503, 504):
+        failed = response is None or response.status_code in _REPLICA_FAILED
+        release(replica, not failed)
+        if not failed:
             return response
         tried.add(replica.id)
 
@@ -116,7 +113,7 @@ async def open_stream(client: httpx.AsyncClient, pick: Pick, release: Release, p
             release(replica, False)
             tried.add(replica.id)
             continue
-        if response.status_code in (500, 502, 503, 504):
+        if response.status_code in _REPLICA_FAILED:
             await response.aclose()
             release(replica, False)
             tried.add(replica.id)

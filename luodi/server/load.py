@@ -12,6 +12,7 @@ Must not know routes or the protocol: reads the engine's scheduler, KV pool and 
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -54,7 +55,8 @@ def fit_step_cost(history: list[tuple[int, int, float]]) -> StepCost | None:
 def load_report(engine: LLMEngine, num_admitted: int, hardware: str, started_at: float) -> dict:
     """The figures a gateway routes by (JSON-ready)."""
     scheduler, kv = engine.scheduler, engine.kv
-    cost = fit_step_cost(list(engine.stats.history))
+    history = engine.stats.history  # a deque of up to 4096 steps: copy only the recent ones
+    cost = fit_step_cost(list(itertools.islice(history, max(len(history) - _RECENT_STEPS, 0), None)))
     return {
         "pid": os.getpid(),
         "node": os.environ.get("LUODI_NODE_ID") or socket.gethostname(),  # a Ray node's id, else the host

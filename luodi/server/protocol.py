@@ -191,11 +191,10 @@ class _SamplingFields(_Body):
     return_token_ids: bool = False
     resume_token_ids: list[int] | None = None
 
-    def _check_resume(self, vocab_size: int) -> None:
+    def _check_resume(self) -> None:
         if not self.resume_token_ids:
             return
-        _check_token_ids(self.resume_token_ids, vocab_size, "resume_token_ids")
-        if (self.n or 1) != 1:
+        if (self.n or 1) != 1:  # the ids themselves are the engine's to check (`LLMEngine.check_request`)
             raise InvalidParameterError("resume_token_ids continue one choice; send n=1", param="resume_token_ids")
 
     def check_limits(self, limits: RequestLimits, vocab_size: int) -> None:
@@ -220,7 +219,7 @@ class _SamplingFields(_Body):
             if not -100 <= value <= 100:
                 raise InvalidParameterError(
                     f"logit_bias[{key!r}] = {value} is outside [-100, 100]", param="logit_bias")
-        self._check_resume(vocab_size)
+        self._check_resume()
         grammar = self.grammar_spec()
         if grammar is not None and len(grammar.text) > limits.max_grammar_chars:
             raise InvalidParameterError(

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from luodi.cluster.local import free_port
 from model_cache import cache_home, pulled_model_path
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,6 @@ PROMPTS = ["Say hello.", "What is the capital of France?", "List three colors.",
            "Tell me a short story about a cat.", "Write the word 'banana' five times.",
            "Explain rain to a child.", "写一首关于春天的短诗。"]
 MAX_TOKENS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status(url: str) -> dict:
@@ -57,7 +51,7 @@ def _wait_for(predicate, what: str, timeout: float = 240.0) -> None:
 
 @pytest.fixture(scope="module")
 def gateway():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LUODI_TEST_HOME": str(cache_home())}  # the session's home: its native kernels are built
     command = [sys.executable, "-m", "luodi", "serve", "--model", str(pulled_model_path("smollm2-135m-instruct")),
                "--served-model-name", MODEL, "--replicas", "2", "--threads-per-replica", "1", "--port", str(port),

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from luodi.cluster.local import free_port
 from model_cache import cache_home, pulled_model_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(find_spec("ray") is None, reason="needs the ray extra")]
@@ -45,12 +45,6 @@ cluster.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_replicas_land_where_their_resource_is(tmp_path):
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
     env = {**os.environ, "PYTHONPATH": str(REPO), "LUODI_TEST_HOME": str(cache_home()), **auth}
@@ -59,7 +53,7 @@ def test_replicas_land_where_their_resource_is(tmp_path):
     gateway = None
     try:
         started = json.loads(cluster.stdout.readline())
-        port = _free_port()
+        port = free_port()
         gateway = subprocess.Popen(
             [sys.executable, "-m", "luodi", "serve", "--model", str(pulled_model_path("smollm2-135m-instruct")),
              "--served-model-name", "smollm2", "--ray", started["address"], "--ray-resource", "cpu-b",

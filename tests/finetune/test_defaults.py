@@ -91,15 +91,20 @@ def test_probe_answer_check_is_fair_not_lenient():
     assert contains_expected("Oh, hello world! Hi.", ("hello world!",))
 
 
-def test_early_stopping_keeps_the_best_epoch(tiny_model_dir):
-    # Training teaches w3 -> w4; the eval set says w3 -> w5. Once w4 is learned (the first run),
-    # more training only makes w5 less likely: the eval loss rises every epoch.
+def _overtrained(tiny_model_dir):
+    """Training teaches w3 -> w4; the eval set says w3 -> w5. Once w4 is learned (the first run),
+    more training only makes w5 less likely: the eval loss rises every epoch."""
     train = [TrainingExample([3, 4, 1], [IGNORE_INDEX, 4, 1], "train")] * 8
     heldout = [TrainingExample([3, 5, 1], [IGNORE_INDEX, 5, 1], "eval")]
     torch.manual_seed(0)
     model = attach_lora(load_for_training(str(tiny_model_dir), device="cpu", dtype="float32").model,
                         LoraOptions(rank=4, alpha=8))
     train_epochs(model, train, None, TrainOptions(epochs=10, lr=1e-2, batch_size=4), report=None)
+    return model, train, heldout
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_model_dir):
+    model, train, heldout = _overtrained(tiny_model_dir)
     log = train_epochs(model, train, heldout, TrainOptions(epochs=6, lr=1e-2, batch_size=4, patience=2),
                        report=None)
     losses = [e["loss"] for e in log.evals]
@@ -113,12 +118,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model_dir):
 def test_patience_waits_for_the_first_right_answer(tiny_model_dir):
     # The rising eval loss of the test above, judged by answers: none right until epoch 5, fewer after.
     # Patience 2 must not stop while no answer is right (by loss it stops at 3); it counts from 5.
-    train = [TrainingExample([3, 4, 1], [IGNORE_INDEX, 4, 1], "train")] * 8
-    heldout = [TrainingExample([3, 5, 1], [IGNORE_INDEX, 5, 1], "eval")]
-    torch.manual_seed(0)
-    model = attach_lora(load_for_training(str(tiny_model_dir), device="cpu", dtype="float32").model,
-                        LoraOptions(rank=4, alpha=8))
-    train_epochs(model, train, None, TrainOptions(epochs=10, lr=1e-2, batch_size=4), report=None)  # loss now rises
+    model, train, heldout = _overtrained(tiny_model_dir)
     calls = iter([0.0] * 5 + [0.5] + [0.25] * 5)  # epoch 0 (before), 1, 2, ...
     log = train_epochs(model, train, heldout, TrainOptions(epochs=10, lr=1e-2, batch_size=4, patience=2),
                        report=None, judge=lambda _model: next(calls))

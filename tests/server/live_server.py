@@ -35,13 +35,18 @@ def make_llm(loaded: LoadedModel, **engine: object) -> LLM:
 def running_server(service: ModelService, knowledge: KnowledgeService | None = None) -> Iterator[str]:
     """Serve `service` (and `knowledge`, the app's default if None) on a free 127.0.0.1 port in a
     thread; yields the base URL; stops on exit."""
+    with serving(create_app(service, knowledge)) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    """Serve an ASGI app on a free 127.0.0.1 port in a thread; yields the base URL; stops on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service, knowledge), log_level="warning", timeout_graceful_shutdown=2)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
