@@ -42,7 +42,8 @@ def chain_hashes(text: str, chunk_chars: int = CHUNK_CHARS) -> list[bytes]:
     """One hash per whole chunk of `text`, each covering every chunk before it."""
     hashes, previous = [], b""
     for start in range(0, len(text) - chunk_chars + 1, chunk_chars):
-        previous = hashlib.blake2b(previous + text[start : start + chunk_chars].encode(), digest_size=8).digest()
+        chunk = text[start : start + chunk_chars].encode("utf-8", "surrogatepass")  # JSON may carry a lone surrogate
+        previous = hashlib.blake2b(previous + chunk, digest_size=8).digest()
         hashes.append(previous)
     return hashes
 

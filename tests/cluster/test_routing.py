@@ -31,6 +31,7 @@ def test_hash_chains_match_exactly_the_shared_leading_chunks():
     ha, hb = chain_hashes(a), chain_hashes(b)
     assert len(ha) == 3 and len(hb) == 4 and ha == hb[:3]
     assert chain_hashes("y" + a)[0] != ha[0]
+    assert len(chain_hashes("\ud800" * CHUNK_CHARS)) == 1  # a lone surrogate (valid JSON) is hashed, not a 500
     memory = PrefixMemory(capacity_chunks=5)
     memory.add(hb)
     assert memory.matched_chunks(ha) == 3 and memory.matched_chunks(chain_hashes("z" * 200)) == 0
