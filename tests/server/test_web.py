@@ -1,6 +1,7 @@
 """The web chat at `/`: static files with no external assets, and — in headless Chromium — a typed
 message gets a streamed answer, a token rate, and a screenshot artifact; answers are rendered
-from Markdown without ever becoming live HTML.
+from Markdown without ever becoming live HTML; the Scene mode shows a scene's cast without its
+secrets and plays it, each character in turn, behind an API key.
 
 The browser tests drive Debian's Chromium (`apt install chromium`) through Playwright and skip,
 saying so, where it is not installed."""
@@ -23,6 +24,7 @@ from model_cache import REPO_ROOT
 
 from luodi.kb.store.sqlite import SqliteStore
 from luodi.server.app import STATIC_DIR
+from luodi.server.auth import add_key
 from luodi.server.kb_service import KnowledgeService
 
 CHROMIUM = os.environ.get("LUODI_CHROMIUM") or "/usr/bin/chromium"  # Debian's package `chromium`
@@ -230,3 +232,126 @@ def test_api_key_is_kept_for_the_tab_only(base_url):
         page.dispatch_event("#api-key", "change")
         assert page.evaluate("sessionStorage.getItem('luodi-api-key')") == "sk-test-key"
         assert page.evaluate("localStorage.getItem('luodi-api-key')") is None
+
+
+# -- Scene mode -----------------------------------------------------------------------------------------
+
+QUESTION = "Where were you at midnight?"
+_WORDS = re.compile(r"[a-z0-9]+|[\u4e00-\u9fff]", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(loaded, tmp_path_factory):
+    """A server that asks for an API key, as the page gets it from Settings; yields (base URL, key)."""
+    keys = tmp_path_factory.mktemp("web-keys") / "keys.json"
+    key = add_key(keys, "player")
+    with running_server(service_for(make_llm(loaded, max_num_seqs=2), api_keys_file=keys)) as url:
+        yield url, key
+
+
+def _scene_error(server: tuple[str, str], **body) -> str:
+    """The route's own error message for `body` (the oracle for what the page must show)."""
+    url, key = server
+    response = httpx.post(url + "/v1/apps/scene", json=body, headers={"Authorization": f"Bearer {key}"},
+                          timeout=60)
+    assert response.status_code == 400, response.text
+    return response.json()["error"]["message"]
+
+
+def _example_scene(page) -> dict:
+    """The example scene the editor starts with, opening the editor."""
+    page.click("#scene-editor summary")
+    return json.loads(page.input_value("#scene-json"))
+
+
+def _words(text: str) -> set[str]:
+    """Its words, lowercased, leaving out one- and two-letter ones ("s" of "lord's") that any text has."""
+    return {w.lower() for w in _WORDS.findall(text) if len(w) > 2 or not w.isascii()}
+
+
+def test_scene_mode_plays_the_example_scene_in_turn(keyed_server):
+    with chat_page(keyed_server[0], api_key=keyed_server[1]) as (page, expect):
+        scene = _example_scene(page)
+        names = [c["name"] for c in scene["characters"]]
+        page.click("#scene-load")
+        cast = page.locator("#scene-cast")
+        expect(cast.locator("li")).to_have_count(len(names), timeout=30_000)
+        assert cast.locator("li b").all_inner_texts() == names
+        shown = cast.text_content()  # hidden nodes too
+        unsecret = [{**c, "secret": ""} for c in scene["characters"]]
+        public = _words(json.dumps({**scene, "characters": unsecret}))  # words the cast may well show
+        for character in scene["characters"]:
+            assert character["public"] in shown
+            assert not (_words(character["secret"]) - public) & _words(shown), character["secret"]
+        expect(page.locator("#scene-json")).to_be_hidden()  # the editor, secrets and all, folds away
+
+        page.fill("#max-tokens", "12")
+        page.fill("#prompt", QUESTION)
+        page.click("#scene")
+        lines = page.locator(".message.scene")
+        expect(lines).to_have_count(len(names), timeout=30_000)
+        expect(page.locator(".message.scene.streaming")).to_have_count(0, timeout=180_000)
+        assert page.locator(".message.user .speaker").all_inner_texts() == [scene["user"]]
+        assert lines.locator(".speaker").all_inner_texts() == names
+        assert lines.locator(".error-note").count() == 0
+        texts = lines.locator(".text").all_text_contents()
+        assert all(text.strip() for text in texts)
+
+        with page.expect_request("**/v1/apps/scene") as sent:  # the next round carries the transcript
+            page.click("#scene-next")
+        body = sent.value.post_data_json
+        assert [(line["speaker"], line["text"]) for line in body["transcript"]] == \
+            [(scene["user"], QUESTION), *zip(names, texts)]
+        assert "message" not in body and body["speakers"] == names[:1]
+        expect(lines).to_have_count(2 * len(names), timeout=30_000)
+        expect(page.locator(".message.scene.streaming")).to_have_count(0, timeout=180_000)
+        assert lines.locator(".speaker").all_inner_texts() == names * 2
+        assert lines.locator(".error-note").count() == 0
+        screenshot(page, "scene-mode.png")
+
+
+def test_scene_mode_shows_the_routes_errors_on_one_line(keyed_server, tmp_path):
+    with chat_page(keyed_server[0], api_key=keyed_server[1]) as (page, expect):
+        status = page.locator("#scene-file-status")
+        page.fill("#prompt", QUESTION)
+        page.click("#scene")  # no scene loaded yet
+        expect(page.locator(".message.assistant.error .text")).to_contain_text("Load a scene first")
+
+        scene = _example_scene(page)
+        page.fill("#scene-json", "{not json")
+        page.click("#scene-load")
+        expect(status).to_contain_text("the scene editor: not JSON")
+        lonely = {**scene, "characters": scene["characters"][:1]}
+        (tmp_path / "lonely.json").write_text(json.dumps(lonely))
+        page.set_input_files("#scene-file", str(tmp_path / "lonely.json"))
+        message = _scene_error(keyed_server, scene=lonely, speakers=[], print_prompt=True)
+        expect(status).to_have_text("lonely.json: " + message, timeout=30_000)
+        expect(page.locator("#scene-cast")).to_be_hidden()
+
+        (tmp_path / "manor.json").write_text(json.dumps(scene))
+        page.set_input_files("#scene-file", str(tmp_path / "manor.json"))
+        expect(status).to_have_text("playing " + scene["title"], timeout=30_000)
+        first = scene["characters"][0]["name"]
+        page.fill("#max-tokens", "5000")  # over the route's limit: the first speaker's request fails
+        page.click("#scene")
+        message = _scene_error(keyed_server, scene=scene, transcript=[], speakers=[first], message=QUESTION,
+                               max_tokens=5000)
+        failed = page.locator(".message.scene")
+        expect(failed.locator(".error-note")).to_have_text("Error: " + message, timeout=30_000)
+        assert failed.count() == 1
+        assert page.input_value("#prompt") == QUESTION  # not heard: kept to send again
+
+        page.route("**/v1/apps/scene", lambda route: route.continue_(post_data=json.dumps(
+            {**route.request.post_data_json, "speakers": ["Butler"]})))  # a speaker the scene does not have
+        page.fill("#max-tokens", "8")
+        page.click("#scene-next")
+        message = _scene_error(keyed_server, scene=scene, speakers=["Butler"])
+        expect(failed.last.locator(".error-note")).to_have_text("Error: " + message, timeout=30_000)
+        assert "\n" not in message
+        page.unroute("**/v1/apps/scene")
+
+        page.click("#scene")  # the page still plays
+        expect(failed).to_have_count(2 + len(scene["characters"]), timeout=30_000)
+        expect(page.locator(".message.scene.streaming")).to_have_count(0, timeout=180_000)
+        assert failed.locator(".speaker").all_inner_texts()[2:] == [c["name"] for c in scene["characters"]]
+        assert failed.locator(".error-note").count() == 2

@@ -48,9 +48,16 @@ async function loadModel() {
   $("model").textContent = state.model;
 }
 
-function addMessage(role, text) {
+// A message box; with `speaker`, the name is shown above the text (the Scene mode's lines).
+function addMessage(role, text, speaker) {
   const box = document.createElement("div");
   box.className = "message " + role;
+  if (speaker) {
+    const name = document.createElement("div");
+    name.className = "speaker";
+    name.textContent = speaker;
+    box.appendChild(name);
+  }
   const body = document.createElement("div");
   body.className = "text";
   body.textContent = text;
@@ -60,7 +67,7 @@ function addMessage(role, text) {
   return box;
 }
 
-// An app mode's button, placed after Send (the Minutes, Support, Persona, Schedule modes).
+// An app mode's button, placed after Send (the Minutes, Support, Persona, Schedule, Scene modes).
 function modeButton(id, label, title) {
   const button = document.createElement("button");
   button.id = id;
