@@ -24,7 +24,8 @@ def support(
     persona: Annotated[str, typer.Option(help="Who the bot is.")] = "You are the support assistant of our company.",
     tone: Annotated[str, typer.Option(help="How it speaks.")] = "friendly and concise",
     min_score: Annotated[float | None, typer.Option(
-        "--min-score", help="Hand off when no passage is at least this similar (cosine).")] = None,
+        "--min-score", help="Hand off when no passage is at least this similar (cosine); "
+                            "default: the threshold tuned for the question's language.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     max_tokens: MaxTokensOpt = 200,
     store: StoreOpt = None,
@@ -32,7 +33,7 @@ def support(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Answer customers from a knowledge base with citations; hand off instead of guessing."""
-    from luodi.apps.support import DEFAULT_MIN_SCORE, SupportBot, SupportConfig
+    from luodi.apps.support import SupportBot, SupportConfig
     from luodi.engine.sampling import SamplingParams
     from luodi.kb.embedding import get_embedder
     from luodi.kb.store import check_text
@@ -43,7 +44,7 @@ def support(
         check_text(question, "question", "--ask")  # before the model loads
     kb_store = _store(store)
     info = kb_store.info(kb, owner=LOCAL_OWNER)  # a missing knowledge base is an error here
-    config = SupportConfig(persona, tone, DEFAULT_MIN_SCORE if min_score is None else min_score)
+    config = SupportConfig(persona, tone, min_score)
     bot = SupportBot(load_llm(model, device, dtype), kb_store, get_embedder(info.embedder), kb, LOCAL_OWNER, config)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1)
     for text in [question] if question is not None else user_lines("support> "):

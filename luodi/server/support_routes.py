@@ -49,8 +49,9 @@ class SupportRequest(BaseModel):
         min_length=1, max_length=200, description="The conversation; the last is the customer's question.")
     persona: str = Field(_DEFAULTS.persona, max_length=2000, description="Who the bot is.")
     tone: str = Field(_DEFAULTS.tone, max_length=200, description="How it speaks.")
-    min_score: float = Field(_DEFAULTS.min_score, ge=-1.0, le=1.0,
-                             description="Hand off when no passage is at least this similar (cosine).")
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Hand off when no passage is at least this similar (cosine); "
+                                           "default: the threshold tuned for the question's language.")
     max_tokens: int = Field(200, ge=1, le=4096)
     stream: bool = False
     model: str | None = None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from luodi.apps.support import HANDOFF_TEXT, SupportBot, SupportConfig, pick_min_score, rewrite_follow_up
+from luodi.apps.support import (DEFAULT_MIN_SCORES, HANDOFF_TEXT, SupportBot, SupportConfig, pick_min_score,
+                                query_language, rewrite_follow_up)
 
 pytest.importorskip("apsw", reason="pip install 'luodi[kb]'")
 PAGES = {
@@ -57,12 +58,20 @@ def test_answerable_question_cites_its_page(kb):
     assert [s.hit.source.rsplit("/", 1)[-1] for s in reply.sources if s.cited] == ["wifi.md"]
 
 
-@pytest.mark.parametrize("question", ["What is the capital of Australia?", "Write me a poem about the sea."])
+@pytest.mark.parametrize("question", ["What is the capital of Australia?", "Write me a poem about the sea.",
+                                      "上海明天会下雨吗？"])
 def test_unanswerable_question_hands_off(kb, question):
     reply = bot(kb).ask(question)
     assert reply.handoff and reply.answer == HANDOFF_TEXT and reply.sources == []
-    assert reply.to_dict()["handoff"] is True and reply.best_score < SupportConfig().min_score
+    assert reply.to_dict()["handoff"] is True and reply.best_score < SupportConfig().threshold(question)
     assert "close enough" in reply.to_dict()["reason"] and "'help'" in reply.reason
+
+
+def test_threshold_follows_the_question_language():
+    assert [query_language(q) for q in ("Does it work with 5 GHz Wi-Fi?", "Wi-Fi密码输错了怎么办？")] == ["en", "zh"]
+    assert SupportConfig().threshold("How long is the warranty?") == DEFAULT_MIN_SCORES["en"]
+    assert SupportConfig().threshold("保修多久？") == DEFAULT_MIN_SCORES["zh"] > DEFAULT_MIN_SCORES["en"]
+    assert SupportConfig(min_score=0.5).threshold("保修多久？") == 0.5  # a given threshold holds for both
 
 
 def test_follow_up_finds_the_page_of_the_first_question(kb):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from live_server import make_llm, running_server, service_for
 
-from luodi.apps.support import DEFAULT_MIN_SCORE, HANDOFF_TEXT
+from luodi.apps.support import DEFAULT_MIN_SCORES, HANDOFF_TEXT
 from luodi.server.auth import add_key
 from luodi.server.kb_service import KnowledgeService
 
@@ -100,7 +100,7 @@ def test_a_follow_up_is_searched_with_the_conversation(server):
 def test_an_unanswerable_question_is_handed_off(server):
     reply = ask(server, messages=OFF_TOPIC).json()
     assert reply["handoff"] is True and reply["answer"] == HANDOFF_TEXT and reply["sources"] == []
-    assert "close enough" in reply["reason"] and reply["best_score"] < DEFAULT_MIN_SCORE
+    assert "close enough" in reply["reason"] and reply["best_score"] < DEFAULT_MIN_SCORES["en"]
 
 
 def test_the_stream_matches_the_json_answer(server):
