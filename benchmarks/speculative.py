@@ -15,6 +15,11 @@ whether the greedy outputs were identical (they must be in batch-invariant mode,
         [--batches 1,4,8,16] [--out benchmarks/results/speculative.json]
 
 Writes benchmarks/results/speculative.json (or --out).
+
+`--ceiling` measures no time: it generates each task's greedy outputs once without drafts, then
+replays prompt lookup over them as if every step drafted `num_draft_tokens` and verification were
+free, and prints the tokens a step would yield (a plain step yields 1). Divided by a verify step's
+cost relative to a plain step, that bounds what drafting can gain on these outputs.
 """
 
 from __future__ import annotations
@@ -112,6 +117,24 @@ def measure(engines: dict, prompts: list[list[int]], batch: int, params, reps: i
     }
 
 
+def lookup_ceiling(outputs: list[tuple[list[int], list[int]]], config) -> dict:
+    """Tokens per step over (prompt, greedy output) pairs if every step verified a full draft for free."""
+    from luodi.engine.speculative import NgramIndex
+
+    tokens = steps = drafted = 0
+    for prompt, output in outputs:
+        index, done = NgramIndex(config.min_ngram, config.max_ngram), 0
+        while done < len(output):
+            draft = index.propose(prompt + output[:done], config.num_draft_tokens)
+            matched = 0
+            while matched < len(draft) and done + matched < len(output) and draft[matched] == output[done + matched]:
+                matched += 1
+            steps, drafted, done = steps + 1, drafted + bool(draft), done + 1 + matched
+        tokens += len(output)
+    return {"tokens_per_step": round(tokens / steps, 3), "steps_with_a_draft": round(drafted / steps, 3),
+            "num_draft_tokens": config.num_draft_tokens, "ngram": [config.min_ngram, config.max_ngram]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -122,6 +145,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON report")
     parser.add_argument("--batch-invariant", choices=("on", "off"), default="on",
                         help="kernels in batch-invariant mode (the default) or not")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="tokens per step if verification were free (no timing; see the docstring)")
     args = parser.parse_args()
 
     from luodi.engine.engine import EngineConfig, LLMEngine
@@ -142,6 +167,12 @@ def main() -> None:
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     tasks = {"copy": COPY_TASKS[: args.num_prompts], "free": FREE_TASKS[: args.num_prompts]}
     prompt_ids = {name: [llm.prompt_ids(p) for p in prompts] for name, prompts in tasks.items()}
+    if args.ceiling:
+        for name, prompts in prompt_ids.items():
+            outputs = engines["none"].generate(prompts, params)
+            pairs = [(p, list(o)) for p, o in zip(prompts, outputs, strict=True)]
+            print(json.dumps({"task": name, **lookup_ceiling(pairs, SpeculativeConfig())}))
+        return
     for engine in engines.values():  # warm: first-step allocations, kernel dispatch
         engine.generate(prompt_ids["free"][:1], SamplingParams(temperature=0, max_tokens=8))
 
