@@ -116,6 +116,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,7 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
-from luodi.kernels import isa
+from luodi.kernels import isa, native_build
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,16 @@ AVX2_EXTENSION = NativeExtension(
     "luodi_lowbit_avx2", "lowbit_avx2.cpp", "AVX2 low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
     cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"),
 )
+# AArch64 with the dot-product extension; a fixed -march, like the AVX2 build, so it is the code every
+# such CPU runs (and the code the emulated tests check: tests/kernels/neon).
+NEON_EXTENSION = NativeExtension(
+    "luodi_lowbit_neon", "lowbit_neon.cpp", "NEON low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["neon"],
+    cflags=("-O3", "-march=armv8.2-a+dotprod", "-fopenmp"), architectures=native_build.AARCH64,
+)
 # Each build and the level it serves, best first: a CPU runs the best that loads at or below its level
 # (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
-_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION))
+# Only the builds for this machine's architecture are tried.
+_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION), ("neon", NEON_EXTENSION))
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
@@ -165,7 +173,10 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 def _native_or_reason() -> tuple[Any, str]:
     global _module, _level
     reasons = []
-    for level, extension in _BUILDS:
+    builds = [(level, extension) for level, extension in _BUILDS if extension.supports_machine()]
+    if not builds:
+        reasons.append(f"no build for CPU architecture {platform.machine()}")
+    for level, extension in builds:
         _module, reason = extension.load()  # refuses a build above the level in force
         if _module is not None:
             _level = level

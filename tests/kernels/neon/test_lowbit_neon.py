@@ -20,12 +20,14 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from luodi.kernels import lowbit
 
@@ -43,14 +45,19 @@ SHAPES = [(67, 160), (21, 288), (19, 300)]  # N not a multiple of 16; K = 5 and 
 ROWS = [1, 3, 8, 11]  # decode, verify, a full pass, and a second pass
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [tool for tool in (CXX, QEMU) if shutil.which(tool) is None]
+def require_tools(*tools: str) -> None:
+    """Skip without the cross tools, or fail where CI promised them (LUODI_REQUIRE_CROSS=1)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         why = f"{' and '.join(missing)} not found (Debian packages g++-aarch64-linux-gnu and qemu-user)"
         if os.environ.get(REQUIRE_VAR) == "1":
             pytest.fail(f"{REQUIRE_VAR}=1 but {why}")
         pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_tools(CXX, QEMU)
     binary = tmp_path_factory.mktemp("neon") / "harness"
     done = subprocess.run([CXX, *CXXFLAGS, f"-I{NATIVE_DIR}", str(HERE / "harness.cpp"), "-o", str(binary)],
                           capture_output=True, text=True)
@@ -188,3 +195,15 @@ def test_rows_give_the_same_outputs_alone_and_batched(harness: Path, tmp_path: P
         batched = run_neon(harness, tmp_path, kind, packed, x, None)
         for row in (0, 5, 8, 10):
             assert torch.equal(run_neon(harness, tmp_path, kind, packed, x[row:row + 1], None)[0], batched[row])
+
+
+def test_the_torch_binding_compiles_for_aarch64() -> None:
+    """lowbit_neon.cpp cannot be linked here (no aarch64 torch), but it must compile for aarch64
+    against torch's headers, which are the same on every architecture."""
+    require_tools(CXX)
+    includes = [f"-I{path}" for path in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
+    source = str(NATIVE_DIR / lowbit.NEON_EXTENSION.source)
+    done = subprocess.run([CXX, "-std=c++20", "-fsyntax-only", *lowbit.NEON_EXTENSION.cflags, "-Werror=return-type",
+                           "-DTORCH_EXTENSION_NAME=luodi_lowbit_neon", *includes, source],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
