@@ -1,4 +1,4 @@
-"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 / AVX2 kernels, torch fallback.
+"""INT8, INT4 and BF16 weight linear layers for CPU inference: native x86 and ARM64 kernels, torch fallback.
 
 Owns turning Luodi's stored quantized weights into a kernel-ready packed form (once, at load time)
 and computing `y = x @ W.T (+ bias)` from it. It knows nothing of models or of how the weights were
@@ -78,8 +78,8 @@ process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --thread
 66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
-Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|generic, default
-the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
+Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|neon|generic,
+default the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
 VNNI + BF16, compiled -march=native) at avx512bf16, and `native/lowbit_avx2.cpp` (-mavx2 -mfma
 -mf16c, so a real AVX2 binary) at avx2 and avx512 (no kernel of its own yet). A level runs the best
 build at or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
@@ -104,6 +104,22 @@ stack are AVX-512 only, so each step runs the torch path, ~0.5 ms a layer. Kerne
 CPU time, M = 1, same load): AVX2 INT8 1.0-1.6x and INT4 0.9-1.4x the AVX-512 build's time over
 576 x 1536, 1536 x 576 and 2048 x 2048. Generic on an AVX2 CPU was slower still than torch's int
 kernels suggest: without oneDNN bf16 the quantized layers dequantized every weight per call.
+
+ARM64. `native/lowbit_neon.cpp` (-march=armv8.2-a+dotprod) serves the neon level: AArch64 CPUs with
+the dot-product extension (`asimddp`: Graviton 2+, Ampere Altra, Apple M1+), the INT8 (weight-only
+and W8A8) and INT4 (fp16 and coded grids) layers; BF16 and the fused ops stay on torch there. Its
+kernels (`native/lowbit_neon.h`, torch-free) read the same packed layouts and repeat the AVX2
+build's steps: x rounded per block of 32 (two terms for weight-only INT8), `vdotq_s32` (s8 x s8:
+INT8 q + 128 turned back into signed q, INT4 codes as non-negative s8) into int32 block sums, one
+fp32 chain per output in K order with the same fused multiply-adds; so it is batch invariant the
+same way and its outputs equal the AVX2 build's bit for bit. A q register holds 4 output rows, so a
+tile is 4 quads, swept 4, 2 or 1 at a time as M leaves registers free. Verified for correctness
+only: no aarch64 torch exists where Luodi is developed, so `tests/kernels/neon` cross-compiles the
+kernels into a small harness (`aarch64-linux-gnu-g++ -static`), runs it under `qemu-aarch64` on
+weights packed by `prepack_int8` / `prepack_int4`, and holds it to the x86 tests' bounds and to the
+AVX2 build's outputs; the thin torch binding is only compiled there (for aarch64, against torch's
+headers). Its speed on real ARM hardware is unmeasured (emulation says nothing about it), and the
+i8mm instructions (`vmmlaq_s32`) are not used yet.
 
 At the generic level, or where no build compiles (`native_available()` False; the reason is logged
 once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,
