@@ -12,8 +12,9 @@ nothing of what each kernel computes.
                 own yet, so the low-bit layers run the AVX2 build there
     avx512bf16  plus AVX512-VNNI and AVX512-BF16 (Zen 4/5, Sapphire Rapids and later)
     neon        AArch64 NEON with the dot-product extension, `asimddp` (Graviton 2+, Ampere
-                Altra, Apple M1+): the INT8/INT4 layers only (native/lowbit_neon.cpp); its
-                kernels are verified under emulation (qemu-user), their speed on ARM unmeasured
+                Altra, Apple M1+; i8mm used where present): the INT8/INT4 layers only
+                (native/lowbit_neon.cpp); its kernels are verified under emulation (qemu-user),
+                their speed on ARM unmeasured
 
 The x86 levels are ordered weakest first; neon stands beside them (no CPU has both), so detection
 and forcing work unchanged on either architecture.
@@ -48,7 +49,7 @@ LEVEL_FLAGS: dict[str, tuple[str, ...]] = {
 # Flags a level may withhold; any other flag (sse4_2, popcnt, ...) is always usable.
 _LEVELED_FLAGS = frozenset(flag for flags in LEVEL_FLAGS.values() for flag in flags) | {
     "avx512cd", "avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg", "avx512_vpopcntdq", "avx512_fp16",
-    "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "i8mm",
+    "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
 }
 
 

@@ -113,13 +113,15 @@ build's steps: x rounded per block of 32 (two terms for weight-only INT8), `vdot
 INT8 q + 128 turned back into signed q, INT4 codes as non-negative s8) into int32 block sums, one
 fp32 chain per output in K order with the same fused multiply-adds; so it is batch invariant the
 same way and its outputs equal the AVX2 build's bit for bit. A q register holds 4 output rows, so a
-tile is 4 quads, swept 4, 2 or 1 at a time as M leaves registers free. Verified for correctness
+tile is 4 quads, swept 4, 2 or 1 at a time as M leaves registers free. Where the CPU has i8mm
+(`vmmlaq_s32`: Graviton 3+, Apple M2+; detected at run time), passes of an even number of rows form
+the same integer block sums by 2 x 2 matrix products, so those outputs are the same bit for bit. Verified for correctness
 only: no aarch64 torch exists where Luodi is developed, so `tests/kernels/neon` cross-compiles the
 kernels into a small harness (`aarch64-linux-gnu-g++ -static`), runs it under `qemu-aarch64` on
-weights packed by `prepack_int8` / `prepack_int4`, and holds it to the x86 tests' bounds and to the
-AVX2 build's outputs; the thin torch binding is only compiled there (for aarch64, against torch's
-headers). Its speed on real ARM hardware is unmeasured (emulation says nothing about it), and the
-i8mm instructions (`vmmlaq_s32`) are not used yet.
+weights packed by `prepack_int8` / `prepack_int4`, emulating a Cortex-A76 (dot product, no i8mm)
+and qemu's "max" CPU (i8mm), and holds it to the x86 tests' bounds and to the AVX2 build's outputs;
+the thin torch binding is only compiled there (for aarch64, against torch's headers). Its speed on
+real ARM hardware is unmeasured: emulation says nothing about it.
 
 At the generic level, or where no build compiles (`native_available()` False; the reason is logged
 once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,

@@ -4,8 +4,8 @@
 // aarch64 torch exists where Luodi is developed, so this file is compiled only on ARM machines,
 // while the kernels it calls are checked there, cross-compiled, under qemu-user
 // (tests/kernels/neon). All it adds is what those checks cannot see: x widened to fp32 (exact for
-// bf16 / fp16), threads over output tiles (never over K, so batch invariance holds), and y rounded
-// to x's dtype by torch (round to nearest even, as the x86 builds' stores).
+// bf16 / fp16), threads over output tiles (never over K, so batch invariance holds), y rounded to
+// x's dtype by torch (round to nearest even, as the x86 builds' stores), and the i8mm probe.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -26,6 +26,7 @@ namespace {
 using namespace luodi::neon;
 
 constexpr int64_t kMinTaskBytes = 32 << 10;  // below this, a thread hand-off costs more than it saves
+const bool kHasI8mm = cpu_has_i8mm();          // smmla for passes of an even number of rows
 
 struct Call {
   at::Tensor x, bias;  // x fp32 [rows, k]; bias fp32 or undefined
@@ -87,7 +88,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const ActQuant mode = per_row ? ActQuant::kRow : ActQuant::kBlockTwoTerm;
   return run(call, x, n, kp, kp, mode, tile_bytes,
              [&](const QuantizedRows& xq, const float* bp, float* yp, int64_t t0, int64_t t1) {
-               int8_tiles(wp, sp, bp, xq, yp, n, t0, t1);
+               int8_tiles(wp, sp, bp, xq, yp, n, t0, t1, kHasI8mm);
              });
 }
 
@@ -103,7 +104,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   const uint8_t* wp = w.data_ptr<uint8_t>();
   return run(call, x, n, kp, group_size, ActQuant::kBlock, tile_bytes,
              [&](const QuantizedRows& xq, const float* bp, float* yp, int64_t t0, int64_t t1) {
-               int4_tiles(wp, bp, xq, yp, n, group_size, coded, t0, t1);
+               int4_tiles(wp, bp, xq, yp, n, group_size, coded, t0, t1, kHasI8mm);
              });
 }
 

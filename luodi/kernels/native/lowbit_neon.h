@@ -18,11 +18,14 @@
 // Registers: a q register holds 4 output rows x 4 columns of a tile's 64-byte run, so a tile of 16
 // rows is 4 quads. One sweep covers as many quads as leave room for the accumulators (all 4 for
 // M <= 2, 2 for M <= 4, 1 for M <= 8: M * quads fp32 and as many int32 registers); the first sweep
-// streams the tile from memory, the others read it back from cache.
+// streams the tile from memory, the others read it back from cache. Where the CPU has i8mm, passes
+// of an even number of rows form the same integer sums with smmla instead (the i8mm section).
 
 #pragma once
 
 #include <arm_neon.h>
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -317,6 +320,162 @@ inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group
   }
 }
 
+// -- i8mm (Graviton 3+, Apple M2+): the same block sums by 2 x 2 int8 matrix products -------------
+// smmla multiplies a pair of activation rows by a pair of output rows over 8 columns: the tile's
+// 4-column runs are zipped in pairs into 8-column operands, each product replacing 4 sdot. Integer
+// sums are exact either way, so the outputs are the dot-product kernels' bit for bit; only even M
+// (pairs of rows) takes this path. Compiled for +i8mm and called only where the CPU has it; kept
+// apart from the kernels above, which must run on dot-product CPUs without it (the tests run those
+// under an emulated Cortex-A76, which has no i8mm).
+#pragma GCC push_options
+#pragma GCC target("+i8mm")
+
+// Block sums for Q quads of output rows x P pairs of activation rows. lo holds the quad's rows r0, r1
+// and hi r2, r3, each as [m r0, m r1, m+1 r0, m+1 r1] (smmla's 2 x 2 layout).
+template <int Q, int P>
+struct PairDots {
+  int32x4_t lo[Q][P], hi[Q][P];
+
+  PairDots() {
+    for (int j = 0; j < Q; ++j)
+      for (int p = 0; p < P; ++p) lo[j][p] = hi[j][p] = vdupq_n_s32(0);
+  }
+
+  // Adds quads wa (4 rows x columns A) and wb (4 rows x columns B) times rows 2p, 2p + 1, whose
+  // 4-byte runs of columns A and B (rows side by side) start at xa and xb.
+  inline void add(const int8x16_t* wa, const int8x16_t* wb, const int8_t* xa, const int8_t* xb, int p) {
+    int64_t a, b;
+    std::memcpy(&a, xa, 8);
+    std::memcpy(&b, xb, 8);
+    const int8x16_t rows = vreinterpretq_s8_s32(
+        vzip1q_s32(vreinterpretq_s32_s64(vdupq_n_s64(a)), vreinterpretq_s32_s64(vdupq_n_s64(b))));
+    for (int j = 0; j < Q; ++j) {
+      const int32x4_t wa32 = vreinterpretq_s32_s8(wa[j]), wb32 = vreinterpretq_s32_s8(wb[j]);
+      lo[j][p] = vmmlaq_s32(lo[j][p], rows, vreinterpretq_s8_s32(vzip1q_s32(wa32, wb32)));
+      hi[j][p] = vmmlaq_s32(hi[j][p], rows, vreinterpretq_s8_s32(vzip2q_s32(wa32, wb32)));
+    }
+  }
+
+  // Quad j's 4 sums for activation row m of the pass.
+  inline int32x4_t row(int j, int m) const {
+    const int64x2_t l = vreinterpretq_s64_s32(lo[j][m / 2]), h = vreinterpretq_s64_s32(hi[j][m / 2]);
+    return vreinterpretq_s32_s64(m % 2 ? vzip2q_s64(l, h) : vzip1q_s64(l, h));
+  }
+};
+
+// int8_tile for even M through smmla.
+template <int M, bool TwoTerm>
+void int8_tile_i8mm(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias, float* y,
+                    int64_t n_out, int64_t n0) {
+  static_assert(M % 2 == 0, "smmla takes activation rows in pairs");
+  constexpr int Q = quads_per_sweep(M), P = M / 2;
+  const uint8x16_t flip = vdupq_n_u8(0x80);
+  for (int64_t s = 0; s < kTile / kQuad; s += Q) {
+    if (n0 + s * kQuad >= n_out) break;
+    float32x4_t acc[Q][M];
+    for (int j = 0; j < Q; ++j)
+      for (int m = 0; m < M; ++m) acc[j][m] = vdupq_n_f32(0.f);
+    for (int64_t b = 0; b < kp / kBlock; ++b) {
+      const uint8_t* wb = w + b * kBlock * kTile + s * 16;
+      const int8_t* xb = x.q + b * kBlock * M;
+      const int8_t* fb = TwoTerm ? x.fine + b * kBlock * M : nullptr;
+      PairDots<Q, P> dot, fine;
+#pragma GCC unroll 4
+      for (int c = 0; c < 8; c += 2) {
+        int8x16_t qa[Q], qb[Q];
+        for (int j = 0; j < Q; ++j) {
+          qa[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wb + c * 64 + j * 16), flip));
+          qb[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wb + (c + 1) * 64 + j * 16), flip));
+        }
+        for (int p = 0; p < P; ++p) {
+          dot.add(qa, qb, xb + (c * M + 2 * p) * 4, xb + ((c + 1) * M + 2 * p) * 4, p);
+          if constexpr (TwoTerm) fine.add(qa, qb, fb + (c * M + 2 * p) * 4, fb + ((c + 1) * M + 2 * p) * 4, p);
+        }
+      }
+      for (int m = 0; m < M; ++m) {
+        const float step = TwoTerm ? x.scale[b * M + m] / kFineRatio : x.scale[b * M + m];
+        for (int j = 0; j < Q; ++j) {
+          const int32x4_t sum = TwoTerm ? vmlaq_n_s32(fine.row(j, m), dot.row(j, m), static_cast<int32_t>(kFineRatio))
+                                        : dot.row(j, m);
+          acc[j][m] = vfmaq_f32(acc[j][m], vcvtq_f32_s32(sum), vdupq_n_f32(step));
+        }
+      }
+    }
+    for (int j = 0; j < Q; ++j) {
+      const int64_t r0 = n0 + (s + j) * kQuad, count = n_out - r0;
+      if (count <= 0) break;
+      const float32x4_t scale = vld1q_f32(wscale + r0);
+      const float32x4_t add = load_partial(bias ? bias + r0 : nullptr, count);
+      for (int m = 0; m < M; ++m) store_partial(y + (x.m0 + m) * n_out + r0, vfmaq_f32(add, acc[j][m], scale), count);
+    }
+  }
+}
+
+// int4_tile for even M through smmla: a run's low nibbles are columns k..k+3, its high k+4..k+7.
+template <int M, bool Coded>
+void int4_tile_i8mm(const uint8_t* w, const Pass& x, int64_t kp, int64_t group_size, const float* bias, float* y,
+                    int64_t n_out, int64_t n0) {
+  static_assert(M % 2 == 0, "smmla takes activation rows in pairs");
+  constexpr int Q = quads_per_sweep(M), P = M / 2;
+  const int64_t blocks_per_group = group_size / kBlock, group_bytes = int4_group_bytes(group_size, Coded);
+  const uint8x16_t low_nibbles = vdupq_n_u8(0x0F);
+  float steps[2 * kTile] = {};
+  if constexpr (Coded) {
+    std::memcpy(steps, w, kInt4StepBytes);
+    w += kInt4StepBytes;
+  }
+  for (int64_t s = 0; s < kTile / kQuad; s += Q) {
+    if (n0 + s * kQuad >= n_out) break;
+    float32x4_t acc[Q][M];
+    for (int j = 0; j < Q; ++j)
+      for (int m = 0; m < M; ++m) acc[j][m] = vdupq_n_f32(0.f);
+    for (int64_t g = 0; g < kp / group_size; ++g) {
+      const uint8_t* wg = w + g * group_bytes;
+      float32x4_t scale[Q], min[Q];
+      for (int j = 0; j < Q; ++j) {
+        const int64_t quad = s + j;
+        int4_group_grid<Coded>(wg + group_size * kTile / 2, quad, vld1q_f32(steps + quad * kQuad),
+                               vld1q_f32(steps + kTile + quad * kQuad), scale[j], min[j]);
+      }
+      for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
+        const int64_t b = g * blocks_per_group + bg;
+        const int8_t* xb = x.q + b * kBlock * M;
+        PairDots<Q, P> dot;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const uint8_t* wc = wg + (bg * 4 + c) * 64 + s * 16;
+          int8x16_t lo[Q], hi[Q];
+          for (int j = 0; j < Q; ++j) {
+            const uint8x16_t packed = vld1q_u8(wc + j * 16);
+            lo[j] = vreinterpretq_s8_u8(vandq_u8(packed, low_nibbles));
+            hi[j] = vreinterpretq_s8_u8(vshrq_n_u8(packed, 4));
+          }
+          for (int p = 0; p < P; ++p) dot.add(lo, hi, xb + (2 * c * M + 2 * p) * 4, xb + ((2 * c + 1) * M + 2 * p) * 4, p);
+        }
+        for (int m = 0; m < M; ++m) {
+          for (int j = 0; j < Q; ++j) {
+            const float32x4_t block_scale = vmulq_f32(scale[j], vdupq_n_f32(x.scale[b * M + m]));
+            acc[j][m] = vfmaq_f32(acc[j][m], vcvtq_f32_s32(dot.row(j, m)), block_scale);
+          }
+        }
+      }
+      for (int m = 0; m < M; ++m)
+        for (int j = 0; j < Q; ++j) acc[j][m] = vfmaq_f32(acc[j][m], min[j], vdupq_n_f32(x.sum[g * M + m]));
+    }
+    for (int j = 0; j < Q; ++j) {
+      const int64_t r0 = n0 + (s + j) * kQuad, count = n_out - r0;
+      if (count <= 0) break;
+      const float32x4_t add = load_partial(bias ? bias + r0 : nullptr, count);
+      for (int m = 0; m < M; ++m) store_partial(y + (x.m0 + m) * n_out + r0, vaddq_f32(acc[j][m], add), count);
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+// Whether this CPU has the i8mm instructions (Linux: the kernel's hwcaps).
+inline bool cpu_has_i8mm() { return (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0; }
+
 // -- dispatch -------------------------------------------------------------------------------------
 template <typename TileFn>
 inline void for_each_pass(int64_t rows, const TileFn& tile) {
@@ -341,19 +500,27 @@ inline int64_t int4_tile_bytes(int64_t kp, int64_t group_size, bool coded) {
 }
 
 // Output tiles [t0, t1) for every row of xq (quantized with sum_block = kp): y fp32 [rows, n].
-// Two-term when xq holds residuals, else W8A8. Scales: fp32, padded to whole tiles.
+// Two-term when xq holds residuals, else W8A8. Scales: fp32, padded to whole tiles. i8mm: whether
+// passes of an even number of rows may use smmla (`cpu_has_i8mm()`).
 inline void int8_tiles(const uint8_t* w, const float* scales, const float* bias, const QuantizedRows& xq, float* y,
-                       int64_t n, int64_t t0, int64_t t1) {
+                       int64_t n, int64_t t0, int64_t t1, bool i8mm) {
   const int64_t kp = xq.kp, tile_bytes = int8_tile_bytes(kp);
   const bool two_term = !xq.fine.empty();
   for (int64_t t = t0; t < t1; ++t) {
     for_each_pass(xq.rows, [&](auto m_rows, int64_t m0) {
       constexpr int M = decltype(m_rows)::value;
       const Pass pass = pass_at(xq, m0);
+      const uint8_t* wt = w + t * tile_bytes;
+      if constexpr (M % 2 == 0) {
+        if (i8mm) {
+          return two_term ? int8_tile_i8mm<M, true>(wt, pass, kp, scales, bias, y, n, t * kTile)
+                          : int8_tile_i8mm<M, false>(wt, pass, kp, scales, bias, y, n, t * kTile);
+        }
+      }
       if (two_term) {
-        int8_tile<M, true>(w + t * tile_bytes, pass, kp, scales, bias, y, n, t * kTile);
+        int8_tile<M, true>(wt, pass, kp, scales, bias, y, n, t * kTile);
       } else {
-        int8_tile<M, false>(w + t * tile_bytes, pass, kp, scales, bias, y, n, t * kTile);
+        int8_tile<M, false>(wt, pass, kp, scales, bias, y, n, t * kTile);
       }
     });
   }
@@ -361,16 +528,23 @@ inline void int8_tiles(const uint8_t* w, const float* scales, const float* bias,
 
 // Output tiles [t0, t1) for every row of xq (quantized with sum_block = group_size): y fp32 [rows, n].
 inline void int4_tiles(const uint8_t* w, const float* bias, const QuantizedRows& xq, float* y, int64_t n,
-                       int64_t group_size, bool coded, int64_t t0, int64_t t1) {
+                       int64_t group_size, bool coded, int64_t t0, int64_t t1, bool i8mm) {
   const int64_t kp = xq.kp, tile_bytes = int4_tile_bytes(kp, group_size, coded);
   for (int64_t t = t0; t < t1; ++t) {
     for_each_pass(xq.rows, [&](auto m_rows, int64_t m0) {
       constexpr int M = decltype(m_rows)::value;
       const Pass pass = pass_at(xq, m0);
+      const uint8_t* wt = w + t * tile_bytes;
+      if constexpr (M % 2 == 0) {
+        if (i8mm) {
+          return coded ? int4_tile_i8mm<M, true>(wt, pass, kp, group_size, bias, y, n, t * kTile)
+                       : int4_tile_i8mm<M, false>(wt, pass, kp, group_size, bias, y, n, t * kTile);
+        }
+      }
       if (coded) {
-        int4_tile<M, true>(w + t * tile_bytes, pass, kp, group_size, bias, y, n, t * kTile);
+        int4_tile<M, true>(wt, pass, kp, group_size, bias, y, n, t * kTile);
       } else {
-        int4_tile<M, false>(w + t * tile_bytes, pass, kp, group_size, bias, y, n, t * kTile);
+        int4_tile<M, false>(wt, pass, kp, group_size, bias, y, n, t * kTile);
       }
     });
   }

@@ -5,7 +5,8 @@
 // Input, little-endian: 9 int64 (kind: 0 INT8 weight-only, 1 INT8 per-row (W8A8), 2 INT4 fp16
 // grid, 3 INT4 coded grid; rows M, n, k, kp, group_size, has_bias, weight bytes, scale floats),
 // then the packed weight bytes, the INT8 scales (fp32, padded to whole tiles), the bias (n fp32,
-// if any) and x (M x k fp32). Output: M x n fp32.
+// if any) and x (M x k fp32). Output: M x n fp32; stdout names the kernels used, i8mm where the CPU
+// has it (for passes of an even number of rows), else dotprod.
 //
 //   harness INPUT OUTPUT
 
@@ -54,11 +55,13 @@ int main(int argc, char** argv) {
   for (int64_t m = 0; m < rows; ++m) quantize_row(x.data() + m * k, m, k, xq, mode);
   std::vector<float> y(rows * n);
   const float* bp = has_bias ? bias.data() : nullptr;
+  const bool i8mm = cpu_has_i8mm();
   if (is_int8) {
-    int8_tiles(w.data(), scales.data(), bp, xq, y.data(), n, 0, tiles);
+    int8_tiles(w.data(), scales.data(), bp, xq, y.data(), n, 0, tiles, i8mm);
   } else {
-    int4_tiles(w.data(), bp, xq, y.data(), n, group_size, kind == 3, 0, tiles);
+    int4_tiles(w.data(), bp, xq, y.data(), n, group_size, kind == 3, 0, tiles, i8mm);
   }
+  std::printf("%s\n", i8mm ? "i8mm" : "dotprod");  // which kernels ran (even M only use i8mm)
   std::FILE* out = std::fopen(argv[2], "wb");
   if (!out || std::fwrite(y.data(), sizeof(float), y.size(), out) != y.size()) return fail("cannot write the output");
   return std::fclose(out) == 0 ? 0 : fail("cannot write the output");

@@ -3,7 +3,8 @@
 Weights are packed with the real `prepack_int8` / `prepack_int4` (the tiled layout is built by
 torch ops, so it needs no native build here), written with the activations to a file that
 `harness.cpp` (the NEON kernels of `luodi/kernels/native/lowbit_neon.h`, built with
-`aarch64-linux-gnu-g++ -static -march=armv8.2-a+dotprod`) reads under `qemu-aarch64`. Its outputs
+`aarch64-linux-gnu-g++ -static -march=armv8.2-a+dotprod`) reads under `qemu-aarch64`, emulating a
+CPU with the dot product only and one with i8mm too (whose kernels must agree bit for bit). Its outputs
 must meet the bounds `tests/kernels/test_lowbit.py` holds the x86 builds to, against the float
 reference x @ dequantized(W).T; and, tighter, match the x86 builds' outputs on the same packed input
 up to fp32 summation, where those builds run here (all round x the same way), and bit for bit the
@@ -43,6 +44,9 @@ REQUIRE_VAR = "LUODI_REQUIRE_CROSS"
 KINDS = {"int8": 0, "w8a8": 1, "int4": 2, "int4_coded": 3}  # harness.cpp's case kinds
 SHAPES = [(67, 160), (21, 288), (19, 300)]  # N not a multiple of 16; K = 5 and 9 blocks of 32, then padded
 ROWS = [1, 3, 8, 11]  # decode, verify, a full pass, and a second pass
+# Emulated CPUs and the kernels the harness runs on each: a Cortex-A76 has the dot product and no
+# i8mm, so the dot-product kernels must run with nothing more; qemu's "max" has i8mm.
+CPUS = {"cortex-a76": "dotprod", "max": "i8mm"}
 
 
 def require_tools(*tools: str) -> None:
@@ -98,12 +102,19 @@ def run_neon(harness: Path, tmp_path: Path, kind: str, packed, x: torch.Tensor, 
     if bias is not None:
         parts.append(bias.float().numpy().astype("<f4").tobytes())
     parts.append(x.float().contiguous().numpy().astype("<f4").tobytes())
-    case, out = tmp_path / "case.bin", tmp_path / "y.bin"
+    case = tmp_path / "case.bin"
     case.write_bytes(b"".join(parts))
-    done = subprocess.run([QEMU, "-cpu", "max", str(harness), str(case), str(out)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return torch.from_numpy(np.fromfile(out, dtype="<f4").reshape(m, packed.out_features).copy())
+    outputs = {}
+    for cpu, kernels in CPUS.items():
+        out = tmp_path / f"y-{cpu}.bin"
+        done = subprocess.run([QEMU, "-cpu", cpu, str(harness), str(case), str(out)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"{cpu}: {done.stderr[-2000:]}"
+        assert done.stdout.strip() == kernels
+        outputs[cpu] = torch.from_numpy(np.fromfile(out, dtype="<f4").reshape(m, packed.out_features).copy())
+    # Integer block sums are exact whichever instructions form them: i8mm changes no bit.
+    assert torch.equal(outputs["max"], outputs["cortex-a76"])
+    return outputs["cortex-a76"]
 
 
 def assert_matches_x86(y: torch.Tensor, x86: dict[str, torch.Tensor], x: torch.Tensor, w: torch.Tensor) -> None:
