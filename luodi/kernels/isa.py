@@ -1,15 +1,23 @@
-"""Which x86 instruction-set level Luodi's native kernels target on this machine.
+"""Which instruction-set level Luodi's native kernels target on this machine.
 
 Owns the levels, their CPU flags and the one choice made from them: `LUODI_CPU_ISA` if set, else
-the best level /proc/cpuinfo's flags cover. Native extensions consult `usable_flags()`, so a level
-forced below what the CPU has makes Luodi behave as on a CPU of that level (how the AVX2 path is
-tested and measured on an AVX-512 machine). It knows nothing of what each kernel computes.
+the best level /proc/cpuinfo's flags cover (x86's `flags` line, AArch64's `Features`). Native
+extensions consult `usable_flags()`, so a level forced below what the CPU has makes Luodi behave as
+on a CPU of that level (how the AVX2 path is tested and measured on an AVX-512 machine). It knows
+nothing of what each kernel computes.
 
     generic     torch ops only
     avx2        AVX2 + FMA + F16C (Haswell and later, Zen 1-3)
     avx512      AVX-512 F/BW/VL/DQ without VNNI/BF16 (Skylake-SP, Cascade Lake); no kernel of its
                 own yet, so the low-bit layers run the AVX2 build there
     avx512bf16  plus AVX512-VNNI and AVX512-BF16 (Zen 4/5, Sapphire Rapids and later)
+    neon        AArch64 NEON with the dot-product extension, `asimddp` (Graviton 2+, Ampere
+                Altra, Apple M1+; i8mm used where present): the INT8/INT4 layers only
+                (native/lowbit_neon.cpp); its kernels are verified under emulation (qemu-user),
+                their speed on ARM unmeasured
+
+The x86 levels are ordered weakest first; neon stands beside them (no CPU has both), so detection
+and forcing work unchanged on either architecture.
 
 A forced level the CPU lacks falls back to the detected one (a shared setting must not crash an
 older machine); an unknown name is an error naming the allowed ones.
@@ -28,7 +36,7 @@ from luodi.errors import InvalidParameterError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "LUODI_CPU_ISA"
-LEVELS = ("generic", "avx2", "avx512", "avx512bf16")  # weakest first
+LEVELS = ("generic", "avx2", "avx512", "avx512bf16", "neon")  # x86 weakest first, then AArch64
 _AVX2 = ("avx2", "fma", "f16c")
 _AVX512 = (*_AVX2, "avx512f", "avx512bw", "avx512vl", "avx512dq")
 LEVEL_FLAGS: dict[str, tuple[str, ...]] = {
@@ -36,6 +44,7 @@ LEVEL_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": _AVX2,
     "avx512": _AVX512,
     "avx512bf16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
+    "neon": ("asimd", "asimddp"),
 }
 # Flags a level may withhold; any other flag (sse4_2, popcnt, ...) is always usable.
 _LEVELED_FLAGS = frozenset(flag for flags in LEVEL_FLAGS.values() for flag in flags) | {
@@ -52,13 +61,18 @@ class IsaChoice:
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    """This CPU's feature flags from /proc/cpuinfo: x86's `flags`, AArch64's `Features` (empty where
+    there is none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return flags_from_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         return frozenset()
+
+
+def flags_from_cpuinfo(text: str) -> frozenset[str]:
+    """The first processor's flags in /proc/cpuinfo's text."""
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
 

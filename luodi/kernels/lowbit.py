@@ -1,4 +1,4 @@
-"""INT8, INT4 and BF16 weight linear layers for CPU inference: native AVX-512 / AVX2 kernels, torch fallback.
+"""INT8, INT4 and BF16 weight linear layers for CPU inference: native x86 and ARM64 kernels, torch fallback.
 
 Owns turning Luodi's stored quantized weights into a kernel-ready packed form (once, at load time)
 and computing `y = x @ W.T (+ bias)` from it. It knows nothing of models or of how the weights were
@@ -78,8 +78,8 @@ process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --thread
 66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
-Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|generic, default
-the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
+Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|neon|generic,
+default the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
 VNNI + BF16, compiled -march=native) at avx512bf16, and `native/lowbit_avx2.cpp` (-mavx2 -mfma
 -mf16c, so a real AVX2 binary) at avx2 and avx512 (no kernel of its own yet). A level runs the best
 build at or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
@@ -105,6 +105,24 @@ CPU time, M = 1, same load): AVX2 INT8 1.0-1.6x and INT4 0.9-1.4x the AVX-512 bu
 576 x 1536, 1536 x 576 and 2048 x 2048. Generic on an AVX2 CPU was slower still than torch's int
 kernels suggest: without oneDNN bf16 the quantized layers dequantized every weight per call.
 
+ARM64. `native/lowbit_neon.cpp` (-march=armv8.2-a+dotprod) serves the neon level: AArch64 CPUs with
+the dot-product extension (`asimddp`: Graviton 2+, Ampere Altra, Apple M1+), the INT8 (weight-only
+and W8A8) and INT4 (fp16 and coded grids) layers; BF16 and the fused ops stay on torch there. Its
+kernels (`native/lowbit_neon.h`, torch-free) read the same packed layouts and repeat the AVX2
+build's steps: x rounded per block of 32 (two terms for weight-only INT8), `vdotq_s32` (s8 x s8:
+INT8 q + 128 turned back into signed q, INT4 codes as non-negative s8) into int32 block sums, one
+fp32 chain per output in K order with the same fused multiply-adds; so it is batch invariant the
+same way and its outputs equal the AVX2 build's bit for bit. A q register holds 4 output rows, so a
+tile is 4 quads, swept 4, 2 or 1 at a time as M leaves registers free. Where the CPU has i8mm
+(`vmmlaq_s32`: Graviton 3+, Apple M2+; detected at run time), passes of an even number of rows form
+the same integer block sums by 2 x 2 matrix products, so those outputs are the same bit for bit. Verified for correctness
+only: no aarch64 torch exists where Luodi is developed, so `tests/kernels/neon` cross-compiles the
+kernels into a small harness (`aarch64-linux-gnu-g++ -static`), runs it under `qemu-aarch64` on
+weights packed by `prepack_int8` / `prepack_int4`, emulating a Cortex-A76 (dot product, no i8mm)
+and qemu's "max" CPU (i8mm), and holds it to the x86 tests' bounds and to the AVX2 build's outputs;
+the thin torch binding is only compiled there (for aarch64, against torch's headers). Its speed on
+real ARM hardware is unmeasured: emulation says nothing about it.
+
 At the generic level, or where no build compiles (`native_available()` False; the reason is logged
 once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,
 for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu` (fast only for
@@ -116,6 +134,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +142,7 @@ import torch
 import torch.nn.functional as F
 
 from luodi.errors import InvalidParameterError, ModelFormatError
-from luodi.kernels import isa
+from luodi.kernels import isa, native_build
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -138,9 +157,16 @@ AVX2_EXTENSION = NativeExtension(
     "luodi_lowbit_avx2", "lowbit_avx2.cpp", "AVX2 low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
     cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"),
 )
+# AArch64 with the dot-product extension; a fixed -march, like the AVX2 build, so it is the code every
+# such CPU runs (and the code the emulated tests check: tests/kernels/neon).
+NEON_EXTENSION = NativeExtension(
+    "luodi_lowbit_neon", "lowbit_neon.cpp", "NEON low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["neon"],
+    cflags=("-O3", "-march=armv8.2-a+dotprod", "-fopenmp"), architectures=native_build.AARCH64,
+)
 # Each build and the level it serves, best first: a CPU runs the best that loads at or below its level
 # (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
-_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION))
+# Only the builds for this machine's architecture are tried.
+_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION), ("neon", NEON_EXTENSION))
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
@@ -165,7 +191,10 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 def _native_or_reason() -> tuple[Any, str]:
     global _module, _level
     reasons = []
-    for level, extension in _BUILDS:
+    builds = [(level, extension) for level, extension in _BUILDS if extension.supports_machine()]
+    if not builds:
+        reasons.append(f"no build for CPU architecture {platform.machine()}")
+    for level, extension in builds:
         _module, reason = extension.load()  # refuses a build above the level in force
         if _module is not None:
             _level = level

@@ -35,6 +35,8 @@ from luodi.kernels.isa import cpu_flags  # here too: tests stand in a CPU by pat
 from luodi.paths import luodi_home
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
+X86_64 = ("x86_64", "amd64")
+AARCH64 = ("aarch64", "arm64")
 TORCH_BUILD_LOCK = "lock"  # the file torch's cpp_extension waits on while another build runs
 
 CompileListener = Callable[[str | None], None]  # told what is compiling ("low-bit kernels"), then None
@@ -78,6 +80,11 @@ class NativeExtension:
     what: str  # for messages: "low-bit kernels"
     required_cpu_flags: tuple[str, ...]
     cflags: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp")
+    architectures: tuple[str, ...] = X86_64  # `platform.machine()` names the source compiles for
+
+    def supports_machine(self) -> bool:
+        """Whether the source is written for this CPU architecture."""
+        return platform.machine().lower() in self.architectures
 
     @property
     def source_path(self) -> Path:
@@ -94,8 +101,8 @@ class NativeExtension:
 
     def load(self) -> tuple[Any, str]:
         """(the extension module, '') or (None, why it cannot run here). Compiles on first use."""
-        if platform.machine().lower() not in ("x86_64", "amd64"):
-            return None, f"CPU architecture {platform.machine()} is not x86-64"
+        if not self.supports_machine():
+            return None, f"CPU architecture {platform.machine()} is not {' / '.join(self.architectures)}"
         flags = cpu_flags()
         missing = [flag for flag in self.required_cpu_flags if flag not in flags]
         if missing:

@@ -55,3 +55,34 @@ def test_an_extension_above_the_level_is_refused_before_compiling(monkeypatch: p
     extension = native_build.NativeExtension("x", "lowbit.cpp", "test kernels", required_cpu_flags=("avx512f",))
     module, reason = extension.load()
     assert module is None and reason == "instruction-set level avx2 (forced by LUODI_CPU_ISA) excludes avx512f"
+
+
+# -- AArch64 ----------------------------------------------------------------------------------------
+GRAVITON2 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "crc32", "atomics", "fphp", "asimdhp", "asimdrdm",
+                       "lrcpc", "dcpop", "asimddp", "ssbs"})
+CORTEX_A72 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"})
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+"""
+
+
+def test_reads_the_flags_of_x86_and_aarch64_cpuinfo() -> None:
+    assert "asimddp" in isa.flags_from_cpuinfo(ARM_CPUINFO) and "BogoMIPS" not in isa.flags_from_cpuinfo(ARM_CPUINFO)
+    assert isa.flags_from_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx2\n") == {"fpu", "sse", "avx2"}
+    assert isa.flags_from_cpuinfo("processor\t: 0\n") == frozenset()
+
+
+def test_detects_neon_with_the_dot_product_only() -> None:
+    assert isa.detect_level(GRAVITON2) == "neon"
+    assert isa.detect_level(isa.flags_from_cpuinfo(ARM_CPUINFO)) == "neon"
+    assert isa.detect_level(CORTEX_A72) == "generic"  # NEON without sdot/udot: no build of its own
+
+
+def test_forcing_levels_across_architectures_falls_back_to_detection() -> None:
+    assert isa.choose_level("avx2", GRAVITON2).level == "neon"
+    assert isa.choose_level("neon", ZEN4).level == "avx512bf16"
+    assert isa.choose_level("generic", GRAVITON2) == isa.IsaChoice("generic", "forced by LUODI_CPU_ISA")
+    assert isa.usable_flags(GRAVITON2, "generic") == GRAVITON2 - {"asimd", "asimddp"}
+    assert isa.usable_flags(ZEN4, "avx512bf16") == ZEN4 - {"avx512cd"}  # x86 levels as before

@@ -441,3 +441,38 @@ def test_bad_inputs_name_the_problem() -> None:
         lowbit.int8_linear(torch.zeros(1, 63), packed)
     with pytest.raises(InvalidParameterError, match="dtype"):
         lowbit.int8_linear(torch.zeros(1, 64, dtype=torch.float64), packed)
+
+
+GRAVITON2 = frozenset({"fp", "asimd", "fphp", "asimdhp", "asimddp"})
+
+
+@pytest.fixture
+def on_aarch64(fresh_probe: pytest.MonkeyPatch) -> list[str]:
+    """An AArch64 machine (what Luodi is not developed on): records which builds it tries to compile."""
+    tried: list[str] = []
+
+    def no_aarch64_torch(self) -> None:
+        tried.append(self.name)
+        raise RuntimeError("no aarch64 torch here")
+
+    fresh_probe.setattr(native_build.platform, "machine", lambda: "aarch64")
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: GRAVITON2)
+    fresh_probe.setattr(native_build.NativeExtension, "_compile", no_aarch64_torch)
+    return tried
+
+
+def test_an_arm_cpu_with_dot_product_tries_the_neon_build_only(on_aarch64: list[str]) -> None:
+    assert not lowbit.native_available()
+    assert on_aarch64 == ["luodi_lowbit_neon"]
+    assert lowbit.native_unavailable_reason().startswith("NEON low-bit kernels: compiling lowbit_neon.cpp failed")
+
+
+def test_an_arm_cpu_without_dot_product_or_forced_generic_compiles_nothing(
+        on_aarch64: list[str], fresh_probe: pytest.MonkeyPatch) -> None:
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: frozenset({"fp", "asimd"}))
+    assert not lowbit.native_available() and "CPU lacks asimddp" in lowbit.native_unavailable_reason()
+    lowbit._native_or_reason.cache_clear()
+    fresh_probe.setattr(native_build, "cpu_flags", lambda: GRAVITON2)
+    fresh_probe.setenv(isa.ENV_VAR, "generic")
+    assert not lowbit.native_available() and "excludes asimd, asimddp" in lowbit.native_unavailable_reason()
+    assert on_aarch64 == [] and not lowbit.prepack_int8(*stored_int8(weights(N, K))).is_native
