@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from luodi.kernels import isa
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ EXTENSION = NativeExtension(
     required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
     cflags=("-O3", "-march=native", "-fopenmp", "-ffp-contract=off"),
 )
+# A real AVX2 binary (no -march=native), as lowbit's: the code a Haswell or Zen 2 runs.
+AVX2_EXTENSION = NativeExtension(
+    "luodi_fused_avx2", "fused_ops_avx2.cpp", "AVX2 fused CPU ops", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"),
+)
+# Each build and the lowest level it serves, best first: the best that loads at or below the level in
+# force (`isa.cpu_isa()`) runs; generic and neon get none.
+_BUILDS = (("avx512", EXTENSION), ("avx2", AVX2_EXTENSION))
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _NATIVE_DTYPES = frozenset(DTYPES)
 GATED_ACTS = {"silu": 0, "gelu_pytorch_tanh": 1}  # activation name -> the native op's code
@@ -58,11 +67,16 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 
 @functools.cache
-def _native_or_reason() -> tuple[Any, str]:
-    module, reason = EXTENSION.load()
-    if module is not None:
-        module.set_batch_invariant(_batch_invariant)
-    return module, reason
+def _native_or_reason() -> tuple[Any, str, str]:
+    """(the extension module, the level of its build, '') or (None, 'generic', why none loads)."""
+    reasons = []
+    for level, extension in _BUILDS:
+        module, reason = extension.load()  # refuses a build above the level in force
+        if module is not None:
+            module.set_batch_invariant(_batch_invariant)
+            return module, level, ""
+        reasons.append(f"{extension.what}: {reason}")
+    return None, "generic", "; ".join(reasons)
 
 
 def set_batch_invariant(on: bool) -> None:
@@ -76,7 +90,7 @@ def set_batch_invariant(on: bool) -> None:
 
 @functools.cache
 def _native() -> Any:  # the extension module, or None
-    module, reason = _native_or_reason()
+    module, _, reason = _native_or_reason()
     if module is None:
         log.debug("fused native ops unavailable (%s); using torch ops", reason)
     return module
@@ -89,6 +103,12 @@ def native_available() -> bool:
 
 def native_unavailable_reason() -> str:
     """Why `native_available()` is False ('' when it is True)."""
+    return _native_or_reason()[2]
+
+
+def native_level() -> str:
+    """The instruction-set level of the build in use: 'avx512' (serving avx512 and avx512bf16), 'avx2',
+    or 'generic' (torch ops)."""
     return _native_or_reason()[1]
 
 
