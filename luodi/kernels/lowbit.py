@@ -240,9 +240,15 @@ def native_unavailable_reason() -> str:
     return _native_or_reason()[1]
 
 
+def has_native_api() -> bool:
+    """Whether the build in use offers the kernel table (`native_api`): the x86 builds do; the AVX2
+    one's has no bf16_linear (see `bf16_available`)."""
+    return native_available() and _level in ("avx512bf16", "avx2")
+
+
 def native_api() -> int:
     """The address of the native kernels' table (`native/kernel_api.h`), for the layer stack.
-    Needs `bf16_available()`."""
+    Needs `has_native_api()`."""
     return _module.api()
 
 
