@@ -13,9 +13,20 @@ in four calls per layer, ~30 us with the Python around them:
 - `rope_attend_decode`: per-head q/k norm, RoPE, storing k/v into the paged cache, and attention
   of one query token per sequence over its cached keys (GQA, sliding window).
 
+Instruction-set levels (`luodi.kernels.isa`): the best build at or below the level in force runs.
+At avx512 and avx512bf16, `native/fused_ops.cpp` (AVX-512 F/BW/VL/DQ, -march=native); at avx2,
+`native/fused_ops_avx2.cpp` (-mavx2 -mfma -mf16c, a real AVX2 binary: the code a Haswell or Zen 2
+runs); at generic and neon none (torch ops). Both are compiled with -ffp-contract=off and share their
+argument checks (`native/fused_common.h`); the AVX2 build rounds where torch does and uses the same
+exp and tanh polynomials, and differs from the AVX-512 one only in summation order (8 lanes instead
+of 16), within the same bounds of the reference (tests/kernels/test_fused.py runs every test at
+both levels). Its chunk attention always scores keys with its decode op's dot products and sums
+P V in decode's order, so it is batch invariant whatever `set_batch_invariant` says (the AVX-512
+build's faster GEMM order has no AVX2 counterpart yet).
+
 Each op has a torch reference here — the exact code the models ran before — used when the native
-code is unavailable (no AVX-512, no compiler: the reason is logged at debug level, nothing is
-raised), when autograd is on (`torch.is_grad_enabled()`: training keeps plain torch ops), for
+code is unavailable (no build for the level, no compiler: the reason is logged at debug level,
+nothing is raised), when autograd is on (`torch.is_grad_enabled()`: training keeps plain torch ops), for
 tensors off the CPU, and by the tests as the oracle. Rounding matches the reference op by op (see
 the C++ header): fp32 results agree to ~1e-6 relative, bf16/fp16 ones to one ulp where a rounding
 boundary falls between two summation orders.
@@ -49,7 +60,8 @@ EXTENSION = NativeExtension(
 )
 # A real AVX2 binary (no -march=native), as lowbit's: the code a Haswell or Zen 2 runs.
 AVX2_EXTENSION = NativeExtension(
-    "luodi_fused_avx2", "fused_ops_avx2.cpp", "AVX2 fused CPU ops", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    "luodi_fused_avx2", "fused_ops_avx2.cpp", "AVX2 fused CPU ops",
+    required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
     cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"),
 )
 # Each build and the lowest level it serves, best first: the best that loads at or below the level in

@@ -6,8 +6,9 @@ u = 2^-24 (fp32 unit roundoff) and eps_T = torch.finfo(T).eps (one ulp of T at 1
 
 - RMSNorm: the sum of n squares is accumulated in L lanes then a tree (L = 16 in the AVX-512 build,
   8 in the AVX2 one); this and torch's order are each within (n/L + log2 L) u of the exact sum
-  (positive terms), so 1/rms differs by at most delta = (n/L + log2 L + 2) u relatively. The normalized value differs by delta before its rounding to T,
-  hence by at most one ulp of T after it; scaling by w and rounding again adds one ulp of the output:
+  (positive terms), so 1/rms differs by at most delta = (n/L + log2 L + 2) u relatively. The
+  normalized value differs by delta before its rounding to T, hence by at most one ulp of T after
+  it; scaling by w and rounding again adds one ulp of the output:
   |native - ref| <= (delta + eps_T) |w * normed| + eps_T |ref|.
 - Gated activation: exp and tanh are within ~2 ulp of torch's (Sleef) ones, so act(g) differs by
   4 u |act| (+ 2 u |g| for tanh-GELU, whose 1 + tanh(y) cancels for y << 0 and keeps the

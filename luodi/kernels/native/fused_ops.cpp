@@ -107,7 +107,6 @@ inline __m512 tanh16(__m512 y) {
 }
 
 // -- small helpers --------------------------------------------------------------------------------
-
 // Sum of squares of n floats of a row of T (fp32 accumulation, as torch's mean(x.float()^2)).
 template <typename T>
 inline float sum_squares(const T* x, int64_t n) {
