@@ -489,6 +489,25 @@ def test_training_keeps_plain_torch_ops():
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
+@pytest.mark.skipif(not fused.native_available(), reason="native fused ops unavailable here")
+def test_each_level_runs_the_best_build_at_or_below_it(monkeypatch):
+    expected = {"generic": "generic", "avx2": "avx2", "avx512": "avx512", "avx512bf16": "avx512"}
+    try:
+        for level, build in expected.items():
+            if not set(isa.LEVEL_FLAGS[level]) <= isa.cpu_flags():
+                continue  # forcing a level the CPU lacks falls back to the detected one
+            monkeypatch.setenv(isa.ENV_VAR, level)
+            _reload_kernels()
+            assert fused.native_level() == build, level
+            assert fused.native_available() == (build != "generic")
+            assert fused.enabled_for(torch.zeros(2)) == (build != "generic")
+            if build == "generic":  # each build refuses, saying why
+                assert fused.native_unavailable_reason().count("excludes") == 2
+    finally:
+        monkeypatch.undo()
+        _reload_kernels()
+
+
 def test_build_failure_falls_back_to_torch(monkeypatch):
     def fail(self):
         raise OSError("no compiler")
