@@ -13,9 +13,20 @@ in four calls per layer, ~30 us with the Python around them:
 - `rope_attend_decode`: per-head q/k norm, RoPE, storing k/v into the paged cache, and attention
   of one query token per sequence over its cached keys (GQA, sliding window).
 
+Instruction-set levels (`luodi.kernels.isa`): the best build at or below the level in force runs.
+At avx512 and avx512bf16, `native/fused_ops.cpp` (AVX-512 F/BW/VL/DQ, -march=native); at avx2,
+`native/fused_ops_avx2.cpp` (-mavx2 -mfma -mf16c, a real AVX2 binary: the code a Haswell or Zen 2
+runs); at generic and neon none (torch ops). Both are compiled with -ffp-contract=off and share their
+argument checks (`native/fused_common.h`); the AVX2 build rounds where torch does and uses the same
+exp and tanh polynomials, and differs from the AVX-512 one only in summation order (8 lanes instead
+of 16), within the same bounds of the reference (tests/kernels/test_fused.py runs every test at
+both levels). Its chunk attention always scores keys with its decode op's dot products and sums
+P V in decode's order, so it is batch invariant whatever `set_batch_invariant` says (the AVX-512
+build's faster GEMM order has no AVX2 counterpart yet).
+
 Each op has a torch reference here — the exact code the models ran before — used when the native
-code is unavailable (no AVX-512, no compiler: the reason is logged at debug level, nothing is
-raised), when autograd is on (`torch.is_grad_enabled()`: training keeps plain torch ops), for
+code is unavailable (no build for the level, no compiler: the reason is logged at debug level,
+nothing is raised), when autograd is on (`torch.is_grad_enabled()`: training keeps plain torch ops), for
 tensors off the CPU, and by the tests as the oracle. Rounding matches the reference op by op (see
 the C++ header): fp32 results agree to ~1e-6 relative, bf16/fp16 ones to one ulp where a rounding
 boundary falls between two summation orders.
@@ -36,6 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from luodi.kernels import isa
 from luodi.kernels.native_build import NativeExtension
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,15 @@ EXTENSION = NativeExtension(
     required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
     cflags=("-O3", "-march=native", "-fopenmp", "-ffp-contract=off"),
 )
+# A real AVX2 binary (no -march=native), as lowbit's: the code a Haswell or Zen 2 runs.
+AVX2_EXTENSION = NativeExtension(
+    "luodi_fused_avx2", "fused_ops_avx2.cpp", "AVX2 fused CPU ops",
+    required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"),
+)
+# Each build and the lowest level it serves, best first: the best that loads at or below the level in
+# force (`isa.cpu_isa()`) runs; generic and neon get none.
+_BUILDS = (("avx512", EXTENSION), ("avx2", AVX2_EXTENSION))
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _NATIVE_DTYPES = frozenset(DTYPES)
 GATED_ACTS = {"silu": 0, "gelu_pytorch_tanh": 1}  # activation name -> the native op's code
@@ -58,11 +79,16 @@ _batch_invariant = os.environ.get("LUODI_BATCH_INVARIANT", "1") != "0"
 
 
 @functools.cache
-def _native_or_reason() -> tuple[Any, str]:
-    module, reason = EXTENSION.load()
-    if module is not None:
-        module.set_batch_invariant(_batch_invariant)
-    return module, reason
+def _native_or_reason() -> tuple[Any, str, str]:
+    """(the extension module, the level of its build, '') or (None, 'generic', why none loads)."""
+    reasons = []
+    for level, extension in _BUILDS:
+        module, reason = extension.load()  # refuses a build above the level in force
+        if module is not None:
+            module.set_batch_invariant(_batch_invariant)
+            return module, level, ""
+        reasons.append(f"{extension.what}: {reason}")
+    return None, "generic", "; ".join(reasons)
 
 
 def set_batch_invariant(on: bool) -> None:
@@ -76,7 +102,7 @@ def set_batch_invariant(on: bool) -> None:
 
 @functools.cache
 def _native() -> Any:  # the extension module, or None
-    module, reason = _native_or_reason()
+    module, _, reason = _native_or_reason()
     if module is None:
         log.debug("fused native ops unavailable (%s); using torch ops", reason)
     return module
@@ -89,6 +115,12 @@ def native_available() -> bool:
 
 def native_unavailable_reason() -> str:
     """Why `native_available()` is False ('' when it is True)."""
+    return _native_or_reason()[2]
+
+
+def native_level() -> str:
+    """The instruction-set level of the build in use: 'avx512' (serving avx512 and avx512bf16), 'avx2',
+    or 'generic' (torch ops)."""
     return _native_or_reason()[1]
 
 

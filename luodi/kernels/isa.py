@@ -7,9 +7,11 @@ on a CPU of that level (how the AVX2 path is tested and measured on an AVX-512 m
 nothing of what each kernel computes.
 
     generic     torch ops only
-    avx2        AVX2 + FMA + F16C (Haswell and later, Zen 1-3)
-    avx512      AVX-512 F/BW/VL/DQ without VNNI/BF16 (Skylake-SP, Cascade Lake); no kernel of its
-                own yet, so the low-bit layers run the AVX2 build there
+    avx2        AVX2 + FMA + F16C (Haswell and later, Zen 1-3): the AVX2 builds of the INT8/INT4
+                layers and of the fused ops, and the native layer stack over them (no BF16 kernel)
+    avx512      AVX-512 F/BW/VL/DQ without VNNI/BF16 (Skylake-SP, Cascade Lake): the fused ops'
+                AVX-512 build; no low-bit kernel of its own yet, so the low-bit layers run the AVX2
+                build there
     avx512bf16  plus AVX512-VNNI and AVX512-BF16 (Zen 4/5, Sapphire Rapids and later)
     neon        AArch64 NEON with the dot-product extension, `asimddp` (Graviton 2+, Ampere
                 Altra, Apple M1+; i8mm used where present): the INT8/INT4 layers only

@@ -99,8 +99,9 @@ decode, a fresh process per level, levels alternating; at avx2 and generic torch
 to AVX2 too; medians, on a 2-core Zen 4 under a load average of 5-6, so absolute figures are a
 fraction of a quiet machine's and single runs scattered 2-4x): INT8 avx2 2.91 tok/s, avx512bf16
 8.60, generic 0.33 (avx2 / generic 8.8x); INT4 g32 7.92, 21.94, 0.51 (15.5x). The avx2 level
-reaches a third of avx512bf16 mostly outside these kernels: the fused ops and the native layer
-stack are AVX-512 only, so each step runs the torch path, ~0.5 ms a layer. Kernel alone (1 thread,
+reached a third of avx512bf16 mostly outside these kernels: the fused ops and the native layer
+stack were then AVX-512 only, so each step ran the torch path, ~0.5 ms a layer (both now have an
+avx2 path: `luodi.kernels.fused`, `luodi.models.native_stack`; not yet re-measured). Kernel alone (1 thread,
 CPU time, M = 1, same load): AVX2 INT8 1.0-1.6x and INT4 0.9-1.4x the AVX-512 build's time over
 576 x 1536, 1536 x 576 and 2048 x 2048. Generic on an AVX2 CPU was slower still than torch's int
 kernels suggest: without oneDNN bf16 the quantized layers dequantized every weight per call.
@@ -240,9 +241,15 @@ def native_unavailable_reason() -> str:
     return _native_or_reason()[1]
 
 
+def has_native_api() -> bool:
+    """Whether the build in use offers the kernel table (`native_api`): the x86 builds do; the AVX2
+    one's has no bf16_linear (see `bf16_available`)."""
+    return native_available() and _level in ("avx512bf16", "avx2")
+
+
 def native_api() -> int:
     """The address of the native kernels' table (`native/kernel_api.h`), for the layer stack.
-    Needs `bf16_available()`."""
+    Needs `has_native_api()`."""
     return _module.api()
 
 

@@ -13,6 +13,11 @@ autograd, no LoRA adapter (attaching adapters detaches the stack), and fewer row
 `lowbit.NATIVE_MAX_ROWS` (where quantized layers switch to GEMMs). Anything else runs the Python
 path, which stays the reference. Set `LUODI_NATIVE_STACK=0` to turn it off (for measuring what it
 saves).
+
+Instruction-set levels: it runs whichever low-bit and fused builds the level in force picked
+(`luodi.kernels.isa`), through their tables: at avx512bf16 the AVX-512 ones, at avx2 (and avx512,
+whose low-bit layers run the AVX2 build) the AVX2 low-bit build beside the fused build of that level.
+The AVX2 low-bit build has no BF16 kernel, so there only INT8, INT4 and W8A8 models qualify.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from luodi.kernels import fused, lowbit
+from luodi.kernels import fused, isa, lowbit
 from luodi.kernels.attention import PagedAttention
 from luodi.kernels.linear import PackedLinear
 from luodi.kernels.native_build import NativeExtension
@@ -33,9 +38,11 @@ from luodi.models.layers import is_fusable_norm
 
 log = logging.getLogger(__name__)
 
+# No SIMD of its own (it only sequences calls through the kernels' tables), so one build, without
+# -march=native, serves every x86 level whose low-bit and fused builds offer tables.
 EXTENSION = NativeExtension(
-    "luodi_stack", "layer_stack.cpp", "layer stack",
-    required_cpu_flags=lowbit.EXTENSION.required_cpu_flags,  # it runs lowbit's kernels
+    "luodi_stack", "layer_stack.cpp", "layer stack", required_cpu_flags=isa.LEVEL_FLAGS["avx2"],
+    cflags=("-O3", "-fopenmp"),
 )
 _disabled = os.environ.get("LUODI_NATIVE_STACK", "1") == "0"
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -80,7 +87,7 @@ def attach(model: nn.Module) -> bool:
     backbone = getattr(model, "model", None)
     if backbone is None or not hasattr(backbone, "native_stack") or not fused.native_available():
         return False
-    native = _native() if lowbit.bf16_available() else None  # the stack runs the AVX-512 build's table
+    native = _native() if lowbit.has_native_api() else None
     if native is None:
         return False
     dtype = next(model.parameters()).dtype

@@ -4,10 +4,11 @@ The native ops round to the model dtype T exactly where torch does, so they diff
 reference only where fp32 arithmetic is ordered differently or approximated differently. With
 u = 2^-24 (fp32 unit roundoff) and eps_T = torch.finfo(T).eps (one ulp of T at 1.0):
 
-- RMSNorm: the sum of n squares is accumulated in 16 lanes then a tree; this and torch's order are
-  each within (n/16 + 4) u of the exact sum (positive terms), so 1/rms differs by at most
-  delta = (n/16 + 6) u relatively. The normalized value differs by delta before its rounding to T,
-  hence by at most one ulp of T after it; scaling by w and rounding again adds one ulp of the output:
+- RMSNorm: the sum of n squares is accumulated in L lanes then a tree (L = 16 in the AVX-512 build,
+  8 in the AVX2 one); this and torch's order are each within (n/L + log2 L) u of the exact sum
+  (positive terms), so 1/rms differs by at most delta = (n/L + log2 L + 2) u relatively. The
+  normalized value differs by delta before its rounding to T, hence by at most one ulp of T after
+  it; scaling by w and rounding again adds one ulp of the output:
   |native - ref| <= (delta + eps_T) |w * normed| + eps_T |ref|.
 - Gated activation: exp and tanh are within ~2 ulp of torch's (Sleef) ones, so act(g) differs by
   4 u |act| (+ 2 u |g| for tanh-GELU, whose 1 + tanh(y) cancels for y << 0 and keeps the
@@ -19,9 +20,14 @@ u = 2^-24 (fp32 unit roundoff) and eps_T = torch.finfo(T).eps (one ulp of T at 1
   few u, and the weighted sum of K values by K u more:
   |native - ref| <= (2 ds + (K + 8) u) max|v| + eps_T |ref|.
 Whole models: fp32 logits of the fused and torch paths agree to 1e-4 and greedy tokens are equal.
+
+Every native test runs once per build, forcing its instruction-set level (`level`: avx512bf16 runs
+the AVX-512 build, avx2 the AVX2 one), against the same reference and bounds.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 
 from luodi.engine.engine import EngineConfig, LLMEngine
 from luodi.engine.sampling import SamplingParams
-from luodi.kernels import fused, native_build
+from luodi.kernels import fused, isa, lowbit, native_build
 from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
@@ -39,7 +45,28 @@ from luodi.models.qwen3 import Qwen3ForCausalLM
 
 U = 2.0**-24
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-needs_native = pytest.mark.skipif(not fused.native_available(), reason="native fused ops unavailable here")
+LEVELS = {"avx512bf16": "avx512", "avx2": "avx2"}  # forced level -> the build that serves it
+LANES = {"avx512": 16, "avx2": 8}  # fp32 lanes of each build's sums
+
+
+def _reload_kernels() -> None:
+    for cached in (fused._native_or_reason, fused._native, lowbit._native_or_reason):
+        cached.cache_clear()
+
+
+@pytest.fixture(params=list(LEVELS))
+def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Run the test with the fused ops (and low-bit kernels) of this forced level, then restore the default."""
+    monkeypatch.setenv(isa.ENV_VAR, request.param)
+    _reload_kernels()
+    if not fused.native_available() or fused.native_level() != LEVELS[request.param]:
+        pytest.skip(f"no {LEVELS[request.param]} fused build here: {fused.native_unavailable_reason()}")
+    yield LEVELS[request.param]
+    monkeypatch.undo()
+    _reload_kernels()
+
+
+needs_native = pytest.mark.usefixtures("level")
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +87,8 @@ def _assert_within(native: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor)
 
 # -- add_rms_norm -------------------------------------------------------------------------------------
 def _norm_bound(h: torch.Tensor, weight: torch.Tensor, ref: torch.Tensor, is_offset: bool, eps: float) -> torch.Tensor:
-    n = h.shape[-1]
-    delta = (n / 16 + 6) * U
+    n, lanes = h.shape[-1], LANES[fused.native_level()]
+    delta = (n / lanes + math.log2(lanes) + 2) * U
     normed = F.rms_norm(h.float(), (n,), eps=eps)
     scale = 1.0 + weight.float() if is_offset else weight.float()
     return (delta + _eps(h.dtype)) * (scale * normed).abs() + _eps(h.dtype) * ref.float().abs()
@@ -182,7 +209,8 @@ def test_rope_attend_decode_matches_paged_attention(dtype, case):
     if norms is None or dtype != torch.float32:
         assert torch.equal(native_caches[0], ref_caches[0])  # k: same roundings in the same order
     else:
-        torch.testing.assert_close(native_caches[0], ref_caches[0], rtol=(d / 16 + 8) * U * 4, atol=1e-6)
+        lanes = LANES[fused.native_level()]
+        torch.testing.assert_close(native_caches[0], ref_caches[0], rtol=(d / lanes + 8) * U * 4, atol=1e-6)
     qf = _unfused_queries(q, cos, sin, d, kwargs).float()  # [B, H, D], rotated
     keys = ref_caches[0][:, meta.kv_slots].transpose(0, 1)  # [B, Hkv, K, D]
     qk = (qf.view(b, hkv, h // hkv, 1, d).abs() * keys[:, :, None].abs()).sum(-1)  # [B, Hkv, G, K]
@@ -292,6 +320,47 @@ def test_mixed_step_matches_exact_attention(dtype, heads, step):
                                rtol=2 * _eps(dtype), atol=_eps(dtype) * float(stored_k.abs().max()))
     tolerance = 8 * _eps(dtype) * float(values.abs().max())
     torch.testing.assert_close(out.double().view(t, h, d), expected, rtol=0, atol=tolerance)
+
+
+@pytest.fixture
+def batch_invariant():
+    before = fused._batch_invariant
+    fused.set_batch_invariant(True)
+    yield
+    fused.set_batch_invariant(before)
+
+
+@needs_native
+@pytest.mark.usefixtures("batch_invariant")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("cached, new", [(0, 30), (45, 7), (9, 70)])
+def test_chunk_rows_equal_decode_rows_bit_for_bit(dtype, heads, cached, new):
+    """Batch invariance: a prompt chunk's row attends exactly as the decode op does for that token,
+    alone or beside other sequences."""
+    h, hkv, d, window, norms = HEADS[heads]
+    g = torch.Generator().manual_seed(cached + new)
+    num_slots = 128
+    kv_slots = torch.randperm(num_slots, generator=g)[None, : cached + new]  # [1, K]: one sequence
+    caches = [torch.randn(hkv, num_slots, d, generator=g) for _ in range(2)]
+    q, k, v = torch.randn(new, (h + 2 * hkv) * d, generator=g).to(dtype).split([h * d, hkv * d, hkv * d], dim=-1)
+    cos, sin = _rope(torch.arange(cached, cached + new), d, dtype)
+    kwargs = dict(num_heads=h, scale=d**-0.5, sliding_window=window)
+    if norms is not None:
+        kwargs.update(q_norm_weight=(torch.randn(d, generator=g) * 0.2).to(dtype),
+                      k_norm_weight=(torch.randn(d, generator=g) * 0.2).to(dtype), norm_is_offset=True)
+    slots = kv_slots[0, cached:]
+    chunk = fused.rope_attend_chunks(q, k, v, cos, sin, *caches, slots, kv_slots, torch.tensor([0, new]),
+                                     torch.tensor([cached]), **kwargs)
+    # each row as a decode row, in a batch with a copy of the last row's sequence beside it
+    rows = torch.arange(new)
+    pair = torch.stack([rows, torch.full_like(rows, new - 1)], dim=1)  # [new, 2]
+    for i, j in pair.tolist():
+        decode = fused.rope_attend_decode(
+            q[[i, j]], k[[i, j]], v[[i, j]], cos[[i, j]].contiguous(), sin[[i, j]].contiguous(), *caches,
+            slots[[i, j]], kv_slots.expand(2, -1).contiguous(), torch.tensor([cached + i + 1, cached + new]), **kwargs)
+        assert torch.equal(decode[0], chunk[i]), f"row {i} differs"
+        assert torch.equal(decode[1], chunk[new - 1])
 
 
 @needs_native
@@ -420,12 +489,31 @@ def test_training_keeps_plain_torch_ops():
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
+@pytest.mark.skipif(not fused.native_available(), reason="native fused ops unavailable here")
+def test_each_level_runs_the_best_build_at_or_below_it(monkeypatch):
+    expected = {"generic": "generic", "avx2": "avx2", "avx512": "avx512", "avx512bf16": "avx512"}
+    try:
+        for level, build in expected.items():
+            if not set(isa.LEVEL_FLAGS[level]) <= isa.cpu_flags():
+                continue  # forcing a level the CPU lacks falls back to the detected one
+            monkeypatch.setenv(isa.ENV_VAR, level)
+            _reload_kernels()
+            assert fused.native_level() == build, level
+            assert fused.native_available() == (build != "generic")
+            assert fused.enabled_for(torch.zeros(2)) == (build != "generic")
+            if build == "generic":  # each build refuses, saying why
+                assert fused.native_unavailable_reason().count("excludes") == 2
+    finally:
+        monkeypatch.undo()
+        _reload_kernels()
+
+
 def test_build_failure_falls_back_to_torch(monkeypatch):
     def fail(self):
         raise OSError("no compiler")
 
     monkeypatch.setattr(native_build.NativeExtension, "_compile", fail)
-    module, reason = fused._native_or_reason.__wrapped__()
+    module, _, reason = fused._native_or_reason.__wrapped__()
     assert module is None and ("no compiler" in reason or "CPU" in reason)
     monkeypatch.setattr(fused, "_native", lambda: None)
     x = torch.randn(2, 32)

@@ -25,6 +25,7 @@
 #include <torch/extension.h>
 
 #include "avx512_lanes.h"
+#include "fused_common.h"
 #include "kernel_api.h"
 
 #include <algorithm>
@@ -42,8 +43,6 @@ using luodi::store16;
 using luodi::tail_mask;
 using luodi::to_bf16_bits;
 
-constexpr int64_t kMinTaskElements = 1 << 17;  // per thread, for the row-wise ops
-constexpr int64_t kMinTaskFlops = 1 << 20;     // per thread, for decode attention
 // Batch-invariant mode (set_batch_invariant): prompt chunks score keys with decode's dot products.
 // Off by default: it measured slower here (see luodi/kernels/lowbit.py).
 bool g_batch_invariant = false;
@@ -108,25 +107,6 @@ inline __m512 tanh16(__m512 y) {
 }
 
 // -- small helpers --------------------------------------------------------------------------------
-// A weight vector as fp32 (exact for every T), without an ATen op: these run once per layer call.
-template <typename W>
-std::vector<float> widen(const Tensor& w) {
-  const W* p = w.data_ptr<W>();
-  std::vector<float> out(static_cast<size_t>(w.numel()));
-  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
-  return out;
-}
-
-std::vector<float> to_floats(const Tensor& w) {
-  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous(), "norm weights must be contiguous CPU tensors");
-  switch (w.scalar_type()) {
-    case at::kFloat: return widen<float>(w);
-    case at::kBFloat16: return widen<c10::BFloat16>(w);
-    case at::kHalf: return widen<c10::Half>(w);
-    default: TORCH_CHECK(false, "norm weight dtype ", w.scalar_type(), " is not fp32, bf16 or fp16");
-  }
-}
-
 // Sum of squares of n floats of a row of T (fp32 accumulation, as torch's mean(x.float()^2)).
 template <typename T>
 inline float sum_squares(const T* x, int64_t n) {
@@ -154,12 +134,6 @@ inline __m512 inv_rms(float sum_sq, int64_t n, float eps) {
   float mean = sum_sq / static_cast<float>(n);
   return _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
 }
-
-struct NormSpec {
-  std::vector<float> weight;  // fp32 copy
-  float eps;
-  bool is_offset;
-};
 
 // Normalize n values of `x` into `out` (both rows of T). `out` may alias `x`.
 template <typename T>
@@ -210,35 +184,16 @@ void add_rms_norm_impl(const Tensor& x, const Tensor* residual, Tensor& new_resi
   });
 }
 
-void check_rows(const Tensor& t, const char* name, const Tensor& like) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 // (normed, new_residual). new_residual is `x` itself when there is neither a residual nor a pre-norm.
 std::tuple<Tensor, Tensor> add_rms_norm(const Tensor& x, const c10::optional<Tensor>& residual,
                                         const Tensor& weight, double eps, bool is_offset,
                                         const c10::optional<Tensor>& x_weight, double x_eps) {
-  check_rows(x, "x", x);
-  const int64_t n = x.size(-1);
-  TORCH_CHECK(weight.numel() == n, "weight has ", weight.numel(), " elements, x rows have ", n);
-  if (residual) {
-    check_rows(*residual, "residual", x);
-    TORCH_CHECK(residual->sizes() == x.sizes(), "residual shape ", residual->sizes(), " != x shape ", x.sizes());
-  }
-  NormSpec norm{to_floats(weight), static_cast<float>(eps), is_offset};
-  NormSpec pre{};
-  if (x_weight) {
-    TORCH_CHECK(x_weight->numel() == n, "x_weight has ", x_weight->numel(), " elements, x rows have ", n);
-    pre = NormSpec{to_floats(*x_weight), static_cast<float>(x_eps), is_offset};
-  }
-  const bool writes_residual = residual.has_value() || x_weight.has_value();
-  Tensor new_residual = writes_residual ? at::empty_like(x) : x;
-  Tensor normed = at::empty_like(x);
+  AddNormInputs in = check_add_rms_norm_inputs(x, residual, weight, eps, is_offset, x_weight, x_eps);
+  Tensor& new_residual = in.new_residual;
+  Tensor& normed = in.normed;
+  const NormSpec& norm = in.norm;
   const Tensor* res = residual ? &*residual : nullptr;
-  const NormSpec* pre_ptr = x_weight ? &pre : nullptr;
+  const NormSpec* pre_ptr = x_weight ? &in.pre : nullptr;
   switch (x.scalar_type()) {
     case at::kFloat: add_rms_norm_impl<float>(x, res, new_residual, normed, norm, pre_ptr); break;
     case at::kBFloat16: add_rms_norm_impl<c10::BFloat16>(x, res, new_residual, normed, norm, pre_ptr); break;
@@ -249,8 +204,6 @@ std::tuple<Tensor, Tensor> add_rms_norm(const Tensor& x, const c10::optional<Ten
 }
 
 // -- gated activation ---------------------------------------------------------------------------
-enum class Act { kSilu = 0, kGeluTanh = 1 };
-
 // ATen's CPU kernels: silu = x / (1 + exp(-x)); gelu tanh = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 inline __m512 act16(__m512 x, Act act) {
   const __m512 one = _mm512_set1_ps(1.0f);
@@ -290,12 +243,7 @@ void gated_act_impl(const Tensor& gate_up, Tensor& out, Act act) {
 
 // gate_up [..., 2I] (gate first, then up) -> act(gate) * up [..., I]
 Tensor gated_act(const Tensor& gate_up, int64_t act) {
-  check_rows(gate_up, "gate_up", gate_up);
-  TORCH_CHECK(gate_up.size(-1) % 2 == 0, "gate_up's last dimension must be even, got ", gate_up.size(-1));
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (silu) or 1 (gelu tanh), got ", act);
-  auto sizes = gate_up.sizes().vec();
-  sizes.back() /= 2;
-  Tensor out = at::empty(sizes, gate_up.options());
+  Tensor out = check_gated_act_inputs(gate_up, act);
   switch (gate_up.scalar_type()) {
     case at::kFloat: gated_act_impl<float>(gate_up, out, static_cast<Act>(act)); break;
     case at::kBFloat16: gated_act_impl<c10::BFloat16>(gate_up, out, static_cast<Act>(act)); break;
@@ -306,16 +254,6 @@ Tensor gated_act(const Tensor& gate_up, int64_t act) {
 }
 
 // -- rope + cache store + decode attention ------------------------------------------------------
-struct DecodeArgs {
-  int64_t num_seqs, num_heads, num_kv_heads, head_dim;
-  int64_t q_stride, k_stride, v_stride, rope_stride;  // row strides, in elements
-  int64_t cache_slots;                                  // S of the [Hkv, S, D] caches
-  int64_t max_keys;                                     // K of kv_slots [B, K]
-  float scale;
-  int64_t sliding_window;  // 0: none
-  const NormSpec* q_norm;  // per-head norms before RoPE (Qwen3, Gemma 3), or null
-  const NormSpec* k_norm;
-};
 
 // One head vector of D values: optional head norm, then HF `apply_rotary_pos_emb` (rotate-half),
 // each torch op's rounding to T kept: round(round(x * cos) + round(rotate_half(x) * sin)).
@@ -521,21 +459,9 @@ void rope_attend_decode_impl(const DecodeArgs& a, const Tensor& q, const Tensor&
 // P V tile is 6 query vectors x 64 values, reading value rows in place through the slots; softmax
 // is per row over its own causal (and sliding) range. (Packing keys transposed for a 12 x 32 GEMM
 // tile, as before, summed each dot product in another order than decode.)
-struct ChunkArgs {
-  const DecodeArgs* a;
-  const int64_t* bounds;        // [C + 1] first row of each chunk
-  const int64_t* context_lens;  // [C] cached tokens before each chunk
-  int64_t num_chunks;
-};
 
 constexpr int kScoreRows = 12;  // query vectors per task (and per GEMM score tile: x 2 key vectors)
 constexpr int kValueRows = 6;   // query vectors per P V tile (x 4 value vectors: 24 accumulators)
-
-// Keys a row attends to, as [begin, end) positions in its sequence.
-inline std::pair<int64_t, int64_t> visible_keys(int64_t position, int64_t window) {
-  const int64_t end = position + 1;
-  return {window > 0 ? std::max<int64_t>(0, end - window) : 0, end};
-}
 
 // scores[t] = scale * q . k[slots[t]] for t < n, for one query vector q of D = 16 NC floats: exactly
 // the decode op's dot products (head_scores), so a row scores its keys alike in either op.
@@ -864,103 +790,6 @@ void rope_attend_chunks_gemm(const ChunkArgs& ca, const Tensor& q, const Tensor&
   });
 }
 
-bool is_native_head_dim(int64_t head_dim) {
-  const int64_t nc = head_dim / 16;
-  return head_dim % 16 == 0 && (nc == 1 || nc == 2 || nc == 4 || nc == 6 || nc == 8 || nc == 16);
-}
-
-int64_t row_stride(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, name, " must be 2-D with contiguous rows, got sizes ", t.sizes(),
-              " strides ", t.strides());
-  return t.stride(0);
-}
-
-void check_cache(const Tensor& cache, const char* name, int64_t num_kv_heads, int64_t head_dim) {
-  TORCH_CHECK(cache.device().is_cpu() && cache.scalar_type() == at::kFloat && cache.is_contiguous() &&
-                  cache.dim() == 3,
-              name, " must be a contiguous fp32 [Hkv, S, D] CPU tensor");
-  TORCH_CHECK(cache.size(0) == num_kv_heads && cache.size(2) == head_dim, name, " has shape ", cache.sizes(),
-              ", expected [", num_kv_heads, ", S, ", head_dim, "]");
-}
-
-// The engine builds these indices itself, but a bad one would touch memory out of bounds: check
-// them (plain loops over B and the used keys; ATen reductions would cost more than the op).
-void check_slots(const Tensor& slot_mapping, const Tensor& kv_slots, const Tensor& seq_lens, int64_t num_seqs,
-                 int64_t num_slots) {
-  for (const Tensor* t : {&slot_mapping, &kv_slots, &seq_lens}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
-                "slot_mapping, kv_slots and seq_lens must be contiguous int64 CPU tensors");
-  }
-  TORCH_CHECK(slot_mapping.numel() == num_seqs && seq_lens.numel() == num_seqs && kv_slots.dim() == 2 &&
-                  kv_slots.size(0) == num_seqs,
-              "one slot, one length and one kv_slots row per sequence are needed");
-  const int64_t max_keys = kv_slots.size(1);
-  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
-  const int64_t* lens = seq_lens.data_ptr<int64_t>();
-  const int64_t* ks = kv_slots.data_ptr<int64_t>();
-  for (int64_t b = 0; b < num_seqs; ++b) {
-    TORCH_CHECK(sm[b] >= 0 && sm[b] < num_slots, "slot_mapping[", b, "] = ", sm[b], " is outside [0, ", num_slots,
-                ")");
-    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_keys, "seq_lens[", b, "] = ", lens[b], " is outside [1, ", max_keys,
-                "]");
-    for (int64_t j = 0; j < lens[b]; ++j) {
-      const int64_t slot = ks[b * max_keys + j];
-      TORCH_CHECK(slot >= 0 && slot < num_slots, "kv_slots[", b, ", ", j, "] = ", slot, " is outside [0, ",
-                  num_slots, ")");
-    }
-  }
-}
-
-// The checked arguments of the attention ops; `a`'s norm pointers point into this object.
-struct AttendInputs {
-  DecodeArgs a;
-  NormSpec qn, kn;
-  AttendInputs() = default;
-  AttendInputs(const AttendInputs&) = delete;
-};
-
-// q [B, H*D], k and v [B, Hkv*D] (rows may be strided: views into a fused qkv output);
-// cos and sin [B, D] (or [B, 1, D]); caches fp32 [Hkv, S, D].
-void check_attend_inputs(AttendInputs& in, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
-                         const Tensor& sin, const Tensor& k_cache, const Tensor& v_cache, const Tensor& kv_slots,
-                         int64_t num_heads, int64_t num_kv_heads, double scale, int64_t sliding_window,
-                         const c10::optional<Tensor>& q_norm_weight, const c10::optional<Tensor>& k_norm_weight,
-                         double norm_eps, bool norm_is_offset) {
-  TORCH_CHECK(q.dim() == 2 && k.dim() == 2 && v.dim() == 2, "q, k and v must be 2-D [B, heads * head_dim]");
-  const int64_t num_rows = q.size(0);
-  TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
-              "num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (", num_kv_heads, ")");
-  const int64_t head_dim = q.size(1) / num_heads;
-  TORCH_CHECK(head_dim * num_heads == q.size(1) && is_native_head_dim(head_dim), "q's width ", q.size(1),
-              " is not num_heads (", num_heads, ") x a head_dim in {16, 32, 64, 96, 128, 256}");
-  TORCH_CHECK(k.size(1) == num_kv_heads * head_dim && v.size(1) == k.size(1), "k/v width must be ",
-              num_kv_heads * head_dim);
-  TORCH_CHECK(k.size(0) == num_rows && v.size(0) == num_rows, "q, k and v must have the same number of rows");
-  for (const Tensor* t : {&q, &k, &v, &cos, &sin}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(),
-                "q, k, v, cos and sin must be CPU tensors of one dtype");
-  }
-  // [B, D] rows, read through their data pointers (a reshape would be one more dispatched op)
-  for (const Tensor* t : {&cos, &sin}) {
-    TORCH_CHECK(t->is_contiguous() && t->numel() == num_rows * head_dim, "cos and sin must be contiguous with ",
-                num_rows, " x ", head_dim, " elements, got shape ", t->sizes());
-  }
-  check_cache(k_cache, "k_cache", num_kv_heads, head_dim);
-  check_cache(v_cache, "v_cache", num_kv_heads, head_dim);
-  TORCH_CHECK(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
-  if (q_norm_weight) {
-    TORCH_CHECK(k_norm_weight && q_norm_weight->numel() == head_dim && k_norm_weight->numel() == head_dim,
-                "q and k norm weights must both be given, with head_dim (", head_dim, ") elements");
-    in.qn = NormSpec{to_floats(*q_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
-    in.kn = NormSpec{to_floats(*k_norm_weight), static_cast<float>(norm_eps), norm_is_offset};
-  }
-  in.a = DecodeArgs{num_rows, num_heads, num_kv_heads, head_dim,
-                    row_stride(q, "q"), row_stride(k, "k"), row_stride(v, "v"), head_dim,
-                    k_cache.size(1), kv_slots.size(1), static_cast<float>(scale),
-                    std::max<int64_t>(0, sliding_window),
-                    q_norm_weight ? &in.qn : nullptr, q_norm_weight ? &in.kn : nullptr};
-}
-
 // One query row per sequence: slot_mapping [B], kv_slots [B, K], seq_lens [B] int64. Returns the
 // attention output [B, H*D] in q's dtype.
 Tensor rope_attend_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos, const Tensor& sin,
@@ -998,34 +827,7 @@ Tensor rope_attend_chunks(const Tensor& q, const Tensor& k, const Tensor& v, con
   check_attend_inputs(in, q, k, v, cos, sin, k_cache, v_cache, kv_slots, num_heads, num_kv_heads, scale,
                       sliding_window, q_norm_weight, k_norm_weight, norm_eps, norm_is_offset);
   const DecodeArgs& a = in.a;
-  for (const Tensor* t : {&slot_mapping, &kv_slots, &bounds, &context_lens}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
-                "slot_mapping, kv_slots, bounds and context_lens must be contiguous int64 CPU tensors");
-  }
-  const int64_t num_chunks = context_lens.numel(), num_slots = k_cache.size(1), max_keys = kv_slots.size(1);
-  TORCH_CHECK(slot_mapping.numel() == a.num_seqs && bounds.numel() == num_chunks + 1 && kv_slots.dim() == 2 &&
-                  kv_slots.size(0) == num_chunks,
-              "one slot per row, one kv_slots row and one context length per chunk, and C + 1 bounds are needed");
-  const int64_t* b = bounds.data_ptr<int64_t>();
-  const int64_t* ctx = context_lens.data_ptr<int64_t>();
-  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
-  const int64_t* ks = kv_slots.data_ptr<int64_t>();
-  TORCH_CHECK(b[0] == 0 && b[num_chunks] == a.num_seqs, "bounds must run from 0 to the number of rows");
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    TORCH_CHECK(b[c + 1] > b[c] && ctx[c] >= 0 && ctx[c] + b[c + 1] - b[c] <= max_keys, "chunk ", c,
-                ": rows [", b[c], ", ", b[c + 1], ") after ", ctx[c], " cached tokens exceed kv_slots' ", max_keys,
-                " keys");
-    for (int64_t j = 0; j < ctx[c] + b[c + 1] - b[c]; ++j) {
-      const int64_t slot = ks[c * max_keys + j];
-      TORCH_CHECK(slot >= 0 && slot < num_slots, "kv_slots[", c, ", ", j, "] = ", slot, " is outside [0, ",
-                  num_slots, ")");
-    }
-  }
-  for (int64_t r = 0; r < a.num_seqs; ++r) {
-    TORCH_CHECK(sm[r] >= 0 && sm[r] < num_slots, "slot_mapping[", r, "] = ", sm[r], " is outside [0, ", num_slots,
-                ")");
-  }
-  ChunkArgs ca{&a, b, ctx, num_chunks};
+  const ChunkArgs ca = check_chunk_inputs(a, slot_mapping, kv_slots, bounds, context_lens, k_cache);
   Tensor out = at::empty({a.num_seqs, num_heads * a.head_dim}, q.options());
   switch (q.scalar_type()) {
     case at::kFloat: (g_batch_invariant ? rope_attend_chunks_impl<float> : rope_attend_chunks_gemm<float>)(ca, q, k, v, cos, sin, k_cache, v_cache, slot_mapping,

@@ -73,6 +73,8 @@ class LayerStack {
     for (const Layer& layer : layers_) {
       for (const Linear* l : {&layer.qkv, &layer.o, &layer.gate_up, &layer.down}) {
         TORCH_CHECK(l->kind == kBf16 || l->kind == kInt8 || l->kind == kInt4, "unknown weight kind ", l->kind);
+        TORCH_CHECK(l->kind != kBf16 || lowbit_->bf16_linear != nullptr,
+                    "a bf16 layer needs the AVX-512 BF16 low-bit kernels; this table has no bf16_linear");
       }
     }
   }

@@ -27,6 +27,8 @@
 #include <immintrin.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "kernel_api.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -506,8 +508,13 @@ bool cpu_supported() {
 
 constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
 
+// The layer stack's table (kernel_api.h). No BF16 kernel below AVX-512 BF16: bf16_linear is null, and
+// the stack takes no bf16 layer with this table.
+const luodi::LowbitApi kApi{&int8_linear, &int4_linear, nullptr};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, kNoGil, "y = x @ W.T for a packed INT8 weight (AVX2)");
   m.def("int4_linear", &int4_linear, kNoGil, "y = x @ W.T for a packed INT4 weight (AVX2)");
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
+  m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the LowbitApi table (kernel_api.h)");
 }
