@@ -2,7 +2,7 @@
 
 Owns the W8A8 numerics (Xiao et al. 2023, sec. 3: per-token dynamic activation scales, static
 per-channel weight scales) and the module that stores and runs them. The smoothing that makes
-activations quantizable is folded into the float model beforehand (`luodi.quant.smoothing`);
+activations quantizable is folded into the float model beforehand (`luodi.quant_tools.smoothing`);
 this module knows nothing of models, calibration or files beyond its buffers.
 
     y = (s_x[:, None] * s_w[None, :]) * (q_x @ q_wᵀ) + bias

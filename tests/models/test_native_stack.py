@@ -17,7 +17,7 @@ from luodi.models.inference import prepare_for_inference
 from luodi.models.llama import LlamaForCausalLM
 from luodi.models.qwen2 import Qwen2ForCausalLM
 from luodi.models.qwen3 import Qwen3ForCausalLM
-from luodi.quant.quantize import QuantizeOptions, quantize_modules
+from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
 
 pytestmark = pytest.mark.skipif(
     not (lowbit.native_available() and fused.native_available() and native_stack._native() is not None),
