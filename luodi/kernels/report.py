@@ -44,7 +44,7 @@ def cpu_kernel_paths() -> tuple[KernelPath, ...]:
     else:
         paths.append(KernelPath("low-bit linear", "torch", first_line(lowbit.native_unavailable_reason())))
     if fused.native_available():
-        paths.append(KernelPath("fused ops", "native"))
+        paths.append(KernelPath("fused ops", f"native {fused.native_level()}"))
     else:
         paths.append(KernelPath("fused ops", "torch", first_line(fused.native_unavailable_reason())))
     return tuple(paths)

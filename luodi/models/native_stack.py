@@ -113,8 +113,8 @@ def stack_path(model: nn.Module) -> KernelPath:
         return KernelPath("layer stack", "native")
     if not fused.native_available():
         why = "needs the native fused ops"
-    elif not lowbit.bf16_available():
-        why = "needs the AVX-512 BF16 low-bit build"
+    elif not lowbit.has_native_api():
+        why = f"the {lowbit.native_level()} low-bit build offers no kernel table"
     elif _native() is None:
         why = first_line(_native_or_reason()[1])
     else:
