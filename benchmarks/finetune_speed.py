@@ -34,7 +34,7 @@ def hf_dir() -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from model_cache import cache_home, pulled_model_path
 
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     out = cache_home() / "bench" / "smollm2-135m-instruct-bf16"
     if not (out / "model.safetensors").is_file():

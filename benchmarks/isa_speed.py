@@ -31,7 +31,7 @@ AVX2_PROCESS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 def quantize(scratch: Path) -> dict[str, Path]:
     from luodi.loading.catalog import pull
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     source = pull("smollm2-135m-instruct", progress=False)
     paths = {}

@@ -253,8 +253,8 @@ ACCURACY_TEXT = (
 
 def layer_inputs(spec: str, rows: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, fp32 weight, first `rows` inputs) of every nn.Linear while the model reads a text."""
-    from luodi.engine.reference import full_logits
     from luodi.models.loader import load_model
+    from luodi.models.reference import full_logits
 
     loaded = load_model(spec, device="cpu", dtype="float32", for_inference=False)
     linears = {name: m for name, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -50,7 +50,7 @@ SPEED_ONLY_OPTIONS = {"method": "rtn"}
 
 # -- making the models ----------------------------------------------------------------------------
 def _quantize_child(source: str, options: dict, out: str, queue: mp.Queue) -> None:
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     result = quantize_model_dir(source, QuantizeOptions(**options), Path(out))
     queue.put({"seconds": round(result.seconds, 1), "bytes": result.bytes_written,
@@ -67,7 +67,7 @@ def scheme_options(scheme: str, speed_only: bool) -> dict:
 
 def _described(options: dict) -> dict:
     """The options in full, as `luodi quantize` records them (defaults included)."""
-    from luodi.quant.quantize import QuantizeOptions
+    from luodi.quant_tools.quantize import QuantizeOptions
 
     return QuantizeOptions(**options).describe()
 
@@ -75,8 +75,10 @@ def _described(options: dict) -> dict:
 def _quantizer_digest() -> str:
     """A hash of the quantizer's source: a model made by other code is made again."""
     import luodi.quant
+    import luodi.quant_tools
 
-    sources = sorted(Path(luodi.quant.__file__).parent.glob("*.py"))
+    sources = sorted(path for package in (luodi.quant, luodi.quant_tools)
+                     for path in Path(package.__file__).parent.glob("*.py"))
     return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
 
 
@@ -113,8 +115,8 @@ def _accuracy_child(float_dir: str, dirs: dict[str, str], queue: mp.Queue) -> No
     import torch
 
     from luodi.models.loader import load_model
-    from luodi.quant.evaluate import greedy_agreement, perplexity_per_byte
-    from luodi.quant.texts import heldout_text
+    from luodi.quant_tools.evaluate import greedy_agreement, perplexity_per_byte
+    from luodi.quant_tools.texts import heldout_text
 
     torch.set_num_threads(2)
     text = heldout_text()

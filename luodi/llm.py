@@ -18,8 +18,10 @@ from typing import Any
 
 from luodi.engine.engine import EngineConfig, LLMEngine, RequestOutput
 from luodi.engine.sampling import SamplingParams
+from luodi.kernels.report import KernelPath, device_kernel_paths, log_kernel_paths
 from luodi.models.adapters import attach_adapters, read_adapter
 from luodi.models.loader import LoadedModel, load_model
+from luodi.models.native_stack import stack_path
 from luodi.structured.guidance import backend_for
 
 Message = dict[str, Any]  # OpenAI-shaped: role, content, and tool_calls / tool_call_id where present
@@ -60,6 +62,13 @@ class Completion:
         }
 
 
+def _kernel_paths(loaded: LoadedModel) -> tuple[KernelPath, ...]:
+    """Which kernels this model runs on, and why (for the startup log and /health)."""
+    device = next(loaded.model.parameters()).device.type
+    paths = device_kernel_paths(device)
+    return (*paths, stack_path(loaded.model)) if device == "cpu" else paths
+
+
 class LLM:
     def __init__(self, loaded: LoadedModel, engine_config: EngineConfig = EngineConfig()) -> None:
         self.loaded = loaded
@@ -70,6 +79,8 @@ class LLM:
         grammars = backend_for(loaded.tokenizer, loaded.model.config.vocab_size, sorted(eos_token_ids))
         self.engine = LLMEngine(loaded.model, loaded.tokenizer, engine_config, eos_token_ids=eos_token_ids,
                                 grammar_backend=grammars)
+        self.kernel_paths = _kernel_paths(loaded)
+        log_kernel_paths(self.kernel_paths)
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str | None = None, progress: bool = False,

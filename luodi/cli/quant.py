@@ -54,7 +54,7 @@ def quantize(
     out_dir: OutOpt = None,
 ) -> None:
     """Quantize a model (int8 / int4 weight-only, or SmoothQuant W8A8) into Luodi's saved format."""
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     options = QuantizeOptions(scheme=scheme, group_size=group_size, alpha=_parse_alpha(alpha), awq=awq,
                               method=method, scale_bits=_parse_scale_bits(scale_bits), calib_file=calib)
@@ -66,7 +66,7 @@ def quantize(
 
 def convert(model: ModelOpt = DEFAULT_MODEL, out_dir: OutOpt = None) -> None:
     """Write a model unquantized (bf16) in Luodi's saved format — an HF-compatible directory."""
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     result = quantize_model_dir(model, QuantizeOptions(scheme="none"), out_dir or _default_out(model, "bf16"),
                                 progress=True)
@@ -133,7 +133,7 @@ def evaluate(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Perplexity per byte on held-out text, and greedy agreement with a reference model."""
-    from luodi.quant.evaluate import greedy_agreement, perplexity_per_byte
+    from luodi.quant_tools.evaluate import greedy_agreement, perplexity_per_byte
     from luodi.models.loader import load_model
 
     if seq_len < 2:
@@ -168,7 +168,7 @@ def _ppl_fields(ppl: Any) -> dict[str, Any]:
 
 
 def _read_eval_text(path: Path | None) -> str:
-    from luodi.quant.texts import heldout_text
+    from luodi.quant_tools.texts import heldout_text
 
     if path is None:
         return heldout_text()

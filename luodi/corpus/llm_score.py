@@ -4,9 +4,9 @@ measure of the LLM fine filter.
 Owns scoring many texts teacher-forced, in batched prefill passes. A document is scored on its
 first `max_tokens` tokens only (a longer one gets the bits per character of its beginning, and is
 marked truncated): the windows, the BOS token and the counting of characters are the quality
-evaluator's (`luodi.quant.evaluate.scored_windows` with one window), so a score here and a
+evaluator's (`luodi.quant_tools.evaluate.scored_windows` with one window), so a score here and a
 perplexity there agree on what was scored. Documents are sorted by length and packed into forward
-passes of at most `batch_tokens` tokens (`luodi.engine.reference.batch_logits`, the forward the
+passes of at most `batch_tokens` tokens (`luodi.models.reference.batch_logits`, the forward the
 evaluator uses, over several sequences), so little is spent on padding; a score does not depend on
 which documents share its batch beyond float rounding.
 Must not know: files, recipes, steps, languages.
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luodi.engine.reference import batch_logits
 from luodi.errors import InvalidParameterError
 from luodi.loading.tokenizer import Tokenizer
+from luodi.models.reference import batch_logits
 from luodi.progress import progress as show_progress
-from luodi.quant.evaluate import ScoredWindow, scored_windows
+from luodi.quant_tools.evaluate import ScoredWindow, scored_windows
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_BATCH_TOKENS = 2048

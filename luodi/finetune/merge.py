@@ -15,6 +15,7 @@ import torch
 
 from luodi.errors import InvalidParameterError
 from luodi.finetune.lora import load_adapter, load_for_training, read_adapter_config
+from luodi.models.config import config_to_hf_dict
 from luodi.models.loader import DTYPES
 from luodi.quant.format import QuantSpec, save_model
 
@@ -46,5 +47,5 @@ def merge_adapter(
     options = {"scheme": "none", "merged_adapter": str(adapter), "lora_rank": adapter_config.get("r"),
                "lora_alpha": adapter_config.get("lora_alpha")}
     spec = QuantSpec(scheme="none", options=options, source=model)
-    save_model(merged, loaded.tokenizer, loaded.config, out, spec, dtype=DTYPES[dtype])
+    save_model(merged, loaded.tokenizer, config_to_hf_dict(loaded.config), out, spec, dtype=DTYPES[dtype])
     return MergeResult(out=out, num_merged=num_merged)

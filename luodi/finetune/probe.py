@@ -5,7 +5,7 @@ The expected answer of a held-out example is read from its reference reply: the 
 phone number, a period, a price; separators between digits are ignored, so "400-829-7316" and
 "400 829 7316" agree), all of which must appear in the model's answer as whole numbers; a reply
 without numbers must appear whole (case and spacing ignored). The forgetting check scores the bundled
-held-out general text (`luodi.quant.texts.heldout_text`, English and Chinese) with the quantization
+held-out general text (`luodi.quant_tools.texts.heldout_text`, English and Chinese) with the quantization
 tools' perplexity per byte.
 
 Knows models, tokenizers, `TrainingExample`s and the engine's public interface (the probe decodes
@@ -124,8 +124,8 @@ def compare(cases: list[ProbeCase], before: list[str], after: list[str]) -> list
 
 def general_perplexity(model: nn.Module, tokenizer: Tokenizer, max_position_embeddings: int) -> float:
     """Perplexity per byte of the bundled held-out general text (English and Chinese)."""
-    from luodi.quant.evaluate import perplexity_per_byte
-    from luodi.quant.texts import heldout_text
+    from luodi.quant_tools.evaluate import perplexity_per_byte
+    from luodi.quant_tools.texts import heldout_text
 
     was_training = model.training
     model.eval()

@@ -3,7 +3,7 @@
 A LoRA adapter that learns a few dozen facts at a high rate also moves what the model does on
 everything else (measured on SmolLM2-135M: twelve facts, rank 16, lr 1e-3, ~150 steps raised the
 perplexity per byte of the bundled held-out text by 28-36 %). Each optimizer step therefore also
-takes the language-model loss of one window of general text (`luodi.quant.texts.calibration_text`,
+takes the language-model loss of one window of general text (`luodi.quant_tools.texts.calibration_text`,
 English and Chinese, sharing no sentence with the held-out text the forgetting check reads),
 weighted against the task loss. The windows cycle in a seeded shuffled order.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from luodi.finetune.data import TrainingExample
 from luodi.loading.tokenizer import Tokenizer
-from luodi.quant.texts import calibration_text, token_windows
+from luodi.quant_tools.texts import calibration_text, token_windows
 
 REPLAY_SEQ_LEN = 128  # tokens a window: a step's replay costs about one more example's forward and backward
 

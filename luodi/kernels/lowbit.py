@@ -27,43 +27,28 @@ d_b * q with d_b = max|x_b| / 127 moves each element by at most d_b / 2, so
 
     |y - x @ W.T| <= sum_b (d_b / 2) * sum_{k in b} |W[n, k]|        (`activation_error_bound`)
 
-plus fp32 summation error and the output's own rounding for bf16/fp16 x. Measured on SmolLM2-135M
-(real weights re-quantized with luodi.quant, real activations of every linear layer on a short
-mixed English/Chinese text; `benchmarks/lowbit_kernels.py --accuracy`), against the float
-reference x @ dequantized(W).T: RMS error / RMS y = 0.21 % (INT8 and INT4 alike, fp32 x) and
-0.29 % with bf16 x — about the size of rounding the output to bf16 (0.21 %). The worst layer's
-max |error| / max |y| is 2.5 % against bf16 rounding's 0.4 %: in blocks holding an outlier
-channel (here v_proj inputs with one channel 26x the RMS) the other elements get few levels. So
-the activation rounding is larger than bf16 rounding at the worst outputs, but 5x smaller than
-what INT4 weight rounding itself costs (1.1 % RMS, 12 % worst-layer max). (Those figures are
-for one rounding of x.)
+plus fp32 summation error and the output's own rounding for bf16/fp16 x. Measured on SmolLM2
+(benchmarks/README.md, "Accuracy of rounding the activations"), the activation rounding is about
+the size of rounding the output to bf16 on average, larger at the worst outputs (blocks holding
+an outlier channel leave the other elements few levels), and several times smaller than what INT4
+weight rounding itself costs.
 
 INT8 goes further: it also rounds the residual x - d_b * q to d_b / 254 steps and multiplies it by
 the same weights (a second VNNI product per weight vector loaded, free while decode waits on
-memory), so its bound is the one above / 254. On SmolLM2 that took INT8's perplexity change from
-+0.52 % to +0.35 % (torch's unrounded bf16 path: +0.43 %, its scales rounded to bf16). W8A8 keeps
-one per-row rounding, as SmoothQuant defines it.
+memory), so its bound is the one above / 254, which lowered INT8's perplexity change below the
+torch path's. W8A8 keeps one per-row rounding, as SmoothQuant defines it.
 
-Speed (`benchmarks/lowbit_kernels.py`; 2-vCPU Zen 4, weights streamed from DRAM, % of a plain
-streaming read measured in the same run, median over five Llama-like shapes; shared machine, so
-the clocks that ignore preemption by neighbours):
-
-    M = 1 / 4 / 8                          INT8          INT4     torch int8pack / int4pack / bf16
-    1 thread, CPU time (~34 GB/s)    86 / 80 / 75  85 / 87 / 62   42 / 55 / 80 (M = 1)
-    2 threads, unpreempted (~45-60)  88 / 82 / 76  78 / 77 / 62   50 / 52 / 68 (M = 1)
-
-With 2 threads, 2048 x 5632 reaches 95 % (INT8) and 92 % (INT4) at M = 1; SmolLM2's small layers
-(576 x 1536) 85 % and 75 %, where the ~2 us fixed cost of a call is a tenth of its time.
+Speed: the kernels reach 75-95 % of a plain streaming read at decode (benchmarks/README.md, "Speed
+against the memory wall", from `benchmarks/lowbit_kernels.py`), against torch's int8pack/int4pack
+kernels' ~50 %; on small layers a call's ~2 us fixed cost is a tenth of its time.
 
 BF16 weights (`prepack_bf16`, used by `luodi.kernels.linear` for float models) are tiled the same
 way, `[N'/16][K'/2][16][2]` bf16 (N padded to 32, K to 32), and multiplied with `_mm512_dpbf16_ps`
 on bf16 x (other dtypes are rounded to bf16 first), summing in fp32. Up to 16 rows each tile is
-streamed once per 8 rows; larger batches use a register-blocked kernel (2 tiles x 12 rows). Against
-oneDNN's prepacked bf16 linear (`benchmarks/lowbit_kernels.py --rows 1,8,64`, median over the five
-shapes, 2 threads): 1.3x faster at M = 1, 1.44x at M = 8, equal at M = 64 — oneDNN spends ~13 us
-per call on dispatch, which at decode is a fifth of a small layer's time. At 512-row prompt
-batches it measured 0.93x oneDNN over SmolLM2's layer shapes, so prompt processing loses a little
-to keep one packed copy of the weights instead of two.
+streamed once per 8 rows; larger batches use a register-blocked kernel (2 tiles x 12 rows). It
+beats oneDNN's prepacked bf16 linear at decode, where oneDNN's per-call dispatch is a fifth of a
+small layer's time, and loses a little at long prompt batches (benchmarks/README.md, "BF16 kernel
+against oneDNN"): prompt processing gives that up to keep one packed copy of the weights, not two.
 
 Batch invariance. INT8/INT4 outputs are summed in an order fixed by K alone (blocks front to back in
 one fp32 chain, then the bias) whatever the number of rows, a row's position or the thread split
@@ -72,10 +57,8 @@ makes a row's sum depend on its batch; batch-invariant mode (the default; `set_b
 with `luodi.kernels.fused.set_batch_invariant`, or LUODI_BATCH_INVARIANT=0 at load to turn it off)
 makes decode sum in the prompt kernel's single chain, getting its parallel chains from 4 tiles
 instead, so a request's logits are the same alone and batched (tests/engine/test_batch_invariance.py).
-It is the default because it costs under 5 %: SmolLM2 bf16, off and on alternated 4 times in one
-process on a quiet 2-core Zen 4 (`python benchmarks/batch_invariance.py --threads T`), medians on/off:
-2 threads pp512 701 vs 728 tok/s (0.963, the chunk attention's per-row dot products), decode 79.8 vs
-66.9 tok/s (1.19: the tile-parallel order is faster at batch 1); 1 thread pp512 0.970, decode 1.11.
+It is the default because it costs under 5 % of prompt speed and decode is even faster in the
+tile-parallel order (benchmarks/README.md, "Cost of batch invariance").
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
 Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|neon|generic,
@@ -91,20 +74,14 @@ other (the second from cache). Its numerics are the same: x rounded per block of
 for weight-only INT8), int32 block sums, one fp32 chain per output in K order, so it is batch
 invariant in the same way; it differs from the AVX-512 build only in fp32 rounding (weight-only
 INT8 multiplies the two terms as one int16, 254 q + fine, through `_mm256_madd_epi16` on widened
-weights: 5-24 % faster than two `_mm256_maddubs_epi16` products, M = 1 to 4). AVX2 has no bf16 dot,
-so there is no native BF16 kernel below avx512bf16 (`bf16_available()`): float layers use oneDNN.
-
-Measured (`python benchmarks/isa_speed.py --reps 3 --threads 2 --tokens 32`; SmolLM2-135M batch-1
-decode, a fresh process per level, levels alternating; at avx2 and generic torch and oneDNN held
-to AVX2 too; medians, on a 2-core Zen 4 under a load average of 5-6, so absolute figures are a
-fraction of a quiet machine's and single runs scattered 2-4x): INT8 avx2 2.91 tok/s, avx512bf16
-8.60, generic 0.33 (avx2 / generic 8.8x); INT4 g32 7.92, 21.94, 0.51 (15.5x). The avx2 level
-reached a third of avx512bf16 mostly outside these kernels: the fused ops and the native layer
-stack were then AVX-512 only, so each step ran the torch path, ~0.5 ms a layer (both now have an
-avx2 path: `luodi.kernels.fused`, `luodi.models.native_stack`; not yet re-measured). Kernel alone (1 thread,
-CPU time, M = 1, same load): AVX2 INT8 1.0-1.6x and INT4 0.9-1.4x the AVX-512 build's time over
-576 x 1536, 1536 x 576 and 2048 x 2048. Generic on an AVX2 CPU was slower still than torch's int
-kernels suggest: without oneDNN bf16 the quantized layers dequantized every weight per call.
+weights, measured faster than two `_mm256_maddubs_epi16` products). AVX2 has no bf16 dot, so there
+is no native BF16 kernel below avx512bf16 (`bf16_available()`): float layers use oneDNN. The avx2
+level decoded about a third as fast as avx512bf16 and an order of magnitude faster than generic
+(benchmarks/README.md, "Instruction-set levels"), mostly for reasons outside these kernels: the
+fused ops and the native layer stack were then AVX-512 only (both now have an avx2 path:
+`luodi.kernels.fused`, `luodi.models.native_stack`; not yet re-measured). Generic on an AVX2 CPU is
+slower still than torch's int kernels suggest: without oneDNN bf16 the quantized layers dequantize
+every weight per call.
 
 ARM64. `native/lowbit_neon.cpp` (-march=armv8.2-a+dotprod) serves the neon level: AArch64 CPUs with
 the dot-product extension (`asimddp`: Graviton 2+, Ampere Altra, Apple M1+), the INT8 (weight-only
@@ -125,7 +102,8 @@ the thin torch binding is only compiled there (for aarch64, against torch's head
 real ARM hardware is unmeasured: emulation says nothing about it.
 
 At the generic level, or where no build compiles (`native_available()` False; the reason is logged
-once and returned by `native_unavailable_reason()`), prepacking produces torch's own forms instead,
+once, returned by `native_unavailable_reason()` and shown in the startup report of kernel paths,
+`luodi.kernels.report`), prepacking produces torch's own forms instead,
 for `torch._weight_int8pack_mm` and `torch.ops.aten._weight_int4pack_mm_for_cpu` (fast only for
 bf16 x). They keep x unrounded and round the scales to bf16.
 """
@@ -173,9 +151,8 @@ TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block
 # The native kernels take up to 8 rows per pass over the weights (more rows: more passes, the
 # weights then come from cache). Against every torch path for the same weights they were fastest
-# for all M measured, up to 1024, with W8A8 `torch._int_mm` tying at M = 256 (1 thread, 2048 x 2048:
-# `benchmarks/lowbit_kernels.py --threads 1 --clock cpu --shapes 2048x2048 --rows 16,64,256,1024`).
-# So a prompt batch needs no other path up to NATIVE_MAX_ROWS; beyond it nothing was measured.
+# for all M measured, up to 1024 (benchmarks/README.md, "Speed against the memory wall"), so a
+# prompt batch needs no other path up to NATIVE_MAX_ROWS; beyond it nothing was measured.
 NATIVE_MAX_ROWS = 1024
 INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

@@ -3,7 +3,8 @@
 Owns the one recipe the native modules (`lowbit`, `fused`, the layer stack) share: check the CPU
 architecture and flags (those the instruction-set level in force allows, `luodi.kernels.isa`),
 compile the source with torch's `cpp_extension` into `$LUODI_HOME/build/NAME-KEY/`, load it, and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
-never an exception: callers fall back to torch ops. The build key covers everything the binary
+never an exception: callers fall back to torch ops. A failed build's reason is its first compiler
+error (the whole output goes to the debug log), so that one line can say why (`luodi.kernels.report`). The build key covers everything the binary
 depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
 on another CPU model that shares the home directory).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import platform
 import sys
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ X86_64 = ("x86_64", "amd64")
 AARCH64 = ("aarch64", "arm64")
 TORCH_BUILD_LOCK = "lock"  # the file torch's cpp_extension waits on while another build runs
 
+log = logging.getLogger(__name__)
 CompileListener = Callable[[str | None], None]  # told what is compiling ("low-bit kernels"), then None
 _compile_listeners: list[CompileListener] = []
 
@@ -48,6 +51,13 @@ def add_compile_listener(listener: CompileListener) -> Callable[[], None]:
     returns the function that removes it."""
     _compile_listeners.append(listener)
     return lambda: _compile_listeners.remove(listener)
+
+
+def first_error(output: str) -> str:
+    """The line of a build's output that says what went wrong: the first compiler diagnostic
+    ("error:"), else the first line (a Python-level failure's message)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in lines if "error:" in line), lines[0] if lines else "no output")
 
 
 @contextmanager
@@ -114,7 +124,8 @@ class NativeExtension:
         try:
             module = self._compile()
         except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch ops"
-            return None, f"compiling {self.source} failed: {type(exc).__name__}: {str(exc).strip()[-500:]}"
+            log.debug("compiling %s failed", self.source, exc_info=exc)  # the whole compiler output
+            return None, f"compiling {self.source} failed: {first_error(f'{type(exc).__name__}: {exc}')}"
         if not module.cpu_supported():
             return None, f"CPU lacks the instructions the {self.what} were compiled for"
         return module, ""

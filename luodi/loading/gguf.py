@@ -3,7 +3,9 @@
 Owns: parsing a GGUF header (metadata and tensor table) in bulk, handing out tensors as zero-copy
 views or dequantized float32 (through `gguf.quants`), the one table from GGUF tensor names to HF
 names, undoing llama.cpp's converter transforms (llama q/k row permutation, Gemma's `norm + 1`),
-and building a `ModelConfig` from GGUF metadata. Must not know: tokenization, model code, devices.
+and translating GGUF metadata into the HF `config.json` dictionary it stands for (the one
+`ModelConfig` builder, `luodi.models.config`, takes it from there). Must not know: tokenization,
+model code, `ModelConfig`, devices.
 
 Format reference: ggml `docs/gguf.md`; gguf-py `gguf_reader.py` is the oracle in the tests.
 `gguf.GGUFReader` is not used here: it walks every array element in Python, 10+ s on Gemma 3's
@@ -27,7 +29,6 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from luodi.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
-from luodi.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -338,13 +339,12 @@ class GGUFFile:
 _DEQUANT_SLAB_ELEMENTS = 1 << 22
 
 
-# -- GGUF -> HF config ---------------------------------------------------------------------------
+# -- GGUF -> HF config.json dictionary ------------------------------------------------------------
 
 # general.architecture -> HF model_type. Mistral GGUFs say "llama".
 _MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
 # llama.cpp runs Gemma 3 sliding-window layers with this RoPE base (src/llama-model.cpp).
 _GEMMA3_LOCAL_ROPE_BASE = 10000.0
-_GEMMA3_SLIDING_PATTERN = 6
 
 
 def _f32(value: Any) -> float:
@@ -352,8 +352,9 @@ def _f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def gguf_model_config(f: GGUFFile) -> ModelConfig:
-    """The `ModelConfig` (HF semantics) described by a GGUF file's metadata and tensor names."""
+def gguf_hf_config(f: GGUFFile) -> dict[str, Any]:
+    """The HF `config.json` dictionary (transformers' keys) that a GGUF file's metadata and tensor
+    names describe, for `luodi.models.config.config_from_hf_dict`."""
     arch = f.metadata.get("general.architecture")
     if arch not in _MODEL_TYPES:
         raise UnsupportedArchitectureError(
@@ -368,27 +369,26 @@ def gguf_model_config(f: GGUFFile) -> ModelConfig:
     )
     model_type = _MODEL_TYPES[arch]
     is_gemma = model_type == "gemma3_text"
-    return ModelConfig(
-        model_type=model_type,
-        vocab_size=_vocab_size(f, meta),
-        hidden_size=hidden,
-        intermediate_size=int(meta.require("feed_forward_length")),
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=_num_kv_heads(meta, num_heads),
-        head_dim=head_dim,
-        rms_norm_eps=_f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=_f32(meta.get("rope.freq_base", 10000.0)),
-        rope_scaling=_rope_scaling(meta) or _llama3_rope_scaling(f, meta, head_dim),
-        max_position_embeddings=int(meta.get("context_length", 4096)),
-        tie_word_embeddings="output.weight" not in f.tensors,
-        attention_bias="blk.0.attn_q.bias" in f.tensors,
-        hidden_act="gelu_pytorch_tanh" if is_gemma else "silu",
-        bos_token_id=f.metadata.get("tokenizer.ggml.bos_token_id"),
-        eos_token_ids=gguf_eos_token_ids(f),
+    return {
+        "model_type": model_type,
+        "vocab_size": _vocab_size(f, meta),
+        "hidden_size": hidden,
+        "intermediate_size": int(meta.require("feed_forward_length")),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": _num_kv_heads(meta, num_heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": _f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": _f32(meta.get("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(meta) or _llama3_rope_scaling(f, meta, head_dim),
+        "max_position_embeddings": int(meta.get("context_length", 4096)),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "attention_bias": "blk.0.attn_q.bias" in f.tensors,
+        "hidden_act": "gelu_pytorch_tanh" if is_gemma else "silu",
+        "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": list(gguf_eos_token_ids(f)),
         **(_gemma3_fields(meta, num_layers, hidden, num_heads, head_dim) if is_gemma else {}),
-        extra={"gguf_architecture": arch, "name": f.metadata.get("general.name")},
-    )
+    }
 
 
 class _ArchMetadata:
@@ -515,21 +515,22 @@ def _gemma3_fields(
     softcap = meta.get("final_logit_softcapping")
     return {
         "sliding_window": int(meta.get("attention.sliding_window", 4096)),
-        "layer_types": _gemma3_layer_types(meta, num_layers),
+        **_gemma3_layer_pattern(meta, num_layers),
         "rope_local_base_freq": _GEMMA3_LOCAL_ROPE_BASE,
         "query_pre_attn_scalar": float(scalar),
         "final_logit_softcapping": _f32(softcap) if softcap else None,
     }
 
 
-def _gemma3_layer_types(meta: _ArchMetadata, num_layers: int) -> tuple[str, ...]:
+def _gemma3_layer_pattern(meta: _ArchMetadata, num_layers: int) -> dict[str, Any]:
+    """Which layers slide, in HF's keys: `layer_types` from a per-layer flag array, else the period
+    (`sliding_window_pattern`; every Nth layer global), which `config_from_hf_dict` expands."""
     pattern = meta.get("attention.sliding_window_pattern")
     if isinstance(pattern, np.ndarray) and len(pattern) == num_layers:  # per layer: True = sliding
-        return tuple("sliding_attention" if is_swa else "full_attention" for is_swa in pattern.tolist())
-    period = int(pattern) if isinstance(pattern, int) and pattern > 0 else _GEMMA3_SLIDING_PATTERN
-    return tuple(
-        "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(num_layers)
-    )
+        return {"layer_types": ["sliding_attention" if swa else "full_attention" for swa in pattern.tolist()]}
+    if isinstance(pattern, int) and pattern > 0:
+        return {"sliding_window_pattern": pattern}
+    return {}
 
 
 # -- GGUF -> HF tensors -----------------------------------------------------------------------
@@ -592,24 +593,25 @@ def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def gguf_state_dict(
-    f: GGUFFile, config: ModelConfig, dtype: torch.dtype | None = None,
+    f: GGUFFile, hf_config: dict[str, Any], dtype: torch.dtype | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for every weight, in HF semantics, for `load_state_dict(assign=True)`.
 
-    Tensors are float32 (quantized ones in `dtype` if given), or zero-copy F16/BF16 views where
-    the file stores them so and no transform applies.
+    `hf_config` is `gguf_hf_config(f)`. Tensors are float32 (quantized ones in `dtype` if given),
+    or zero-copy F16/BF16 views where the file stores them so and no transform applies.
     """
-    is_llama = config.extra.get("gguf_architecture", config.model_type) == "llama"
-    is_gemma = config.model_type == "gemma3_text"
+    model_type = hf_config["model_type"]
+    is_llama = f.metadata.get("general.architecture") == "llama"  # Mistral too: its GGUFs say llama
+    is_gemma = model_type == "gemma3_text"
     for gguf_name in f.tensors:
-        hf_name = hf_tensor_name(gguf_name, config.model_type)
+        hf_name = hf_tensor_name(gguf_name, model_type)
         if hf_name is None:
             continue
         tensor = f.torch_tensor(gguf_name, dtype)
         if is_llama and ".attn_q." in gguf_name:
-            tensor = unpermute_qk(tensor, config.num_attention_heads)
+            tensor = unpermute_qk(tensor, hf_config["num_attention_heads"])
         elif is_llama and ".attn_k." in gguf_name:
-            tensor = unpermute_qk(tensor, config.num_key_value_heads)
+            tensor = unpermute_qk(tensor, hf_config["num_key_value_heads"])
         elif is_gemma and gguf_name.endswith("norm.weight"):
             # llama.cpp's Gemma3Model stores norm weights + 1 (HF's RMSNorm multiplies by 1 + w).
             tensor = tensor.float() - 1.0

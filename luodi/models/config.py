@@ -1,17 +1,20 @@
 """`ModelConfig`: the architecture of a model, in Hugging Face's names.
 
-Built from an HF `config.json` (here) or from GGUF metadata (`luodi.loading.gguf`). It owns the
-shape and numerics of a model; it knows nothing of files, weights or requests.
+This module is the one place a `ModelConfig` is built: from the dictionary of an HF `config.json`,
+read from a directory here or handed over by `luodi.loading.gguf` (which translates GGUF metadata
+into the same keys). It owns the shape and numerics of a model; it knows nothing of file formats,
+weights or requests.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from luodi.errors import ModelFormatError
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
@@ -40,7 +43,6 @@ class ModelConfig:
     rope_local_base_freq: float | None = None
     query_pre_attn_scalar: float | None = None
     final_logit_softcapping: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attention_scale(self) -> float:
@@ -107,7 +109,7 @@ def _rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, f
 
 
 def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
-    """Build a `ModelConfig` from the dictionary of an HF `config.json`."""
+    """Build a `ModelConfig` from the dictionary of an HF `config.json` (or `gguf_hf_config`'s)."""
     if "text_config" in raw:  # multimodal wrappers (Gemma 3 4B+) keep the LM config inside.
         raw = {**raw["text_config"], "eos_token_id": raw.get("eos_token_id")}
     model_type = raw.get("model_type", "")

@@ -16,10 +16,10 @@ from torch import nn
 
 from luodi.errors import InvalidParameterError
 from luodi.loading.catalog import resolve_model
-from luodi.loading.gguf import GGUFFile, gguf_model_config, gguf_state_dict
+from luodi.loading.gguf import GGUFFile, gguf_hf_config, gguf_state_dict
 from luodi.loading.safetensors import safetensors_state_dict
 from luodi.loading.tokenizer import Tokenizer
-from luodi.models.config import ModelConfig, load_hf_config
+from luodi.models.config import ModelConfig, config_from_hf_dict, load_hf_config
 from luodi.models.inference import prepare_for_inference
 from luodi.models.registry import build_model
 from luodi.progress import track_if
@@ -66,8 +66,8 @@ def load_config_and_weights(
     """
     if path.is_file():
         gguf = GGUFFile(path)
-        config = gguf_model_config(gguf)
-        return config, gguf_state_dict(gguf, config, dtype), len(gguf.tensors)
+        hf_config = gguf_hf_config(gguf)
+        return config_from_hf_dict(hf_config), gguf_state_dict(gguf, hf_config, dtype), len(gguf.tensors)
     return load_hf_config(path), safetensors_state_dict(path), None
 
 

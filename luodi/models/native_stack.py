@@ -34,6 +34,7 @@ from luodi.kernels import fused, isa, lowbit
 from luodi.kernels.attention import PagedAttention
 from luodi.kernels.linear import PackedLinear
 from luodi.kernels.native_build import NativeExtension
+from luodi.kernels.report import KernelPath, first_line
 from luodi.models.layers import is_fusable_norm
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,15 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 @functools.cache
-def _native() -> Any:
+def _native_or_reason() -> tuple[Any, str]:
     module, reason = EXTENSION.load()
     if module is None:
         log.debug("native layer stack unavailable (%s); every step runs the Python path", reason)
-    return module
+    return module, reason
+
+
+def _native() -> Any:
+    return _native_or_reason()[0]
 
 
 class NativeStack:
@@ -98,6 +103,23 @@ def attach(model: nn.Module) -> bool:
     stack = native.LayerStack(lowbit.native_api(), fused.native_api(), layers, final_norm)
     backbone.native_stack = NativeStack(stack, dtype)
     return True
+
+
+def stack_path(model: nn.Module) -> KernelPath:
+    """Whether `model`'s steps run through the native stack, and if not, why."""
+    if _disabled:
+        return KernelPath("layer stack", "python", "LUODI_NATIVE_STACK=0")
+    if getattr(getattr(model, "model", None), "native_stack", None) is not None:
+        return KernelPath("layer stack", "native")
+    if not fused.native_available():
+        why = "needs the native fused ops"
+    elif not lowbit.has_native_api():
+        why = f"the {lowbit.native_level()} low-bit build offers no kernel table"
+    elif _native() is None:
+        why = first_line(_native_or_reason()[1])
+    else:
+        why = "not every layer is one it runs natively (dtype, norm, head_dim, LoRA adapters, device)"
+    return KernelPath("layer stack", "python", why)
 
 
 def detach(model: nn.Module) -> None:

@@ -1,8 +1,7 @@
-"""Quantization: low-bit weights and the modules that run them (`weight_only`, `linear`, `w8a8`),
-choosing how to scale them from calibration text (`calibration`, `smoothing`), Luodi's saved
-format (`format`), the `luodi quantize` flow (`quantize`) and how much a model lost (`evaluate`).
+"""The quantized runtime: low-bit weights and the modules that run them (`weight_only`, `linear`,
+`w8a8`), and Luodi's saved format (`format`).
 
-It sits above the models (it rewrites their linear layers and folds scales into their norms)
-and uses the naive reference forward for calibration and evaluation; it knows nothing of the
-scheduler, the server or the CLI.
+It knows no model: a model's config reaches the format as the HF `config.json` dictionary, and
+the tools that load models to quantize or evaluate them live above the models
+(`luodi.quant_tools`). It knows nothing of the scheduler, the server or the CLI.
 """

@@ -6,7 +6,8 @@
     model.safetensors    float tensors in bf16; quantized modules as packed integers + scales
 
 No pickle anywhere. This module owns the files and the mapping from `quant.json` to module
-classes; the numerics live in `weight_only`, `w8a8` and `linear`.
+classes; the numerics live in `weight_only`, `w8a8` and `linear`. It knows no model family: the
+model's config arrives as the HF `config.json` dictionary (`luodi.models.config.config_to_hf_dict`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from torch import nn
 
 from luodi.errors import InvalidParameterError, ModelFormatError
 from luodi.loading.tokenizer import Tokenizer
-from luodi.models.config import ModelConfig, config_to_hf_dict
 
 QUANT_FILE = "quant.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -154,10 +154,10 @@ def _swap_embedding(model: nn.Module, cls: type, options: dict[str, Any], path: 
 # -- writing -----------------------------------------------------------------------------------------
 
 
-def stored_state_dict(model: nn.Module, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def stored_state_dict(model: nn.Module, is_tied: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """What goes into model.safetensors: float tensors cast to `dtype`, quantized buffers as they are.
 
-    A tied lm_head is the embedding: stored once, under the embedding's name.
+    A tied lm_head (`is_tied`) is the embedding: stored once, under the embedding's name.
     """
     quantized = {
         f"{name}.{buffer}" for name, module in model.named_modules() if hasattr(module, "scheme")
@@ -165,7 +165,7 @@ def stored_state_dict(model: nn.Module, config: ModelConfig, dtype: torch.dtype)
     }
     state = {}
     for name, tensor in model.state_dict().items():
-        if config.tie_word_embeddings and name.startswith("lm_head."):
+        if is_tied and name.startswith("lm_head."):
             continue
         if name not in quantized and tensor.is_floating_point():
             tensor = tensor.to(dtype)
@@ -174,14 +174,17 @@ def stored_state_dict(model: nn.Module, config: ModelConfig, dtype: torch.dtype)
 
 
 def save_model(
-    model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, out: Path, spec: QuantSpec,
+    model: nn.Module, tokenizer: Tokenizer, hf_config: dict[str, Any], out: Path, spec: QuantSpec,
     dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
-    """Write the saved format to `out` (created; existing files of the format are replaced)."""
+    """Write the saved format to `out` (created; existing files of the format are replaced).
+
+    `hf_config` is the model's HF `config.json` dictionary, written as it is.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    state = stored_state_dict(model, config, dtype)
+    state = stored_state_dict(model, bool(hf_config.get("tie_word_embeddings")), dtype)
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config_to_hf_dict(config), indent=2) + "\n", encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save(out)
     (out / QUANT_FILE).write_text(spec.to_json(), encoding="utf-8")
     return out

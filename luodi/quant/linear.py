@@ -22,17 +22,11 @@ right, and the weights stay small in memory. After `finalize` on a CPU with bf16
   dequantized weight for oneDNN (`luodi.kernels.linear`) costs ~10 ms per 4M weights, which never
   repays within one call.
 
-Measured on a 2-vCPU Zen 4 (one thread: the machine was shared, and two threads' timings were
-dominated by the other load), TinyLlama-1.1B layer shapes (qkv 2560x2048, o 2048x2048, gate_up
-11264x2048, down 2048x5632), medians of alternating runs, per layer, bf16 oneDNN-packed as peer:
-- decode, M = 1, 8 layers (350 MB of INT8, beyond cache): bf16 8.7 ms; INT8 8.4 ms (0.97x); INT4
-  g32 3.9 ms (0.45x), g128 4.1 ms (0.47x); fp32 x through INT8 9.0 ms. On one core no kernel here
-  reaches the memory wall, so INT8 halves the bytes read but not the time.
-- crossover, kernel vs dequant + GEMM (min of runs): INT8 even at M ≈ 32-48 (11264x2048, M = 32:
-  24.8 vs 19.3 ms; 2048x2048, M = 48: 2.58 vs 2.36 ms), INT4 even at M ≈ 128 (11264x2048: 75.0
-  vs 76.8 ms; at M = 192 110 vs 88 ms) — hence `gemm_min_rows` 48 and 128.
-- prompt, M = 256: bf16 151 ms; INT8 243 ms (1.6x); INT4 g128 297 ms (2.0x), g32 351 ms (2.3x);
-  the int kernels alone would take 3.0-3.9x.
+Measured on TinyLlama-1.1B layer shapes against bf16 oneDNN-packed layers (benchmarks/README.md,
+"Weight-only INT8 / INT4 layers on torch's kernels"): at decode INT4 takes about half bf16's time
+and INT8 about the same (on one core no kernel here reaches the memory wall, so INT8 halves the
+bytes read but not the time); the kernel and dequantize + GEMM break even at M ≈ 32-48 for INT8
+and M ≈ 128 for INT4, hence `gemm_min_rows` 48 and 128.
 
 INT4 keeps its stored nibbles (`qweight`) beside the kernel layout after `finalize`: they feed
 prompt-batch dequantization, embedding rows and the state_dict. When the model is loaded from a

@@ -2,7 +2,7 @@
 
 Owns the W8A8 numerics (Xiao et al. 2023, sec. 3: per-token dynamic activation scales, static
 per-channel weight scales) and the module that stores and runs them. The smoothing that makes
-activations quantizable is folded into the float model beforehand (`luodi.quant.smoothing`);
+activations quantizable is folded into the float model beforehand (`luodi.quant_tools.smoothing`);
 this module knows nothing of models, calibration or files beyond its buffers.
 
     y = (s_x[:, None] * s_w[None, :]) * (q_x @ q_wᵀ) + bias
@@ -10,18 +10,9 @@ this module knows nothing of models, calibration or files beyond its buffers.
 q_x = round(x / s_x) with s_x = max|x_row| / 127, computed at run time; q_w and s_w are stored
 (`weight_only.quantize_int8`: symmetric, [-127, 127]). The integer product is exact (int32).
 
-Kernels on CPU (after `finalize`). Measured on a 2-core Zen 4 (AVX-512 VNNI and BF16, no AMX),
-2 threads, bf16 activations, one [5632, 2048] weight (a 1B model's gate_proj), eight copies
-cycled so that weights stream from memory rather than L3; medians of 7-9 alternating runs on
-an otherwise idle machine, ms per call (GOP/s, speed-up over bf16):
-
-    rows  bf16 oneDNN packed      torch._int_mm alone     W8A8, _int_mm path    W8A8, oneDNN path
-    1     0.686  (34, 1.00x)      0.385  (60, 1.78x)      0.409 (56, 1.68x)     0.374 (62, 1.83x)
-    512   13.95 (847, 1.00x)      7.70 (1534, 1.81x)      11.72 (1008, 1.19x)   9.75 (1212, 1.43x)
-
-"bf16 oneDNN packed" is `luodi.kernels.linear.PackedLinear`; "_int_mm alone" is the bare integer
-matmul with x already quantized. At one row every path is bound by memory bandwidth (bf16 reads
-twice the bytes); at 512 rows the integer matmul does ~1.8x the bf16 GEMM's work per second.
+Kernels on CPU (after `finalize`), measured against bf16 (benchmarks/README.md, "W8A8 layers on
+torch's kernels"): at one row every path is bound by memory bandwidth (bf16 reads twice the
+bytes); at 512 rows the integer matmul does ~1.8x the bf16 GEMM's work per second.
 
 - oneDNN's u8×s8 `qlinear` (weights prepacked once; x shifted by 128 into u8 with zero point
   128) beats `torch._int_mm` (which takes `qweight` as stored) at prompt sizes because it also
@@ -30,7 +21,7 @@ twice the bytes); at 512 rows the integer matmul does ~1.8x the bf16 GEMM's work
   x86 int8 code paths; elsewhere `torch._int_mm`. The packed copy doubles the layer's memory, as
   INT4's kernel layout does (`luodi.quant.linear`); a memory-mapped `qweight` stays evictable.
 - What the paths add to the bare matmul is eager PyTorch's per-token quantization and rescale:
-  ~10 small ops, ~0.02 ms at one row and ~2 ms at 512 rows of this shape.
+  ~10 small ops, a few percent at one row and a fifth of the time at 512 rows.
 
 Where Luodi's native kernels build (`luodi.kernels.lowbit`, AVX-512 VNNI), they replace both up
 to `lowbit.NATIVE_MAX_ROWS` rows: the INT8 kernel in its per-row mode quantizes each row with the

@@ -7,7 +7,7 @@ stored forms (what `luodi.quant.linear` saves and the kernels read):
   w ≈ q * scale. -128 is never used, so the grid is symmetric around zero (as in LLM.int8's
   absmax quantization, Dettmers et al. 2022, and gpt-fast's `WeightOnlyInt8QuantHandler`).
 - INT4, asymmetric round-to-nearest in groups of g consecutive input columns (GPTQ/AWQ-style
-  groups; `luodi.quant.gptq` adds GPTQ's error feedback and stores the same form): `q` 0..15
+  groups; `luodi.quant_tools.gptq` adds GPTQ's error feedback and stores the same form): `q` 0..15
   [N, K], `scales` and `mins` fp16 [N, K/g];
   w ≈ q * scale + min. On disk two nibbles share a byte (`pack_int4`). Each group's grid starts
   at its min and spans its [min, max] in 15, 14, ... or 8 steps, whichever gives the least squared

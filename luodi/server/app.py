@@ -130,10 +130,11 @@ def _openapi_naming_the_model(app: FastAPI, service: ModelService) -> dict[str, 
 def _add_service_routes(app: FastAPI, service: ModelService) -> None:
     @app.get("/health", response_model=r.HealthStatus, responses={503: {"model": r.HealthStatus}})
     async def health() -> JSONResponse:
-        """200 once the model is loaded; 503 while loading (detail: "compiling native … kernels (first
-        start only)" while a first start builds them) or after a failed load."""
+        """200 once the model is loaded (with the figures a gateway routes by and the kernel paths in
+        use); 503 while loading (detail: "compiling native … kernels (first start only)" while a first
+        start builds them) or after a failed load."""
         body = r.HealthStatus(status=service.status, model=service.config.model_name, detail=service.detail,  # type: ignore[arg-type]
-                              load=service.load())
+                              load=service.load(), kernels=service.kernels())
         return JSONResponse(body.model_dump(), status_code=200 if service.status == "ok" else 503)
 
     @app.get("/metrics", response_class=Response)

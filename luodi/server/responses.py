@@ -160,6 +160,7 @@ class HealthStatus(BaseModel):
     model: str
     detail: str | None = None
     load: dict[str, Any] | None = _omitted_if_none()  # once ready: the figures a gateway routes by
+    kernels: dict[str, str] | None = _omitted_if_none()  # once ready: each kernel group's path and why
 
 
 class ErrorInfo(BaseModel):

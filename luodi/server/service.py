@@ -158,6 +158,12 @@ class ModelService:
         hardware = self.config.hardware or hardware_class(self._llm)
         return load_report(self._llm.engine, self._num_admitted, hardware, self.started_at)
 
+    def kernels(self) -> dict[str, str] | None:
+        """Which kernels serve the model and why, by group (None until the model is ready)."""
+        if self._llm is None:
+            return None
+        return {path.kernels: path.summary() for path in self._llm.kernel_paths}
+
     def _sync_engine(self) -> LLMEngine | None:
         return self._llm.engine if self._llm is not None else None
 

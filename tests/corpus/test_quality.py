@@ -21,7 +21,7 @@ from luodi.corpus.llm_filter import LLMFilter, Thresholds, bucket, is_dropped, l
 from luodi.corpus.llm_score import BpcScorer
 from luodi.corpus.quality import QualityClassifier, fit_classifier, spearman
 from luodi.corpus.recipe import RecipeError, default_recipe_text, parse_recipe
-from luodi.engine.reference import full_logits
+from luodi.models.reference import full_logits
 
 MODEL = "smollm2-135m-instruct"
 

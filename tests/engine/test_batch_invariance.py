@@ -21,7 +21,7 @@ from luodi.engine.sampling import SamplingParams
 from luodi.engine.speculative import SpeculativeConfig
 from luodi.models import native_stack
 from luodi.models.loader import load_model
-from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 from model_cache import pulled_model_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("batch_invariant_kernels")]

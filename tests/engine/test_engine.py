@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
-from luodi.engine.reference import full_logits, greedy_generate
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError, PromptTooLongError
+from luodi.models.reference import full_logits, greedy_generate
 from oracles import assert_greedy_match
 
 GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)

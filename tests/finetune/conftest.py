@@ -14,7 +14,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import models, pre_tokenizers
 
 from luodi.loading.tokenizer import Tokenizer
-from luodi.models.config import ModelConfig
+from luodi.models.config import ModelConfig, config_to_hf_dict
 from luodi.models.llama import LlamaForCausalLM
 from luodi.quant.format import QuantSpec, save_model
 
@@ -38,5 +38,5 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model = LlamaForCausalLM(TINY)
     model.tie_weights()
     path = tmp_path_factory.mktemp("tiny-llama")
-    save_model(model, tiny_tokenizer(), TINY, path, QuantSpec(scheme="none"), dtype=torch.float32)
+    save_model(model, tiny_tokenizer(), config_to_hf_dict(TINY), path, QuantSpec(scheme="none"), dtype=torch.float32)
     return path

@@ -125,7 +125,7 @@ def test_merged_model_answers_heldout_questions(merged):
 
 @TARGET_NOT_MET
 def test_merged_int8_model_answers_heldout_questions(merged, tmp_path):
-    from luodi.quant.quantize import QuantizeOptions, quantize_model_dir
+    from luodi.quant_tools.quantize import QuantizeOptions, quantize_model_dir
 
     out = quantize_model_dir(str(merged), QuantizeOptions(scheme="int8"), tmp_path / "int8").out
     _assert_most_answered(_answers(LLM.load(str(out), device="cpu")))

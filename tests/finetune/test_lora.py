@@ -21,10 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
-from luodi.finetune.data import IGNORE_INDEX, TrainingExample
 from luodi.finetune import forward
+from luodi.finetune.data import IGNORE_INDEX, TrainingExample
 from luodi.finetune.forward import all_logits, batch_loss, pack
 from luodi.finetune.lora import (
     AdapterError, LoraOptions, attach_lora, enable_gradient_checkpointing, load_adapter, load_for_training,
@@ -33,6 +32,7 @@ from luodi.finetune.lora import (
 from luodi.finetune.merge import merge_adapter
 from luodi.finetune.train import TrainOptions, train_epochs
 from luodi.models.loader import load_model
+from luodi.models.reference import full_logits
 
 pytest.importorskip("peft")
 

@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from luodi.engine.engine import EngineConfig, LLMEngine
-from luodi.engine.reference import full_logits
 from luodi.engine.sampling import SamplingParams
 from luodi.errors import InvalidParameterError
 from luodi.finetune.lora import LoraOptions, attach_lora, load_for_training, save_adapter
 from luodi.finetune.merge import merge_adapter
 from luodi.models.adapters import AdapterError, attach_adapters, read_adapter
 from luodi.models.loader import load_model
+from luodi.models.reference import full_logits
 
 pytest.importorskip("peft")
 

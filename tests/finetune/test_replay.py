@@ -14,7 +14,7 @@ from luodi.finetune.forward import batch_loss, pack
 from luodi.finetune.lora import LoraOptions, attach_lora, load_for_training, trainable_parameters
 from luodi.finetune.replay import REPLAY_SEQ_LEN, Replay, general_replay
 from luodi.finetune.train import TrainOptions, train_epoch
-from luodi.quant.texts import calibration_text
+from luodi.quant_tools.texts import calibration_text
 
 
 class _CharTokenizer:

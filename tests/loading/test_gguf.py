@@ -16,7 +16,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
 from luodi.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
-from luodi.loading.gguf import GGUFFile, gguf_model_config, gguf_state_dict, hf_tensor_name
+from luodi.loading.gguf import GGUFFile, gguf_hf_config, gguf_state_dict, hf_tensor_name
+from luodi.models.config import ModelConfig, config_from_hf_dict
 
 # -- synthetic files ---------------------------------------------------------------------------
 
@@ -297,6 +298,12 @@ def test_undequantizable_type_is_a_format_error(tmp_path):
 
 # -- config -----------------------------------------------------------------------------------------
 
+
+def _model_config(f: GGUFFile) -> ModelConfig:
+    """What loading builds from a GGUF file: its HF config dictionary through the one builder."""
+    return config_from_hf_dict(gguf_hf_config(f))
+
+
 # Published HF configs (config.json + generation_config.json) of the original checkpoints.
 SMOLLM2_135M_INSTRUCT = dict(
     model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -319,7 +326,7 @@ GEMMA3_270M = dict(
     ("model", "published"), [("smollm2_gguf", SMOLLM2_135M_INSTRUCT), ("gemma3_gguf", GEMMA3_270M)]
 )
 def test_config_matches_published_hf_config(model, published, request):
-    config = gguf_model_config(GGUFFile(request.getfixturevalue(model)))
+    config = _model_config(GGUFFile(request.getfixturevalue(model)))
     assert {key: getattr(config, key) for key in published} == published
 
 
@@ -354,7 +361,7 @@ def test_config_matches_transformers(model, request, oracle_reader, hf_gguf_loca
     path = request.getfixturevalue(model)
     directory, name = hf_gguf_location(path)
     expected = _hf_fields(transformers.AutoConfig.from_pretrained(directory, gguf_file=name))
-    config = gguf_model_config(GGUFFile(path))
+    config = _model_config(GGUFFile(path))
     ours = {key: getattr(config, key) for key in expected if key != "eos_token_id"}
     ours["eos_token_id"] = config.eos_token_ids[0]
     assert ours == expected
@@ -366,13 +373,27 @@ def test_unknown_architecture(tmp_path):
     writer.add_tensor("x", np.zeros((2, 32), np.float32))
     _finish(writer)
     with pytest.raises(UnsupportedArchitectureError, match=r"'rwkv6'.*gemma3.*llama.*qwen2.*qwen3"):
-        gguf_model_config(GGUFFile(path))
+        _model_config(GGUFFile(path))
 
 
 def test_linear_rope_scaling(tmp_path):
     path = write_tiny_model(tmp_path / "scaled.gguf", "llama", extra=lambda w: (
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), w.add_rope_scaling_factor(8.0)))  # fmt: skip
-    assert gguf_model_config(GGUFFile(path)).rope_scaling == {"rope_type": "linear", "factor": 8.0}
+    assert _model_config(GGUFFile(path)).rope_scaling == {"rope_type": "linear", "factor": 8.0}
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    (None, ("sliding_attention", "sliding_attention")),  # no key: Gemma 3's period of 6
+    (2, ("sliding_attention", "full_attention")),  # a period: every 2nd layer global
+    ([False, True], ("full_attention", "sliding_attention")),  # per layer: True = sliding
+])  # fmt: skip
+def test_gemma3_sliding_layers(tmp_path, pattern, expected):
+    def add_pattern(writer: gguf.GGUFWriter) -> None:
+        if pattern is not None:
+            writer.add_sliding_window_pattern(pattern)
+
+    path = write_tiny_model(tmp_path / "gemma3.gguf", "gemma3", extra=add_pattern)
+    assert _model_config(GGUFFile(path)).layer_types == expected
 
 
 def _llama_cpp_rope_freqs(head_dim: int, theta: float, factor: float, low: float, high: float, original: int):
@@ -405,7 +426,7 @@ def test_llama3_rope_freqs_become_hf_rope_scaling(tmp_path, head_dim, factor):
         add(value)
     writer.add_tensor("rope_freqs.weight", _llama_cpp_rope_freqs(head_dim, theta, factor, 1.0, 4.0, 8192))
     _finish(writer)
-    config = gguf_model_config(GGUFFile(path))
+    config = _model_config(GGUFFile(path))
     expected = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}  # fmt: skip
     assert config.rope_scaling == expected
@@ -522,17 +543,17 @@ def _assert_state_dict_matches(
 def test_tiny_model_weights_match_transformers(arch, tied, tmp_path):
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, tied=tied)
     f = GGUFFile(path)
-    config = gguf_model_config(f)
-    assert config.tie_word_embeddings == tied
-    assert config.attention_bias == (arch == "qwen2")
-    ours = dict(gguf_state_dict(f, config))
+    hf_config = gguf_hf_config(f)
+    assert hf_config["tie_word_embeddings"] == tied
+    assert hf_config["attention_bias"] == (arch == "qwen2")
+    ours = dict(gguf_state_dict(f, hf_config))
     _assert_state_dict_matches(ours, _transformers_state_dict(str(tmp_path), path.name), tied)
 
 
 def test_untransformed_half_tensors_stay_zero_copy(tmp_path):
     path = write_tiny_model(tmp_path / "qwen2.gguf", "qwen2")
     f = GGUFFile(path)
-    weights = dict(gguf_state_dict(f, gguf_model_config(f)))
+    weights = dict(gguf_state_dict(f, gguf_hf_config(f)))
     q_proj = weights["model.layers.0.self_attn.q_proj.weight"]  # F16 in the file, no transform for qwen2
     assert q_proj.dtype == torch.float16
     assert q_proj.data_ptr() == f.raw("blk.0.attn_q.weight").ctypes.data
@@ -546,9 +567,9 @@ def test_real_model_weights_match_transformers(model, request, oracle_reader, hf
     path = request.getfixturevalue(model)
     theirs = _transformers_state_dict(*hf_gguf_location(path))
     f = GGUFFile(path)
-    config = gguf_model_config(f)
-    ours = dict(gguf_state_dict(f, config))
-    _assert_state_dict_matches(ours, theirs, config.tie_word_embeddings)
+    hf_config = gguf_hf_config(f)
+    ours = dict(gguf_state_dict(f, hf_config))
+    _assert_state_dict_matches(ours, theirs, hf_config["tie_word_embeddings"])
 
 
 def test_name_table():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
-from luodi.engine.reference import full_logits
 from luodi.engine.sampling import SamplingParams
 from luodi.models.loader import load_config_and_weights
+from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
 from oracles import assert_greedy_match
 

@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from luodi.engine.reference import full_logits
 from luodi.kernels import lowbit
 from luodi.kernels.linear import PackedEmbedding, PackedLinear, can_pack_bf16
 from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
 from luodi.models.qwen2 import Qwen2ForCausalLM
+from luodi.models.reference import full_logits
 
 QWEN2 = ModelConfig(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, attention_bias=True)

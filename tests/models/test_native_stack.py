@@ -9,6 +9,7 @@ import torch
 
 from luodi.kernels import fused, isa, lowbit
 from luodi.kernels.attention import PagedAttention, SequenceSlice, build_metadata
+from luodi.kernels.report import KernelPath
 from luodi.models import native_stack
 from luodi.models.adapters import LoraAdapter, attach_adapters
 from luodi.models.config import ModelConfig
@@ -17,7 +18,7 @@ from luodi.models.inference import prepare_for_inference
 from luodi.models.llama import LlamaForCausalLM
 from luodi.models.qwen2 import Qwen2ForCausalLM
 from luodi.models.qwen3 import Qwen3ForCausalLM
-from luodi.quant.quantize import QuantizeOptions, quantize_modules
+from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
 
 pytestmark = pytest.mark.skipif(
     not (lowbit.native_available() and fused.native_available() and native_stack._native() is not None),
@@ -138,6 +139,9 @@ def test_models_it_cannot_run_keep_the_python_path():
     cls, config = FAMILIES["llama"]
     fp32 = prepare_for_inference(cls(config).eval())  # fp32 weights are not packed
     assert fp32.model.native_stack is None
+    path = native_stack.stack_path(fp32)  # what the startup report says, and why
+    assert (path.kernels, path.path) == ("layer stack", "python") and "not every layer" in path.reason
+    assert native_stack.stack_path(_model("llama", "bf16")) == KernelPath("layer stack", "native")
 
 
 def test_attaching_adapters_detaches_the_stack():

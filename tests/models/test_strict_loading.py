@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from luodi.engine.reference import full_logits
 from luodi.errors import ModelFormatError
 from luodi.models.loader import load_config_and_weights
+from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
 
 transformers = pytest.importorskip("transformers")

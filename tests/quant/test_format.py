@@ -16,13 +16,14 @@ import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import models, pre_tokenizers
 
-from luodi.engine.reference import full_logits
 from luodi.errors import ModelFormatError
 from luodi.loading.tokenizer import Tokenizer
+from luodi.models.config import config_to_hf_dict
 from luodi.models.loader import load_config_and_weights, load_model
+from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
 from luodi.quant.format import QUANT_FILE, QuantSpec, save_model
-from luodi.quant.quantize import QuantizeOptions, quantize_modules
+from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
 
 transformers = pytest.importorskip("transformers")
 
@@ -53,7 +54,7 @@ def float_model(request, tmp_path_factory):
 def _save(model, scheme: str, out: Path) -> torch.nn.Module:
     model = copy.deepcopy(model)
     modules = quantize_modules(model, QuantizeOptions(scheme=scheme)) if scheme != "none" else {}
-    save_model(model, _tiny_tokenizer(), model.config, out, QuantSpec(scheme=scheme, modules=modules))
+    save_model(model, _tiny_tokenizer(), config_to_hf_dict(model.config), out, QuantSpec(scheme=scheme, modules=modules))
     return model
 
 

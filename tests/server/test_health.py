@@ -9,6 +9,7 @@ import threading
 import httpx
 from live_server import MODEL_ID, make_llm, running_server, wait_for
 
+from luodi.kernels import lowbit
 from luodi.kernels.native_build import announce_compile
 from luodi.server import ModelService, ServerConfig
 
@@ -44,3 +45,10 @@ def test_health_says_the_kernels_are_compiling_then_ok(loaded, caplog):
         assert (load["running"], load["waiting"], load["admitted"]) == (0, 0, 0)
         assert load["kv_blocks_free"] == load["kv_blocks_total"] > 0 and load["step_cost"] is None
         assert load["hardware"].startswith(("cpu-", "cuda:"))
+        # and which kernels serve it: on CPU the level in force and each group's path
+        kernels = ready["kernels"]
+        if load["hardware"].startswith("cpu-"):
+            assert kernels["instruction-set level"].split(" ")[0] == load["hardware"].removeprefix("cpu-")
+            expected = f"native {lowbit.native_level()}" if lowbit.native_available() else "torch ("
+            assert kernels["low-bit linear"].startswith(expected)
+            assert set(kernels) == {"instruction-set level", "low-bit linear", "fused ops", "layer stack"}

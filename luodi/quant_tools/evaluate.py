@@ -4,7 +4,7 @@ Owns: turning a text into scored windows and the two figures every quantization 
 (DESIGN.md, "Benchmark protocol" — quality).
 
 How windows are formed. The text is tokenized once, without special tokens, and cut into
-consecutive non-overlapping windows (`luodi.quant.texts.token_windows`). Each window is run through
+consecutive non-overlapping windows (`luodi.quant_tools.texts.token_windows`). Each window is run through
 the model on its own (no context carried over), teacher-forced. If the tokenizer adds a BOS token
 (as the model sees at serving time), the window holds `seq_len - 1` text tokens after a BOS and every
 text token is scored; otherwise it holds `seq_len` text tokens and the first, having nothing to be
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.loading.tokenizer import Tokenizer
+from luodi.models.reference import full_logits
 from luodi.progress import track_if
-from luodi.quant.texts import token_windows
+from luodi.quant_tools.texts import token_windows
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from luodi.engine.engine import EngineConfig, LLMEngine
-from luodi.engine.reference import full_logits
 from luodi.engine.sampling import SamplingParams
 from luodi.kernels import isa, lowbit
 from luodi.models.loader import load_model
+from luodi.models.reference import full_logits
 from model_cache import cache_home, pulled_model_path
 from oracles import assert_greedy_match
 

@@ -4,7 +4,7 @@ The steps: load the model in fp32 (un-fused, HF names), calibrate on text when t
 activation statistics (SmoothQuant's smoothing, AWQ's scaling, GPTQ's input Gram matrices), fold
 the scaling into the preceding norms, swap every linear layer — and the token embedding — for its
 quantized form, and write the directory (`luodi.quant.format`). Quantization arithmetic lives in
-`weight_only` / `w8a8` / `gptq`; the choice of smoothing in `smoothing`.
+`luodi.quant.weight_only` / `luodi.quant.w8a8` and `gptq`; the choice of smoothing in `smoothing`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from luodi.errors import InvalidParameterError
+from luodi.models.config import config_to_hf_dict
+from luodi.models.loader import load_model
 from luodi.progress import status_if, track_if
 from luodi.quant.format import EMBEDDING, WEIGHTS_FILE, QuantSpec, module_classes, save_model, set_module
 from luodi.quant.weight_only import SCALE_BITS, pick_scale_bits
@@ -111,8 +113,6 @@ def quantize_model_dir(
     model_spec: str, options: QuantizeOptions, out: Path, *, progress: bool = False,
 ) -> QuantizeResult:
     """Quantize (or, with scheme "none", convert) `model_spec` into the saved format at `out`."""
-    from luodi.models.loader import load_model
-
     start = time.perf_counter()
     calib_text = _read_calibration(options) if options.needs_calibration else ""
     loaded = load_model(model_spec, device="cpu", dtype="float32", for_inference=False, progress=progress)
@@ -124,7 +124,7 @@ def quantize_model_dir(
     modules = quantize_modules(model, options, grams=grams, progress=progress) if options.scheme != "none" else {}
     spec = QuantSpec(scheme=options.scheme, modules=modules, options=options.describe(),
                      report={"choices": choices}, source=model_spec)
-    save_model(model, loaded.tokenizer, config, out, spec)
+    save_model(model, loaded.tokenizer, config_to_hf_dict(config), out, spec)
     return QuantizeResult(
         out=out, scheme=options.scheme, bytes_bf16=bytes_bf16, bytes_written=(out / WEIGHTS_FILE).stat().st_size,
         seconds=time.perf_counter() - start, num_quantized=len(modules), choices=choices,
@@ -133,7 +133,7 @@ def quantize_model_dir(
 
 
 def _read_calibration(options: QuantizeOptions) -> str:
-    from luodi.quant.texts import calibration_text
+    from luodi.quant_tools.texts import calibration_text
 
     if options.calib_file is None:
         return calibration_text()
@@ -158,7 +158,7 @@ def _bf16_bytes(model: nn.Module, tied: bool) -> int:
 
 
 def _calibration_sequences(tokenizer: Any, options: QuantizeOptions, text: str) -> list[list[int]]:
-    from luodi.quant.texts import token_windows
+    from luodi.quant_tools.texts import token_windows
 
     return token_windows(tokenizer.encode(text), options.calib_seq_len, options.calib_max_seqs)
 
@@ -169,8 +169,8 @@ def _calibrate_and_scale(
     """Fold the scheme's activation scaling (SmoothQuant, AWQ) into the model, if any; the choices."""
     if not options.scales_activations:
         return {}
-    from luodi.quant.calibration import collect_activation_stats
-    from luodi.quant.smoothing import awq_scale_model, smooth_model
+    from luodi.quant_tools.calibration import collect_activation_stats
+    from luodi.quant_tools.smoothing import awq_scale_model, smooth_model
 
     stats = collect_activation_stats(model, sequences, progress=progress)
     if options.scheme == "w8a8":
@@ -184,8 +184,8 @@ def _calibrate_and_scale(
 
 def _gptq_grams(model: nn.Module, sequences: list[list[int]], progress: bool) -> dict[str, torch.Tensor]:
     """Input Gram matrices of every decoder linear and the lm_head (which a tied table shares)."""
-    from luodi.quant.calibration import calibration_linears
-    from luodi.quant.gptq import collect_input_grams
+    from luodi.quant_tools.calibration import calibration_linears
+    from luodi.quant_tools.gptq import collect_input_grams
 
     return collect_input_grams(model, [*calibration_linears(model), "lm_head"], sequences, progress=progress)
 
@@ -234,7 +234,7 @@ def quantize_modules(
 
 def _quantize_linear(linear: nn.Linear, entry: dict[str, Any], gram: torch.Tensor | None) -> nn.Module:
     """`linear` in the scheme of `entry`; INT4 with GPTQ where its input Gram matrix is given."""
-    from luodi.quant.gptq import gptq_int4
+    from luodi.quant_tools.gptq import gptq_int4
     from luodi.quant.linear import Int4Linear
     from luodi.quant.weight_only import int4_grid_steps
 

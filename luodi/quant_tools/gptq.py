@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
+from luodi.models.reference import full_logits
 from luodi.progress import track_if
 from luodi.quant.weight_only import (
     INT4_LEVELS,

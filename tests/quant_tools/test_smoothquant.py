@@ -14,13 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.models.config import ModelConfig
 from luodi.models.inference import fuse_projections
+from luodi.models.reference import full_logits
 from luodi.models.registry import MODEL_CLASSES
-from luodi.quant.calibration import SAMPLE_SEED, collect_activation_stats
-from luodi.quant.smoothing import (
+from luodi.quant.w8a8 import W8A8Linear
+from luodi.quant.weight_only import dequantize_int4, quantize_int4
+from luodi.quant_tools.calibration import SAMPLE_SEED, collect_activation_stats
+from luodi.quant_tools.smoothing import (
     ALPHA_GRID,
     apply_smoothing,
     awq_scale_model,
@@ -28,8 +30,6 @@ from luodi.quant.smoothing import (
     smoothing_factors,
     smoothing_groups,
 )
-from luodi.quant.w8a8 import W8A8Linear
-from luodi.quant.weight_only import dequantize_int4, quantize_int4
 
 VOCAB = 96
 QKV0 = "model.layers.0.self_attn.qkv"

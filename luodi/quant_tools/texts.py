@@ -16,7 +16,7 @@ from importlib import resources
 
 from luodi.errors import InvalidParameterError
 
-_DATA_PACKAGE = "luodi.quant"
+_DATA_PACKAGE = "luodi.quant_tools"
 CALIBRATION_FILE = "data/calibration.txt"
 HELDOUT_FILE = "data/heldout.txt"
 # A window of one token has nothing to predict from: keep a trailing partial window only from 2.

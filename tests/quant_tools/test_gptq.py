@@ -20,10 +20,7 @@ import torch
 
 from luodi.errors import InvalidParameterError
 from luodi.models.inference import fuse_projections
-from luodi.quant import gptq
-from luodi.quant.gptq import DAMPING, collect_input_grams, gptq_int4
 from luodi.quant.linear import Int4Linear, QuantEmbedding
-from luodi.quant.quantize import QuantizeOptions, quantize_modules
 from luodi.quant.weight_only import (
     INT4_LEVELS,
     dequantize_int4,
@@ -31,6 +28,9 @@ from luodi.quant.weight_only import (
     quantize_int4,
     quantize_int4_groups,
 )
+from luodi.quant_tools import gptq
+from luodi.quant_tools.gptq import DAMPING, collect_input_grams, gptq_int4
+from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
 
 from test_smoothquant import sequences, tiny_model
 

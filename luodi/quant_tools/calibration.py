@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
+from luodi.models.reference import full_logits
 from luodi.progress import track_if
 
 # Fixed so that two calibrations of one model on the same sequences give the same subsample.

@@ -18,15 +18,15 @@ from tokenizers import decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
-from luodi.engine.reference import full_logits
 from luodi.errors import InvalidParameterError
 from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig
 from luodi.models.llama import LlamaForCausalLM
 from luodi.models.loader import load_config_and_weights
+from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
-from luodi.quant.evaluate import greedy_agreement, perplexity_per_byte, scored_windows
-from luodi.quant.texts import calibration_text, heldout_text, token_windows
+from luodi.quant_tools.evaluate import greedy_agreement, perplexity_per_byte, scored_windows
+from luodi.quant_tools.texts import calibration_text, heldout_text, token_windows
 
 transformers = pytest.importorskip("transformers")
 

@@ -25,10 +25,10 @@ from torch import nn
 
 from luodi.errors import InvalidParameterError, UnsupportedArchitectureError
 from luodi.models.layers import GemmaRMSNorm, RMSNorm
-from luodi.quant.calibration import LinearStats
 from luodi.quant.w8a8 import fake_quantize_int8
 from luodi.quant.weight_only import GROUP_SIZES as INT4_GROUP_SIZES
 from luodi.quant.weight_only import dequantize_int4, quantize_int4
+from luodi.quant_tools.calibration import LinearStats
 
 ALPHA_GRID: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 … 0.9
 # Factors are kept within [1/MAX_FACTOR, MAX_FACTOR]: a channel that is (nearly) dead in x or in W
