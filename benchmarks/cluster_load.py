@@ -152,14 +152,14 @@ def measure_scaling(model: str, reps: int) -> dict:
     users = [[{"role": "user", "content": f"Write a short note number {i} about the weather."}] for i in range(64)]
     work = [(m, 64, None) for m in users]
     figures: dict[str, list[float]] = {f"{n}x1 {load}": [] for n in (1, 2) for load in ("saturated", "same load")}
-    for _ in range(reps):
+    loads = {"saturated": lambda count: (work[: 32 * count], SCALING_CONCURRENCY * count),
+             "same load": lambda count: (work[:32], SCALING_CONCURRENCY)}
+    for rep in range(reps):
         for count in (1, 2):
             with replicas([(count, model_args(model), 1)]) as urls, gateway(urls, "latency") as url:
                 asyncio.run(run_workload(url, work[:4], 4))  # warm-up: step costs measured
-                saturated = asyncio.run(run_workload(url, work[: 32 * count], SCALING_CONCURRENCY * count))
-                figures[f"{count}x1 saturated"].append(saturated["tok_s"])
-                same = asyncio.run(run_workload(url, work[:32], SCALING_CONCURRENCY))
-                figures[f"{count}x1 same load"].append(same["tok_s"])
+                for load in sorted(loads, reverse=rep % 2 == 1):  # which load runs first alternates
+                    figures[f"{count}x1 {load}"].append(asyncio.run(run_workload(url, *loads[load](count)))["tok_s"])
     median = {label: statistics.median(values) for label, values in figures.items()}
     return {"tok_s_1_replica_1_thread": round(median["1x1 saturated"], 1),
             "tok_s_2_replicas_1_thread": round(median["2x1 saturated"], 1),
