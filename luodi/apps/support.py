@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from luodi.corpus.document import cjk_fraction
 from luodi.engine.sampling import SamplingParams
 from luodi.kb.answer import Source, answer_messages, cited_numbers, fit_passages
 from luodi.kb.document import Hit
@@ -39,7 +40,6 @@ from luodi.llm import LLM, Message
 DEFAULT_MIN_SCORES = {"en": 0.8306, "zh": 0.8715}
 HANDOFF_TEXT = ("I could not find this in our documentation, so I will not guess. "
                 "Would you like me to hand you over to a colleague?")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _FOLLOW_UP = re.compile(r"\b(it|its|that|this|those|these|they|them|there|one)\b|它|这个|那个|这些|那些|呢[？?]?$",
                         re.IGNORECASE)
 
@@ -90,7 +90,7 @@ class SupportTurn:
 def query_language(text: str) -> str:
     """ "zh" for a question holding any CJK character (Chinese with an English product name is still
     Chinese to the embedder's scores), "en" otherwise: the two score ranges the thresholds are tuned for."""
-    return "zh" if _CJK.search(text) else "en"
+    return "zh" if cjk_fraction(text) > 0 else "en"
 
 
 def default_params(max_tokens: int = 200) -> SamplingParams:
