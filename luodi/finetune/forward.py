@@ -102,14 +102,24 @@ def all_logits(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
 
 def batch_loss(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Mean next-token cross-entropy over every trained token of the batch (fp32)."""
+    return token_losses(model, batch).mean()
+
+
+def token_losses(model: nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """[N] next-token cross-entropy (fp32) at each trained token, in the batch's order."""
     lm = _causal_lm(model)
     head = lm.lm_head
     if type(head) is not nn.Linear or head.weight.requires_grad or head.bias is not None:
         logits, targets = trained_logits(model, batch)  # a trained or adapted head: plain autograd
-        return F.cross_entropy(logits.float(), targets, reduction="mean")
+        return F.cross_entropy(logits.float(), targets, reduction="none")
     index = _trained_rows(batch)
     hidden = lm.model(batch.input_ids, batch.positions, CausalAttention(batch.seq_lens))[index]
     return _LinearCrossEntropy.apply(hidden, head.weight, batch.targets[index], lm.config.final_logit_softcapping)
+
+
+def num_trained_tokens(examples: list[TrainingExample]) -> int:
+    """How many rows of `token_losses` these examples take when packed."""
+    return sum(label != IGNORE_INDEX for ex in examples for label in ex.labels[1:])
 
 
 def _trained_rows(batch: PackedBatch) -> torch.Tensor:
@@ -131,9 +141,9 @@ _LOSS_MIN_ROWS = 64
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """mean(cross_entropy(softcap(hidden @ weight.T), targets)) a chunk of rows at a time, with
-    the gradient w.r.t. `hidden` computed alongside (the frozen weight needs none), so the full
-    [N, V] logits never exist. Logits as `CausalLM.compute_logits` makes them: the head in the
+    """cross_entropy(softcap(hidden @ weight.T), targets) per row [N], a chunk of rows at a time,
+    with the gradient w.r.t. `hidden` computed alongside (the frozen weight needs none), so the
+    full [N, V] logits never exist. Logits as `CausalLM.compute_logits` makes them: the head in the
     weight's dtype, then fp32."""
 
     @staticmethod
@@ -141,7 +151,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 softcap: float | None) -> torch.Tensor:
         n = hidden.shape[0]
         rows = min(n, max(_LOSS_MIN_ROWS, _LOSS_CHUNK_ELEMENTS // weight.shape[0]))
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         # One set of [rows, V] buffers for all chunks, every op in place or into them: a fresh
         # buffer of this size costs ~25 ms of page faults here, more than the arithmetic on it.
@@ -160,17 +170,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             peak = z.amax(dim=-1)
             z.sub_(peak[:, None]).exp_()  # from here z holds exp(logits - peak), then the softmax
             sums = z.sum(dim=-1)
-            total += (peak + sums.log() - picked).sum()
+            torch.sub(peak + sums.log(), picked, out=losses[start:start + m])
             z.div_(sums[:, None])
             z[torch.arange(m, device=t.device), t] -= 1.0  # minus the one-hot target
             if softcap is not None:
                 z.mul_(dcap[:m])
-            zl.copy_(z.div_(n))
+            zl.copy_(z)
             grad[start:start + m] = zl @ weight
         ctx.save_for_backward(grad)
-        return total / n
+        return losses
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+    def backward(ctx, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None, None, None
+        return grad * grad_losses.to(grad.dtype)[:, None], None, None, None

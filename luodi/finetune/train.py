@@ -28,7 +28,7 @@ from torch import nn
 
 from luodi.errors import InvalidParameterError
 from luodi.finetune.data import TrainingExample, load_dataset
-from luodi.finetune.forward import batch_loss, pack, trained_logits
+from luodi.finetune.forward import batch_loss, num_trained_tokens, pack, token_losses, trained_logits
 from luodi.finetune.lora import (
     PROJECTIONS, LoraOptions, attach_lora, autocast, enable_gradient_checkpointing, load_for_training,
     mixed_precision, save_adapter, trainable_parameters,
@@ -133,19 +133,29 @@ def train_epoch(
     device = next(model.parameters()).device
     model.train()
     for group in batches(examples, options.batch_size, rng):
-        batch = pack(group, device)
         with autocast(model):
-            loss = batch_loss(model, batch)
+            loss, task_loss = _step_loss(model, group, replay, device)
         loss.backward()
-        if replay is not None:
-            with autocast(model):
-                general = batch_loss(model, pack(next(replay.batches), device))
-            (replay.weight * general).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
-        yield float(loss.detach()), batch.num_tokens
+        yield float(task_loss.detach()), sum(len(ex.input_ids) for ex in group)
+
+
+def _step_loss(model: nn.Module, group: list[TrainingExample], replay: ReplayStream | None,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to minimize, the task loss): the task's mean loss, plus with `replay` its weight
+    times the mean loss on a window of general text — both in one forward over one packed batch
+    (two smaller passes cost ~1.25x as much on SmolLM2 with 2 threads: each layer's fixed cost
+    is paid twice)."""
+    if replay is None:
+        loss = batch_loss(model, pack(group, device))
+        return loss, loss
+    losses = token_losses(model, pack(group + next(replay.batches), device))
+    split = num_trained_tokens(group)
+    task = losses[:split].mean()
+    return task + replay.weight * losses[split:].mean(), task
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -133,7 +133,7 @@ def test_chunked_loss_and_gradient_equal_autograd_through_full_logits(monkeypatc
     hidden = torch.randn(10, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g)
     targets = torch.randint(0, 50, (10,), generator=g)
-    loss = forward._LinearCrossEntropy.apply(hidden, weight, targets, softcap)
+    loss = forward._LinearCrossEntropy.apply(hidden, weight, targets, softcap).mean()
     (grad,) = torch.autograd.grad(3.0 * loss, hidden)
     logits = hidden @ weight.T
     if softcap is not None:
