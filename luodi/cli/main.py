@@ -20,6 +20,7 @@ from luodi.cli.corpus import corpus_app
 from luodi.cli.finetune import finetune, merge
 from luodi.cli.generate import chat, generate
 from luodi.cli.kb import ask, kb_app
+from luodi.cli.kernels import kernels
 from luodi.cli.minutes import minutes
 from luodi.cli.outline import outline
 from luodi.cli.quant import convert, evaluate, quantize
@@ -43,6 +44,7 @@ app.command()(finetune)
 app.command()(merge)
 app.command()(serve)
 app.command()(batch)
+app.command()(kernels)
 app.add_typer(keys_app, name="keys")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(kb_app, name="kb")

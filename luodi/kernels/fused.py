@@ -67,6 +67,7 @@ AVX2_EXTENSION = NativeExtension(
 # Each build and the lowest level it serves, best first: the best that loads at or below the level in
 # force (`isa.cpu_isa()`) runs; generic and neon get none.
 _BUILDS = (("avx512", EXTENSION), ("avx2", AVX2_EXTENSION))
+EXTENSIONS = tuple(extension for _, extension in _BUILDS)  # every build, for `luodi kernels --build-all`
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _NATIVE_DTYPES = frozenset(DTYPES)
 GATED_ACTS = {"silu": 0, "gelu_pytorch_tanh": 1}  # activation name -> the native op's code

@@ -146,6 +146,7 @@ NEON_EXTENSION = NativeExtension(
 # (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
 # Only the builds for this machine's architecture are tried.
 _BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION), ("neon", NEON_EXTENSION))
+EXTENSIONS = tuple(extension for _, extension in _BUILDS)  # every build, for `luodi kernels --build-all`
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
 BLOCK = 32  # activation quantization block

@@ -2,7 +2,8 @@
 
 Owns the one recipe the native modules (`lowbit`, `fused`, the layer stack) share: check the CPU
 architecture and flags (those the instruction-set level in force allows, `luodi.kernels.isa`),
-compile the source with torch's `cpp_extension` into `$LUODI_HOME/build/NAME-KEY/`, load it, and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
+compile the source with torch's `cpp_extension` into `BUILD_ROOT/NAME-KEY/` (`build_root()`:
+`$LUODI_KERNEL_CACHE`, else `$LUODI_HOME/build`), load it, and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
 never an exception: callers fall back to torch ops. A failed build's reason is its first compiler
 error (the whole output goes to the debug log), so that one line can say why (`luodi.kernels.report`). The build key covers everything the binary
 depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
@@ -22,9 +23,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import os
 import platform
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,13 @@ TORCH_BUILD_LOCK = "lock"  # the file torch's cpp_extension waits on while anoth
 log = logging.getLogger(__name__)
 CompileListener = Callable[[str | None], None]  # told what is compiling ("low-bit kernels"), then None
 _compile_listeners: list[CompileListener] = []
+
+
+def build_root() -> Path:
+    """Where compiled kernels live: `$LUODI_KERNEL_CACHE`, else `$LUODI_HOME/build`. A build's key
+    covers all it depends on, so homes may share one cache (the tests' homes do)."""
+    cache = os.environ.get("LUODI_KERNEL_CACHE")
+    return Path(cache).expanduser() if cache else luodi_home() / "build"
 
 
 def add_compile_listener(listener: CompileListener) -> Callable[[], None]:
@@ -107,7 +116,18 @@ class NativeExtension:
             *(path.read_bytes() for path in sources), torch.__version__.encode(), " ".join(self.cflags).encode(),
             cpu.encode(),
         ])).hexdigest()[:16]
-        return luodi_home() / "build" / f"{self.name}-{key}"
+        return build_root() / f"{self.name}-{key}"
+
+    def is_built(self) -> bool:
+        try:
+            return (self.build_dir() / f"{self.name}.so").exists()
+        except OSError:  # the source is missing: nothing to find (the build will say why)
+            return False
+
+    def runs_on_this_cpu(self) -> bool:
+        """Whether this machine could run the build at some instruction-set level (the level in
+        force aside): its architecture, and every CPU flag it needs."""
+        return self.supports_machine() and all(flag in cpu_flags() for flag in self.required_cpu_flags)
 
     def load(self) -> tuple[Any, str]:
         """(the extension module, '') or (None, why it cannot run here). Compiles on first use."""
@@ -135,7 +155,7 @@ class NativeExtension:
         build_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(build_dir / ".build.lock"):
             (build_dir / TORCH_BUILD_LOCK).unlink(missing_ok=True)
-            if (build_dir / f"{self.name}.so").exists():
+            if self.is_built():
                 return self._build(build_dir)
             print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
             with announce_compile(f"native {self.what}"):
@@ -148,3 +168,37 @@ class NativeExtension:
             name=self.name, sources=[str(self.source_path)], build_directory=str(build_dir),
             extra_cflags=list(self.cflags), extra_ldflags=["-fopenmp"], verbose=False,
         )
+
+
+def compile_all(extensions: Iterable[NativeExtension], jobs: int,
+                done: Callable[[NativeExtension, str], None] | None = None) -> list[tuple[NativeExtension, str]]:
+    """Compile every extension this CPU could run, at any level, `jobs` at a time, each in a process
+    of its own (a build is one compiler process: on a 2-core machine two builds take the time of
+    one); (extension, '' or why it failed) for each, in order. `done` hears of each as it ends.
+    What is built already is taken as it is, without a process."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    wanted = [extension for extension in extensions if extension.runs_on_this_cpu()]
+    results: dict[NativeExtension, str] = {extension: "" for extension in wanted if extension.is_built()}
+    missing = [extension for extension in wanted if extension not in results]
+    if not missing:
+        return [(extension, "") for extension in wanted]
+    # spawn, not fork: a forked copy of a process that has run OpenMP threads can deadlock.
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(missing))), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_compile_reason, extension): extension for extension in missing}
+        for future in as_completed(futures):
+            extension = futures[future]
+            results[extension] = future.result()
+            if done is not None:
+                done(extension, results[extension])
+    return [(extension, results[extension]) for extension in wanted]
+
+
+def _compile_reason(extension: NativeExtension) -> str:
+    """'' once `extension` is built here, else its first compiler error (run in a worker process)."""
+    try:
+        extension._compile()
+    except Exception as exc:  # noqa: BLE001 - reported, as `load` does
+        return f"compiling {extension.source} failed: {first_error(f'{type(exc).__name__}: {exc}')}"
+    return ""

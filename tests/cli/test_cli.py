@@ -188,3 +188,13 @@ def test_speculative_decoding_on_and_off_give_the_same_tokens(smollm2):
 def test_an_unknown_speculative_method_is_one_line_error(command):
     result = luodi(*command, "--speculative", "eagle", stdin="hi\n")
     assert_one_line_error(result, "'eagle'", "none, ngram")
+
+
+def test_kernels_shows_the_path_of_each_kernel_group():
+    from luodi.kernels.report import cpu_kernel_paths
+
+    result = luodi("kernels")
+    assert result.returncode == 0, result.stderr
+    rows = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    for path in cpu_kernel_paths():
+        assert any(row.startswith(f"{path.kernels} {path.path}") for row in rows), (path, result.stdout)

@@ -24,3 +24,22 @@ def test_a_stale_torch_build_lock_is_cleared_not_waited_on():
     done = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "loaded", done.stderr[-2000:]
     assert not stale.exists()
+
+
+def test_compile_all_builds_what_runs_here_and_reports_what_fails():
+    """`luodi kernels --build-all`'s engine: each missing build in a worker process; one that cannot
+    compile is reported by its error, one built already is taken as it is (no process, no report),
+    one this CPU cannot run is not tried."""
+    from luodi.kernels.native_build import NativeExtension, compile_all
+
+    if EXTENSION.load()[0] is None:
+        pytest.skip("the native ops cannot run here")
+    broken = NativeExtension("luodi_missing", "missing.cpp", "test kernels", required_cpu_flags=())
+    foreign = NativeExtension("luodi_foreign", "fused_ops.cpp", "test kernels", required_cpu_flags=("no_such_flag",))
+    heard = []
+    results = compile_all([EXTENSION, broken, foreign], jobs=2, done=lambda ext, why: heard.append(ext.name))
+    assert [ext.name for ext, _ in results] == [EXTENSION.name, broken.name]
+    assert heard == [broken.name]
+    reasons = dict((ext.name, why) for ext, why in results)
+    assert reasons[EXTENSION.name] == ""
+    assert reasons[broken.name].startswith("compiling missing.cpp failed: FileNotFoundError")
