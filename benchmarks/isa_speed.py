@@ -3,11 +3,12 @@
     python benchmarks/isa_speed.py [--reps 3] [--threads 2] [--tokens 64]
 
 SmolLM2-135M-Instruct is quantized once (int8, int4 g32, round-to-nearest); then each measurement
-is a fresh process with LUODI_CPU_ISA set, levels alternating (avx2, avx512bf16, generic, avx2,
-...), batch-1 greedy decode of `--tokens` tokens after a 16-token prompt. At the avx2 and generic
-levels torch and oneDNN are held to AVX2 as well (ATEN_CPU_CAPABILITY=avx2,
+is a fresh process with LUODI_CPU_ISA set, levels alternating (avx2, avx512vnni, avx512bf16,
+generic, avx2, ...), batch-1 greedy decode of `--tokens` tokens after a 16-token prompt. At the avx2
+and generic levels torch and oneDNN are held to AVX2 as well (ATEN_CPU_CAPABILITY=avx2,
 ONEDNN_MAX_CPU_ISA=AVX2), so the whole process runs what an AVX2-only CPU would: generic there is
-Luodi before its AVX2 kernels. Reports medians, the ratios to generic and to avx512bf16, and writes
+Luodi before its AVX2 kernels; at avx512vnni to AVX-512 with VNNI and without BF16 (a Cascade Lake
+or Ice Lake server). Reports medians, the ratios to generic and to avx512bf16, and writes
 benchmarks/results/isa_speed.json.
 """
 
@@ -24,9 +25,12 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "isa_speed.json"
-LEVELS = ("avx2", "avx512bf16", "generic")
+LEVELS = ("avx2", "avx512vnni", "avx512bf16", "generic")
 SCHEMES = {"int8": {"scheme": "int8"}, "int4-g32": {"scheme": "int4", "group_size": 32, "method": "rtn"}}
 AVX2_PROCESS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# What torch and oneDNN may use at each level, so the whole process runs what such a CPU would.
+LEVEL_PROCESS = {"generic": AVX2_PROCESS, "avx2": AVX2_PROCESS, "avx512bf16": {},
+                 "avx512vnni": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}}
 
 
 def quantize(scratch: Path) -> dict[str, Path]:
@@ -68,7 +72,7 @@ def child(path: str, threads: int, tokens: int) -> dict:
 
 
 def measure(level: str, path: Path, threads: int, tokens: int) -> dict:
-    env = {**os.environ, "LUODI_CPU_ISA": level, **(AVX2_PROCESS if level != "avx512bf16" else {})}
+    env = {**os.environ, "LUODI_CPU_ISA": level, **LEVEL_PROCESS[level]}
     code = f"import json, isa_speed; print(json.dumps(isa_speed.child({str(path)!r}, {threads}, {tokens})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
                             text=True, timeout=1800)
@@ -85,6 +89,7 @@ def summarize(samples: dict[str, dict[str, list[dict]]]) -> dict:
             "tok_s": medians,
             "avx2_vs_generic": round(medians["avx2"] / medians["generic"], 2),
             "avx2_vs_avx512bf16": round(medians["avx2"] / medians["avx512bf16"], 2),
+            "avx512vnni_vs_avx512bf16": round(medians["avx512vnni"] / medians["avx512bf16"], 2),
             "kernels": {level: {k: v for k, v in runs[0].items() if k != "tok_s"} for level, runs in by_level.items()},
         }
     return out

@@ -9,10 +9,11 @@ nothing of what each kernel computes.
     generic     torch ops only
     avx2        AVX2 + FMA + F16C (Haswell and later, Zen 1-3): the AVX2 builds of the INT8/INT4
                 layers and of the fused ops, and the native layer stack over them (no BF16 kernel)
-    avx512      AVX-512 F/BW/VL/DQ without VNNI/BF16 (Skylake-SP, Cascade Lake): the fused ops'
-                AVX-512 build; no low-bit kernel of its own yet, so the low-bit layers run the AVX2
-                build there
-    avx512bf16  plus AVX512-VNNI and AVX512-BF16 (Zen 4/5, Sapphire Rapids and later)
+    avx512      AVX-512 F/BW/VL/DQ without VNNI (Skylake-SP): the fused ops' AVX-512 build; the
+                low-bit layers run the AVX2 build there (no VNNI dot product)
+    avx512vnni  plus AVX512-VNNI, without BF16 (Cascade Lake, Ice Lake): the AVX-512 low-bit build
+                without its BF16 kernel (float layers use oneDNN), the fused ops' AVX-512 build
+    avx512bf16  plus AVX512-BF16 (Zen 4/5, Cooper Lake, Sapphire Rapids and later)
     neon        AArch64 NEON with the dot-product extension, `asimddp` (Graviton 2+, Ampere
                 Altra, Apple M1+; i8mm used where present): the INT8/INT4 layers only
                 (native/lowbit_neon.cpp); its kernels are verified under emulation (qemu-user),
@@ -38,13 +39,14 @@ from luodi.errors import InvalidParameterError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "LUODI_CPU_ISA"
-LEVELS = ("generic", "avx2", "avx512", "avx512bf16", "neon")  # x86 weakest first, then AArch64
+LEVELS = ("generic", "avx2", "avx512", "avx512vnni", "avx512bf16", "neon")  # x86 weakest first, then AArch64
 _AVX2 = ("avx2", "fma", "f16c")
 _AVX512 = (*_AVX2, "avx512f", "avx512bw", "avx512vl", "avx512dq")
 LEVEL_FLAGS: dict[str, tuple[str, ...]] = {
     "generic": (),
     "avx2": _AVX2,
     "avx512": _AVX512,
+    "avx512vnni": (*_AVX512, "avx512_vnni"),
     "avx512bf16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
     "neon": ("asimd", "asimddp"),
 }

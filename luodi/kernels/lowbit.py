@@ -61,11 +61,13 @@ It is the default because it costs under 5 % of prompt speed and decode is even 
 tile-parallel order (benchmarks/README.md, "Cost of batch invariance").
 Up to `NATIVE_MAX_ROWS` rows: beyond, quantized layers switch to GEMMs with their own order.
 
-Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512bf16|neon|generic,
-default the best the CPU flags cover). Two builds serve the INT8/INT4 layers: `native/lowbit.cpp` (AVX-512
-VNNI + BF16, compiled -march=native) at avx512bf16, and `native/lowbit_avx2.cpp` (-mavx2 -mfma
--mf16c, so a real AVX2 binary) at avx2 and avx512 (no kernel of its own yet). A level runs the best
-build at or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
+Instruction-set levels (`luodi.kernels.isa`: LUODI_CPU_ISA=avx2|avx512|avx512vnni|avx512bf16|neon|generic,
+default the best the CPU flags cover). Three x86 builds serve the INT8/INT4 layers: `native/lowbit.cpp`
+(AVX-512 VNNI + BF16, compiled -march=native) at avx512bf16; the same source with fixed AVX-512
+VNNI flags and without its BF16 kernel at avx512vnni (Cascade Lake, Ice Lake: the same INT8/INT4
+code, so the same outputs bit for bit); and `native/lowbit_avx2.cpp` (-mavx2 -mfma -mf16c, so a
+real AVX2 binary) at avx2 and avx512 (Skylake-SP has no VNNI dot). A level runs the best build at
+or below it that compiles. The AVX2 build is a separate source rather than lowbit.cpp
 compiled twice under #if: every inner loop differs (8 lanes instead of 16, no mask registers, no
 u8 x s8 dot), so shared text would be little beyond the dispatch, and two readable files beat one
 file of alternating branches. It reads the same packed layouts, so prepacking stays one code path:
@@ -130,6 +132,13 @@ EXTENSION = NativeExtension(
     "luodi_lowbit", "lowbit.cpp", "low-bit kernels",
     required_cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
 )
+# The same source for AVX-512 VNNI CPUs without BF16 (Cascade Lake, Ice Lake): fixed flags, no
+# -march=native, so its BF16 kernel is left out (`bf16_available()` is False there).
+VNNI_EXTENSION = NativeExtension(
+    "luodi_lowbit_vnni", "lowbit.cpp", "AVX-512 VNNI low-bit kernels", required_cpu_flags=isa.LEVEL_FLAGS["avx512vnni"],
+    cflags=("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c",
+            "-fopenmp"),
+)
 # A real AVX2 binary (no -march=native): its build must run on any AVX2 CPU, and here it is the same
 # code a Haswell or Zen 2 runs.
 AVX2_EXTENSION = NativeExtension(
@@ -145,7 +154,8 @@ NEON_EXTENSION = NativeExtension(
 # Each build and the level it serves, best first: a CPU runs the best that loads at or below its level
 # (`isa.cpu_isa()`; the AVX-512 build needs its VNNI and BF16, so plain AVX-512 runs the AVX2 one).
 # Only the builds for this machine's architecture are tried.
-_BUILDS = (("avx512bf16", EXTENSION), ("avx2", AVX2_EXTENSION), ("neon", NEON_EXTENSION))
+_BUILDS = (("avx512bf16", EXTENSION), ("avx512vnni", VNNI_EXTENSION), ("avx2", AVX2_EXTENSION),
+           ("neon", NEON_EXTENSION))
 EXTENSIONS = tuple(extension for _, extension in _BUILDS)  # every build, for `luodi kernels --build-all`
 GROUP_SIZES = (32, 64, 128)
 TILE = 16  # output rows per tile in the native layouts
@@ -191,8 +201,7 @@ def native_level() -> str:
 
 
 def bf16_available() -> bool:
-    """Whether the native BF16 kernel (and the kernel table `native_api`) exists here: the AVX-512
-    BF16 build only."""
+    """Whether the native BF16 kernel exists here: the AVX-512 BF16 build only."""
     return native_available() and _level == "avx512bf16"
 
 
@@ -221,8 +230,8 @@ def native_unavailable_reason() -> str:
 
 def has_native_api() -> bool:
     """Whether the build in use offers the kernel table (`native_api`): the x86 builds do; the AVX2
-    one's has no bf16_linear (see `bf16_available`)."""
-    return native_available() and _level in ("avx512bf16", "avx2")
+    and VNNI ones' have no bf16_linear (see `bf16_available`)."""
+    return native_available() and _level in ("avx512bf16", "avx512vnni", "avx2")
 
 
 def native_api() -> int:

@@ -9,12 +9,14 @@ from luodi.kernels import isa, native_build
 
 ZEN2 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
 SKYLAKE_SP = ZEN2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
-ZEN4 = SKYLAKE_SP | {"avx512_vnni", "avx512_bf16"}
+CASCADE_LAKE = SKYLAKE_SP | {"avx512_vnni"}
+ZEN4 = CASCADE_LAKE | {"avx512_bf16"}
 
 
 @pytest.mark.parametrize(("flags", "level"), [
     (frozenset(), "generic"), (frozenset({"avx2", "fma"}), "generic"),  # no F16C: not the avx2 level
-    (ZEN2, "avx2"), (SKYLAKE_SP, "avx512"), (ZEN4 - {"avx512_bf16"}, "avx512"), (ZEN4, "avx512bf16"),
+    (ZEN2, "avx2"), (SKYLAKE_SP, "avx512"), (CASCADE_LAKE, "avx512vnni"), (ZEN4, "avx512bf16"),
+    (ZEN4 - {"avx512_vnni"}, "avx512"),  # BF16 without VNNI: no such CPU, and no level above avx512
 ])
 def test_detects_the_best_level_the_flags_cover(flags: frozenset[str], level: str) -> None:
     assert isa.detect_level(flags) == level
@@ -34,7 +36,7 @@ def test_a_forced_level_the_cpu_lacks_falls_back_to_detection() -> None:
 
 
 def test_an_unknown_level_names_the_allowed_ones() -> None:
-    with pytest.raises(InvalidParameterError, match="'sse9'.*generic, avx2, avx512, avx512bf16"):
+    with pytest.raises(InvalidParameterError, match="'sse9'.*generic, avx2, avx512, avx512vnni, avx512bf16"):
         isa.choose_level("sse9", ZEN4)
 
 
@@ -42,6 +44,7 @@ def test_a_level_withholds_the_flags_above_it() -> None:
     assert isa.usable_flags(ZEN4, "avx2") == ZEN2
     assert isa.usable_flags(ZEN4, "avx512") == ZEN4 - {"avx512_vnni", "avx512_bf16", "avx512cd"}
     assert isa.usable_flags(ZEN4, "generic") == {"sse4_2", "avx", "bmi2"}
+    assert isa.usable_flags(ZEN4, "avx512vnni") == ZEN4 - {"avx512_bf16", "avx512cd"}
     assert isa.usable_flags(ZEN4, "avx512bf16") == ZEN4 - {"avx512cd"}
 
 

@@ -7,8 +7,8 @@ rounding. The RMS error must also stay near the value the rounding noise predict
 ±step/2: variance step² / 12), which a wrong layout or scale would exceed by orders of magnitude.
 The torch fallback keeps x unrounded but stores scales in bf16; it is checked against a reference
 built from those rounded scales, and against the native result. The INT8/INT4 kernel tests run at
-each instruction-set level this CPU has a build for (`level`: the default, and LUODI_CPU_ISA=avx2),
-against the same bounds: both builds read one packed layout.
+each instruction-set level this CPU has a build for (`level`: the default, LUODI_CPU_ISA=avx512vnni
+and avx2), against the same bounds: every build reads one packed layout.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from luodi.kernels import isa, lowbit, native_build
 
 needs_native = pytest.mark.skipif(not lowbit.native_available(), reason=lowbit.native_unavailable_reason())
 needs_bf16 = pytest.mark.skipif(not lowbit.bf16_available(), reason="no native BF16 kernel at this level")
-LEVELS = ["default", "avx2"]
+LEVELS = ["default", "avx512vnni", "avx2"]
 
 
 @pytest.fixture(params=LEVELS)
@@ -369,6 +369,25 @@ def test_fallback_agrees_with_native(monkeypatch: pytest.MonkeyPatch) -> None:
         allowed += x.double().abs() @ (w_rounded - w_exact).double().abs().T
         allowed += 2 * OUTPUT_ULP[x.dtype] * (ref.abs() + allowed) + 1e-5
         assert ((ours.double() - theirs.double()).abs() <= allowed).all()
+
+
+def test_the_vnni_build_gives_the_bf16_builds_outputs_bit_for_bit() -> None:
+    """avx512vnni is lowbit.cpp without its BF16 kernel: the same INT8/INT4 code, the same bits."""
+    full, why = lowbit.EXTENSION.load()
+    vnni, why_vnni = lowbit.VNNI_EXTENSION.load()
+    if full is None or vnni is None:
+        pytest.skip(f"both AVX-512 builds are needed: {why or why_vnni}")
+    assert hasattr(full, "bf16_linear") and not hasattr(vnni, "bf16_linear")
+    w, bias = weights(N, K), torch.randn(N)
+    int8 = lowbit.prepack_int8(*stored_int8(w))
+    int4 = lowbit.prepack_int4(*stored_int4(w, 32), 32)
+    for m in (1, 5, 11):
+        x = activations(m, K, torch.bfloat16)
+        for per_row in (False, True):
+            args = (x, int8.weight, int8.scales, bias, N, K, int8.padded_in_features, per_row)
+            assert torch.equal(full.int8_linear(*args), vnni.int8_linear(*args))
+        args = (x, int4.weight, bias, N, K, int4.padded_in_features, 32, False)
+        assert torch.equal(full.int4_linear(*args), vnni.int4_linear(*args))
 
 
 @pytest.fixture

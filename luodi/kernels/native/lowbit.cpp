@@ -1,5 +1,7 @@
 // Weight-streaming matmuls for CPU inference: y[M, N] = x[M, K] @ W.T with INT8 or INT4 weights
-// (AVX-512 VNNI; M small per pass) or BF16 weights (AVX512-BF16, any M). Owns the inner loops only:
+// (AVX-512 VNNI; M small per pass) or BF16 weights (AVX512-BF16, any M). Built twice: with
+// -march=native on a BF16 CPU (the avx512bf16 level), and for AVX-512 VNNI alone (Cascade Lake,
+// Ice Lake: the avx512vnni level), where everything under __AVX512BF16__ is left out. Owns the inner loops only:
 // the packed weight layouts are built by luodi/kernels/lowbit.py (which documents them), and
 // nothing here knows about models.
 //
@@ -302,6 +304,7 @@ inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group
   for (int m = 0; m < M; ++m) store16(y + (x.m0 + m) * n_out + n0, _mm512_add_ps(acc[m], add), mask);
 }
 
+#ifdef __AVX512BF16__  // the BF16 kernels: the avx512bf16 build only (the VNNI build has none)
 // -- BF16 weights ---------------------------------------------------------------------------------
 // Every output is one fp32 chain over k pairs, front to back, then + bias: the same order in the
 // decode kernel and the prompt kernel below, whatever the number of rows or a row's position, so a
@@ -440,6 +443,8 @@ inline void for_each_row_block(int64_t rows, const BlockFn& block) {
     }
   }
 }
+
+#endif  // __AVX512BF16__
 
 // -- dispatch -------------------------------------------------------------------------------------
 // Calls tile<M>(m0) for every pass of up to 8 activation rows; M is a template argument so the
@@ -584,6 +589,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   return call.y;
 }
 
+#ifdef __AVX512BF16__
 // x [..., k] bf16 (any float dtype is rounded to bf16 first); w packed by prepack_bf16.
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                        int64_t n, int64_t k, int64_t kp) {
@@ -635,13 +641,19 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   });
   return call.y;
 }
+#endif  // __AVX512BF16__
 
 // The instructions this file was compiled for, checked on the CPU it runs on.
 bool cpu_supported() {
   __builtin_cpu_init();
+  const bool bf16 =
+#ifdef __AVX512BF16__
+      __builtin_cpu_supports("avx512bf16");
+#else
+      true;
+#endif
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx512bf16");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && bf16;
 }
 
 }  // namespace
@@ -649,12 +661,18 @@ bool cpu_supported() {
 // The ops touch no Python object: let other threads (the server's event loop) run meanwhile.
 constexpr auto kNoGil = py::call_guard<py::gil_scoped_release>();
 
+#ifdef __AVX512BF16__
 const luodi::LowbitApi kApi{&int8_linear, &int4_linear, &bf16_linear};
+#else
+const luodi::LowbitApi kApi{&int8_linear, &int4_linear, nullptr};  // as the AVX2 build's: no BF16 kernel
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, kNoGil, "y = x @ W.T for a packed INT8 weight");
   m.def("int4_linear", &int4_linear, kNoGil, "y = x @ W.T for a packed INT4 weight");
+#ifdef __AVX512BF16__
   m.def("bf16_linear", &bf16_linear, kNoGil, "y = x @ W.T for a packed BF16 weight");
+#endif
   m.def("cpu_supported", &cpu_supported, "whether this CPU has the instructions the kernels use");
   m.def("set_batch_invariant", [](bool on) { g_batch_invariant = on; }, "BF16 decode in the prompt kernel's order");
   m.def("api", [] { return reinterpret_cast<uintptr_t>(&kApi); }, "the address of the LowbitApi table (kernel_api.h)");
