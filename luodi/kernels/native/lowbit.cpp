@@ -33,6 +33,8 @@
 
 #include "avx512_lanes.h"
 #include "kernel_api.h"
+#include "lowbit_call.h"
+#include "lowbit_common.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -44,14 +46,18 @@
 
 namespace {
 
+using luodi::Call;
+using luodi::dispatch_dtype;
+using luodi::for_each_pass;
+using luodi::kMaxRows;
 using luodi::load16;
+using luodi::prepare;
 using luodi::store16;
 using luodi::tail_mask;
+using luodi::tiles_per_task;
 
 constexpr int64_t kBlock = 32;       // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;        // output rows per tile: the int32 lanes of a zmm
-constexpr int kMaxRows = 8;          // activation rows per pass; more rows loop over passes
-constexpr int64_t kMinTaskBytes = 32 << 10;  // below this, a thread hand-off costs more than it saves
 // Software prefetch distance. The hardware prefetchers alone left INT4 (more work per byte than
 // INT8) at half the single-core DRAM rate; 8-16 KB ahead brought both to it (measured, 1 thread).
 constexpr int64_t kPrefetchBytes = 8 << 10;
@@ -446,148 +452,8 @@ inline void for_each_row_block(int64_t rows, const BlockFn& block) {
 
 #endif  // __AVX512BF16__
 
-// -- dispatch -------------------------------------------------------------------------------------
-// Calls tile<M>(m0) for every pass of up to 8 activation rows; M is a template argument so the
-// accumulators live in registers.
-template <typename TileFn>
-inline void for_each_pass(int64_t rows, const TileFn& tile) {
-  for (int64_t m0 = 0; m0 < rows; m0 += kMaxRows) {
-    switch (std::min<int64_t>(kMaxRows, rows - m0)) {
-      case 1: tile(std::integral_constant<int, 1>{}, m0); break;
-      case 2: tile(std::integral_constant<int, 2>{}, m0); break;
-      case 3: tile(std::integral_constant<int, 3>{}, m0); break;
-      case 4: tile(std::integral_constant<int, 4>{}, m0); break;
-      case 5: tile(std::integral_constant<int, 5>{}, m0); break;
-      case 6: tile(std::integral_constant<int, 6>{}, m0); break;
-      case 7: tile(std::integral_constant<int, 7>{}, m0); break;
-      default: tile(std::integral_constant<int, 8>{}, m0); break;
-    }
-  }
-}
-
-int64_t tiles_per_task(int64_t tile_bytes) {
-  return std::max<int64_t>(1, kMinTaskBytes / tile_bytes);
-}
-
-// One call, checked and flattened: x [rows, k] contiguous, y [..., n] allocated, bias fp32 or none.
-// Input problems raise ValueError (the Python wrapper turns it into Luodi's error type).
-struct Call {
-  at::Tensor x, y, bias;
-  int64_t rows, k, kp, n;
-};
-
-Call prepare(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp) {
-  if (x.dim() < 1 || x.size(-1) != k) {
-    throw py::value_error("input has " + std::to_string(x.dim() ? x.size(-1) : 0) + " features, the weight expects " +
-                          std::to_string(k));
-  }
-  const auto dtype = x.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
-    throw py::value_error("input dtype " + std::string(c10::toString(dtype)) +
-                          " is not supported; use float32, bfloat16 or float16");
-  }
-  if (!x.device().is_cpu()) throw py::value_error("input is not on the CPU; move it there for the low-bit kernels");
-  if (bias.has_value() && (bias->numel() != n || !bias->device().is_cpu())) {
-    throw py::value_error("bias must be a CPU tensor of " + std::to_string(n) + " values");
-  }
-  Call call{x.reshape({-1, k}).contiguous(), at::Tensor(), at::Tensor(), 0, k, kp, n};
-  call.rows = call.x.size(0);
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = n;
-  call.y = at::empty(sizes, x.options());
-  if (bias.has_value()) call.bias = bias->to(at::kFloat).contiguous();  // no copy when already fp32
-  return call;
-}
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename Fn>
-void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
-  switch (dtype) {
-    case at::kBFloat16: return fn(TypeTag<c10::BFloat16>{});
-    case at::kHalf: return fn(TypeTag<c10::Half>{});
-    default: return fn(TypeTag<float>{});
-  }
-}
-
-// Quantizes x, then runs tile(M, pass, t) for every 16-row tile t and pass of up to 8 rows, tiles
-// split across torch's intra-op threads.
-template <typename T, typename TileFn>
-void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile,
-               ActQuant mode = ActQuant::kBlock) {
-  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, mode);
-  at::parallel_for(0, (call.n + kTile - 1) / kTile, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, pass_at(xq, m0), t); });
-    }
-  });
-}
-
-// per_row: one activation scale per row (SmoothQuant W8A8) instead of one per 32 columns.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
-                       const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp, bool per_row) {
-  const int64_t tile_bytes = kp * kTile;
-  TORCH_CHECK(kp % kBlock == 0 && kp >= k && w.scalar_type() == at::kByte &&
-                  w.numel() == (n + kTile - 1) / kTile * tile_bytes && scales.scalar_type() == at::kFloat &&
-                  scales.numel() >= n,
-              "packed INT8 weight does not match its shape: repack it with prepack_int8");
-  const Call call = prepare(x, bias, n, k, kp);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* bp = call.bias.defined() ? call.bias.data_ptr<float>() : nullptr;
-  dispatch_dtype(x.scalar_type(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* yp = call.y.data_ptr<T>();
-    // One sum per row: the +128 offset's correction. Weight-only INT8 rounds x in two terms;
-    // W8A8 keeps SmoothQuant's single per-token rounding.
-    const auto run = [&](auto two_term, ActQuant mode) {
-      run_tiles<T>(
-          call, kp, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            int8_tile<decltype(m_rows)::value, decltype(two_term)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp,
-                                                                          n, t * kTile);
-          },
-          mode);
-    };
-    if (per_row) {
-      run(std::false_type{}, ActQuant::kRow);
-    } else {
-      run(std::true_type{}, ActQuant::kBlockTwoTerm);
-    }
-  });
-  return call.y;
-}
-
-// coded: the tile layout with 8-bit scale and min codes (prepack_int4 with steps).
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                       int64_t n, int64_t k, int64_t kp, int64_t group_size, bool coded) {
-  const int64_t tile_bytes = (coded ? kInt4StepBytes : 0) + (kp / group_size) * int4_group_bytes(group_size, coded);
-  TORCH_CHECK(group_size % kBlock == 0 && kp % group_size == 0 && kp >= k && w.scalar_type() == at::kByte &&
-                  w.numel() == (n + kTile - 1) / kTile * tile_bytes,
-              "packed INT4 weight does not match its shape: repack it with prepack_int4");
-  const Call call = prepare(x, bias, n, k, kp);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const float* bp = call.bias.defined() ? call.bias.data_ptr<float>() : nullptr;
-  dispatch_dtype(x.scalar_type(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* yp = call.y.data_ptr<T>();
-    const auto run = [&](auto is_coded) {
-      run_tiles<T>(call, group_size, tile_bytes, [&](auto m_rows, const Pass& pass, int64_t t) {
-        int4_tile<decltype(m_rows)::value, decltype(is_coded)::value>(wp + t * tile_bytes, pass, kp, group_size, bp,
-                                                                       yp, n, t * kTile);
-      });
-    };
-    if (coded) {
-      run(std::true_type{});
-    } else {
-      run(std::false_type{});
-    }
-  });
-  return call.y;
-}
+// -- the calls ----------------------------------------------------------------------------------
+#include "lowbit_x86_driver.h"
 
 #ifdef __AVX512BF16__
 // x [..., k] bf16 (any float dtype is rounded to bf16 first); w packed by prepack_bf16.

@@ -28,6 +28,8 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "kernel_api.h"
+#include "lowbit_call.h"
+#include "lowbit_common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -40,11 +42,16 @@
 
 namespace {
 
+using luodi::Call;
+using luodi::dispatch_dtype;
+using luodi::for_each_pass;
+using luodi::kMaxRows;  // activation rows per pass (lowbit.cpp's interleaving)
+using luodi::prepare;
+using luodi::tiles_per_task;
+
 constexpr int64_t kBlock = 32;     // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;      // output rows per tile in the shared layouts
 constexpr int64_t kHalf = 8;       // output rows per ymm of int32 / fp32 lanes
-constexpr int kMaxRows = 8;        // activation rows per pass (lowbit.cpp's interleaving)
-constexpr int64_t kMinTaskBytes = 32 << 10;  // below this, a thread hand-off costs more than it saves
 constexpr int64_t kPrefetchBytes = 8 << 10;  // as lowbit.cpp: software prefetch distance
 constexpr float kFineRatio = 254.f;  // INT8 two-term: residual steps are scale / 254
 
@@ -209,8 +216,8 @@ inline __m256 load_bias(const float* bias, int64_t count) {
 //
 // W8A8 (one int8 rounding of x per row): |q| (as u8) x sign(q) * x through _mm256_maddubs_epi16.
 template <int M, typename T>
-inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
-                      T* y, int64_t n_out, int64_t n0) {
+inline void int8_tile_row(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
+                          T* y, int64_t n_out, int64_t n0) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
   for (int64_t h = 0; h < kTile / kHalf; ++h) {
     const int64_t r0 = n0 + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
@@ -285,6 +292,17 @@ inline void int8_tile_wide(const uint8_t* w, const Pass& x, int64_t kp, const fl
     const __m256 scale = _mm256_loadu_ps(wscale + r0);
     const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
     for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_fmadd_ps(acc[m], scale, add), count);
+  }
+}
+
+// The driver's INT8 tile: weight-only (two-term) x takes the widened kernel, W8A8 the per-row one.
+template <int M, bool TwoTerm, typename T>
+inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
+                      T* y, int64_t n_out, int64_t n0) {
+  if constexpr (TwoTerm) {
+    int8_tile_wide<M>(w, x, kp, wscale, bias, y, n_out, n0);
+  } else {
+    int8_tile_row<M>(w, x, kp, wscale, bias, y, n_out, n0);
   }
 }
 
@@ -363,141 +381,8 @@ inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group
   }
 }
 
-// -- dispatch (as lowbit.cpp's) -------------------------------------------------------------------
-template <typename TileFn>
-inline void for_each_pass(int64_t rows, const TileFn& tile) {
-  for (int64_t m0 = 0; m0 < rows; m0 += kMaxRows) {
-    switch (std::min<int64_t>(kMaxRows, rows - m0)) {
-      case 1: tile(std::integral_constant<int, 1>{}, m0); break;
-      case 2: tile(std::integral_constant<int, 2>{}, m0); break;
-      case 3: tile(std::integral_constant<int, 3>{}, m0); break;
-      case 4: tile(std::integral_constant<int, 4>{}, m0); break;
-      case 5: tile(std::integral_constant<int, 5>{}, m0); break;
-      case 6: tile(std::integral_constant<int, 6>{}, m0); break;
-      case 7: tile(std::integral_constant<int, 7>{}, m0); break;
-      default: tile(std::integral_constant<int, 8>{}, m0); break;
-    }
-  }
-}
-
-struct Call {
-  at::Tensor x, y, bias;
-  int64_t rows, k, kp, n;
-};
-
-Call prepare(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp) {
-  if (x.dim() < 1 || x.size(-1) != k) {
-    throw py::value_error("input has " + std::to_string(x.dim() ? x.size(-1) : 0) + " features, the weight expects " +
-                          std::to_string(k));
-  }
-  const auto dtype = x.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
-    throw py::value_error("input dtype " + std::string(c10::toString(dtype)) +
-                          " is not supported; use float32, bfloat16 or float16");
-  }
-  if (!x.device().is_cpu()) throw py::value_error("input is not on the CPU; move it there for the low-bit kernels");
-  if (bias.has_value() && (bias->numel() != n || !bias->device().is_cpu())) {
-    throw py::value_error("bias must be a CPU tensor of " + std::to_string(n) + " values");
-  }
-  Call call{x.reshape({-1, k}).contiguous(), at::Tensor(), at::Tensor(), 0, k, kp, n};
-  call.rows = call.x.size(0);
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = n;
-  call.y = at::empty(sizes, x.options());
-  if (bias.has_value()) call.bias = bias->to(at::kFloat).contiguous();
-  return call;
-}
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename Fn>
-void dispatch_dtype(at::ScalarType dtype, const Fn& fn) {
-  switch (dtype) {
-    case at::kBFloat16: return fn(TypeTag<c10::BFloat16>{});
-    case at::kHalf: return fn(TypeTag<c10::Half>{});
-    default: return fn(TypeTag<float>{});
-  }
-}
-
-template <typename T, typename TileFn>
-void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile, ActQuant mode) {
-  const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, mode);
-  const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / tile_bytes);
-  at::parallel_for(0, (call.n + kTile - 1) / kTile, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, pass_at(xq, m0), t); });
-    }
-  });
-}
-
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
-                       const std::optional<at::Tensor>& bias, int64_t n, int64_t k, int64_t kp, bool per_row) {
-  const int64_t tile_bytes = kp * kTile;
-  TORCH_CHECK(kp % kBlock == 0 && kp >= k && w.scalar_type() == at::kByte &&
-                  w.numel() == (n + kTile - 1) / kTile * tile_bytes && scales.scalar_type() == at::kFloat &&
-                  scales.numel() >= (n + kTile - 1) / kTile * kTile,
-              "packed INT8 weight does not match its shape: repack it with prepack_int8");
-  const Call call = prepare(x, bias, n, k, kp);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* bp = call.bias.defined() ? call.bias.data_ptr<float>() : nullptr;
-  dispatch_dtype(x.scalar_type(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* yp = call.y.data_ptr<T>();
-    const auto run = [&](auto two_term, ActQuant mode) {
-      run_tiles<T>(
-          call, kp, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            constexpr int M = decltype(m_rows)::value;
-            if constexpr (decltype(two_term)::value) {
-              int8_tile_wide<M>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-            } else {
-              int8_tile<M>(wp + t * tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
-            }
-          },
-          mode);
-    };
-    if (per_row) {
-      run(std::false_type{}, ActQuant::kRow);
-    } else {
-      run(std::true_type{}, ActQuant::kBlockTwoTerm);
-    }
-  });
-  return call.y;
-}
-
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                       int64_t n, int64_t k, int64_t kp, int64_t group_size, bool coded) {
-  const int64_t tile_bytes = (coded ? kInt4StepBytes : 0) + (kp / group_size) * int4_group_bytes(group_size, coded);
-  TORCH_CHECK(group_size % kBlock == 0 && kp % group_size == 0 && kp >= k && w.scalar_type() == at::kByte &&
-                  w.numel() == (n + kTile - 1) / kTile * tile_bytes,
-              "packed INT4 weight does not match its shape: repack it with prepack_int4");
-  const Call call = prepare(x, bias, n, k, kp);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const float* bp = call.bias.defined() ? call.bias.data_ptr<float>() : nullptr;
-  dispatch_dtype(x.scalar_type(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* yp = call.y.data_ptr<T>();
-    const auto run = [&](auto is_coded) {
-      run_tiles<T>(
-          call, group_size, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            int4_tile<decltype(m_rows)::value, decltype(is_coded)::value>(wp + t * tile_bytes, pass, kp, group_size,
-                                                                           bp, yp, n, t * kTile);
-          },
-          ActQuant::kBlock);
-    };
-    if (coded) {
-      run(std::true_type{});
-    } else {
-      run(std::false_type{});
-    }
-  });
-  return call.y;
-}
+// -- the calls ----------------------------------------------------------------------------------
+#include "lowbit_x86_driver.h"
 
 bool cpu_supported() {
   __builtin_cpu_init();

@@ -19,13 +19,13 @@
 #include <string>
 #include <vector>
 
+#include "lowbit_call.h"
 #include "lowbit_neon.h"
 
 namespace {
 
 using namespace luodi::neon;
 
-constexpr int64_t kMinTaskBytes = 32 << 10;  // below this, a thread hand-off costs more than it saves
 const bool kHasI8mm = cpu_has_i8mm();          // smmla for passes of an even number of rows
 
 struct Call {
@@ -34,21 +34,9 @@ struct Call {
   int64_t rows;
 };
 
-// The x86 builds' checks and messages (lowbit.py turns the ValueErrors into InvalidParameterError).
+// The x86 builds' checks and messages; x widened to fp32 here (exact for bf16 / fp16).
 Call prepare(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  if (x.dim() < 1 || x.size(-1) != k) {
-    throw py::value_error("input has " + std::to_string(x.dim() ? x.size(-1) : 0) + " features, the weight expects " +
-                          std::to_string(k));
-  }
-  const auto dtype = x.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
-    throw py::value_error("input dtype " + std::string(c10::toString(dtype)) +
-                          " is not supported; use float32, bfloat16 or float16");
-  }
-  if (!x.device().is_cpu()) throw py::value_error("input is not on the CPU; move it there for the low-bit kernels");
-  if (bias.has_value() && (bias->numel() != n || !bias->device().is_cpu())) {
-    throw py::value_error("bias must be a CPU tensor of " + std::to_string(n) + " values");
-  }
+  luodi::check_call_inputs(x, bias, n, k);
   Call call{x.reshape({-1, k}).to(at::kFloat).contiguous(), at::Tensor(), x.sizes().vec(), 0};
   call.rows = call.x.size(0);
   call.out_sizes.back() = n;
@@ -70,7 +58,7 @@ at::Tensor run(const Call& call, const at::Tensor& x, int64_t n, int64_t kp, int
   at::Tensor y = at::empty({call.rows, n}, x.options().dtype(at::kFloat));
   float* yp = y.data_ptr<float>();
   const float* bp = call.bias.defined() ? call.bias.data_ptr<float>() : nullptr;
-  at::parallel_for(0, (n + kTile - 1) / kTile, std::max<int64_t>(1, kMinTaskBytes / tile_bytes),
+  at::parallel_for(0, (n + kTile - 1) / kTile, luodi::tiles_per_task(tile_bytes),
                    [&](int64_t t0, int64_t t1) { tiles(xq, bp, yp, t0, t1); });
   return y.to(x.scalar_type()).view(call.out_sizes);
 }

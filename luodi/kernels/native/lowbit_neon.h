@@ -34,12 +34,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "lowbit_common.h"  // kMaxRows (the x86 builds' interleaving), for_each_pass
+
 namespace luodi::neon {
 
 constexpr int64_t kBlock = 32;   // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;    // output rows per tile in the shared layouts
 constexpr int64_t kQuad = 4;     // output rows per q register of int32 / fp32 lanes
-constexpr int kMaxRows = 8;      // activation rows per pass (the x86 builds' interleaving)
 constexpr float kFineRatio = 254.f;  // INT8 two-term: residual steps are scale / 254
 constexpr int64_t kInt4StepBytes = 2 * kTile * 4;  // coded INT4 tile header: fp32 scale and min steps
 
@@ -476,23 +477,7 @@ void int4_tile_i8mm(const uint8_t* w, const Pass& x, int64_t kp, int64_t group_s
 // Whether this CPU has the i8mm instructions (Linux: the kernel's hwcaps).
 inline bool cpu_has_i8mm() { return (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0; }
 
-// -- dispatch -------------------------------------------------------------------------------------
-template <typename TileFn>
-inline void for_each_pass(int64_t rows, const TileFn& tile) {
-  for (int64_t m0 = 0; m0 < rows; m0 += kMaxRows) {
-    switch (std::min<int64_t>(kMaxRows, rows - m0)) {
-      case 1: tile(std::integral_constant<int, 1>{}, m0); break;
-      case 2: tile(std::integral_constant<int, 2>{}, m0); break;
-      case 3: tile(std::integral_constant<int, 3>{}, m0); break;
-      case 4: tile(std::integral_constant<int, 4>{}, m0); break;
-      case 5: tile(std::integral_constant<int, 5>{}, m0); break;
-      case 6: tile(std::integral_constant<int, 6>{}, m0); break;
-      case 7: tile(std::integral_constant<int, 7>{}, m0); break;
-      default: tile(std::integral_constant<int, 8>{}, m0); break;
-    }
-  }
-}
-
+// -- tile sizes -----------------------------------------------------------------------------------
 inline int64_t int8_tile_bytes(int64_t kp) { return kp * kTile; }
 
 inline int64_t int4_tile_bytes(int64_t kp, int64_t group_size, bool coded) {
