@@ -43,6 +43,11 @@ class ModelConfig:
     rope_local_base_freq: float | None = None
     query_pre_attn_scalar: float | None = None
     final_logit_softcapping: float | None = None
+    partial_rotary_factor: float = 1.0  # RoPE turns the first head_dim * this channels of a head
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def attention_scale(self) -> float:
@@ -83,7 +88,7 @@ def _gemma3_layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]
 def _scaling_or_none(params: dict[str, Any] | None) -> dict[str, Any] | None:
     if not params:
         return None
-    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     scaling["rope_type"] = scaling.get("rope_type") or scaling.get("type") or "default"
     return None if scaling["rope_type"] == "default" else scaling
 
@@ -133,7 +138,7 @@ def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
         raise ModelFormatError(f"config.json lacks a valid model dimension ({exc}); is it an LLM config?") from exc
     is_gemma = model_type == "gemma3_text"
     rope_theta, rope_scaling, rope_local_base_freq = _rope_settings(raw)
-    return ModelConfig(
+    parsed = dict(
         **common,
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
@@ -149,7 +154,22 @@ def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
         rope_local_base_freq=rope_local_base_freq if is_gemma else None,
         query_pre_attn_scalar=raw.get("query_pre_attn_scalar") if is_gemma else None,
         final_logit_softcapping=raw.get("final_logit_softcapping"),
+        partial_rotary_factor=float(_partial_rotary_factor(raw)),
     )
+    return ModelConfig(**{**parsed, **_family_fields(model_type, raw, parsed)})
+
+
+def _partial_rotary_factor(raw: dict[str, Any]) -> float:
+    params = raw.get("rope_parameters") or {}
+    return float(raw.get("partial_rotary_factor") or params.get("partial_rotary_factor") or 1.0)
+
+
+def _family_fields(model_type: str, raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    if model_type == "phi3":
+        from luodi.models import phi3  # imported here: the family file builds on this module
+
+        return phi3.config_fields(raw, parsed)
+    return {}
 
 
 def load_hf_config(model_dir: Path) -> ModelConfig:
@@ -165,7 +185,7 @@ def load_hf_config(model_dir: Path) -> ModelConfig:
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
 }
 
 
@@ -195,7 +215,11 @@ def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": list(config.eos_token_ids) if len(config.eos_token_ids) != 1 else config.eos_token_ids[0],
         "final_logit_softcapping": config.final_logit_softcapping,
+        "partial_rotary_factor": config.partial_rotary_factor,
     }
+    if config.model_type == "phi3":
+        raw.update(sliding_window=config.sliding_window, original_max_position_embeddings=(
+            config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings))
     if config.model_type == "gemma3_text":
         raw.update(
             hidden_activation=config.hidden_act,

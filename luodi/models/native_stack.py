@@ -163,7 +163,7 @@ def _add_gemma_norms(spec: Any, layer: nn.Module, pre_mlp: nn.Module) -> bool:
 
 def _add_attention(native: Any, spec: Any, attn: nn.Module, dtype: torch.dtype) -> bool:
     """Heads, scale, window, RoPE table and per-head norms, where the native attention takes them."""
-    if attn.head_dim not in fused.NATIVE_HEAD_DIMS:
+    if attn.head_dim not in fused.NATIVE_HEAD_DIMS or attn.rotary_dim != attn.head_dim:  # whole heads only
         return False
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     if q_norm is not None:  # Qwen3, Gemma 3: one eps and flavour for both

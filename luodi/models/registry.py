@@ -18,6 +18,7 @@ from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.layers import RotaryEmbedding, rope_inv_freq
 from luodi.models.llama import LlamaForCausalLM
+from luodi.models.phi3 import Phi3ForCausalLM
 from luodi.models.qwen2 import Qwen2ForCausalLM
 from luodi.models.qwen3 import Qwen3ForCausalLM
 
@@ -27,6 +28,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "qwen2": Qwen2ForCausalLM,
     "qwen3": Qwen3ForCausalLM,
     "gemma3_text": Gemma3ForCausalLM,
+    "phi3": Phi3ForCausalLM,
 }
 
 
@@ -59,7 +61,7 @@ def build_model(
         expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     fixed_dtype = _quantized_tensor_names(model)
     state, unexpected = {}, []
-    for name, tensor in weights:
+    for name, tensor in cls.sanitize(config, weights):
         if name not in expected:
             if not _is_unused(name, config):
                 unexpected.append(name)

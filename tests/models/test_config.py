@@ -18,6 +18,9 @@ CONFIGS = {
         "original_max_position_embeddings": 8192}),
     "qwen2": lambda t: t.Qwen2Config(**COMMON, tie_word_embeddings=True),
     "qwen3": lambda t: t.Qwen3Config(**COMMON, head_dim=32),
+    "phi3-longrope-partial": lambda t: t.Phi3Config(
+        **COMMON, original_max_position_embeddings=4096, partial_rotary_factor=0.75, sliding_window=2047,
+        rope_scaling={"type": "su", "short_factor": [1.0] * 6, "long_factor": [4.0] * 6}),
     "gemma3": lambda t: t.Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
                                            final_logit_softcapping=30.0),
 }

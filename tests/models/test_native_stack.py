@@ -16,6 +16,7 @@ from luodi.models.config import ModelConfig
 from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
 from luodi.models.llama import LlamaForCausalLM
+from luodi.models.phi3 import Phi3ForCausalLM
 from luodi.models.qwen2 import Qwen2ForCausalLM
 from luodi.models.qwen3 import Qwen3ForCausalLM
 from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
@@ -33,6 +34,10 @@ FAMILIES = {
                                                      layer_types=("sliding_attention",) * 3)),
     "qwen2": (Qwen2ForCausalLM, ModelConfig(model_type="qwen2", **TINY, attention_bias=True)),
     "qwen3": (Qwen3ForCausalLM, ModelConfig(model_type="qwen3", **TINY)),
+    # LongRoPE's long factors and attention factor reach the native stack through the cos/sin tables.
+    "phi3-longrope": (Phi3ForCausalLM, ModelConfig(model_type="phi3", **TINY, rope_scaling={
+        "rope_type": "longrope", "factor": 8.0, "original_max_position_embeddings": 32,
+        "short_factor": [1.0] * 8, "long_factor": [1.0 + 0.5 * i for i in range(8)]})),
     "gemma3": (Gemma3ForCausalLM, ModelConfig(
         model_type="gemma3_text", **{**TINY, "num_key_value_heads": 1}, hidden_act="gelu_pytorch_tanh",
         sliding_window=6, query_pre_attn_scalar=16,
