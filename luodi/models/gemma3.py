@@ -15,29 +15,26 @@ from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
-    AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
+    AttentionBackend, GatedMLP, GemmaRMSNorm, LayerNorms, RotaryEmbedding, add_rms_norm,
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class Gemma3Attention(LlamaAttention):
-    """Llama's projections plus per-head q/k norms, and a sliding window on local layers."""
+    """Llama's projections plus per-head q/k norms; local (sliding) layers take the second RoPE table."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        self.is_sliding = config.is_sliding_layer(layer_idx)
+        self.rope_index = 1 if config.is_sliding_layer(layer_idx) else 0
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        out = rotary_attention(
-            self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm, sliding_window=self.sliding_window
-        )
-        return self.o_proj(out)
-
 
 class Gemma3DecoderLayer(nn.Module):
+    norms = LayerNorms(pre_mlp="pre_feedforward_layernorm", post_attention="post_attention_layernorm",
+                       post_mlp="post_feedforward_layernorm")
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         dim, eps = config.hidden_size, config.rms_norm_eps
@@ -77,15 +74,15 @@ class Gemma3Model(nn.Module):
         x = self.embed_tokens(input_ids)  # [T, hidden]
         # HF casts the scale to the weight dtype before multiplying.
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        rope_global = self.rotary_emb(positions, x.dtype)
-        rope_local = self.rotary_emb_local(positions, x.dtype)
-        if self.native_stack is not None and (out := self.native_stack(x, (rope_global, rope_local), kv)) is not None:
+        ropes = self.rotary_emb(positions, x.dtype), self.rotary_emb_local(positions, x.dtype)  # global, local
+        if self.native_stack is not None and (out := self.native_stack(x, ropes, kv)) is not None:
             return out
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, rope_local if layer.self_attn.is_sliding else rope_global, kv)
+            x, residual = layer(x, residual, ropes[layer.self_attn.rope_index], kv)
         return add_rms_norm(x, residual, self.norm)[0]
 
 
 class Gemma3ForCausalLM(CausalLM):
     model_class = Gemma3Model
+

@@ -13,6 +13,7 @@ helpers run the plain torch modules below.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -146,6 +147,17 @@ class RotaryEmbedding(nn.Module):
 
 
 Norm = RMSNorm | GemmaRMSNorm
+
+
+@dataclass(frozen=True, slots=True)
+class LayerNorms:
+    """What each norm of a decoder layer does, by attribute name: declared by the family so that code
+    outside it (the native layer stack, SmoothQuant's folding) need not probe the layer."""
+
+    input: str = "input_layernorm"  # before attention
+    pre_mlp: str = "post_attention_layernorm"  # the MLP reads its output
+    post_attention: str | None = None  # of the attention output, before the residual add (Gemma 3)
+    post_mlp: str | None = None  # of the MLP output (Gemma 3)
 
 
 def is_fusable_norm(norm: nn.Module | None, dtype: torch.dtype) -> bool:

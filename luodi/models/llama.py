@@ -13,13 +13,17 @@ from torch import nn
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.layers import (
-    AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
+    AttentionBackend, GatedMLP, LayerNorms, Norm, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
+    """Declares, beside its projections, what the native stack reads: `q_norm`/`k_norm` (per-head
+    norms, None here), `rotary_dim`, `sliding_window` and `rope_index` (which of the backbone's
+    RoPE tables it takes)."""
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -29,6 +33,9 @@ class LlamaAttention(nn.Module):
         self.rotary_dim = config.rotary_dim
         self.scale = config.attention_scale
         self.sliding_window = config.sliding_window if config.is_sliding_layer(layer_idx) else None
+        self.rope_index = 0
+        self.q_norm: Norm | None = None
+        self.k_norm: Norm | None = None
         has_bias = self.has_qkv_bias(config)
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_dim, bias=has_bias)
@@ -43,11 +50,15 @@ class LlamaAttention(nn.Module):
         return config.attention_bias
 
     def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        return self.o_proj(rotary_attention(self, x, rope, kv, sliding_window=self.sliding_window))
+        out = rotary_attention(
+            self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm, sliding_window=self.sliding_window
+        )
+        return self.o_proj(out)
 
 
 class LlamaDecoderLayer(nn.Module):
     attention_class: type[LlamaAttention] = LlamaAttention
+    norms = LayerNorms()
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -93,3 +104,4 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(CausalLM):
     model_class = LlamaModel
+
