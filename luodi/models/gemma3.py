@@ -8,11 +8,14 @@ the MLP uses tanh-approximated GELU; scores are scaled by `query_pre_attn_scalar
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
     AttentionBackend, GatedMLP, GemmaRMSNorm, LayerNorms, RotaryEmbedding, add_rms_norm,
@@ -86,3 +89,46 @@ class Gemma3Model(nn.Module):
 class Gemma3ForCausalLM(CausalLM):
     model_class = Gemma3Model
 
+
+def config_fields(raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's own fields, with HF `Gemma3TextConfig`'s defaults (tied head, tanh GELU)."""
+    return dict(
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"),
+        sliding_window=raw.get("sliding_window"),
+        layer_types=_layer_types(raw, parsed["num_hidden_layers"]),
+        rope_local_base_freq=_local_rope_base(raw),
+        query_pre_attn_scalar=raw.get("query_pre_attn_scalar"),
+    )
+
+
+def _layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]:
+    if raw.get("layer_types"):
+        return tuple(raw["layer_types"])
+    # Older Gemma 3 configs give only the period: every Nth layer is global.
+    pattern = int(raw.get("sliding_window_pattern", 6))
+    return tuple(
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
+    )
+
+
+def _local_rope_base(raw: dict[str, Any]) -> float:
+    """transformers 5 nests it in `rope_parameters["sliding_attention"]`; older configs say
+    `rope_local_base_freq`."""
+    local = (raw.get("rope_parameters") or {}).get("sliding_attention") or {}
+    base = local.get("rope_theta", raw.get("rope_local_base_freq"))
+    return float(base) if base is not None else 10000.0
+
+
+def hf_fields(config: ModelConfig) -> dict[str, Any]:
+    return dict(
+        hidden_activation=config.hidden_act,
+        sliding_window=config.sliding_window,
+        layer_types=list(config.layer_types),
+        rope_local_base_freq=config.rope_local_base_freq,
+        query_pre_attn_scalar=config.query_pre_attn_scalar,
+    )
+
+
+FAMILY = Family("gemma3_text", "Gemma3ForCausalLM", Gemma3ForCausalLM, config_fields=config_fields,
+                hf_fields=hf_fields, aliases=("gemma3",))

@@ -12,6 +12,7 @@ from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.layers import (
     AttentionBackend, GatedMLP, LayerNorms, Norm, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
 )
@@ -105,3 +106,5 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(CausalLM):
     model_class = LlamaModel
 
+
+FAMILY = Family("llama", "LlamaForCausalLM", LlamaForCausalLM)

@@ -16,15 +16,13 @@ import torch
 
 from luodi.errors import ModelFormatError
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family, every_layer_sliding
 from luodi.models.llama import LlamaForCausalLM
 
 
 def config_fields(raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
     """The `ModelConfig` fields HF's `Phi3Config` reads its own way (`parsed`: the generic ones)."""
-    fields: dict[str, Any] = {}
-    if raw.get("sliding_window"):  # every layer, as transformers' Phi3Model masks
-        fields.update(sliding_window=int(raw["sliding_window"]),
-                      layer_types=("sliding_attention",) * parsed["num_hidden_layers"])
+    fields = every_layer_sliding(raw, parsed)  # as transformers' Phi3Model masks
     if parsed["rope_scaling"] is not None:
         fields["rope_scaling"] = _longrope(raw, parsed["rope_scaling"], parsed["max_position_embeddings"])
     return fields
@@ -70,3 +68,12 @@ def _check_rows(name: str, tensor: torch.Tensor, rows: int) -> None:
 
 class Phi3ForCausalLM(LlamaForCausalLM):
     sanitize = staticmethod(sanitize)
+
+
+def hf_fields(config: ModelConfig) -> dict[str, Any]:
+    """HF's Phi3Config takes the original context from the top level (its default, 4096, otherwise)."""
+    original = (config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
+    return {"sliding_window": config.sliding_window, "original_max_position_embeddings": original}
+
+
+FAMILY = Family("phi3", "Phi3ForCausalLM", Phi3ForCausalLM, config_fields=config_fields, hf_fields=hf_fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.layers import RMSNorm
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
@@ -25,3 +26,5 @@ class Qwen3Model(LlamaModel):
 class Qwen3ForCausalLM(LlamaForCausalLM):
     model_class = Qwen3Model
 
+
+FAMILY = Family("qwen3", "Qwen3ForCausalLM", Qwen3ForCausalLM)

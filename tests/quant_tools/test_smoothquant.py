@@ -18,7 +18,7 @@ from luodi.errors import InvalidParameterError
 from luodi.models.config import ModelConfig
 from luodi.models.inference import fuse_projections
 from luodi.models.reference import full_logits
-from luodi.models.registry import MODEL_CLASSES
+from luodi.models.registry import model_class
 from luodi.quant.w8a8 import W8A8Linear
 from luodi.quant.weight_only import dequantize_int4, quantize_int4
 from luodi.quant_tools.calibration import SAMPLE_SEED, collect_activation_stats
@@ -50,7 +50,7 @@ def tiny_model(model_type: str, num_kv_heads: int = 2, outlier: float = 8.0, see
     as trained LLMs do, so that smoothing factors are far from 1."""
     config = tiny_config(model_type, num_kv_heads)
     torch.manual_seed(seed)
-    model = MODEL_CLASSES[model_type](config)
+    model = model_class(config)(config)
     is_gemma = model_type == "gemma3_text"
     with torch.no_grad():
         for name, param in model.named_parameters():
