@@ -15,6 +15,7 @@ from luodi.engine.sampling import SamplingParams
 from luodi.models.loader import load_config_and_weights
 from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
+from families import FAMILIES, LONGROPE_ORIGINAL, is_longrope
 from oracles import assert_greedy_match
 
 transformers = pytest.importorskip("transformers")
@@ -25,41 +26,7 @@ COMMON = dict(
 )
 
 
-PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # Phi3Config's defaults lie past this vocab
-PROMPT_LEN = {"phi3-longrope": 40, "phi3-longrope-partial": 40}  # past original_max_position_embeddings
-
-
-def _factors(count: int, first: float) -> list[float]:
-    return [first + 0.25 * i for i in range(count)]
-
-
-def _configs():
-    t = transformers
-    return {
-        "llama": t.LlamaConfig(**COMMON),
-        "llama3-rope-scaling": t.LlamaConfig(**{**COMMON, "max_position_embeddings": 16384}, rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192}),
-        "llama-tied": t.LlamaConfig(**COMMON, tie_word_embeddings=True),
-        "mistral": t.MistralConfig(**COMMON, sliding_window=None),
-        "mistral-window": t.MistralConfig(**COMMON, sliding_window=8),
-        "qwen2": t.Qwen2Config(**COMMON, tie_word_embeddings=True),
-        "qwen3": t.Qwen3Config(**COMMON, head_dim=32),
-        "phi3": t.Phi3Config(**COMMON, **PHI3_IDS),
-        "phi3-window": t.Phi3Config(**COMMON, **PHI3_IDS, sliding_window=8),
-        # LongRoPE past the original context (so the long factors and the attention factor apply),
-        # as "su" like Phi-3-128k's config.json, and with partial rotary like Phi-4-mini's.
-        "phi3-longrope": t.Phi3Config(**COMMON, **PHI3_IDS, original_max_position_embeddings=32, rope_scaling={
-            "type": "su", "short_factor": _factors(8, 1.0), "long_factor": _factors(8, 3.0)}),
-        "phi3-longrope-partial": t.Phi3Config(
-            **COMMON, **PHI3_IDS, original_max_position_embeddings=32, partial_rotary_factor=0.5,
-            rope_scaling={"type": "longrope", "short_factor": _factors(4, 1.0), "long_factor": _factors(4, 5.0)}),
-        "gemma3": t.Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
-                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
-    }
-
-
-CONFIGS = _configs()
+CONFIGS = {name: build(transformers, **COMMON) for name, build in FAMILIES.items()}
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -86,7 +53,7 @@ def test_logits_match_transformers(pair):
 
 def test_greedy_tokens_match_transformers(pair):
     name, hf_model, ours = pair
-    length = PROMPT_LEN.get(name, 12)
+    length = LONGROPE_ORIGINAL + 8 if is_longrope(name) else 12
     prompt = torch.randint(0, COMMON["vocab_size"], (length,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = hf_model.generate(prompt[None], max_new_tokens=32, do_sample=False, output_logits=True,

@@ -59,10 +59,9 @@ def tiny_model(model_type: str, num_kv_heads: int = 2, outlier: float = 8.0, see
             else:
                 param.copy_(0.2 * torch.randn_like(param))
         for layer in model.model.layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm,
-                         getattr(layer, "pre_feedforward_layernorm", None)):
-                if norm is not None:  # gemma stores (1 + w): plant (1 + w) = outlier
-                    norm.weight[5] = outlier - (1.0 if is_gemma else 0.0)
+            for name in {layer.norms.input, "post_attention_layernorm", layer.norms.pre_mlp}:
+                norm = getattr(layer, name)  # gemma stores (1 + w): plant (1 + w) = outlier
+                norm.weight[5] = outlier - (1.0 if is_gemma else 0.0)
     model.tie_weights()
     return model.eval()
 
