@@ -27,9 +27,10 @@ def _head_dim(dims: dict[str, Any]) -> int:
 
 FAMILIES: dict[str, Callable[..., HFConfig]] = {
     "llama": lambda t, **d: t.LlamaConfig(**d),
-    "llama3-rope-scaling": lambda t, **d: t.LlamaConfig(**{**d, "max_position_embeddings": 16384}, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}),
+    "llama3-rope-scaling": lambda t, **d: t.LlamaConfig(
+        **{**d, "max_position_embeddings": 16384}, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}),
     "llama-tied": lambda t, **d: t.LlamaConfig(**d, tie_word_embeddings=True),
     "mistral": lambda t, **d: t.MistralConfig(**d, sliding_window=None),
     "mistral-window": lambda t, **d: t.MistralConfig(**d, sliding_window=8),

@@ -21,7 +21,9 @@ class CausalLM(nn.Module):
     model_class: type[nn.Module]
 
     @staticmethod
-    def sanitize(config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    def sanitize(
+        config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]],
+    ) -> Iterable[tuple[str, torch.Tensor]]:
         """The checkpoint's (HF name, tensor) pairs as this module names its parameters (mlx-lm's
         `sanitize`): a family whose checkpoints pack or rename tensors overrides it."""
         return weights

@@ -77,7 +77,8 @@ class Gemma3Model(nn.Module):
         x = self.embed_tokens(input_ids)  # [T, hidden]
         # HF casts the scale to the weight dtype before multiplying.
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        ropes = self.rotary_emb(positions, x.dtype), self.rotary_emb_local(positions, x.dtype)  # global, local
+        # [global, local]: a layer takes ropes[its attention's rope_index]
+        ropes = self.rotary_emb(positions, x.dtype), self.rotary_emb_local(positions, x.dtype)
         if self.native_stack is not None and (out := self.native_stack(x, ropes, kv)) is not None:
             return out
         residual = None

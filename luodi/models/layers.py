@@ -87,8 +87,11 @@ def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None =
     if rope_type == "llama3":
         return _llama3_scaled(inv_freq, scaling)  # type: ignore[arg-type]
     if rope_type == "longrope":
-        return 1.0 / (torch.tensor(_longrope_factors(scaling), dtype=torch.float32) * base**exponents)  # type: ignore[arg-type]
-    raise NotImplementedError(f"rope scaling {rope_type!r} is not supported (supported: linear, llama3, longrope)")
+        divisors = torch.tensor(_longrope_factors(scaling), dtype=torch.float32)  # type: ignore[arg-type]
+        return 1.0 / (divisors * base**exponents)
+    raise NotImplementedError(
+        f"rope scaling {rope_type!r} is not supported (supported: linear, llama3, longrope)"
+    )
 
 
 def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
@@ -99,8 +102,8 @@ def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
     assert scaling is not None
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
-    factor = float(scaling["factor"])
-    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(scaling["original_max_position_embeddings"]))
+    factor, original = float(scaling["factor"]), float(scaling["original_max_position_embeddings"])
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
 
 def _longrope_factors(scaling: dict[str, Any]) -> list[float]:

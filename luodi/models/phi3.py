@@ -44,7 +44,9 @@ def _longrope(raw: dict[str, Any], scaling: dict[str, Any], max_positions: int) 
     return scaling
 
 
-def sanitize(config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+def sanitize(
+    config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]],
+) -> Iterator[tuple[str, torch.Tensor]]:
     """HF names with the packed projections split: qkv_proj -> q/k/v_proj, gate_up_proj -> gate/up_proj."""
     q_dim = config.num_attention_heads * config.head_dim
     kv_dim = config.num_key_value_heads * config.head_dim
@@ -72,7 +74,8 @@ class Phi3ForCausalLM(LlamaForCausalLM):
 
 def hf_fields(config: ModelConfig) -> dict[str, Any]:
     """HF's Phi3Config takes the original context from the top level (its default, 4096, otherwise)."""
-    original = (config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
+    scaling = config.rope_scaling or {}
+    original = scaling.get("original_max_position_embeddings", config.max_position_embeddings)
     return {"sliding_window": config.sliding_window, "original_max_position_embeddings": original}
 
 

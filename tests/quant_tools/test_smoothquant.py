@@ -122,8 +122,10 @@ def test_calibration_rejects_empty_input():
 # -- the smoothing transform is exact -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type, num_kv_heads", [("llama", 2), ("gemma3_text", 2), ("qwen2", 4)],
-                         ids=["llama-gqa", "gemma3-gqa", "qwen2-mha-bias"])
+@pytest.mark.parametrize(
+    "model_type, num_kv_heads", [("llama", 2), ("gemma3_text", 2), ("qwen2", 4), ("phi3", 4)],
+    ids=["llama-gqa", "gemma3-gqa", "qwen2-mha-bias", "phi3-mha"],
+)
 @pytest.mark.parametrize("alpha", [0.5, "auto"])
 def test_smoothing_leaves_float_logits_unchanged(model_type, num_kv_heads, alpha):
     model = tiny_model(model_type, num_kv_heads)
