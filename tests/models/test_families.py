@@ -7,6 +7,8 @@ identical (or part only at a near tie).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -63,3 +65,25 @@ def test_greedy_tokens_match_transformers(pair):
     engine = LLMEngine(ours, config=EngineConfig(block_size=4))
     [got] = engine.generate([prompt.tolist()], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     assert_greedy_match(got, ref_tokens, ref_logits)
+
+
+def test_longrope_takes_the_long_factors_for_short_prompts(tmp_path):
+    """Luodi picks LongRoPE's factors once, by the context window (past the original: long);
+    transformers picks by sequence length. The oracle for a short prompt is therefore transformers
+    with the long factors in place of the short ones."""
+    torch.manual_seed(0)
+    hf_config = CONFIGS["phi3-longrope"]
+    hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    long_config = copy.deepcopy(hf_config)
+    long_config.rope_parameters["short_factor"] = list(long_config.rope_parameters["long_factor"])
+    hf_long = transformers.AutoModelForCausalLM.from_config(long_config, attn_implementation="eager").eval()
+    hf_long.load_state_dict(hf_model.state_dict())
+    config, weights, _ = load_config_and_weights(tmp_path)
+    ours = build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, COMMON["vocab_size"], (LONGROPE_ORIGINAL // 2,), generator=generator)
+    got = full_logits(ours, ids.tolist())
+    with torch.no_grad():
+        assert (got - hf_long(ids[None]).logits[0]).abs().max().item() < 1e-4
+        assert (got - hf_model(ids[None]).logits[0]).abs().max().item() > 1e-2  # the short factors differ
