@@ -181,7 +181,7 @@ def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_scaling": config.rope_scaling,
+        "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,  # a copy: readers edit it
         "max_position_embeddings": config.max_position_embeddings,
         "tie_word_embeddings": config.tie_word_embeddings,
         "attention_bias": config.attention_bias,

@@ -1,4 +1,5 @@
-"""`config_to_hf_dict` writes what `config_from_hf_dict` reads back unchanged, for every family."""
+"""`config_to_hf_dict` writes what `config_from_hf_dict` reads back unchanged, for every family, and what
+transformers reads as the same model."""
 
 from __future__ import annotations
 
@@ -20,3 +21,12 @@ def test_hf_dict_round_trip(family):
     config = config_from_hf_dict(FAMILIES[family](transformers, **COMMON).to_dict())
     again = config_from_hf_dict(json.loads(json.dumps(config_to_hf_dict(config))))
     assert again == config
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_transformers_reads_the_written_config(family):
+    # transformers' own config class, built from what Luodi writes, must describe the same model.
+    config = config_from_hf_dict(FAMILIES[family](transformers, **COMMON).to_dict())
+    written = json.loads(json.dumps(config_to_hf_dict(config)))
+    del written["architectures"]
+    assert config_from_hf_dict(transformers.AutoConfig.for_model(**written).to_dict()) == config
