@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -17,6 +19,14 @@ class CausalLM(nn.Module):
     """
 
     model_class: type[nn.Module]
+
+    @staticmethod
+    def sanitize(
+        config: ModelConfig, weights: Iterable[tuple[str, torch.Tensor]],
+    ) -> Iterable[tuple[str, torch.Tensor]]:
+        """The checkpoint's (HF name, tensor) pairs as this module names its parameters (mlx-lm's
+        `sanitize`): a family whose checkpoints pack or rename tensors overrides it."""
+        return weights
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

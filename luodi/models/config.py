@@ -2,7 +2,8 @@
 
 This module is the one place a `ModelConfig` is built: from the dictionary of an HF `config.json`,
 read from a directory here or handed over by `luodi.loading.gguf` (which translates GGUF metadata
-into the same keys). It owns the shape and numerics of a model; it knows nothing of file formats,
+into the same keys). The keys every family shares are read here; each family file reads its own
+(`Family.config_fields`). It owns the shape and numerics of a model; it knows nothing of file formats,
 weights or requests.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from luodi.errors import ModelFormatError
+
+if TYPE_CHECKING:
+    from luodi.models.family import Family
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,11 @@ class ModelConfig:
     rope_local_base_freq: float | None = None
     query_pre_attn_scalar: float | None = None
     final_logit_softcapping: float | None = None
+    partial_rotary_factor: float = 1.0  # RoPE turns the first head_dim * this channels of a head
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def attention_scale(self) -> float:
@@ -62,94 +71,84 @@ def _eos_ids(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _layer_types(raw: dict[str, Any], model_type: str, num_layers: int) -> tuple[str, ...]:
-    if model_type == "gemma3_text":
-        return _gemma3_layer_types(raw, num_layers)
-    if model_type == "mistral" and raw.get("sliding_window"):
-        return ("sliding_attention",) * num_layers
-    return ()
-
-
-def _gemma3_layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]:
-    if raw.get("layer_types"):
-        return tuple(raw["layer_types"])
-    # Older Gemma 3 configs give only the period: every Nth layer is global.
-    pattern = int(raw.get("sliding_window_pattern", 6))
-    return tuple(
-        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
-    )
-
-
 def _scaling_or_none(params: dict[str, Any] | None) -> dict[str, Any] | None:
     if not params:
         return None
-    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     scaling["rope_type"] = scaling.get("rope_type") or scaling.get("type") or "default"
     return None if scaling["rope_type"] == "default" else scaling
 
 
-def _rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float | None]:
-    """(rope_theta, rope_scaling, local rope base) from either config style.
+def _rope_settings(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) from either config style.
 
-    transformers < 5 writes `rope_theta` + `rope_scaling` (+ Gemma's `rope_local_base_freq`);
-    transformers 5 writes `rope_parameters`, per layer type for Gemma 3.
+    transformers < 5 writes `rope_theta` + `rope_scaling`; transformers 5 writes `rope_parameters`,
+    per layer type for Gemma 3 (whose family file reads the local layers' base).
     """
     params = raw.get("rope_parameters")
     if params and "full_attention" in params:
-        full, local = params["full_attention"], params.get("sliding_attention") or {}
-        return float(full.get("rope_theta", 1e6)), _scaling_or_none(full), float(local.get("rope_theta", 1e4))
+        full = params["full_attention"]
+        return float(full.get("rope_theta", 1e6)), _scaling_or_none(full)
     if params:
-        return float(params.get("rope_theta", 10000.0)), _scaling_or_none(params), None
-    local_base = raw.get("rope_local_base_freq")
-    return (
-        float(raw.get("rope_theta", 10000.0)),
-        _scaling_or_none(raw.get("rope_scaling")),
-        float(local_base) if local_base is not None else 10000.0,
-    )
+        return float(params.get("rope_theta", 10000.0)), _scaling_or_none(params)
+    return float(raw.get("rope_theta", 10000.0)), _scaling_or_none(raw.get("rope_scaling"))
+
+
+def _partial_rotary_factor(raw: dict[str, Any]) -> float:
+    params = raw.get("rope_parameters") or {}
+    return float(raw.get("partial_rotary_factor") or params.get("partial_rotary_factor") or 1.0)
+
+
+def _family(model_type: str) -> Family | None:
+    """The family record of `model_type`, or None for a type Luodi does not build (building it then
+    fails with the list of supported ones)."""
+    from luodi.models.registry import find_family  # imported here: the family files build on this module
+
+    return find_family(model_type)
 
 
 def config_from_hf_dict(raw: dict[str, Any]) -> ModelConfig:
-    """Build a `ModelConfig` from the dictionary of an HF `config.json` (or `gguf_hf_config`'s)."""
+    """Build a `ModelConfig` from the dictionary of an HF `config.json` (or `gguf_hf_config`'s).
+
+    The fields every family reads alike are read here; the family's `config_fields` hook reads
+    (or overrides with its own defaults) the rest.
+    """
     if "text_config" in raw:  # multimodal wrappers (Gemma 3 4B+) keep the LM config inside.
         raw = {**raw["text_config"], "eos_token_id": raw.get("eos_token_id")}
-    model_type = raw.get("model_type", "")
-    if model_type == "gemma3":
-        model_type = "gemma3_text"
+    family = _family(raw.get("model_type", ""))
+    model_type = family.model_type if family is not None else raw.get("model_type", "")
     try:
         num_heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
-        num_layers = int(raw["num_hidden_layers"])
-        common = dict(
+        parsed: dict[str, Any] = dict(
             model_type=model_type,
             vocab_size=int(raw["vocab_size"]),
             hidden_size=hidden,
             intermediate_size=int(raw["intermediate_size"]),
-            num_hidden_layers=num_layers,
+            num_hidden_layers=int(raw["num_hidden_layers"]),
             num_attention_heads=num_heads,
             num_key_value_heads=int(raw.get("num_key_value_heads") or num_heads),
             head_dim=int(raw.get("head_dim") or hidden // num_heads),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(f"config.json lacks a valid model dimension ({exc}); is it an LLM config?") from exc
-    is_gemma = model_type == "gemma3_text"
-    rope_theta, rope_scaling, rope_local_base_freq = _rope_settings(raw)
-    return ModelConfig(
-        **common,
+    rope_theta, rope_scaling = _rope_settings(raw)
+    parsed.update(
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", is_gemma)),
-        attention_bias=bool(raw.get("attention_bias", model_type == "qwen2")),
-        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu"),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=bool(raw.get("attention_bias", False)),
+        hidden_act=str(raw.get("hidden_act") or "silu"),
         bos_token_id=raw.get("bos_token_id"),
         eos_token_ids=_eos_ids(raw.get("eos_token_id")),
-        sliding_window=raw.get("sliding_window") if is_gemma or model_type == "mistral" else None,
-        layer_types=_layer_types(raw, model_type, num_layers),
-        rope_local_base_freq=rope_local_base_freq if is_gemma else None,
-        query_pre_attn_scalar=raw.get("query_pre_attn_scalar") if is_gemma else None,
         final_logit_softcapping=raw.get("final_logit_softcapping"),
+        partial_rotary_factor=_partial_rotary_factor(raw),
     )
+    if family is not None:
+        parsed.update(family.config_fields(raw, parsed))
+    return ModelConfig(**parsed)
 
 
 def load_hf_config(model_dir: Path) -> ModelConfig:
@@ -163,20 +162,15 @@ def load_hf_config(model_dir: Path) -> ModelConfig:
     return config_from_hf_dict(raw)
 
 
-_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-}
-
-
 def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
     """The HF `config.json` dictionary of `config`; `config_from_hf_dict` reads it back unchanged.
 
     Written in the pre-5 transformers style (`rope_theta` + `rope_scaling`), which both major
     versions of transformers read.
     """
+    family = _family(config.model_type)
     raw: dict[str, Any] = {
-        "architectures": [_ARCHITECTURES.get(config.model_type, "")],
+        "architectures": [family.architecture if family is not None else ""],
         "model_type": config.model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -187,7 +181,7 @@ def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_scaling": config.rope_scaling,
+        "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,  # a copy: readers edit it
         "max_position_embeddings": config.max_position_embeddings,
         "tie_word_embeddings": config.tie_word_embeddings,
         "attention_bias": config.attention_bias,
@@ -195,13 +189,8 @@ def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": list(config.eos_token_ids) if len(config.eos_token_ids) != 1 else config.eos_token_ids[0],
         "final_logit_softcapping": config.final_logit_softcapping,
+        "partial_rotary_factor": config.partial_rotary_factor,
     }
-    if config.model_type == "gemma3_text":
-        raw.update(
-            hidden_activation=config.hidden_act,
-            sliding_window=config.sliding_window,
-            layer_types=list(config.layer_types),
-            rope_local_base_freq=config.rope_local_base_freq,
-            query_pre_attn_scalar=config.query_pre_attn_scalar,
-        )
+    if family is not None:
+        raw.update(family.hf_fields(config))
     return raw

@@ -8,36 +8,36 @@ the MLP uses tanh-approximated GELU; scores are scaled by `query_pre_attn_scalar
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
-    AttentionBackend, GatedMLP, GemmaRMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
+    AttentionBackend, GatedMLP, GemmaRMSNorm, LayerNorms, RotaryEmbedding, add_rms_norm,
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class Gemma3Attention(LlamaAttention):
-    """Llama's projections plus per-head q/k norms, and a sliding window on local layers."""
+    """Llama's projections plus per-head q/k norms; local (sliding) layers take the second RoPE table."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        self.is_sliding = config.is_sliding_layer(layer_idx)
+        self.rope_index = 1 if config.is_sliding_layer(layer_idx) else 0
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        out = rotary_attention(
-            self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm, sliding_window=self.sliding_window
-        )
-        return self.o_proj(out)
-
 
 class Gemma3DecoderLayer(nn.Module):
+    norms = LayerNorms(pre_mlp="pre_feedforward_layernorm", post_attention="post_attention_layernorm",
+                       post_mlp="post_feedforward_layernorm")
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         dim, eps = config.hidden_size, config.rms_norm_eps
@@ -77,15 +77,59 @@ class Gemma3Model(nn.Module):
         x = self.embed_tokens(input_ids)  # [T, hidden]
         # HF casts the scale to the weight dtype before multiplying.
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        rope_global = self.rotary_emb(positions, x.dtype)
-        rope_local = self.rotary_emb_local(positions, x.dtype)
-        if self.native_stack is not None and (out := self.native_stack(x, (rope_global, rope_local), kv)) is not None:
+        # [global, local]: a layer takes ropes[its attention's rope_index]
+        ropes = self.rotary_emb(positions, x.dtype), self.rotary_emb_local(positions, x.dtype)
+        if self.native_stack is not None and (out := self.native_stack(x, ropes, kv)) is not None:
             return out
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, rope_local if layer.self_attn.is_sliding else rope_global, kv)
+            x, residual = layer(x, residual, ropes[layer.self_attn.rope_index], kv)
         return add_rms_norm(x, residual, self.norm)[0]
 
 
 class Gemma3ForCausalLM(CausalLM):
     model_class = Gemma3Model
+
+
+def config_fields(raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's own fields, with HF `Gemma3TextConfig`'s defaults (tied head, tanh GELU)."""
+    return dict(
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"),
+        sliding_window=raw.get("sliding_window"),
+        layer_types=_layer_types(raw, parsed["num_hidden_layers"]),
+        rope_local_base_freq=_local_rope_base(raw),
+        query_pre_attn_scalar=raw.get("query_pre_attn_scalar"),
+    )
+
+
+def _layer_types(raw: dict[str, Any], num_layers: int) -> tuple[str, ...]:
+    if raw.get("layer_types"):
+        return tuple(raw["layer_types"])
+    # Older Gemma 3 configs give only the period: every Nth layer is global.
+    pattern = int(raw.get("sliding_window_pattern", 6))
+    return tuple(
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)
+    )
+
+
+def _local_rope_base(raw: dict[str, Any]) -> float:
+    """transformers 5 nests it in `rope_parameters["sliding_attention"]`; older configs say
+    `rope_local_base_freq`."""
+    local = (raw.get("rope_parameters") or {}).get("sliding_attention") or {}
+    base = local.get("rope_theta", raw.get("rope_local_base_freq"))
+    return float(base) if base is not None else 10000.0
+
+
+def hf_fields(config: ModelConfig) -> dict[str, Any]:
+    return dict(
+        hidden_activation=config.hidden_act,
+        sliding_window=config.sliding_window,
+        layer_types=list(config.layer_types),
+        rope_local_base_freq=config.rope_local_base_freq,
+        query_pre_attn_scalar=config.query_pre_attn_scalar,
+    )
+
+
+FAMILY = Family("gemma3_text", "Gemma3ForCausalLM", Gemma3ForCausalLM, config_fields=config_fields,
+                hf_fields=hf_fields, aliases=("gemma3",))

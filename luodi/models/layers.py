@@ -13,6 +13,7 @@ helpers run the plain torch modules below.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -74,9 +75,10 @@ class GemmaRMSNorm(nn.Module):
         return (normed * (1.0 + self.weight.float())).to(x.dtype)
 
 
-def rope_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:
-    """Inverse frequencies [head_dim/2], with HF's "linear" and "llama3" scalings."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+def rope_inv_freq(rotary_dim: int, base: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:
+    """Inverse frequencies [rotary_dim/2], with HF's "linear", "llama3" and "longrope" scalings."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    inv_freq = 1.0 / (base**exponents)
     rope_type = (scaling or {}).get("rope_type") or "default"
     if rope_type == "default":
         return inv_freq
@@ -84,7 +86,34 @@ def rope_inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None = N
         return inv_freq / float(scaling["factor"])  # type: ignore[index]
     if rope_type == "llama3":
         return _llama3_scaled(inv_freq, scaling)  # type: ignore[arg-type]
-    raise NotImplementedError(f"rope scaling {rope_type!r} is not supported (supported: linear, llama3)")
+    if rope_type == "longrope":
+        divisors = torch.tensor(_longrope_factors(scaling), dtype=torch.float32)  # type: ignore[arg-type]
+        return 1.0 / (divisors * base**exponents)
+    raise NotImplementedError(
+        f"rope scaling {rope_type!r} is not supported (supported: linear, llama3, longrope)"
+    )
+
+
+def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor cos and sin are multiplied by: 1 but for longrope (HF `_compute_longrope_parameters`:
+    sqrt(1 + ln(factor) / ln(original context)) unless the config states `attention_factor`)."""
+    if (scaling or {}).get("rope_type") != "longrope":
+        return 1.0
+    assert scaling is not None
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, original = float(scaling["factor"]), float(scaling["original_max_position_embeddings"])
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _longrope_factors(scaling: dict[str, Any]) -> list[float]:
+    """LongRoPE's per-frequency divisors: the long ones where the context is extended past the original.
+
+    HF picks per forward pass from the sequence length (and recomputes the cache at the switch);
+    Luodi picks once per model, by its context window as llama.cpp does by n_ctx, so that a
+    position's rotation never depends on how long its sequence grows (cached prefixes stay valid).
+    """
+    return scaling["long_factor"] if float(scaling["factor"]) > 1.0 else scaling["short_factor"]
 
 
 def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
@@ -103,20 +132,35 @@ def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Ten
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin for the given positions, in HF's rotate-half (NeoX) layout."""
+    """cos/sin for the given positions, in HF's rotate-half (NeoX) layout, over the first
+    `rotary_dim` channels of a head (all of them but for partial rotary, as Phi-4-mini's)."""
 
-    def __init__(self, head_dim: int, base: float, scaling: dict[str, Any] | None = None) -> None:
+    def __init__(self, rotary_dim: int, base: float, scaling: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.rope_base, self.rope_scaling = base, scaling
-        self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling), persistent=False)
+        self.attention_factor = rope_attention_factor(scaling)
+        self.register_buffer("inv_freq", rope_inv_freq(rotary_dim, base, scaling), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, D]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, R/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, R]
+        if self.attention_factor == 1.0:
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.attention_factor).to(dtype), (emb.sin() * self.attention_factor).to(dtype)
 
 
 Norm = RMSNorm | GemmaRMSNorm
+
+
+@dataclass(frozen=True, slots=True)
+class LayerNorms:
+    """What each norm of a decoder layer does, by attribute name: declared by the family so that code
+    outside it (the native layer stack, SmoothQuant's folding) need not probe the layer."""
+
+    input: str = "input_layernorm"  # before attention
+    pre_mlp: str = "post_attention_layernorm"  # the MLP reads its output
+    post_attention: str | None = None  # of the attention output, before the residual add (Gemma 3)
+    post_mlp: str | None = None  # of the MLP output (Gemma 3)
 
 
 def is_fusable_norm(norm: nn.Module | None, dtype: torch.dtype) -> bool:
@@ -179,7 +223,8 @@ def rotary_attention(
     native call; otherwise each step runs as the torch modules here.
     """
     q, k, v = project_qkv(attn, x)  # [T, H*D], [T, Hkv*D], [T, Hkv*D]
-    if q_norm is None or (_is_fusable(q_norm, q) and _is_fusable(k_norm, q)):  # the backend decides the rest
+    is_whole_head = rope[0].shape[-1] == attn.head_dim  # the native ops rotate whole heads only
+    if is_whole_head and (q_norm is None or (_is_fusable(q_norm, q) and _is_fusable(k_norm, q))):
         norms = {} if q_norm is None or k_norm is None else dict(
             q_norm_weight=q_norm.weight, k_norm_weight=k_norm.weight, norm_eps=q_norm.eps,
             norm_is_offset=q_norm.is_offset)
@@ -192,9 +237,18 @@ def rotary_attention(
     q, k, v = q.view(t, -1, d), k.view(t, -1, d), v.view(t, -1, d)
     if q_norm is not None and k_norm is not None:
         q, k = q_norm(q), k_norm(k)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q, k = _rotate(q, rope), _rotate(k, rope)
     out = kv.attend(attn.layer_idx, q, k, v, scale=attn.scale, sliding_window=sliding_window)
     return out.reshape(t, -1)
+
+
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE on the first R channels of each head of x [T, H, D] (cos/sin [T, 1, R]); the rest pass
+    (HF `apply_rotary_pos_emb` of Phi 3)."""
+    r = rope[0].shape[-1]
+    if r == x.shape[-1]:
+        return apply_rope(x, *rope)
+    return torch.cat((apply_rope(x[..., :r], *rope), x[..., r:]), dim=-1)
 
 
 class GatedMLP(nn.Module):

@@ -12,22 +12,31 @@ from torch import nn
 
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.layers import (
-    AttentionBackend, GatedMLP, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
+    AttentionBackend, GatedMLP, LayerNorms, Norm, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
 )
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
+    """Declares, beside its projections, what the native stack reads: `q_norm`/`k_norm` (per-head
+    norms, None here), `rotary_dim`, `sliding_window` and `rope_index` (which of the backbone's
+    RoPE tables it takes)."""
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.rotary_dim = config.rotary_dim
         self.scale = config.attention_scale
         self.sliding_window = config.sliding_window if config.is_sliding_layer(layer_idx) else None
+        self.rope_index = 0
+        self.q_norm: Norm | None = None
+        self.k_norm: Norm | None = None
         has_bias = self.has_qkv_bias(config)
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_dim, bias=has_bias)
@@ -42,11 +51,15 @@ class LlamaAttention(nn.Module):
         return config.attention_bias
 
     def forward(self, x: torch.Tensor, rope: Rope, kv: AttentionBackend) -> torch.Tensor:
-        return self.o_proj(rotary_attention(self, x, rope, kv, sliding_window=self.sliding_window))
+        out = rotary_attention(
+            self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm, sliding_window=self.sliding_window
+        )
+        return self.o_proj(out)
 
 
 class LlamaDecoderLayer(nn.Module):
     attention_class: type[LlamaAttention] = LlamaAttention
+    norms = LayerNorms()
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -77,7 +90,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.rotary_emb = RotaryEmbedding(config.rotary_dim, config.rope_theta, config.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: AttentionBackend) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
@@ -92,3 +105,6 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(CausalLM):
     model_class = LlamaModel
+
+
+FAMILY = Family("llama", "LlamaForCausalLM", LlamaForCausalLM)

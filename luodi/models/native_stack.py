@@ -130,12 +130,12 @@ def detach(model: nn.Module) -> None:
 
 
 def _layer(native: Any, layer: nn.Module, dtype: torch.dtype) -> Any:
-    """The native description of a Llama-style or Gemma 3 layer, or None if it does not qualify."""
-    attn, mlp = layer.self_attn, layer.mlp
-    is_gemma = hasattr(layer, "pre_feedforward_layernorm")
-    pre_mlp = layer.pre_feedforward_layernorm if is_gemma else layer.post_attention_layernorm
+    """The native description of a decoder layer, from the norms its family declares (`LayerNorms`),
+    or None if it does not qualify."""
+    attn, mlp, norms = layer.self_attn, layer.mlp, layer.norms
+    pre_mlp = getattr(layer, norms.pre_mlp)
     parts = {
-        "input_norm": _norm(native, layer.input_layernorm, dtype),
+        "input_norm": _norm(native, getattr(layer, norms.input), dtype),
         "pre_mlp_norm": _norm(native, pre_mlp, dtype),
         "qkv": _linear(native, getattr(attn, "qkv_proj", None)), "o": _linear(native, attn.o_proj),
         "gate_up": _linear(native, mlp.gate_up_proj), "down": _linear(native, mlp.down_proj),
@@ -146,15 +146,21 @@ def _layer(native: Any, layer: nn.Module, dtype: torch.dtype) -> Any:
     for name, part in parts.items():
         setattr(spec, name, part)
     spec.act = fused.GATED_ACTS[mlp.hidden_act]
-    if is_gemma and not _add_gemma_norms(spec, layer, pre_mlp):
+    if not _add_output_norms(spec, layer, pre_mlp):
         return None
     return spec if _add_attention(native, spec, attn, dtype) else None
 
 
-def _add_gemma_norms(spec: Any, layer: nn.Module, pre_mlp: nn.Module) -> bool:
-    """Gemma 3's norms of the attention and MLP outputs. The fused op applies one eps and flavour
-    to both norms of an add, so they must match the pre-MLP norm's (as the Python path requires)."""
-    post_attention, post_mlp = layer.post_attention_layernorm, layer.post_feedforward_layernorm
+def _add_output_norms(spec: Any, layer: nn.Module, pre_mlp: nn.Module) -> bool:
+    """Norms of the attention and MLP outputs, where the family declares them (Gemma 3; the native
+    op takes both or neither). The fused op applies one eps and flavour to both norms of an add, so
+    they must match the pre-MLP norm's (as the Python path requires)."""
+    names = layer.norms
+    if names.post_attention is None and names.post_mlp is None:
+        return True
+    if names.post_attention is None or names.post_mlp is None:
+        return False
+    post_attention, post_mlp = getattr(layer, names.post_attention), getattr(layer, names.post_mlp)
     if any(_norm_key(n) != _norm_key(pre_mlp) for n in (post_attention, post_mlp)):
         return False
     spec.post_attention_norm, spec.post_mlp_norm = post_attention.weight.detach(), post_mlp.weight.detach()
@@ -163,9 +169,9 @@ def _add_gemma_norms(spec: Any, layer: nn.Module, pre_mlp: nn.Module) -> bool:
 
 def _add_attention(native: Any, spec: Any, attn: nn.Module, dtype: torch.dtype) -> bool:
     """Heads, scale, window, RoPE table and per-head norms, where the native attention takes them."""
-    if attn.head_dim not in fused.NATIVE_HEAD_DIMS:
+    if attn.head_dim not in fused.NATIVE_HEAD_DIMS or attn.rotary_dim != attn.head_dim:  # whole heads only
         return False
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    q_norm, k_norm = attn.q_norm, attn.k_norm
     if q_norm is not None:  # Qwen3, Gemma 3: one eps and flavour for both
         if not is_fusable_norm(q_norm, dtype) or _norm_key(q_norm) != _norm_key(k_norm):
             return False
@@ -173,8 +179,8 @@ def _add_attention(native: Any, spec: Any, attn: nn.Module, dtype: torch.dtype) 
         spec.head_norm_eps, spec.head_norm_is_offset = q_norm.eps, q_norm.is_offset
     spec.num_heads, spec.num_kv_heads, spec.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
     spec.scale = attn.scale
-    spec.sliding_window = getattr(attn, "sliding_window", None) or 0
-    spec.rope = 1 if getattr(attn, "is_sliding", False) else 0  # Gemma 3's local layers: the second table
+    spec.sliding_window = attn.sliding_window or 0
+    spec.rope = attn.rope_index  # Gemma 3's local layers: the second table
     return True
 
 

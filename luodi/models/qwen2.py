@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from luodi.models.config import ModelConfig
+from luodi.models.family import Family
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
@@ -24,3 +27,10 @@ class Qwen2Model(LlamaModel):
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
     model_class = Qwen2Model
+
+
+def config_fields(raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    return {"attention_bias": bool(raw.get("attention_bias", True))}
+
+
+FAMILY = Family("qwen2", "Qwen2ForCausalLM", Qwen2ForCausalLM, config_fields=config_fields)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from luodi.models.config import ModelConfig
-from luodi.models.layers import AttentionBackend, RMSNorm, rotary_attention
+from luodi.models.family import Family
+from luodi.models.layers import RMSNorm
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
@@ -14,9 +13,6 @@ class Qwen3Attention(LlamaAttention):
         super().__init__(config, layer_idx)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: AttentionBackend) -> torch.Tensor:
-        return self.o_proj(rotary_attention(self, x, rope, kv, q_norm=self.q_norm, k_norm=self.k_norm))
 
 
 class Qwen3DecoderLayer(LlamaDecoderLayer):
@@ -29,3 +25,6 @@ class Qwen3Model(LlamaModel):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     model_class = Qwen3Model
+
+
+FAMILY = Family("qwen3", "Qwen3ForCausalLM", Qwen3ForCausalLM)

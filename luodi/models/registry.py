@@ -1,4 +1,5 @@
-"""Which module implements each HF `model_type`, and how a model is built from config + weights.
+"""The families Luodi builds (one `Family` per HF `model_type`, declared in its own file), and how
+a model is built from config + weights.
 
 Models are built on the `meta` device and take the loaded tensors by assignment
 (`load_state_dict(assign=True)`), so a memory-mapped weight is not copied unless its dtype or
@@ -14,30 +15,29 @@ import torch
 from torch import nn
 
 from luodi.errors import ModelFormatError, UnsupportedArchitectureError
+from luodi.models import gemma3, llama, mistral, phi3, qwen2, qwen3
 from luodi.models.config import ModelConfig
-from luodi.models.gemma3 import Gemma3ForCausalLM
+from luodi.models.family import Family
 from luodi.models.layers import RotaryEmbedding, rope_inv_freq
-from luodi.models.llama import LlamaForCausalLM
-from luodi.models.qwen2 import Qwen2ForCausalLM
-from luodi.models.qwen3 import Qwen3ForCausalLM
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "llama": LlamaForCausalLM,
-    "mistral": LlamaForCausalLM,
-    "qwen2": Qwen2ForCausalLM,
-    "qwen3": Qwen3ForCausalLM,
-    "gemma3_text": Gemma3ForCausalLM,
+FAMILIES: dict[str, Family] = {
+    module.FAMILY.model_type: module.FAMILY for module in (llama, mistral, qwen2, qwen3, gemma3, phi3)
 }
+_ALIASES = {alias: family for family in FAMILIES.values() for alias in family.aliases}
+
+
+def find_family(model_type: str) -> Family | None:
+    return FAMILIES.get(model_type) or _ALIASES.get(model_type)
 
 
 def model_class(config: ModelConfig) -> type[nn.Module]:
-    try:
-        return MODEL_CLASSES[config.model_type]
-    except KeyError:
-        supported = ", ".join(sorted(MODEL_CLASSES))
+    family = find_family(config.model_type)
+    if family is None:
+        supported = ", ".join(sorted(FAMILIES))
         raise UnsupportedArchitectureError(
             f"model type {config.model_type!r} is not supported (supported: {supported})"
-        ) from None
+        )
+    return family.causal_lm
 
 
 def build_model(
@@ -59,7 +59,7 @@ def build_model(
         expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     fixed_dtype = _quantized_tensor_names(model)
     state, unexpected = {}, []
-    for name, tensor in weights:
+    for name, tensor in cls.sanitize(config, weights):
         if name not in expected:
             if not _is_unused(name, config):
                 unexpected.append(name)

@@ -93,10 +93,9 @@ def smoothing_groups(model: nn.Module) -> list[SmoothingGroup]:
         prefix = f"model.layers.{i}"
         _check_unfused(prefix, layer)
         attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
-        mlp_norm = "pre_feedforward_layernorm" if hasattr(layer, "pre_feedforward_layernorm") \
-            else "post_attention_layernorm"
+        norms = layer.norms  # the family's declared `LayerNorms`
         qkv = tuple(f"{attn}.{p}" for p in ("q_proj", "k_proj", "v_proj"))
-        groups.append(SmoothingGroup(f"{attn}.qkv", qkv, f"{prefix}.input_layernorm"))
+        groups.append(SmoothingGroup(f"{attn}.qkv", qkv, f"{prefix}.{norms.input}"))
         # Each attention output channel is a convex mix of one v channel over the tokens, so scaling
         # v's output rows by 1/s scales o_proj's input by 1/s exactly. With grouped-query attention
         # one v channel feeds several heads, so o_proj's factors would have to agree across them;
@@ -104,7 +103,7 @@ def smoothing_groups(model: nn.Module) -> list[SmoothingGroup]:
         if layer.self_attn.num_kv_heads == layer.self_attn.num_heads:
             groups.append(SmoothingGroup(f"{attn}.o", (f"{attn}.o_proj",), f"{attn}.v_proj"))
         gate_up = (f"{mlp}.gate_proj", f"{mlp}.up_proj")
-        groups.append(SmoothingGroup(f"{mlp}.gate_up", gate_up, f"{prefix}.{mlp_norm}"))
+        groups.append(SmoothingGroup(f"{mlp}.gate_up", gate_up, f"{prefix}.{norms.pre_mlp}"))
         # down(act(gate) * up): channel j of up's output reaches down only through channel j.
         groups.append(SmoothingGroup(f"{mlp}.down", (f"{mlp}.down_proj",), f"{mlp}.up_proj"))
     return groups

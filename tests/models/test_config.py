@@ -1,4 +1,5 @@
-"""`config_to_hf_dict` writes what `config_from_hf_dict` reads back unchanged, for every family."""
+"""`config_to_hf_dict` writes what `config_from_hf_dict` reads back unchanged, for every family, and what
+transformers reads as the same model."""
 
 from __future__ import annotations
 
@@ -6,25 +7,26 @@ import json
 
 import pytest
 
+from families import FAMILIES
 from luodi.models.config import config_from_hf_dict, config_to_hf_dict
 
 transformers = pytest.importorskip("transformers")
 
 COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=16384)
-CONFIGS = {
-    "llama3": lambda t: t.LlamaConfig(**COMMON, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}),
-    "qwen2": lambda t: t.Qwen2Config(**COMMON, tie_word_embeddings=True),
-    "qwen3": lambda t: t.Qwen3Config(**COMMON, head_dim=32),
-    "gemma3": lambda t: t.Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
-                                           final_logit_softcapping=30.0),
-}
 
 
-@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_hf_dict_round_trip(family):
-    config = config_from_hf_dict(CONFIGS[family](transformers).to_dict())
+    config = config_from_hf_dict(FAMILIES[family](transformers, **COMMON).to_dict())
     again = config_from_hf_dict(json.loads(json.dumps(config_to_hf_dict(config))))
     assert again == config
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_transformers_reads_the_written_config(family):
+    # transformers' own config class, built from what Luodi writes, must describe the same model.
+    config = config_from_hf_dict(FAMILIES[family](transformers, **COMMON).to_dict())
+    written = json.loads(json.dumps(config_to_hf_dict(config)))
+    del written["architectures"]
+    assert config_from_hf_dict(transformers.AutoConfig.for_model(**written).to_dict()) == config

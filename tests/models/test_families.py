@@ -7,6 +7,8 @@ identical (or part only at a near tie).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from luodi.engine.sampling import SamplingParams
 from luodi.models.loader import load_config_and_weights
 from luodi.models.reference import full_logits
 from luodi.models.registry import build_model
+from families import FAMILIES, LONGROPE_ORIGINAL, is_longrope
 from oracles import assert_greedy_match
 
 transformers = pytest.importorskip("transformers")
@@ -25,29 +28,12 @@ COMMON = dict(
 )
 
 
-def _configs():
-    t = transformers
-    return {
-        "llama": t.LlamaConfig(**COMMON),
-        "llama3-rope-scaling": t.LlamaConfig(**{**COMMON, "max_position_embeddings": 16384}, rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192}),
-        "llama-tied": t.LlamaConfig(**COMMON, tie_word_embeddings=True),
-        "mistral": t.MistralConfig(**COMMON, sliding_window=None),
-        "mistral-window": t.MistralConfig(**COMMON, sliding_window=8),
-        "qwen2": t.Qwen2Config(**COMMON, tie_word_embeddings=True),
-        "qwen3": t.Qwen3Config(**COMMON, head_dim=32),
-        "gemma3": t.Gemma3TextConfig(**COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
-                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
-    }
-
-
-CONFIGS = _configs()
+CONFIGS = {name: build(transformers, **COMMON) for name, build in FAMILIES.items()}
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def pair(request, tmp_path_factory):
-    """(transformers model, Luodi model loaded from the saved safetensors directory)."""
+    """(name, transformers model, Luodi model loaded from the saved safetensors directory)."""
     torch.manual_seed(0)
     hf_config = CONFIGS[request.param]
     hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
@@ -55,11 +41,11 @@ def pair(request, tmp_path_factory):
     hf_model.save_pretrained(path, safe_serialization=True)
     config, weights, _ = load_config_and_weights(path)
     ours = build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
-    return hf_model, ours
+    return request.param, hf_model, ours
 
 
 def test_logits_match_transformers(pair):
-    hf_model, ours = pair
+    _, hf_model, ours = pair
     ids = torch.randint(0, COMMON["vocab_size"], (40,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf_model(ids[None]).logits[0]
@@ -68,8 +54,9 @@ def test_logits_match_transformers(pair):
 
 
 def test_greedy_tokens_match_transformers(pair):
-    hf_model, ours = pair
-    prompt = torch.randint(0, COMMON["vocab_size"], (12,), generator=torch.Generator().manual_seed(2))
+    name, hf_model, ours = pair
+    length = LONGROPE_ORIGINAL + 8 if is_longrope(name) else 12
+    prompt = torch.randint(0, COMMON["vocab_size"], (length,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = hf_model.generate(prompt[None], max_new_tokens=32, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
@@ -78,3 +65,25 @@ def test_greedy_tokens_match_transformers(pair):
     engine = LLMEngine(ours, config=EngineConfig(block_size=4))
     [got] = engine.generate([prompt.tolist()], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     assert_greedy_match(got, ref_tokens, ref_logits)
+
+
+def test_longrope_takes_the_long_factors_for_short_prompts(tmp_path):
+    """Luodi picks LongRoPE's factors once, by the context window (past the original: long);
+    transformers picks by sequence length. The oracle for a short prompt is therefore transformers
+    with the long factors in place of the short ones."""
+    torch.manual_seed(0)
+    hf_config = CONFIGS["phi3-longrope"]
+    hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    long_config = copy.deepcopy(hf_config)
+    long_config.rope_parameters["short_factor"] = list(long_config.rope_parameters["long_factor"])
+    hf_long = transformers.AutoModelForCausalLM.from_config(long_config, attn_implementation="eager").eval()
+    hf_long.load_state_dict(hf_model.state_dict())
+    config, weights, _ = load_config_and_weights(tmp_path)
+    ours = build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, COMMON["vocab_size"], (LONGROPE_ORIGINAL // 2,), generator=generator)
+    got = full_logits(ours, ids.tolist())
+    with torch.no_grad():
+        assert (got - hf_long(ids[None]).logits[0]).abs().max().item() < 1e-4
+        assert (got - hf_model(ids[None]).logits[0]).abs().max().item() > 1e-2  # the short factors differ

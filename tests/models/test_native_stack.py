@@ -13,12 +13,10 @@ from luodi.kernels.report import KernelPath
 from luodi.models import native_stack
 from luodi.models.adapters import LoraAdapter, attach_adapters
 from luodi.models.config import ModelConfig
-from luodi.models.gemma3 import Gemma3ForCausalLM
 from luodi.models.inference import prepare_for_inference
-from luodi.models.llama import LlamaForCausalLM
-from luodi.models.qwen2 import Qwen2ForCausalLM
-from luodi.models.qwen3 import Qwen3ForCausalLM
+from luodi.models.registry import model_class
 from luodi.quant_tools.quantize import QuantizeOptions, quantize_modules
+from families import FAMILIES, luodi_config
 
 pytestmark = pytest.mark.skipif(
     not (lowbit.native_available() and fused.native_available() and native_stack._native() is not None),
@@ -26,27 +24,21 @@ pytestmark = pytest.mark.skipif(
 )
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
-FAMILIES = {
-    "llama": (LlamaForCausalLM, ModelConfig(model_type="llama", **TINY)),
-    "mistral-window": (LlamaForCausalLM, ModelConfig(model_type="mistral", **TINY, sliding_window=6,
-                                                     layer_types=("sliding_attention",) * 3)),
-    "qwen2": (Qwen2ForCausalLM, ModelConfig(model_type="qwen2", **TINY, attention_bias=True)),
-    "qwen3": (Qwen3ForCausalLM, ModelConfig(model_type="qwen3", **TINY)),
-    "gemma3": (Gemma3ForCausalLM, ModelConfig(
-        model_type="gemma3_text", **{**TINY, "num_key_value_heads": 1}, hidden_act="gelu_pytorch_tanh",
-        sliding_window=6, query_pre_attn_scalar=16,
-        layer_types=("sliding_attention", "full_attention", "sliding_attention"),
-        rope_local_base_freq=10000.0)),
-}
+            num_key_value_heads=2, max_position_embeddings=256)
+# Every shared family case but partial rotary, which the native stack leaves to the Python path.
+NATIVE_FAMILIES = [name for name in FAMILIES if not name.endswith("-partial")]
 PROMPTS = [[5, 9, 200, 31, 7, 7, 1], [100], list(range(40, 60)), [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
 
 
+def _config(name: str) -> ModelConfig:
+    return luodi_config(pytest.importorskip("transformers"), name, **TINY)
+
+
 def _model(name: str, scheme: str) -> torch.nn.Module:
-    cls, config = FAMILIES[name]
+    config = _config(name)
     torch.manual_seed(0)
-    model = cls(config)
+    model = model_class(config)(config)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     model = model.to(torch.bfloat16).eval()
@@ -102,7 +94,7 @@ def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("scheme", ["bf16", "int8", "int4", "w8a8"])
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", NATIVE_FAMILIES)
 def test_step_logits_equal_the_python_path(name, scheme, level, monkeypatch):
     model = _model(name, scheme)
     stack = model.model.native_stack
@@ -112,7 +104,7 @@ def test_step_logits_equal_the_python_path(name, scheme, level, monkeypatch):
     assert stack is not None
     calls = []
     monkeypatch.setattr(stack, "stack", _Counting(stack.stack, calls))
-    got = _step_logits(model, steps=10)  # the windows (6) are passed by every prompt but one
+    got = _step_logits(model, steps=10)  # the windows (8) are passed by every prompt but one
     assert calls == ["chunks"] + ["decode"] * 10  # every step ran natively
     monkeypatch.setattr(native_stack, "_disabled", True)
     want = _step_logits(model, steps=10)
@@ -136,12 +128,13 @@ class _Counting:
 
 
 def test_models_it_cannot_run_keep_the_python_path():
-    cls, config = FAMILIES["llama"]
-    fp32 = prepare_for_inference(cls(config).eval())  # fp32 weights are not packed
+    config = _config("llama")
+    fp32 = prepare_for_inference(model_class(config)(config).eval())  # fp32 weights are not packed
     assert fp32.model.native_stack is None
     path = native_stack.stack_path(fp32)  # what the startup report says, and why
     assert (path.kernels, path.path) == ("layer stack", "python") and "not every layer" in path.reason
     assert native_stack.stack_path(_model("llama", "bf16")) == KernelPath("layer stack", "native")
+    assert _model("phi3-longrope-partial", "bf16").model.native_stack is None  # it rotates whole heads only
 
 
 def test_attaching_adapters_detaches_the_stack():

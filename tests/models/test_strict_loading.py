@@ -90,3 +90,18 @@ def test_optional_tensors_still_load(tmp_path):
     with torch.no_grad():
         ref = hf_model(ids[None]).logits[0]
     assert (full_logits(ours, ids.tolist()) - ref).abs().max().item() < 1e-4
+
+
+def test_a_packed_projection_of_the_wrong_size_is_refused_by_name(tmp_path):
+    # Phi 3 packs q/k/v into qkv_proj: rows for fewer heads than the config states are named, not
+    # split into wrongly sized parts.
+    hf_model = transformers.Phi3ForCausalLM(transformers.Phi3Config(**TINY, pad_token_id=0, bos_token_id=1,
+                                                                    eos_token_id=2))
+    hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    name = "model.layers.0.self_attn.qkv_proj.weight"
+    qkv = load_file(str(tmp_path / "model.safetensors"))[name]
+    _edit(tmp_path / "model.safetensors", add={name: qkv[:-8]})
+    rows = qkv.shape[0]
+    expected = rf"weight {name} has {rows - 8} rows, the config implies {rows}"
+    with pytest.raises(ModelFormatError, match=expected):
+        _build(tmp_path)

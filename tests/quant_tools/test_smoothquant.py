@@ -18,7 +18,7 @@ from luodi.errors import InvalidParameterError
 from luodi.models.config import ModelConfig
 from luodi.models.inference import fuse_projections
 from luodi.models.reference import full_logits
-from luodi.models.registry import MODEL_CLASSES
+from luodi.models.registry import model_class
 from luodi.quant.w8a8 import W8A8Linear
 from luodi.quant.weight_only import dequantize_int4, quantize_int4
 from luodi.quant_tools.calibration import SAMPLE_SEED, collect_activation_stats
@@ -50,7 +50,7 @@ def tiny_model(model_type: str, num_kv_heads: int = 2, outlier: float = 8.0, see
     as trained LLMs do, so that smoothing factors are far from 1."""
     config = tiny_config(model_type, num_kv_heads)
     torch.manual_seed(seed)
-    model = MODEL_CLASSES[model_type](config)
+    model = model_class(config)(config)
     is_gemma = model_type == "gemma3_text"
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -59,10 +59,9 @@ def tiny_model(model_type: str, num_kv_heads: int = 2, outlier: float = 8.0, see
             else:
                 param.copy_(0.2 * torch.randn_like(param))
         for layer in model.model.layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm,
-                         getattr(layer, "pre_feedforward_layernorm", None)):
-                if norm is not None:  # gemma stores (1 + w): plant (1 + w) = outlier
-                    norm.weight[5] = outlier - (1.0 if is_gemma else 0.0)
+            for name in {layer.norms.input, "post_attention_layernorm", layer.norms.pre_mlp}:
+                norm = getattr(layer, name)  # gemma stores (1 + w): plant (1 + w) = outlier
+                norm.weight[5] = outlier - (1.0 if is_gemma else 0.0)
     model.tie_weights()
     return model.eval()
 
@@ -123,8 +122,10 @@ def test_calibration_rejects_empty_input():
 # -- the smoothing transform is exact -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type, num_kv_heads", [("llama", 2), ("gemma3_text", 2), ("qwen2", 4)],
-                         ids=["llama-gqa", "gemma3-gqa", "qwen2-mha-bias"])
+@pytest.mark.parametrize(
+    "model_type, num_kv_heads", [("llama", 2), ("gemma3_text", 2), ("qwen2", 4), ("phi3", 4)],
+    ids=["llama-gqa", "gemma3-gqa", "qwen2-mha-bias", "phi3-mha"],
+)
 @pytest.mark.parametrize("alpha", [0.5, "auto"])
 def test_smoothing_leaves_float_logits_unchanged(model_type, num_kv_heads, alpha):
     model = tiny_model(model_type, num_kv_heads)
