@@ -33,9 +33,11 @@ MIN_ANSWERED = 0.9
 # The answer target is not met yet on this 135M model: with the planned defaults (rank 16, lr 1e-3,
 # ~150 steps, general-text replay 0.3) seeds 0 / 1 / 2 answered 15 / 13 / 11 of the 24 held-out
 # paraphrases (62 / 54 / 46 %; `benchmarks/finetune_facts.py --seeds 0 1 2`; without replay seed 0
-# answered 16, at +36 % general perplexity); the misses mostly give another fact's number.
+# answered 16, at +36 % general perplexity); the misses mostly give another fact's number. With the
+# task batch and its replay window in one forward (the same gradient, other bf16 rounding) seeds 0 / 1
+# answered 9 / 13: one seed's result moves by several answers with rounding alone.
 # These tests run and report; they turn into plain assertions once the defaults reach 90 %.
-TARGET_NOT_MET = pytest.mark.xfail(reason="the defaults answer 46-62 % of held-out paraphrases on SmolLM2-135M, "
+TARGET_NOT_MET = pytest.mark.xfail(reason="the defaults answer 38-62 % of held-out paraphrases on SmolLM2-135M, "
                                           "short of 90 %", strict=False)
 
 
