@@ -6,8 +6,8 @@ compile the source with torch's `cpp_extension` into `BUILD_ROOT/NAME-KEY/` (`bu
 `$LUODI_KERNEL_CACHE`, else `$LUODI_HOME/build`), load it, and ask it whether this CPU runs what it was compiled for. Any failure becomes a reason string,
 never an exception: callers fall back to torch ops. A failed build's reason is its first compiler
 error (the whole output goes to the debug log), so that one line can say why (`luodi.kernels.report`). The build key covers everything the binary
-depends on — source, torch version, flags and this CPU (`-march=native` code must not be reused
-on another CPU model that shares the home directory).
+depends on — source, torch version, flags and, for `-march=native` builds, this CPU (such code must
+not be reused on another CPU model that shares the home directory).
 
 Builds of one directory are serialized by an OS file lock (`_exclusive`), which dies with its
 process: torch's own lock is a plain file that a build killed midway (kill, SIGTERM, power loss)
@@ -110,7 +110,9 @@ class NativeExtension:
         return NATIVE_DIR / self.source
 
     def build_dir(self) -> Path:
-        cpu = platform.processor() + " ".join(sorted(cpu_flags()))
+        # Only -march=native code depends on the CPU that built it; a build with fixed flags (AVX2,
+        # AVX-512 VNNI, NEON, the layer stack) is the same binary on every CPU.
+        cpu = platform.processor() + " ".join(sorted(cpu_flags())) if "-march=native" in self.cflags else ""
         sources = [self.source_path, *sorted(NATIVE_DIR.glob("*.h"))]  # the headers it may include
         key = hashlib.sha256(b"\0".join([
             *(path.read_bytes() for path in sources), torch.__version__.encode(), " ".join(self.cflags).encode(),

@@ -43,3 +43,16 @@ def test_compile_all_builds_what_runs_here_and_reports_what_fails():
     reasons = dict((ext.name, why) for ext, why in results)
     assert reasons[EXTENSION.name] == ""
     assert reasons[broken.name].startswith("compiling missing.cpp failed: FileNotFoundError")
+
+
+def test_only_native_code_is_keyed_by_the_cpu(monkeypatch):
+    """A -march=native binary must not serve another CPU model; a fixed-flag one is the same binary
+    everywhere, so a CPU with other flags reuses it instead of compiling it again."""
+    from luodi.kernels import lowbit, native_build
+
+    native, fixed = lowbit.EXTENSION, lowbit.AVX2_EXTENSION
+    assert "-march=native" in native.cflags and "-march=native" not in fixed.cflags
+    before = native.build_dir(), fixed.build_dir()
+    monkeypatch.setattr(native_build, "cpu_flags", lambda: frozenset({"avx2", "fma", "f16c"}))
+    assert native.build_dir() != before[0]
+    assert fixed.build_dir() == before[1]
