@@ -147,17 +147,21 @@ class NativeExtension:
             module = self._compile()
         except Exception as exc:  # noqa: BLE001 - any build or load failure means "use torch ops"
             log.debug("compiling %s failed", self.source, exc_info=exc)  # the whole compiler output
-            return None, f"compiling {self.source} failed: {first_error(f'{type(exc).__name__}: {exc}')}"
+            return None, self.failure(exc)
         if not module.cpu_supported():
             return None, f"CPU lacks the instructions the {self.what} were compiled for"
         return module, ""
+
+    def failure(self, exc: Exception) -> str:
+        """The one-line reason a failed build gives: its first compiler error."""
+        return f"compiling {self.source} failed: {first_error(f'{type(exc).__name__}: {exc}')}"
 
     def _compile(self) -> Any:
         build_dir = self.build_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(build_dir / ".build.lock"):
             (build_dir / TORCH_BUILD_LOCK).unlink(missing_ok=True)
-            if self.is_built():
+            if (build_dir / f"{self.name}.so").exists():  # `build_dir`: hashing the sources once is enough
                 return self._build(build_dir)
             print(f"luodi: compiling native {self.what} into {build_dir} (first use only)", file=sys.stderr)
             with announce_compile(f"native {self.what}"):
@@ -202,5 +206,5 @@ def _compile_reason(extension: NativeExtension) -> str:
     try:
         extension._compile()
     except Exception as exc:  # noqa: BLE001 - reported, as `load` does
-        return f"compiling {extension.source} failed: {first_error(f'{type(exc).__name__}: {exc}')}"
+        return extension.failure(exc)
     return ""
