@@ -16,8 +16,11 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
 from luodi.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
-from luodi.loading.gguf import GGUFFile, gguf_hf_config, gguf_state_dict, hf_tensor_name
+from luodi.loading.gguf import GGUFFile
+from luodi.models import gemma3, llama, qwen2, qwen3
 from luodi.models.config import ModelConfig, config_from_hf_dict
+from luodi.models.gguf_load import gguf_hf_config, gguf_state_dict
+from families import FAMILIES
 
 # -- synthetic files ---------------------------------------------------------------------------
 
@@ -440,6 +443,8 @@ def test_llama3_rope_freqs_become_hf_rope_scaling(tmp_path, head_dim, factor):
 
 # -- tensors: names and converter transforms ----------------------------------------------------------
 
+TINY_HF = dict(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
 TINY = dict(hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=96, layers=2, vocab=40)
 # transformers' GGUF loader does not read qwen3's key_length: it keeps Qwen3Config's head_dim=128.
 TINY_HEAD_DIM = {"qwen3": 128}
@@ -546,14 +551,14 @@ def test_tiny_model_weights_match_transformers(arch, tied, tmp_path):
     hf_config = gguf_hf_config(f)
     assert hf_config["tie_word_embeddings"] == tied
     assert hf_config["attention_bias"] == (arch == "qwen2")
-    ours = dict(gguf_state_dict(f, hf_config))
+    ours = dict(gguf_state_dict(f, config_from_hf_dict(hf_config)))
     _assert_state_dict_matches(ours, _transformers_state_dict(str(tmp_path), path.name), tied)
 
 
 def test_untransformed_half_tensors_stay_zero_copy(tmp_path):
     path = write_tiny_model(tmp_path / "qwen2.gguf", "qwen2")
     f = GGUFFile(path)
-    weights = dict(gguf_state_dict(f, gguf_hf_config(f)))
+    weights = dict(gguf_state_dict(f, _model_config(f)))
     q_proj = weights["model.layers.0.self_attn.q_proj.weight"]  # F16 in the file, no transform for qwen2
     assert q_proj.dtype == torch.float16
     assert q_proj.data_ptr() == f.raw("blk.0.attn_q.weight").ctypes.data
@@ -567,25 +572,37 @@ def test_real_model_weights_match_transformers(model, request, oracle_reader, hf
     path = request.getfixturevalue(model)
     theirs = _transformers_state_dict(*hf_gguf_location(path))
     f = GGUFFile(path)
-    hf_config = gguf_hf_config(f)
-    ours = dict(gguf_state_dict(f, hf_config))
-    _assert_state_dict_matches(ours, theirs, hf_config["tie_word_embeddings"])
+    config = _model_config(f)
+    ours = dict(gguf_state_dict(f, config))
+    _assert_state_dict_matches(ours, theirs, config.tie_word_embeddings)
 
 
-def test_name_table():
-    assert hf_tensor_name("token_embd.weight", "llama") == "model.embed_tokens.weight"
-    assert hf_tensor_name("output.weight", "llama") == "lm_head.weight"
-    assert (
-        hf_tensor_name("blk.3.ffn_norm.weight", "llama") == "model.layers.3.post_attention_layernorm.weight"
-    )
-    assert (
-        hf_tensor_name("blk.3.ffn_norm.weight", "gemma3_text")
-        == "model.layers.3.pre_feedforward_layernorm.weight"
-    )
-    assert hf_tensor_name("blk.0.attn_q.bias", "qwen2") == "model.layers.0.self_attn.q_proj.bias"
-    assert hf_tensor_name("rope_freqs.weight", "llama") is None
-    with pytest.raises(UnsupportedArchitectureError, match="blk.0.ffn_gate_exps.weight"):
-        hf_tensor_name("blk.0.ffn_gate_exps.weight", "qwen3")
+# Families in GGUF: the family case of tests/families.py, its module, llama.cpp's architecture.
+GGUF_FAMILIES = {
+    "llama": (llama, gguf.MODEL_ARCH.LLAMA), "qwen2": (qwen2, gguf.MODEL_ARCH.QWEN2),
+    "qwen3": (qwen3, gguf.MODEL_ARCH.QWEN3), "gemma3": (gemma3, gguf.MODEL_ARCH.GEMMA3),
+}
+
+
+@pytest.mark.parametrize("case", list(GGUF_FAMILIES))
+def test_name_table_inverts_the_converters_map(case):
+    """Every HF parameter, named as llama.cpp's converter names it (gguf-py `TensorNameMap`), reads
+    back to itself through the family's table."""
+    transformers = pytest.importorskip("transformers")
+    module, arch = GGUF_FAMILIES[case]
+    hf_config = FAMILIES[case](transformers, **TINY_HF)
+    with torch.device("meta"):
+        names = list(transformers.AutoModelForCausalLM.from_config(hf_config).state_dict())
+    converter = gguf.get_tensor_name_map(arch, hf_config.num_hidden_layers)
+    for hf_name in names:
+        gguf_name = converter.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert module.FAMILY.gguf.hf_name(gguf_name) == hf_name, gguf_name
+
+
+def test_name_table_errors():
+    assert llama.FAMILY.gguf.hf_name("rope_freqs.weight") is None  # read into the config
+    with pytest.raises(UnsupportedArchitectureError, match="blk.0.ffn_gate_exps.weight.*qwen3"):
+        qwen3.FAMILY.gguf.hf_name("blk.0.ffn_gate_exps.weight")
 
 
 def test_dequantizing_into_bf16_by_slabs_equals_whole_tensor_cast(smollm2_gguf):
