@@ -1,5 +1,6 @@
-"""GGUFFile and the GGUF -> HF translation, against gguf-py's GGUFReader/dequantize and
-transformers' GGUF loader as oracles."""
+"""GGUFFile and the GGUF -> HF translation (the common metadata, each family's GGUF spec), against
+gguf-py's GGUFReader/dequantize/TensorNameMap, transformers' GGUF loader, and for what that loader
+does not read (Phi 3's LongRoPE, partial rotary, window) the HF model a file was written from."""
 
 from __future__ import annotations
 
