@@ -1,22 +1,22 @@
-"""GGUF files: a fast memory-mapped reader and the translation of GGUF into Hugging Face terms.
+"""GGUF files: a fast memory-mapped reader, and what every architecture states alike in one.
 
 Owns: parsing a GGUF header (metadata and tensor table) in bulk, handing out tensors as zero-copy
-views or dequantized float32 (through `gguf.quants`), the one table from GGUF tensor names to HF
-names, undoing llama.cpp's converter transforms (llama q/k row permutation, Gemma's `norm + 1`),
-and translating GGUF metadata into the HF `config.json` dictionary it stands for (the one
-`ModelConfig` builder, `luodi.models.config`, takes it from there). Must not know: tokenization,
-model code, `ModelConfig`, devices.
+views or dequantized float32 (through `gguf.quants`), yielding them as (GGUF name, tensor) pairs
+untouched, and the HF `config.json` keys every architecture's `{arch}.*` metadata gives alike.
+Must not know: any model family. Which family an architecture is, its tensor-name table, the
+converter transforms to undo (llama's q/k permutation, Gemma's `norm + 1`) and its own metadata
+(Gemma's sliding pattern, Phi 3's LongRoPE factors) live in the family files, which build on
+`luodi.models.gguf_spec`; `luodi.models.gguf_load` puts them together. Nor: tokenization,
+`ModelConfig`, devices.
 
 Format reference: ggml `docs/gguf.md`; gguf-py `gguf_reader.py` is the oracle in the tests.
 `gguf.GGUFReader` is not used here: it walks every array element in Python, 10+ s on Gemma 3's
 262k-token vocabulary, where this reader takes a fraction of a second.
 """
-
 from __future__ import annotations
 
 import logging
 import mmap
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -339,63 +339,21 @@ class GGUFFile:
 _DEQUANT_SLAB_ELEMENTS = 1 << 22
 
 
-# -- GGUF -> HF config.json dictionary ------------------------------------------------------------
-
-# general.architecture -> HF model_type. Mistral GGUFs say "llama".
-_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
-# llama.cpp runs Gemma 3 sliding-window layers with this RoPE base (src/llama-model.cpp).
-_GEMMA3_LOCAL_ROPE_BASE = 10000.0
+# -- GGUF metadata -> the common HF config.json keys -----------------------------------------------
 
 
-def _f32(value: Any) -> float:
+def float32_value(value: Any) -> float:
     """A float32 metadata value as the decimal it was written from (9.99e-06 -> 1e-05)."""
     return float(str(np.float32(value)))
 
 
-def gguf_hf_config(f: GGUFFile) -> dict[str, Any]:
-    """The HF `config.json` dictionary (transformers' keys) that a GGUF file's metadata and tensor
-    names describe, for `luodi.models.config.config_from_hf_dict`."""
-    arch = f.metadata.get("general.architecture")
-    if arch not in _MODEL_TYPES:
-        raise UnsupportedArchitectureError(
-            f"{f.path} holds a {arch!r} model; supported GGUF architectures are {sorted(_MODEL_TYPES)}"
-        )
-    meta = _ArchMetadata(f, arch)
-    hidden = int(meta.require("embedding_length"))
-    num_heads = int(meta.require("attention.head_count"))
-    num_layers = int(meta.require("block_count"))
-    head_dim = int(
-        meta.get("attention.key_length") or meta.get("rope.dimension_count") or hidden // num_heads
-    )
-    model_type = _MODEL_TYPES[arch]
-    is_gemma = model_type == "gemma3_text"
-    return {
-        "model_type": model_type,
-        "vocab_size": _vocab_size(f, meta),
-        "hidden_size": hidden,
-        "intermediate_size": int(meta.require("feed_forward_length")),
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": _num_kv_heads(meta, num_heads),
-        "head_dim": head_dim,
-        "rms_norm_eps": _f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": _f32(meta.get("rope.freq_base", 10000.0)),
-        "rope_scaling": _rope_scaling(meta) or _llama3_rope_scaling(f, meta, head_dim),
-        "max_position_embeddings": int(meta.get("context_length", 4096)),
-        "tie_word_embeddings": "output.weight" not in f.tensors,
-        "attention_bias": "blk.0.attn_q.bias" in f.tensors,
-        "hidden_act": "gelu_pytorch_tanh" if is_gemma else "silu",
-        "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": list(gguf_eos_token_ids(f)),
-        **(_gemma3_fields(meta, num_layers, hidden, num_heads, head_dim) if is_gemma else {}),
-    }
+class ArchMetadata:
+    """A file's `{arch}.KEY` metadata (arch: its `general.architecture`), with an error naming a
+    missing key. Family hooks read their own keys through it; `f` is the file, for its tensors."""
 
-
-class _ArchMetadata:
-    """`{arch}.KEY` metadata lookups, with an error naming the missing key."""
-
-    def __init__(self, f: GGUFFile, arch: str) -> None:
-        self.f, self.arch = f, arch
+    def __init__(self, f: GGUFFile) -> None:
+        self.f = f
+        self.arch = f.metadata.get("general.architecture")
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.f.metadata.get(f"{self.arch}.{key}", default)
@@ -409,7 +367,36 @@ class _ArchMetadata:
         return value
 
 
-def _vocab_size(f: GGUFFile, meta: _ArchMetadata) -> int:
+def gguf_common_config(meta: ArchMetadata) -> dict[str, Any]:
+    """The HF `config.json` keys (transformers' names) that every architecture states alike in its
+    `{arch}.*` metadata and tensor table. The family's GGUF hook adds `model_type` and its own keys
+    (`luodi.models.gguf_load`)."""
+    f = meta.f
+    hidden = int(meta.require("embedding_length"))
+    num_heads = int(meta.require("attention.head_count"))
+    head_dim = meta.get("attention.key_length") or meta.get("rope.dimension_count") or hidden // num_heads
+    return {
+        "vocab_size": _vocab_size(meta),
+        "hidden_size": hidden,
+        "intermediate_size": int(meta.require("feed_forward_length")),
+        "num_hidden_layers": int(meta.require("block_count")),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": _num_kv_heads(meta, num_heads),
+        "head_dim": int(head_dim),
+        "rms_norm_eps": float32_value(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float32_value(meta.get("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(meta),
+        "max_position_embeddings": int(meta.get("context_length", 4096)),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "attention_bias": "blk.0.attn_q.bias" in f.tensors,
+        "hidden_act": "silu",
+        "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": list(gguf_eos_token_ids(f)),
+    }
+
+
+def _vocab_size(meta: ArchMetadata) -> int:
+    f = meta.f
     tokens = f.metadata.get("tokenizer.ggml.tokens")
     if tokens is not None:
         return len(tokens)
@@ -420,7 +407,7 @@ def _vocab_size(f: GGUFFile, meta: _ArchMetadata) -> int:
     raise ModelFormatError(f"{f.path} states no vocabulary size (no token list, no token_embd.weight)")
 
 
-def _num_kv_heads(meta: _ArchMetadata, num_heads: int) -> int:
+def _num_kv_heads(meta: ArchMetadata, num_heads: int) -> int:
     value = meta.get("attention.head_count_kv", num_heads)
     if isinstance(value, np.ndarray):  # per-layer counts (some hybrid models): all equal here
         values = set(value.tolist())
@@ -433,187 +420,49 @@ def _num_kv_heads(meta: _ArchMetadata, num_heads: int) -> int:
     return int(value)
 
 
-def _rope_scaling(meta: _ArchMetadata) -> dict[str, Any] | None:
+def _rope_scaling(meta: ArchMetadata) -> dict[str, Any] | None:
+    """HF's rope_scaling from the `rope.scaling.*` keys; scalings stored as tensors (Llama 3's
+    rope_freqs, Phi 3's LongRoPE factors) are read by their family's GGUF hook."""
     kind = meta.get("rope.scaling.type")
     factor = meta.get("rope.scaling.factor") or meta.get("rope.scale_linear")
     if kind is None and meta.get("rope.scale_linear") is not None:
         kind = "linear"  # old files state only rope.scale_linear
     if kind in (None, "none") or not factor or float(factor) == 1.0:
         return None
-    scaling: dict[str, Any] = {"rope_type": kind, "factor": _f32(factor)}
+    scaling: dict[str, Any] = {"rope_type": kind, "factor": float32_value(factor)}
     original = meta.get("rope.scaling.original_context_length")
     if original:
         scaling["original_max_position_embeddings"] = int(original)
     for gguf_key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
         if meta.get(f"rope.scaling.{gguf_key}") is not None:
-            scaling[hf_key] = _f32(meta.get(f"rope.scaling.{gguf_key}"))
+            scaling[hf_key] = float32_value(meta.get(f"rope.scaling.{gguf_key}"))
     if meta.get("rope.scaling.attn_factor") is not None:
-        scaling["attention_factor"] = _f32(meta.get("rope.scaling.attn_factor"))
+        scaling["attention_factor"] = float32_value(meta.get("rope.scaling.attn_factor"))
     return scaling
 
 
-def _llama3_rope_scaling(f: GGUFFile, meta: _ArchMetadata, head_dim: int) -> dict[str, Any] | None:
-    """HF's `llama3` rope_scaling recovered from the `rope_freqs.weight` tensor of Llama 3.1+ files.
-
-    llama.cpp's converter (LlamaModel.generate_extra_tensors) stores per-frequency divisors instead
-    of the parameters: 1 for high frequencies, `factor` for low ones, and in between
-    1 / ((1 - s) / factor + s) with s = (L / wavelen - low) / (high - low). s is linear in 1 / wavelen,
-    so two in-between frequencies give low and high for a given L (the original context length,
-    which the file does not state; 8192 for every Llama 3.x).
-    """
-    if "rope_freqs.weight" not in f.tensors:
-        return None
-    divisors = f.dequantize("rope_freqs.weight").astype(np.float64)
-    theta = float(meta.get("rope.freq_base", 10000.0))
-    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    factor = float(divisors.max())
-    middle = (divisors > 1 + 1e-6) & (divisors < factor - 1e-6)
-    if factor <= 1.0 or middle.sum() < 2 or len(divisors) != len(wavelen):
-        raise UnsupportedArchitectureError(
-            f"{f.path} has RoPE frequency factors (rope_freqs.weight) that are not Llama 3 style; "
-            "Luodi cannot express them as an HF rope_scaling"
-        )
-    original = int(meta.get("rope.scaling.original_context_length") or 8192)
-    smooth = (1 / divisors[middle] - 1 / factor) / (1 - 1 / factor)
-    slope, intercept = np.polyfit(1 / wavelen[middle], smooth, 1)  # s = (L/(h-l)) / w - l/(h-l)
-    low = -intercept * original / slope
-    high = low + original / slope
-    return {
-        "rope_type": "llama3",
-        "factor": round(factor, 4),
-        "low_freq_factor": round(float(low), 4),
-        "high_freq_factor": round(float(high), 4),
-        "original_max_position_embeddings": original,
-    }
-
-
 def gguf_eos_token_ids(f: GGUFFile) -> tuple[int, ...]:
-    """Token ids that end generation: EOS, EOT, and Gemma's <end_of_turn> (as HF's generation_config)."""
+    """Token ids that end generation by the `tokenizer.ggml.*` keys: EOS, then EOT. A family may name
+    more in its config (Gemma's <end_of_turn>, `luodi.models.gemma3`)."""
     ids: list[int] = []
-    eos = f.metadata.get("tokenizer.ggml.eos_token_id")
-    if eos is not None:
-        ids.append(int(eos))
-    eot = f.metadata.get("tokenizer.ggml.eot_token_id")
-    if eot is not None and int(eot) not in ids:
-        ids.append(int(eot))
-    tokens = f.metadata.get("tokenizer.ggml.tokens") or []
-    if (
-        f.metadata.get("general.architecture") == "gemma3" and "<end_of_turn>" in tokens
-    ):  # HF generation_config: eos_token_id [1, 106]
-        end_of_turn = tokens.index("<end_of_turn>")
-        if end_of_turn not in ids:
-            ids.append(end_of_turn)
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
+        value = f.metadata.get(key)
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
     return tuple(ids)
 
 
-def _gemma3_fields(
-    meta: _ArchMetadata, num_layers: int, hidden: int, num_heads: int, head_dim: int
-) -> dict[str, Any]:
-    # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3) scales queries by 1/sqrt(hidden / heads) for the
-    # 62-layer 27B model and by 1/sqrt(head_dim) otherwise, matching HF's query_pre_attn_scalar.
-    scalar = hidden // num_heads if num_layers == 62 else head_dim
-    softcap = meta.get("final_logit_softcapping")
-    return {
-        "sliding_window": int(meta.get("attention.sliding_window", 4096)),
-        **_gemma3_layer_pattern(meta, num_layers),
-        "rope_local_base_freq": _GEMMA3_LOCAL_ROPE_BASE,
-        "query_pre_attn_scalar": float(scalar),
-        "final_logit_softcapping": _f32(softcap) if softcap else None,
-    }
+# -- GGUF tensors -------------------------------------------------------------------------------
 
 
-def _gemma3_layer_pattern(meta: _ArchMetadata, num_layers: int) -> dict[str, Any]:
-    """Which layers slide, in HF's keys: `layer_types` from a per-layer flag array, else the period
-    (`sliding_window_pattern`; every Nth layer global), which `config_from_hf_dict` expands."""
-    pattern = meta.get("attention.sliding_window_pattern")
-    if isinstance(pattern, np.ndarray) and len(pattern) == num_layers:  # per layer: True = sliding
-        return {"layer_types": ["sliding_attention" if swa else "full_attention" for swa in pattern.tolist()]}
-    if isinstance(pattern, int) and pattern > 0:
-        return {"sliding_window_pattern": pattern}
-    return {}
+def gguf_tensors(f: GGUFFile, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(GGUF name, tensor) for every tensor, untouched: `torch_tensor`'s zero-copy views or float32
+    (quantized ones in `dtype` if given). Names and llama.cpp's converter transforms are undone by
+    the family (`luodi.models.gguf_load`).
 
-
-# -- GGUF -> HF tensors -----------------------------------------------------------------------
-
-# GGUF name (after `blk.N.`) -> HF name (after `model.layers.N.`). Where llama and Gemma 3 differ,
-# the per-architecture table below overrides. Reference: gguf-py `tensor_mapping.py`.
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "ffn_norm": "post_attention_layernorm",
-}
-_GEMMA3_LAYER_NAMES = {
-    **_LAYER_NAMES,
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Tensors llama.cpp writes that have no HF parameter: RoPE frequency divisors (Llama 3.1+), which
-# `_llama3_rope_scaling` turns back into the config's rope_scaling.
-_SKIPPED = {"rope_freqs.weight"}
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-
-
-def hf_tensor_name(gguf_name: str, model_type: str) -> str | None:
-    """The HF parameter name of a GGUF tensor, or None if it has none (see `_SKIPPED`)."""
-    if gguf_name in _SKIPPED:
-        return None
-    base, _, suffix = gguf_name.rpartition(".")
-    if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
-        return f"{_GLOBAL_NAMES[base]}.{suffix}"
-    match = _BLOCK_RE.fullmatch(gguf_name)
-    table = _GEMMA3_LAYER_NAMES if model_type == "gemma3_text" else _LAYER_NAMES
-    if match is None or match.group(2) not in table:
-        raise UnsupportedArchitectureError(
-            f"GGUF tensor {gguf_name!r} has no {model_type} equivalent in Luodi's name table; "
-            "the model has parts Luodi does not implement"
-        )
-    layer, part, suffix = match.groups()
-    return f"model.layers.{layer}.{table[part]}.{suffix}"
-
-
-def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py) on q/k rows.
-
-    The converter reorders each head's rows from HF's half-split RoPE layout to GGML's interleaved
-    pairs: rows [h, 2, d/2] -> [h, d/2, 2]. This is its inverse.
+    Each tensor's file pages are released once the consumer asks for the next one: it has
+    converted the tensor by then, and a big file is never held twice.
     """
-    rows = weight.shape[0]
-    w = weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
-    return w.transpose(1, 2).reshape(weight.shape)
-
-
-def gguf_state_dict(
-    f: GGUFFile, hf_config: dict[str, Any], dtype: torch.dtype | None = None,
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every weight, in HF semantics, for `load_state_dict(assign=True)`.
-
-    `hf_config` is `gguf_hf_config(f)`. Tensors are float32 (quantized ones in `dtype` if given),
-    or zero-copy F16/BF16 views where the file stores them so and no transform applies.
-    """
-    model_type = hf_config["model_type"]
-    is_llama = f.metadata.get("general.architecture") == "llama"  # Mistral too: its GGUFs say llama
-    is_gemma = model_type == "gemma3_text"
-    for gguf_name in f.tensors:
-        hf_name = hf_tensor_name(gguf_name, model_type)
-        if hf_name is None:
-            continue
-        tensor = f.torch_tensor(gguf_name, dtype)
-        if is_llama and ".attn_q." in gguf_name:
-            tensor = unpermute_qk(tensor, hf_config["num_attention_heads"])
-        elif is_llama and ".attn_k." in gguf_name:
-            tensor = unpermute_qk(tensor, hf_config["num_key_value_heads"])
-        elif is_gemma and gguf_name.endswith("norm.weight"):
-            # llama.cpp's Gemma3Model stores norm weights + 1 (HF's RMSNorm multiplies by 1 + w).
-            tensor = tensor.float() - 1.0
-        yield hf_name, tensor
-        f.release(gguf_name)  # the consumer has converted it by now
+    for name in f.tensors:
+        yield name, f.torch_tensor(name, dtype)
+        f.release(name)

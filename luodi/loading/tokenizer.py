@@ -115,8 +115,9 @@ class Tokenizer:
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def from_gguf(cls, f: GGUFFile) -> Tokenizer:
-        """The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes."""
+    def from_gguf(cls, f: GGUFFile, extra_eos_ids: Iterable[int] = ()) -> Tokenizer:
+        """The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes; `extra_eos_ids` are
+        further ids that end generation, which the model's config names (Gemma's <end_of_turn>)."""
         meta = f.metadata
         kind = meta.get("tokenizer.ggml.model")
         tokens = meta.get("tokenizer.ggml.tokens")
@@ -144,7 +145,7 @@ class Tokenizer:
             backend,
             bos_token=bos,
             eos_tokens=[eos] if eos else [],
-            extra_eos_ids=gguf_eos_token_ids(f),
+            extra_eos_ids=(*gguf_eos_token_ids(f), *extra_eos_ids),
             chat_template=meta.get("tokenizer.chat_template"),
             special_tokens=_gguf_named_tokens(meta, tokens),
         )

@@ -1,10 +1,10 @@
 """`ModelConfig`: the architecture of a model, in Hugging Face's names.
 
 This module is the one place a `ModelConfig` is built: from the dictionary of an HF `config.json`,
-read from a directory here or handed over by `luodi.loading.gguf` (which translates GGUF metadata
-into the same keys). The keys every family shares are read here; each family file reads its own
-(`Family.config_fields`). It owns the shape and numerics of a model; it knows nothing of file formats,
-weights or requests.
+read from a directory here or handed over by `luodi.models.gguf_load` (which translates GGUF
+metadata into the same keys, through the family's `GGUFSpec`). The keys every family shares are
+read here; each family file reads its own (`Family.config_fields`). It owns the shape and numerics
+of a model; it knows nothing of file formats, weights or requests.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`Family`: what one HF `model_type` is to Luodi — its module, its HF architecture name, and how its
-config fields are read and written where they differ from the common ones.
+"""`Family`: what one HF `model_type` is to Luodi — its module, its HF architecture name, how its
+config fields are read and written where they differ from the common ones, and what it is in a
+GGUF file (`GGUFSpec`: architecture names, tensor names, converter transforms, metadata keys).
 
 Each family file (llama.py, mistral.py, qwen2.py, ...) declares one `FAMILY`; `luodi.models.registry`
 lists them. The decoder layers declare their own structure (`LayerNorms`, the attention's
@@ -15,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from luodi.models.config import ModelConfig
+from luodi.models.gguf_spec import GGUFSpec
 
 # (raw HF config dict, the fields read the common way) -> the fields this family reads its own way
 ConfigFields = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -45,3 +47,4 @@ class Family:
     # Keys `config_to_hf_dict` writes beside the common ones, so that this family's fields read back.
     hf_fields: Callable[[ModelConfig], dict[str, Any]] = no_hf_fields
     aliases: tuple[str, ...] = ()  # other model_type names of the same config (Gemma 3's multimodal wrapper)
+    gguf: GGUFSpec | None = None  # None: no GGUF architecture loads as this family

@@ -4,18 +4,25 @@ What sets it apart from Llama: the embedding is scaled by sqrt(hidden_size); RMS
 offsets (1 + w); every block has four norms (pre/post attention, pre/post MLP); q and k get a
 per-head norm; attention is interleaved local (sliding window, its own RoPE base) and global;
 the MLP uses tanh-approximated GELU; scores are scaled by `query_pre_attn_scalar`.
+
+In GGUF (architecture "gemma3"): its own names for the four norms, norm weights stored + 1
+(undone by `gguf_sanitize`), and its metadata read by `gguf_config_fields`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from luodi.loading.gguf import ArchMetadata, float32_value
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.family import Family
+from luodi.models.gguf_spec import LAYER_NAMES, GGUFSpec, Weights
 from luodi.models.llama import LlamaAttention
 from luodi.models.layers import (
     AttentionBackend, GatedMLP, GemmaRMSNorm, LayerNorms, RotaryEmbedding, add_rms_norm,
@@ -131,5 +138,59 @@ def hf_fields(config: ModelConfig) -> dict[str, Any]:
     )
 
 
+# -- GGUF -------------------------------------------------------------------------------------------
+
+# llama.cpp runs Gemma 3 sliding-window layers with this RoPE base (src/llama-model.cpp).
+_GGUF_LOCAL_ROPE_BASE = 10000.0
+
+
+def gguf_sanitize(config: ModelConfig, weights: Weights) -> Iterator[tuple[str, torch.Tensor]]:
+    """llama.cpp's Gemma3Model stores norm weights + 1 (HF's RMSNorm multiplies by 1 + w)."""
+    for name, tensor in weights:
+        yield name, tensor.float() - 1.0 if name.endswith("norm.weight") else tensor
+
+
+def gguf_config_fields(meta: ArchMetadata, common: dict[str, Any]) -> dict[str, Any]:
+    num_layers, hidden = common["num_hidden_layers"], common["hidden_size"]
+    # llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3) scales queries by 1/sqrt(hidden / heads) for the
+    # 62-layer 27B model and by 1/sqrt(head_dim) otherwise, matching HF's query_pre_attn_scalar.
+    scalar = hidden // common["num_attention_heads"] if num_layers == 62 else common["head_dim"]
+    softcap = meta.get("final_logit_softcapping")
+    return {
+        "hidden_act": "gelu_pytorch_tanh",
+        "sliding_window": int(meta.get("attention.sliding_window", 4096)),
+        **_gguf_layer_pattern(meta, num_layers),
+        "rope_local_base_freq": _GGUF_LOCAL_ROPE_BASE,
+        "query_pre_attn_scalar": float(scalar),
+        "final_logit_softcapping": float32_value(softcap) if softcap else None,
+        "eos_token_id": _gguf_eos_ids(meta, common["eos_token_id"]),
+    }
+
+
+def _gguf_layer_pattern(meta: ArchMetadata, num_layers: int) -> dict[str, Any]:
+    """Which layers slide, in HF's keys: `layer_types` from a per-layer flag array, else the period
+    (`sliding_window_pattern`; every Nth layer global), which `config_fields` expands."""
+    pattern = meta.get("attention.sliding_window_pattern")
+    if isinstance(pattern, np.ndarray) and len(pattern) == num_layers:  # per layer: True = sliding
+        return {"layer_types": ["sliding_attention" if swa else "full_attention" for swa in pattern.tolist()]}
+    if isinstance(pattern, int) and pattern > 0:
+        return {"sliding_window_pattern": pattern}
+    return {}
+
+
+def _gguf_eos_ids(meta: ArchMetadata, eos_ids: list[int]) -> list[int]:
+    """The file's EOS ids and <end_of_turn>, as HF's generation_config (eos_token_id [1, 106])."""
+    tokens = meta.f.metadata.get("tokenizer.ggml.tokens") or []
+    if "<end_of_turn>" not in tokens or tokens.index("<end_of_turn>") in eos_ids:
+        return eos_ids
+    return [*eos_ids, tokens.index("<end_of_turn>")]
+
+
+GGUF = GGUFSpec(
+    ("gemma3",),
+    layer_names={**LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
+                 "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+    config_fields=gguf_config_fields, sanitize=gguf_sanitize,
+)
 FAMILY = Family("gemma3_text", "Gemma3ForCausalLM", Gemma3ForCausalLM, config_fields=config_fields,
-                hf_fields=hf_fields, aliases=("gemma3",))
+                hf_fields=hf_fields, aliases=("gemma3",), gguf=GGUF)

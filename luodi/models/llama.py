@@ -3,16 +3,27 @@
 The model sees flattened tokens of a whole batch — `input_ids` and `positions` of shape [T] — and
 reaches its KV cache only through the `AttentionBackend` it is handed; it knows nothing of
 requests. Qwen2 and Qwen3 reuse these classes with their one difference each.
+
+In GGUF (architecture "llama", Mistral's files too): llama.cpp's converter permutes q/k rows for
+GGML's RoPE, undone by `gguf_sanitize`, and stores Llama 3.1+'s RoPE scaling as a tensor of
+divisors, read back into `rope_scaling` by `gguf_config_fields`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
+from luodi.errors import UnsupportedArchitectureError
+from luodi.loading.gguf import ArchMetadata
 from luodi.models.base import CausalLM
 from luodi.models.config import ModelConfig
 from luodi.models.family import Family
+from luodi.models.gguf_spec import GGUFSpec, Weights
 from luodi.models.layers import (
     AttentionBackend, GatedMLP, LayerNorms, Norm, RMSNorm, RotaryEmbedding, add_rms_norm, rotary_attention,
 )
@@ -107,4 +118,67 @@ class LlamaForCausalLM(CausalLM):
     model_class = LlamaModel
 
 
-FAMILY = Family("llama", "LlamaForCausalLM", LlamaForCausalLM)
+def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py) on q/k rows.
+
+    The converter reorders each head's rows from HF's half-split RoPE layout to GGML's interleaved
+    pairs: rows [h, 2, d/2] -> [h, d/2, 2]. This is its inverse.
+    """
+    rows = weight.shape[0]
+    w = weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+    return w.transpose(1, 2).reshape(weight.shape)
+
+
+def gguf_sanitize(config: ModelConfig, weights: Weights) -> Iterator[tuple[str, torch.Tensor]]:
+    """q/k weights and biases back in HF's row order (the converter permutes both)."""
+    for name, tensor in weights:
+        if ".self_attn.q_proj." in name:
+            tensor = unpermute_qk(tensor, config.num_attention_heads)
+        elif ".self_attn.k_proj." in name:
+            tensor = unpermute_qk(tensor, config.num_key_value_heads)
+        yield name, tensor
+
+
+def gguf_config_fields(meta: ArchMetadata, common: dict[str, Any]) -> dict[str, Any]:
+    """Llama 3.1+'s RoPE scaling, where the file states it only as `rope_freqs.weight`."""
+    if common["rope_scaling"] is not None or "rope_freqs.weight" not in meta.f.tensors:
+        return {}
+    return {"rope_scaling": _llama3_rope_scaling(meta, common["head_dim"])}
+
+
+def _llama3_rope_scaling(meta: ArchMetadata, head_dim: int) -> dict[str, Any]:
+    """HF's `llama3` rope_scaling recovered from the `rope_freqs.weight` tensor of Llama 3.1+ files.
+
+    llama.cpp's converter (LlamaModel.generate_extra_tensors) stores per-frequency divisors instead
+    of the parameters: 1 for high frequencies, `factor` for low ones, and in between
+    1 / ((1 - s) / factor + s) with s = (L / wavelen - low) / (high - low). s is linear in 1 / wavelen,
+    so two in-between frequencies give low and high for a given L (the original context length,
+    which the file does not state; 8192 for every Llama 3.x).
+    """
+    divisors = meta.f.dequantize("rope_freqs.weight").astype(np.float64)
+    theta = float(meta.get("rope.freq_base", 10000.0))
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor = float(divisors.max())
+    middle = (divisors > 1 + 1e-6) & (divisors < factor - 1e-6)
+    if factor <= 1.0 or middle.sum() < 2 or len(divisors) != len(wavelen):
+        raise UnsupportedArchitectureError(
+            f"{meta.f.path} has RoPE frequency factors (rope_freqs.weight) that are not Llama 3 style; "
+            "Luodi cannot express them as an HF rope_scaling"
+        )
+    original = int(meta.get("rope.scaling.original_context_length") or 8192)
+    smooth = (1 / divisors[middle] - 1 / factor) / (1 - 1 / factor)
+    slope, intercept = np.polyfit(1 / wavelen[middle], smooth, 1)  # s = (L/(h-l)) / w - l/(h-l)
+    low = -intercept * original / slope
+    high = low + original / slope
+    return {
+        "rope_type": "llama3",
+        "factor": round(factor, 4),
+        "low_freq_factor": round(float(low), 4),
+        "high_freq_factor": round(float(high), 4),
+        "original_max_position_embeddings": original,
+    }
+
+
+GGUF = GGUFSpec(("llama",), config_fields=gguf_config_fields, sanitize=gguf_sanitize,
+                config_tensors=frozenset({"rope_freqs.weight"}))
+FAMILY = Family("llama", "LlamaForCausalLM", LlamaForCausalLM, gguf=GGUF)

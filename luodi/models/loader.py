@@ -16,10 +16,11 @@ from torch import nn
 
 from luodi.errors import InvalidParameterError
 from luodi.loading.catalog import resolve_model
-from luodi.loading.gguf import GGUFFile, gguf_hf_config, gguf_state_dict
+from luodi.loading.gguf import GGUFFile
 from luodi.loading.safetensors import safetensors_state_dict
 from luodi.loading.tokenizer import Tokenizer
 from luodi.models.config import ModelConfig, config_from_hf_dict, load_hf_config
+from luodi.models.gguf_load import gguf_hf_config, gguf_state_dict, gguf_tokenizer
 from luodi.models.inference import prepare_for_inference
 from luodi.models.registry import build_model
 from luodi.progress import track_if
@@ -66,13 +67,13 @@ def load_config_and_weights(
     """
     if path.is_file():
         gguf = GGUFFile(path)
-        hf_config = gguf_hf_config(gguf)
-        return config_from_hf_dict(hf_config), gguf_state_dict(gguf, hf_config, dtype), len(gguf.tensors)
+        config = config_from_hf_dict(gguf_hf_config(gguf))
+        return config, gguf_state_dict(gguf, config, dtype), len(gguf.tensors)
     return load_hf_config(path), safetensors_state_dict(path), None
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    return Tokenizer.from_gguf(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
+    return gguf_tokenizer(GGUFFile(path)) if path.is_file() else Tokenizer.from_hf_dir(path)
 
 
 def saved_model_structure(path: Path) -> Callable[[nn.Module], None] | None:

@@ -1,4 +1,8 @@
-"""Mistral: Llama's modules, with one sliding window over every layer when its config sets one."""
+"""Mistral: Llama's modules, with one sliding window over every layer when its config sets one.
+
+No GGUF spec: llama.cpp's converter writes Mistral as architecture "llama" (LlamaModel, no window
+in the metadata), so a Mistral GGUF loads as the llama family.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,11 @@ Checkpoints pack q/k/v into `qkv_proj` and gate/up into `gate_up_proj`. `sanitiz
 into Llama's projections (views of the loaded tensors, no copy), so quantization, smoothing, LoRA
 and saving see the same parts as in every family; `luodi.models.inference` packs them again for
 serving. Everything else is Llama's.
+
+In GGUF (architecture "phi3", llama.cpp's `Phi3MiniModel` converter): the packed `attn_qkv` and
+`ffn_up` (gate and up) as HF stores them, no q/k permutation (NeoX RoPE, as HF), the LongRoPE
+factors as the tensors `rope_factors_long` / `rope_factors_short`, and `rope.dimension_count` the
+rotary part of a head (Phi-4-mini's partial rotary), read back by `gguf_config_fields`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from typing import Any
 import torch
 
 from luodi.errors import ModelFormatError
+from luodi.loading.gguf import ArchMetadata, float32_value
 from luodi.models.config import ModelConfig
 from luodi.models.family import Family, every_layer_sliding
+from luodi.models.gguf_spec import LAYER_NAMES, GGUFSpec
 from luodi.models.llama import LlamaForCausalLM
 
 
@@ -79,4 +86,45 @@ def hf_fields(config: ModelConfig) -> dict[str, Any]:
     return {"sliding_window": config.sliding_window, "original_max_position_embeddings": original}
 
 
-FAMILY = Family("phi3", "Phi3ForCausalLM", Phi3ForCausalLM, config_fields=config_fields, hf_fields=hf_fields)
+# -- GGUF -------------------------------------------------------------------------------------------
+
+_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def gguf_config_fields(meta: ArchMetadata, common: dict[str, Any]) -> dict[str, Any]:
+    """The HF keys of `Phi3MiniModel.set_gguf_parameters`' metadata and LongRoPE tensors."""
+    head_dim = common["hidden_size"] // common["num_attention_heads"]
+    rotary_dim = int(meta.get("rope.dimension_count") or head_dim)
+    original = int(meta.get("rope.scaling.original_context_length") or common["max_position_embeddings"])
+    fields: dict[str, Any] = {
+        "head_dim": head_dim,
+        "partial_rotary_factor": rotary_dim / head_dim,
+        "sliding_window": int(meta.get("attention.sliding_window") or 0) or None,  # 0: none (Phi-4)
+        "original_max_position_embeddings": original,
+    }
+    if any(name in meta.f.tensors for name in _ROPE_FACTORS):
+        fields["rope_scaling"] = _gguf_longrope(meta, original)
+    return fields
+
+
+def _gguf_longrope(meta: ArchMetadata, original: int) -> dict[str, Any]:
+    """LongRoPE as HF states it; `config_fields` adds the factor (context / original)."""
+    missing = [name for name in _ROPE_FACTORS if name not in meta.f.tensors]
+    if missing:
+        raise ModelFormatError(f"{meta.f.path} has LongRoPE factors but lacks {missing[0]}; re-convert it")
+    long_factor, short_factor = ([float32_value(v) for v in meta.f.dequantize(name).tolist()]
+                                 for name in _ROPE_FACTORS)
+    scaling = {"rope_type": "longrope", "long_factor": long_factor, "short_factor": short_factor,
+               "original_max_position_embeddings": original}
+    attn_factor = meta.get("rope.scaling.attn_factor")  # the converter's sqrt(1 + ln s / ln original)
+    if attn_factor is not None:
+        scaling["attention_factor"] = float32_value(attn_factor)
+    return scaling
+
+
+GGUF = GGUFSpec(
+    ("phi3",), layer_names={**LAYER_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+    config_fields=gguf_config_fields, config_tensors=frozenset(_ROPE_FACTORS),
+)
+FAMILY = Family("phi3", "Phi3ForCausalLM", Phi3ForCausalLM, config_fields=config_fields, hf_fields=hf_fields,
+                gguf=GGUF)

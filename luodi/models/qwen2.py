@@ -6,6 +6,7 @@ from typing import Any
 
 from luodi.models.config import ModelConfig
 from luodi.models.family import Family
+from luodi.models.gguf_spec import GGUFSpec
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
@@ -33,4 +34,6 @@ def config_fields(raw: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]
     return {"attention_bias": bool(raw.get("attention_bias", True))}
 
 
-FAMILY = Family("qwen2", "Qwen2ForCausalLM", Qwen2ForCausalLM, config_fields=config_fields)
+# GGUF: llama.cpp's names, stored as HF has them (the q/k/v biases are `attn_q.bias`, ...).
+FAMILY = Family("qwen2", "Qwen2ForCausalLM", Qwen2ForCausalLM, config_fields=config_fields,
+                gguf=GGUFSpec(("qwen2",)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from luodi.models.config import ModelConfig
 from luodi.models.family import Family
+from luodi.models.gguf_spec import GGUFSpec
 from luodi.models.layers import RMSNorm
 from luodi.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
@@ -27,4 +28,5 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
     model_class = Qwen3Model
 
 
-FAMILY = Family("qwen3", "Qwen3ForCausalLM", Qwen3ForCausalLM)
+# GGUF: llama.cpp's names (q/k norms `attn_q_norm`, `attn_k_norm`), stored as HF has them.
+FAMILY = Family("qwen3", "Qwen3ForCausalLM", Qwen3ForCausalLM, gguf=GGUFSpec(("qwen3",)))

@@ -1,10 +1,13 @@
-"""GGUFFile and the GGUF -> HF translation, against gguf-py's GGUFReader/dequantize and
-transformers' GGUF loader as oracles."""
+"""GGUFFile and the GGUF -> HF translation (the common metadata, each family's GGUF spec), against
+gguf-py's GGUFReader/dequantize/TensorNameMap, transformers' GGUF loader, and for what that loader
+does not read (Phi 3's LongRoPE, partial rotary, window) the HF model a file was written from."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,18 @@ import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
+from luodi.engine.engine import EngineConfig, LLMEngine
+from luodi.engine.sampling import SamplingParams
 from luodi.errors import ModelFormatError, ModelNotFoundError, UnsupportedArchitectureError
-from luodi.loading.gguf import GGUFFile, gguf_hf_config, gguf_state_dict, hf_tensor_name
+from luodi.loading.gguf import GGUFFile
+from luodi.models import gemma3, llama, phi3, qwen2, qwen3
 from luodi.models.config import ModelConfig, config_from_hf_dict
+from luodi.models.gguf_load import gguf_hf_config, gguf_state_dict
+from luodi.models.loader import load_config_and_weights
+from luodi.models.reference import full_logits
+from luodi.models.registry import build_model
+from families import FAMILIES, LONGROPE_ORIGINAL
+from oracles import assert_greedy_match
 
 # -- synthetic files ---------------------------------------------------------------------------
 
@@ -372,7 +384,7 @@ def test_unknown_architecture(tmp_path):
     writer = gguf.GGUFWriter(path, "rwkv6")
     writer.add_tensor("x", np.zeros((2, 32), np.float32))
     _finish(writer)
-    with pytest.raises(UnsupportedArchitectureError, match=r"'rwkv6'.*gemma3.*llama.*qwen2.*qwen3"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"'rwkv6'.*gemma3.*llama.*phi3.*qwen2.*qwen3"):
         _model_config(GGUFFile(path))
 
 
@@ -441,6 +453,9 @@ def test_llama3_rope_freqs_become_hf_rope_scaling(tmp_path, head_dim, factor):
 # -- tensors: names and converter transforms ----------------------------------------------------------
 
 TINY = dict(hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=96, layers=2, vocab=40)
+# The same dimensions as transformers config keys, for the family cases of tests/families.py.
+TINY_HF = dict(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
 # transformers' GGUF loader does not read qwen3's key_length: it keeps Qwen3Config's head_dim=128.
 TINY_HEAD_DIM = {"qwen3": 128}
 
@@ -464,16 +479,21 @@ def write_tiny_model(path: Path, arch: str, tied: bool = True, extra: Any = None
         writer.add_value_length(d["head_dim"])
     if arch == "gemma3":
         writer.add_sliding_window(32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([chr(ord("a") + i) if i < 26 else f"<t{i}>" for i in range(d["vocab"])])
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(1)
+    _add_tiny_vocab(writer, d["vocab"])
     if extra is not None:
         extra(writer)
     for name, shape in _tiny_tensor_shapes(arch, tied, d):
         _add_random_tensor(writer, rng, name, shape)
     _finish(writer)
     return path
+
+
+def _add_tiny_vocab(writer: gguf.GGUFWriter, size: int, bos: int = 0, eos: int = 1) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([chr(ord("a") + i) if i < 26 else f"<t{i}>" for i in range(size)])
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.add_pad_token_id(0)  # else transformers' Phi3Config pads with 32000, past a tiny vocabulary
 
 
 def _tiny_tensor_shapes(arch: str, tied: bool, d: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
@@ -501,6 +521,11 @@ def _tiny_tensor_shapes(arch: str, tied: bool, d: dict[str, int]) -> list[tuple[
             layer.update(
                 {"post_attention_norm.weight": (d["hidden"],), "post_ffw_norm.weight": (d["hidden"],)}
             )
+        if arch == "phi3":  # llama.cpp's Phi3MiniModel: q/k/v packed, ffn_up holding gate and up
+            unpacked = ("attn_q", "attn_k", "attn_v", "ffn_gate")
+            layer = {k: v for k, v in layer.items() if k.split(".")[0] not in unpacked}
+            layer["attn_qkv.weight"] = (q_rows + 2 * kv_rows, d["hidden"])
+            layer["ffn_up.weight"] = (2 * d["ffn"], d["hidden"])
         shapes += [(f"blk.{i}.{name}", shape) for name, shape in layer.items()]
     return shapes
 
@@ -538,7 +563,7 @@ def _assert_state_dict_matches(
 
 
 @pytest.mark.parametrize(
-    ("arch", "tied"), [("llama", False), ("qwen2", True), ("qwen3", True), ("gemma3", True)]
+    ("arch", "tied"), [("llama", False), ("qwen2", True), ("qwen3", True), ("gemma3", True), ("phi3", False)]
 )
 def test_tiny_model_weights_match_transformers(arch, tied, tmp_path):
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, tied=tied)
@@ -546,14 +571,14 @@ def test_tiny_model_weights_match_transformers(arch, tied, tmp_path):
     hf_config = gguf_hf_config(f)
     assert hf_config["tie_word_embeddings"] == tied
     assert hf_config["attention_bias"] == (arch == "qwen2")
-    ours = dict(gguf_state_dict(f, hf_config))
+    ours = dict(gguf_state_dict(f, config_from_hf_dict(hf_config)))
     _assert_state_dict_matches(ours, _transformers_state_dict(str(tmp_path), path.name), tied)
 
 
 def test_untransformed_half_tensors_stay_zero_copy(tmp_path):
     path = write_tiny_model(tmp_path / "qwen2.gguf", "qwen2")
     f = GGUFFile(path)
-    weights = dict(gguf_state_dict(f, gguf_hf_config(f)))
+    weights = dict(gguf_state_dict(f, _model_config(f)))
     q_proj = weights["model.layers.0.self_attn.q_proj.weight"]  # F16 in the file, no transform for qwen2
     assert q_proj.dtype == torch.float16
     assert q_proj.data_ptr() == f.raw("blk.0.attn_q.weight").ctypes.data
@@ -567,25 +592,38 @@ def test_real_model_weights_match_transformers(model, request, oracle_reader, hf
     path = request.getfixturevalue(model)
     theirs = _transformers_state_dict(*hf_gguf_location(path))
     f = GGUFFile(path)
-    hf_config = gguf_hf_config(f)
-    ours = dict(gguf_state_dict(f, hf_config))
-    _assert_state_dict_matches(ours, theirs, hf_config["tie_word_embeddings"])
+    config = _model_config(f)
+    ours = dict(gguf_state_dict(f, config))
+    _assert_state_dict_matches(ours, theirs, config.tie_word_embeddings)
 
 
-def test_name_table():
-    assert hf_tensor_name("token_embd.weight", "llama") == "model.embed_tokens.weight"
-    assert hf_tensor_name("output.weight", "llama") == "lm_head.weight"
-    assert (
-        hf_tensor_name("blk.3.ffn_norm.weight", "llama") == "model.layers.3.post_attention_layernorm.weight"
-    )
-    assert (
-        hf_tensor_name("blk.3.ffn_norm.weight", "gemma3_text")
-        == "model.layers.3.pre_feedforward_layernorm.weight"
-    )
-    assert hf_tensor_name("blk.0.attn_q.bias", "qwen2") == "model.layers.0.self_attn.q_proj.bias"
-    assert hf_tensor_name("rope_freqs.weight", "llama") is None
-    with pytest.raises(UnsupportedArchitectureError, match="blk.0.ffn_gate_exps.weight"):
-        hf_tensor_name("blk.0.ffn_gate_exps.weight", "qwen3")
+# Families in GGUF: the family case of tests/families.py, its module, llama.cpp's architecture.
+GGUF_FAMILIES = {
+    "llama": (llama, gguf.MODEL_ARCH.LLAMA), "qwen2": (qwen2, gguf.MODEL_ARCH.QWEN2),
+    "qwen3": (qwen3, gguf.MODEL_ARCH.QWEN3), "gemma3": (gemma3, gguf.MODEL_ARCH.GEMMA3),
+    "phi3": (phi3, gguf.MODEL_ARCH.PHI3),
+}
+
+
+@pytest.mark.parametrize("case", list(GGUF_FAMILIES))
+def test_name_table_inverts_the_converters_map(case):
+    """Every HF parameter, named as llama.cpp's converter names it (gguf-py `TensorNameMap`), reads
+    back to itself through the family's table."""
+    transformers = pytest.importorskip("transformers")
+    module, arch = GGUF_FAMILIES[case]
+    hf_config = FAMILIES[case](transformers, **TINY_HF)
+    with torch.device("meta"):
+        names = list(transformers.AutoModelForCausalLM.from_config(hf_config).state_dict())
+    converter = gguf.get_tensor_name_map(arch, hf_config.num_hidden_layers)
+    for hf_name in names:
+        gguf_name = converter.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert module.FAMILY.gguf.hf_name(gguf_name) == hf_name, gguf_name
+
+
+def test_name_table_errors():
+    assert llama.FAMILY.gguf.hf_name("rope_freqs.weight") is None  # read into the config
+    with pytest.raises(UnsupportedArchitectureError, match="blk.0.ffn_gate_exps.weight.*qwen3"):
+        qwen3.FAMILY.gguf.hf_name("blk.0.ffn_gate_exps.weight")
 
 
 def test_dequantizing_into_bf16_by_slabs_equals_whole_tensor_cast(smollm2_gguf):
@@ -595,3 +633,134 @@ def test_dequantizing_into_bf16_by_slabs_equals_whole_tensor_cast(smollm2_gguf):
     slabs = f.torch_tensor(name, torch.bfloat16)
     whole = torch.from_numpy(f.dequantize(name)).to(torch.bfloat16)
     assert slabs.dtype == torch.bfloat16 and torch.equal(slabs, whole)
+
+
+# -- phi3: llama.cpp's Phi3MiniModel layout, with LongRoPE and sliding window ------------------------
+
+PHI3_CASES = ["phi3", "phi3-window", "phi3-longrope", "phi3-longrope-partial"]
+
+
+def write_phi3_gguf(path: Path, model: Any) -> Path:
+    """`model` as llama.cpp's converter writes it (convert_hf_to_gguf.py, `Phi3MiniModel`): its
+    metadata keys, the packed qkv / gate_up under gguf-py's names, LongRoPE factors as tensors."""
+    cfg, rope = model.config, model.config.rope_parameters
+    rope_dims = int(rope.get("partial_rotary_factor", 1.0) * cfg.hidden_size) // cfg.num_attention_heads
+    original = rope.get("original_max_position_embeddings", cfg.original_max_position_embeddings)
+    writer = gguf.GGUFWriter(path, "phi3")
+    for add, value in ((writer.add_context_length, cfg.max_position_embeddings),
+                       (writer.add_rope_scaling_orig_ctx_len, original),
+                       (writer.add_embedding_length, cfg.hidden_size),
+                       (writer.add_feed_forward_length, cfg.intermediate_size),
+                       (writer.add_block_count, cfg.num_hidden_layers),
+                       (writer.add_head_count, cfg.num_attention_heads),
+                       (writer.add_head_count_kv, cfg.num_key_value_heads),
+                       (writer.add_layer_norm_rms_eps, cfg.rms_norm_eps),
+                       (writer.add_rope_dimension_count, rope_dims),
+                       (writer.add_rope_freq_base, rope["rope_theta"]),
+                       (writer.add_sliding_window, cfg.sliding_window or 0)):  # fmt: skip
+        add(value)
+    _add_tiny_vocab(writer, cfg.vocab_size, bos=cfg.bos_token_id, eos=cfg.eos_token_id)
+    if rope.get("long_factor"):
+        scale = cfg.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+        writer.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.PHI3, cfg.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        values = tensor.numpy()
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        writer.add_tensor(gguf_name, values if values.ndim == 1 else values.astype(np.float16))
+    _finish(writer)
+    return path
+
+
+def _phi3_source_model(case: str) -> Any:
+    """A tiny random transformers Phi 3 whose matrices are F16 values, so that the F16 GGUF written
+    from it holds its weights exactly and it is the oracle for what Luodi reads back."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = FAMILIES[case](transformers, **TINY_HF, initializer_range=0.2)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.copy_(param.half().float())
+    return model
+
+
+@pytest.fixture(scope="module", params=PHI3_CASES)
+def phi3_gguf(request, tmp_path_factory):
+    """(case, the transformers model, the GGUF written from it)."""
+    model = _phi3_source_model(request.param)
+    return request.param, model, write_phi3_gguf(tmp_path_factory.mktemp(request.param) / "phi3.gguf", model)
+
+
+def test_phi3_config_matches_the_source_model(phi3_gguf):
+    """Everything the HF config states comes back from the metadata and the LongRoPE tensors;
+    the attention factor the file carries is the one transformers computes."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    case, model, path = phi3_gguf
+    config = _model_config(GGUFFile(path))
+    scaling = dict(config.rope_scaling or {})
+    attention_factor = scaling.pop("attention_factor", None)
+    assert replace(config, rope_scaling=scaling or None) == config_from_hf_dict(model.config.to_dict())
+    if "longrope" in case:
+        _, expected = ROPE_INIT_FUNCTIONS["longrope"](model.config, "cpu")
+        assert attention_factor == pytest.approx(expected, rel=1e-6)
+
+
+def test_phi3_longrope_needs_both_factor_tensors(tmp_path):
+    path = write_tiny_model(tmp_path / "phi3.gguf", "phi3", tied=False, extra=lambda w: w.add_tensor(
+        "rope_factors_long.weight", np.ones(TINY["head_dim"] // 2, np.float32)))  # fmt: skip
+    with pytest.raises(ModelFormatError, match="lacks rope_factors_short.weight"):
+        _model_config(GGUFFile(path))
+
+
+def _luodi_model(path: Path) -> torch.nn.Module:
+    config, weights, _ = load_config_and_weights(path)
+    return build_model(config, weights, dtype=torch.float32, device=torch.device("cpu"))
+
+
+def test_phi3_logits_and_greedy_tokens_match_the_source_model(phi3_gguf):
+    """The oracle is the model the GGUF was written from: transformers' GGUF loader reads neither
+    LongRoPE (rope_factors_*, original context), nor partial rotary, nor the sliding window of a
+    phi3 file (its `integrations/ggml.py` maps none of those keys)."""
+    case, model, path = phi3_gguf
+    ours = _luodi_model(path)
+    _assert_logits_match(ours, model, length=LONGROPE_ORIGINAL + 8)
+    _assert_greedy_tokens_match(ours, model, length=LONGROPE_ORIGINAL + 8 if "longrope" in case else 12)
+
+
+def test_phi3_gguf_matches_transformers_loading_it(tmp_path):
+    """A plain phi3 file (no LongRoPE, no window, full rotary) as transformers reads the same GGUF:
+    the same weights, the same logits and greedy tokens."""
+    transformers = pytest.importorskip("transformers")
+    path = write_phi3_gguf(tmp_path / "phi3.gguf", _phi3_source_model("phi3"))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+    f = GGUFFile(path)
+    _assert_state_dict_matches(dict(gguf_state_dict(f, _model_config(f))), theirs.state_dict(), tied=False)
+    ours = _luodi_model(path)
+    _assert_logits_match(ours, theirs, length=40)
+    _assert_greedy_tokens_match(ours, theirs, length=12)
+
+
+def _assert_logits_match(ours: torch.nn.Module, theirs: Any, length: int) -> None:
+    """fp32 logits within 1e-4, as tests/models/test_families.py holds every family."""
+    ids = torch.randint(0, TINY_HF["vocab_size"], (length,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = theirs(ids[None]).logits[0]
+    assert (full_logits(ours, ids.tolist()) - ref).abs().max().item() < 1e-4
+
+
+def _assert_greedy_tokens_match(ours: torch.nn.Module, theirs: Any, length: int) -> None:
+    prompt = torch.randint(0, TINY_HF["vocab_size"], (length,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        # An explicit mask: a tiny vocabulary's prompt holds the pad id, which generate would mask.
+        out = theirs.generate(prompt[None], attention_mask=torch.ones(1, length, dtype=torch.long),
+                              max_new_tokens=16, do_sample=False, output_logits=True,
+                              return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    engine = LLMEngine(ours, config=EngineConfig(block_size=4))
+    [got] = engine.generate([prompt.tolist()], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    assert_greedy_match(got, out.sequences[0, length:].tolist(), torch.cat(out.logits))

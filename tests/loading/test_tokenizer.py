@@ -14,6 +14,7 @@ import pytest
 from luodi.errors import LuodiError, ModelNotFoundError
 from luodi.loading.gguf import GGUFFile
 from luodi.loading.tokenizer import ChatTemplateError, Tokenizer
+from luodi.models.gguf_load import gguf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,7 +48,7 @@ def smollm2(smollm2_gguf: Path) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def gemma3(gemma3_gguf: Path) -> Tokenizer:
-    return Tokenizer.from_gguf(GGUFFile(gemma3_gguf))
+    return gguf_tokenizer(GGUFFile(gemma3_gguf))  # with the family's EOS ids (<end_of_turn>)
 
 
 @pytest.fixture(scope="module")
