@@ -1,7 +1,7 @@
 """Scale-out on one box: replicas behind Luodi's gateway, by routing policy, from real HTTP streams.
 
-Three measurements, each with its own replicas (real `luodi serve` processes) and the gateway in
-this process:
+Three measurements, each with its own replicas (real `luodi serve` processes) and the gateway in a
+process of its own (the load generator runs in this one):
 - scaling: aggregate decode tok/s through 2 replicas × 1 thread ÷ 1 replica × 1 thread (target
   ≥ 1.7 on 2 cores), each replica offered the same load (saturated), and also under one total load;
 - prefix: a shared-prefix workload (several long system prompts, many users) through 2 replicas,
@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import platform
 import random
+import socket
 import statistics
 import sys
 import time
@@ -88,12 +90,36 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def gateway(urls: dict[str, str], policy: str, slo_tpot_ms: float | None = None):
-    from server.live_server import serving
-
+    """The gateway in its own process, as `luodi serve --replicas` runs it: in this one it would share
+    the load generator's interpreter lock and each would slow the other."""
     config = GatewayConfig(urls, policy=policy, slo_tpot_ms=slo_tpot_ms, queue_timeout_s=5.0)  # type: ignore[arg-type]
-    with serving(create_gateway(config)) as url:
+    port = _free_port()
+    process = multiprocessing.get_context("spawn").Process(target=_serve_gateway, args=(config, port), daemon=True)
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.1)
         time.sleep(1.0)  # a poll of every replica's figures
         yield url
+    finally:
+        process.terminate()
+        process.join(10)
+
+
+def _serve_gateway(config: GatewayConfig, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_gateway(config), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # -- workload ------------------------------------------------------------------------------------------
