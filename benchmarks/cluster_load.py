@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import platform
 import random
-import socket
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from luodi.cluster.gateway import GatewayConfig, create_gateway
-from luodi.cluster.local import LocalReplicas
+from luodi.cluster.local import LocalReplicas, free_port
 from luodi.cluster.prefixes import chain_hashes, prompt_text
 from luodi.cluster.routing import ReplicaView, RouteRequest, Router
 
@@ -93,7 +92,7 @@ def gateway(urls: dict[str, str], policy: str, slo_tpot_ms: float | None = None)
     """The gateway in its own process, as `luodi serve --replicas` runs it: in this one it would share
     the load generator's interpreter lock and each would slow the other."""
     config = GatewayConfig(urls, policy=policy, slo_tpot_ms=slo_tpot_ms, queue_timeout_s=5.0)  # type: ignore[arg-type]
-    port = _free_port()
+    port = free_port()
     process = multiprocessing.get_context("spawn").Process(target=_serve_gateway, args=(config, port), daemon=True)
     process.start()
     url = f"http://127.0.0.1:{port}"
@@ -114,12 +113,6 @@ def _serve_gateway(config: GatewayConfig, port: int) -> None:
     import uvicorn
 
     uvicorn.run(create_gateway(config), host="127.0.0.1", port=port, log_level="warning")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- workload ------------------------------------------------------------------------------------------
