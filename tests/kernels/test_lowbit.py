@@ -225,6 +225,35 @@ def test_bias_and_leading_dims(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.usefixtures("level")
+@pytest.mark.parametrize("n", [61, 16 * 37 + 3])  # a partial tile inside a group of streamed tiles; many tasks
+def test_a_rows_outputs_do_not_depend_on_the_rows_beside_it(n: int) -> None:
+    """Decode passes stream several tiles at once (1 row: up to 4, 2 rows: 2), batches of more than
+    8 rows one at a time: each output must still be summed in one order, so a row alone, in a pair
+    and in a batch of 12 gives the same bits (INT8 in both roundings, INT4 with fp16 and coded grids)."""
+    k = 320
+    w = weights(n, k)
+    bias = torch.randn(n)
+    qweight, scales = stored_int8(w)
+    int8 = lowbit.prepack_int8(qweight, scales)
+    nibbles, s4, m4 = stored_int4(w, 32)
+    coded_nibbles, scale_codes, min_codes, steps = coded_int4(w, 32)
+    layers = {
+        "int8": lambda x: lowbit.int8_linear(x, int8, bias),
+        "w8a8": lambda x: lowbit.int8_linear(x, int8, bias, per_row=True),
+        "int4": lambda x, p=lowbit.prepack_int4(nibbles, s4, m4, 32): lowbit.int4_linear(x, p, bias),
+        "int4 coded": lambda x, p=lowbit.prepack_int4(coded_nibbles, scale_codes, min_codes, 32, steps):
+            lowbit.int4_linear(x, p, bias),
+    }
+    x = activations(12, k, torch.float32)
+    for name, layer in layers.items():
+        batch = layer(x)
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(12)])
+        pairs = torch.cat([layer(x[i : i + 2]) for i in range(0, 12, 2)])
+        assert torch.equal(alone, batch), name
+        assert torch.equal(pairs, batch), name
+
+
+@pytest.mark.usefixtures("level")
 def test_zero_and_constant_rows() -> None:
     # An all-zero block has no scale (max |x| = 0); a constant row quantizes exactly.
     w = weights(N, K)

@@ -58,6 +58,8 @@ using luodi::tiles_per_task;
 
 constexpr int64_t kBlock = 32;       // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;        // output rows per tile: the int32 lanes of a zmm
+// Tiles a decode pass of M rows streams at once (int8_tile): as many as the accumulators allow.
+constexpr int tile_streams(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 // Software prefetch distance. The hardware prefetchers alone left INT4 (more work per byte than
 // INT8) at half the single-core DRAM rate; 8-16 KB ahead brought both to it (measured, 1 thread).
 constexpr int64_t kPrefetchBytes = 8 << 10;
@@ -198,42 +200,51 @@ inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 }
 
 // -- INT8 weights ---------------------------------------------------------------------------------
-// One tile: 16 output rows x M activation rows. w points at the tile's [kp/4][16][4] bytes.
+// NT tiles of 16 output rows x M activation rows. w points at the first tile's [kp/4][16][4] bytes,
+// the next tiles follow tile_bytes apart. Each tile is read as its own stream, interleaved block by
+// block: one stream per thread left decode at ~75 % of the read rate that several reach (the
+// DRAM pages of several streams are open at once), and each output still sums in the same order.
 // TwoTerm: x also carries its rounding residual (Pass::fine), multiplied by the same weights.
-template <int M, bool TwoTerm, typename T>
-inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
-                      T* y, int64_t n_out, int64_t n0) {
+template <int M, int NT, bool TwoTerm, typename T>
+inline void int8_tile(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, const float* wscale,
+                      const float* bias, T* y, int64_t n_out, int64_t n0) {
   const __m512 fine_ratio = _mm512_set1_ps(1.f / kFineRatio);
-  __m512 acc[M];
-  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  __m512 acc[NT][M];
+  for (int j = 0; j < NT; ++j)
+    for (int m = 0; m < M; ++m) acc[j][m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < kp / kBlock; ++b) {
-    const uint8_t* wb = w + b * kBlock * kTile;
     const int8_t* xb = x.q + b * kBlock * M;
     const int8_t* fb = TwoTerm ? x.fine + b * kBlock * M : nullptr;
-    __m512i dot[M], fine[M];
-    for (int m = 0; m < M; ++m) dot[m] = fine[m] = _mm512_setzero_si512();
+    for (int j = 0; j < NT; ++j) {
+      const uint8_t* wb = w + j * tile_bytes + b * kBlock * kTile;
+      __m512i dot[M], fine[M];
+      for (int m = 0; m < M; ++m) dot[m] = fine[m] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) {
-      const __m512i wv = _mm512_loadu_si512(wb + c * 64);
-      prefetch(wb + c * 64);
+      for (int c = 0; c < 8; ++c) {
+        const __m512i wv = _mm512_loadu_si512(wb + c * 64);
+        prefetch(wb + c * 64);
+        for (int m = 0; m < M; ++m) {
+          dot[m] = dot_broadcast(dot[m], wv, xb + (c * M + m) * 4);
+          if constexpr (TwoTerm) fine[m] = dot_broadcast(fine[m], wv, fb + (c * M + m) * 4);
+        }
+      }
       for (int m = 0; m < M; ++m) {
-        dot[m] = dot_broadcast(dot[m], wv, xb + (c * M + m) * 4);
-        if constexpr (TwoTerm) fine[m] = dot_broadcast(fine[m], wv, fb + (c * M + m) * 4);
+        __m512 sum = _mm512_cvtepi32_ps(dot[m]);
+        if constexpr (TwoTerm) sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fine[m]), fine_ratio, sum);
+        acc[j][m] = _mm512_fmadd_ps(sum, _mm512_set1_ps(x.scale[b * M + m]), acc[j][m]);
       }
     }
-    for (int m = 0; m < M; ++m) {
-      __m512 sum = _mm512_cvtepi32_ps(dot[m]);
-      if constexpr (TwoTerm) sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fine[m]), fine_ratio, sum);
-      acc[m] = _mm512_fmadd_ps(sum, _mm512_set1_ps(x.scale[b * M + m]), acc[m]);
-    }
   }
-  const __mmask16 mask = tail_mask(n_out - n0);
-  const __m512 scale = _mm512_maskz_loadu_ps(mask, wscale + n0);
-  const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) {
-    // Undo the +128 weight offset: (q + 128) . x = q . x + 128 * sum(x).
-    const __m512 v = _mm512_sub_ps(acc[m], _mm512_set1_ps(128.f * x.sum[m]));
-    store16(y + (x.m0 + m) * n_out + n0, _mm512_fmadd_ps(v, scale, add), mask);
+  for (int j = 0; j < NT; ++j) {
+    const int64_t r0 = n0 + j * kTile;
+    const __mmask16 mask = tail_mask(n_out - r0);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, wscale + r0);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + r0) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+      // Undo the +128 weight offset: (q + 128) . x = q . x + 128 * sum(x).
+      const __m512 v = _mm512_sub_ps(acc[j][m], _mm512_set1_ps(128.f * x.sum[m]));
+      store16(y + (x.m0 + m) * n_out + r0, _mm512_fmadd_ps(v, scale, add), mask);
+    }
   }
 }
 
@@ -258,56 +269,64 @@ inline void int4_group_grid(const uint8_t* p, __m512 scale_step, __m512 min_step
   }
 }
 
-// One tile: 16 output rows x M activation rows, groups of g columns, each followed by its grid.
-template <int M, bool Coded, typename T>
-inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group_size, const float* bias,
-                      T* y, int64_t n_out, int64_t n0) {
+// NT tiles of 16 output rows x M activation rows (streams as in int8_tile), groups of g columns,
+// each followed by its grid.
+template <int M, int NT, bool Coded, typename T>
+inline void int4_tile(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, int64_t group_size,
+                      const float* bias, T* y, int64_t n_out, int64_t n0) {
   const int64_t blocks_per_group = group_size / kBlock;
   const int64_t group_bytes = int4_group_bytes(group_size, Coded);
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-  __m512 scale_step = _mm512_setzero_ps(), min_step = _mm512_setzero_ps();
-  if constexpr (Coded) {
-    scale_step = _mm512_loadu_ps(reinterpret_cast<const float*>(w));
-    min_step = _mm512_loadu_ps(reinterpret_cast<const float*>(w) + kTile);
-    w += kInt4StepBytes;
+  __m512 scale_step[NT], min_step[NT], acc[NT][M];
+  for (int j = 0; j < NT; ++j) {
+    scale_step[j] = min_step[j] = _mm512_setzero_ps();
+    if constexpr (Coded) {
+      scale_step[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(w + j * tile_bytes));
+      min_step[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(w + j * tile_bytes) + kTile);
+    }
+    for (int m = 0; m < M; ++m) acc[j][m] = _mm512_setzero_ps();
   }
-  __m512 acc[M];
-  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  if constexpr (Coded) w += kInt4StepBytes;
   for (int64_t g = 0; g < kp / group_size; ++g) {
-    const uint8_t* wg = w + g * group_bytes;
-    const uint8_t* grid = wg + group_size * kTile / 2;
-    __m512 scale, min;
-    int4_group_grid<Coded>(grid, scale_step, min_step, scale, min);
-    prefetch(grid);
-    for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
-      const int64_t b = g * blocks_per_group + bg;
-      const int8_t* xb = x.q + b * kBlock * M;
-      __m512i dot[M];
-      for (int m = 0; m < M; ++m) dot[m] = _mm512_setzero_si512();
+    for (int j = 0; j < NT; ++j) {
+      const uint8_t* wg = w + j * tile_bytes + g * group_bytes;
+      const uint8_t* grid = wg + group_size * kTile / 2;
+      __m512 scale, min;
+      int4_group_grid<Coded>(grid, scale_step[j], min_step[j], scale, min);
+      prefetch(grid);
+      for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
+        const int64_t b = g * blocks_per_group + bg;
+        const int8_t* xb = x.q + b * kBlock * M;
+        __m512i dot[M];
+        for (int m = 0; m < M; ++m) dot[m] = _mm512_setzero_si512();
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const __m512i packed = _mm512_loadu_si512(wg + (bg * 4 + c) * 64);
-        prefetch(wg + (bg * 4 + c) * 64);
-        const __m512i lo = _mm512_and_si512(packed, low_nibbles);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
+        for (int c = 0; c < 4; ++c) {
+          const __m512i packed = _mm512_loadu_si512(wg + (bg * 4 + c) * 64);
+          prefetch(wg + (bg * 4 + c) * 64);
+          const __m512i lo = _mm512_and_si512(packed, low_nibbles);
+          const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
+          for (int m = 0; m < M; ++m) {
+            dot[m] = dot_broadcast(dot[m], lo, xb + (2 * c * M + m) * 4);
+            dot[m] = dot_broadcast(dot[m], hi, xb + ((2 * c + 1) * M + m) * 4);
+          }
+        }
         for (int m = 0; m < M; ++m) {
-          dot[m] = dot_broadcast(dot[m], lo, xb + (2 * c * M + m) * 4);
-          dot[m] = dot_broadcast(dot[m], hi, xb + ((2 * c + 1) * M + m) * 4);
+          const __m512 block_scale = _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[b * M + m]));
+          acc[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), block_scale, acc[j][m]);
         }
       }
-      for (int m = 0; m < M; ++m) {
-        const __m512 block_scale = _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[b * M + m]));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), block_scale, acc[m]);
-      }
+      // w = q * scale + min, so the group also adds min * sum(x). As in ggml_vec_dot_q4_1_q8_1 the
+      // sum is of the rounded x: with the exact sum the error would weigh q * scale instead of w,
+      // which measured 2.5x the RMS error on Gaussian weights (the min sits near -2.5 sigma).
+      for (int m = 0; m < M; ++m) acc[j][m] = _mm512_fmadd_ps(min, _mm512_set1_ps(x.sum[g * M + m]), acc[j][m]);
     }
-    // w = q * scale + min, so the group also adds min * sum(x). As in ggml_vec_dot_q4_1_q8_1 the
-    // sum is of the rounded x: with the exact sum the error would weigh q * scale instead of w,
-    // which measured 2.5x the RMS error on Gaussian weights (the min sits near -2.5 sigma).
-    for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(min, _mm512_set1_ps(x.sum[g * M + m]), acc[m]);
   }
-  const __mmask16 mask = tail_mask(n_out - n0);
-  const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
-  for (int m = 0; m < M; ++m) store16(y + (x.m0 + m) * n_out + n0, _mm512_add_ps(acc[m], add), mask);
+  for (int j = 0; j < NT; ++j) {
+    const int64_t r0 = n0 + j * kTile;
+    const __mmask16 mask = tail_mask(n_out - r0);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + r0) : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) store16(y + (x.m0 + m) * n_out + r0, _mm512_add_ps(acc[j][m], add), mask);
+  }
 }
 
 #ifdef __AVX512BF16__  // the BF16 kernels: the avx512bf16 build only (the VNNI build has none)

@@ -52,6 +52,8 @@ using luodi::tiles_per_task;
 constexpr int64_t kBlock = 32;     // activation quantization block (ggml QK8_0)
 constexpr int64_t kTile = 16;      // output rows per tile in the shared layouts
 constexpr int64_t kHalf = 8;       // output rows per ymm of int32 / fp32 lanes
+// Tiles a decode pass of M rows streams at once, as in lowbit.cpp (16 ymm registers allow fewer).
+constexpr int tile_streams(int rows) { return rows == 1 ? 2 : 1; }
 constexpr int64_t kPrefetchBytes = 8 << 10;  // as lowbit.cpp: software prefetch distance
 constexpr float kFineRatio = 254.f;  // INT8 two-term: residual steps are scale / 254
 
@@ -211,41 +213,48 @@ inline __m256 load_bias(const float* bias, int64_t count) {
 }
 
 // -- INT8 weights ---------------------------------------------------------------------------------
-// Tiles: one tile (two halves of 8 output rows) x M activation rows; w points at the tile's
-// [kp/4][16][4] bytes of q + 128, turned back into signed q (xor 0x80) as they are loaded.
+// Tiles: NT tiles (each two halves of 8 output rows; interleaved streams as in lowbit.cpp) x M
+// activation rows; w points at the first tile's [kp/4][16][4] bytes of q + 128 (the next follow
+// tile_bytes apart), turned back into signed q (xor 0x80) as they are loaded.
 //
 // W8A8 (one int8 rounding of x per row): |q| (as u8) x sign(q) * x through _mm256_maddubs_epi16.
-template <int M, typename T>
-inline void int8_tile_row(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
-                          T* y, int64_t n_out, int64_t n0) {
+template <int M, int NT, typename T>
+inline void int8_tile_row(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, const float* wscale,
+                          const float* bias, T* y, int64_t n_out, int64_t n0) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
   for (int64_t h = 0; h < kTile / kHalf; ++h) {
-    const int64_t r0 = n0 + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
-    if (count <= 0) break;
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    if (n_out - n0 - h * kHalf <= 0) break;
+    __m256 acc[NT][M];
+    for (int j = 0; j < NT; ++j)
+      for (int m = 0; m < M; ++m) acc[j][m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < kp / kBlock; ++b) {
-      const uint8_t* wb = w + b * kBlock * kTile + h * 32;
       const int8_t* xb = x.q + b * kBlock * M;
-      __m256i dot[M];
-      for (int m = 0; m < M; ++m) dot[m] = _mm256_setzero_si256();
+      for (int j = 0; j < NT; ++j) {
+        const uint8_t* wb = w + j * tile_bytes + b * kBlock * kTile + h * 32;
+        __m256i dot[M];
+        for (int m = 0; m < M; ++m) dot[m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + c * 64)), flip);
-        if (h == 0) prefetch(wb + c * 64);
-        const __m256i q_abs = _mm256_abs_epi8(q);
+        for (int c = 0; c < 8; ++c) {
+          const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + c * 64)), flip);
+          if (h == 0) prefetch(wb + c * 64);
+          const __m256i q_abs = _mm256_abs_epi8(q);
+          for (int m = 0; m < M; ++m) {
+            const __m256i p = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(broadcast4(xb + (c * M + m) * 4), q));
+            dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(p, ones));
+          }
+        }
         for (int m = 0; m < M; ++m) {
-          const __m256i p = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(broadcast4(xb + (c * M + m) * 4), q));
-          dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(p, ones));
+          acc[j][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_set1_ps(x.scale[b * M + m]), acc[j][m]);
         }
       }
-      for (int m = 0; m < M; ++m) {
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_set1_ps(x.scale[b * M + m]), acc[m]);
-      }
     }
-    const __m256 scale = _mm256_loadu_ps(wscale + r0);  // scales are padded to whole tiles
-    const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
-    for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_fmadd_ps(acc[m], scale, add), count);
+    for (int j = 0; j < NT; ++j) {
+      const int64_t r0 = n0 + j * kTile + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
+      if (count <= 0) break;
+      const __m256 scale = _mm256_loadu_ps(wscale + r0);  // scales are padded to whole tiles
+      const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
+      for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_fmadd_ps(acc[j][m], scale, add), count);
+    }
   }
 }
 
@@ -255,54 +264,61 @@ inline void int8_tile_row(const uint8_t* w, const Pass& x, int64_t kp, const flo
 // block's int32 holds at most 32 * 128 * 32512 < 2^31. Measured against two maddubs products (q,
 // then fine) per weight vector: 5-8 % faster at M = 1, 13-24 % at M = 4 (1 thread, CPU time,
 // 576 x 1536, 1536 x 576, 2048 x 2048).
-template <int M, typename T>
-inline void int8_tile_wide(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
-                           T* y, int64_t n_out, int64_t n0) {
+template <int M, int NT, typename T>
+inline void int8_tile_wide(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, const float* wscale,
+                           const float* bias, T* y, int64_t n_out, int64_t n0) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   for (int64_t h = 0; h < kTile / kHalf; ++h) {
-    const int64_t r0 = n0 + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
-    if (count <= 0) break;
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    if (n_out - n0 - h * kHalf <= 0) break;
+    __m256 acc[NT][M];
+    for (int j = 0; j < NT; ++j)
+      for (int m = 0; m < M; ++m) acc[j][m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < kp / kBlock; ++b) {
-      const uint8_t* wb = w + b * kBlock * kTile + h * 32;
       const int16_t* xb = x.wide + b * kBlock * M;
-      __m256i lo[M], hi[M];  // rows 0-3 and 4-7 of the half, two int32 lanes a row
-      for (int m = 0; m < M; ++m) lo[m] = hi[m] = _mm256_setzero_si256();
+      for (int j = 0; j < NT; ++j) {
+        const uint8_t* wb = w + j * tile_bytes + b * kBlock * kTile + h * 32;
+        __m256i lo[M], hi[M];  // rows 0-3 and 4-7 of the half, two int32 lanes a row
+        for (int m = 0; m < M; ++m) lo[m] = hi[m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + c * 64)), flip);
-        if (h == 0) prefetch(wb + c * 64);
-        const __m256i w_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-        const __m256i w_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+        for (int c = 0; c < 8; ++c) {
+          const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + c * 64)), flip);
+          if (h == 0) prefetch(wb + c * 64);
+          const __m256i w_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+          const __m256i w_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+          for (int m = 0; m < M; ++m) {
+            int64_t four;
+            std::memcpy(&four, xb + (c * M + m) * 4, 8);
+            const __m256i xv = _mm256_set1_epi64x(four);
+            lo[m] = _mm256_add_epi32(lo[m], _mm256_madd_epi16(w_lo, xv));
+            hi[m] = _mm256_add_epi32(hi[m], _mm256_madd_epi16(w_hi, xv));
+          }
+        }
         for (int m = 0; m < M; ++m) {
-          int64_t four;
-          std::memcpy(&four, xb + (c * M + m) * 4, 8);
-          const __m256i xv = _mm256_set1_epi64x(four);
-          lo[m] = _mm256_add_epi32(lo[m], _mm256_madd_epi16(w_lo, xv));
-          hi[m] = _mm256_add_epi32(hi[m], _mm256_madd_epi16(w_hi, xv));
+          // hadd gives rows 0 1 4 5 | 2 3 6 7; the 64-bit permute puts them in order
+          const __m256i rows = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[m], hi[m]), 0xD8);
+          acc[j][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_set1_ps(x.scale[b * M + m] / kFineRatio),
+                                      acc[j][m]);
         }
       }
-      for (int m = 0; m < M; ++m) {
-        // hadd gives rows 0 1 4 5 | 2 3 6 7; the 64-bit permute puts them in order
-        const __m256i rows = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[m], hi[m]), 0xD8);
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_set1_ps(x.scale[b * M + m] / kFineRatio), acc[m]);
-      }
     }
-    const __m256 scale = _mm256_loadu_ps(wscale + r0);
-    const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
-    for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_fmadd_ps(acc[m], scale, add), count);
+    for (int j = 0; j < NT; ++j) {
+      const int64_t r0 = n0 + j * kTile + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
+      if (count <= 0) break;
+      const __m256 scale = _mm256_loadu_ps(wscale + r0);
+      const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
+      for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_fmadd_ps(acc[j][m], scale, add), count);
+    }
   }
 }
 
 // The driver's INT8 tile: weight-only (two-term) x takes the widened kernel, W8A8 the per-row one.
-template <int M, bool TwoTerm, typename T>
-inline void int8_tile(const uint8_t* w, const Pass& x, int64_t kp, const float* wscale, const float* bias,
-                      T* y, int64_t n_out, int64_t n0) {
+template <int M, int NT, bool TwoTerm, typename T>
+inline void int8_tile(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, const float* wscale,
+                      const float* bias, T* y, int64_t n_out, int64_t n0) {
   if constexpr (TwoTerm) {
-    int8_tile_wide<M>(w, x, kp, wscale, bias, y, n_out, n0);
+    int8_tile_wide<M, NT>(w, tile_bytes, x, kp, wscale, bias, y, n_out, n0);
   } else {
-    int8_tile_row<M>(w, x, kp, wscale, bias, y, n_out, n0);
+    int8_tile_row<M, NT>(w, tile_bytes, x, kp, wscale, bias, y, n_out, n0);
   }
 }
 
@@ -328,56 +344,64 @@ inline void int4_group_grid(const uint8_t* p, int64_t h, __m256 scale_step, __m2
   }
 }
 
-template <int M, bool Coded, typename T>
-inline void int4_tile(const uint8_t* w, const Pass& x, int64_t kp, int64_t group_size, const float* bias,
-                      T* y, int64_t n_out, int64_t n0) {
+template <int M, int NT, bool Coded, typename T>
+inline void int4_tile(const uint8_t* w, int64_t tile_bytes, const Pass& x, int64_t kp, int64_t group_size,
+                      const float* bias, T* y, int64_t n_out, int64_t n0) {
   const int64_t blocks_per_group = group_size / kBlock, group_bytes = int4_group_bytes(group_size, Coded);
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const uint8_t* steps = w;
   if constexpr (Coded) w += kInt4StepBytes;
   for (int64_t h = 0; h < kTile / kHalf; ++h) {
-    const int64_t r0 = n0 + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
-    if (count <= 0) break;
-    __m256 scale_step = _mm256_setzero_ps(), min_step = _mm256_setzero_ps();
-    if constexpr (Coded) {
-      scale_step = _mm256_loadu_ps(reinterpret_cast<const float*>(steps) + h * kHalf);
-      min_step = _mm256_loadu_ps(reinterpret_cast<const float*>(steps) + kTile + h * kHalf);
+    if (n_out - n0 - h * kHalf <= 0) break;
+    __m256 scale_step[NT], min_step[NT], acc[NT][M];
+    for (int j = 0; j < NT; ++j) {
+      scale_step[j] = min_step[j] = _mm256_setzero_ps();
+      if constexpr (Coded) {
+        const float* tile_steps = reinterpret_cast<const float*>(steps + j * tile_bytes);
+        scale_step[j] = _mm256_loadu_ps(tile_steps + h * kHalf);
+        min_step[j] = _mm256_loadu_ps(tile_steps + kTile + h * kHalf);
+      }
+      for (int m = 0; m < M; ++m) acc[j][m] = _mm256_setzero_ps();
     }
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t g = 0; g < kp / group_size; ++g) {
-      const uint8_t* wg = w + g * group_bytes;
-      const uint8_t* grid = wg + group_size * kTile / 2;
-      __m256 scale, min;
-      int4_group_grid<Coded>(grid, h, scale_step, min_step, scale, min);
-      if (h == 0) prefetch(grid);
-      for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
-        const int64_t b = g * blocks_per_group + bg;
-        const int8_t* xb = x.q + b * kBlock * M;
-        __m256i dot[M];  // int16 pair sums: a block's 8 fit (header comment)
-        for (int m = 0; m < M; ++m) dot[m] = _mm256_setzero_si256();
+      for (int j = 0; j < NT; ++j) {
+        const uint8_t* wg = w + j * tile_bytes + g * group_bytes;
+        const uint8_t* grid = wg + group_size * kTile / 2;
+        __m256 scale, min;
+        int4_group_grid<Coded>(grid, h, scale_step[j], min_step[j], scale, min);
+        if (h == 0) prefetch(grid);
+        for (int64_t bg = 0; bg < blocks_per_group; ++bg) {
+          const int64_t b = g * blocks_per_group + bg;
+          const int8_t* xb = x.q + b * kBlock * M;
+          __m256i dot[M];  // int16 pair sums: a block's 8 fit (header comment)
+          for (int m = 0; m < M; ++m) dot[m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const uint8_t* wc = wg + (bg * 4 + c) * 64;
-          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + h * 32));
-          if (h == 0) prefetch(wc);
-          const __m256i lo = _mm256_and_si256(packed, low_nibbles);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+          for (int c = 0; c < 4; ++c) {
+            const uint8_t* wc = wg + (bg * 4 + c) * 64;
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + h * 32));
+            if (h == 0) prefetch(wc);
+            const __m256i lo = _mm256_and_si256(packed, low_nibbles);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+            for (int m = 0; m < M; ++m) {
+              dot[m] = _mm256_add_epi16(dot[m], _mm256_maddubs_epi16(lo, broadcast4(xb + (2 * c * M + m) * 4)));
+              dot[m] = _mm256_add_epi16(dot[m], _mm256_maddubs_epi16(hi, broadcast4(xb + ((2 * c + 1) * M + m) * 4)));
+            }
+          }
           for (int m = 0; m < M; ++m) {
-            dot[m] = _mm256_add_epi16(dot[m], _mm256_maddubs_epi16(lo, broadcast4(xb + (2 * c * M + m) * 4)));
-            dot[m] = _mm256_add_epi16(dot[m], _mm256_maddubs_epi16(hi, broadcast4(xb + ((2 * c + 1) * M + m) * 4)));
+            const __m256 block_scale = _mm256_mul_ps(scale, _mm256_set1_ps(x.scale[b * M + m]));
+            acc[j][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(dot[m], ones)), block_scale, acc[j][m]);
           }
         }
-        for (int m = 0; m < M; ++m) {
-          const __m256 block_scale = _mm256_mul_ps(scale, _mm256_set1_ps(x.scale[b * M + m]));
-          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(dot[m], ones)), block_scale, acc[m]);
-        }
+        // w = q * scale + min: the group adds min * sum(rounded x), as in lowbit.cpp.
+        for (int m = 0; m < M; ++m) acc[j][m] = _mm256_fmadd_ps(min, _mm256_set1_ps(x.sum[g * M + m]), acc[j][m]);
       }
-      // w = q * scale + min: the group adds min * sum(rounded x), as in lowbit.cpp.
-      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(min, _mm256_set1_ps(x.sum[g * M + m]), acc[m]);
     }
-    const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
-    for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_add_ps(acc[m], add), count);
+    for (int j = 0; j < NT; ++j) {
+      const int64_t r0 = n0 + j * kTile + h * kHalf, count = std::min<int64_t>(kHalf, n_out - r0);
+      if (count <= 0) break;
+      const __m256 add = load_bias(bias ? bias + r0 : nullptr, count);
+      for (int m = 0; m < M; ++m) store8(y + (x.m0 + m) * n_out + r0, _mm256_add_ps(acc[j][m], add), count);
+    }
   }
 }
 

@@ -3,24 +3,43 @@
 // file inside its anonymous namespace after its own kernels, which it must name so:
 //
 //   QuantizedRows quantize_rows<T>(x, rows, k, kp, sum_block, ActQuant);  Pass pass_at(xq, m0);
-//   template <int M, bool TwoTerm, typename T> void int8_tile(w, pass, kp, scales, bias, y, n, n0);
-//   template <int M, bool Coded, typename T> void int4_tile(w, pass, kp, group_size, bias, y, n, n0);
+//   template <int M, int NT, bool TwoTerm, typename T>
+//   void int8_tile(w, tile_bytes, pass, kp, scales, bias, y, n, n0);       (NT tiles from w)
+//   template <int M, int NT, bool Coded, typename T>
+//   void int4_tile(w, tile_bytes, pass, kp, group_size, bias, y, n, n0);
+//   constexpr int tile_streams(int rows);  (NT for a pass of that many rows)
 //   kTile, kBlock, kInt4StepBytes, int4_group_bytes(group_size, coded)
 //
 // so the calls below resolve to that build's kernels.
 
 #pragma once
 
-// Quantizes x, then runs tile(M, pass, t) for every 16-row tile t and pass of up to 8 rows, tiles
-// split across torch's intra-op threads.
+// Quantizes x, then runs tile(M, NT, pass, t) for the tiles t .. t + NT - 1 of every pass of up to
+// 8 rows, tiles split across torch's intra-op threads. A single pass (decode) takes its tiles
+// tile_streams(M) at a time, as that many interleaved weight streams; several passes keep one tile at
+// a time, each read from cache by the passes after the first.
 template <typename T, typename TileFn>
 void run_tiles(const Call& call, int64_t sum_block, int64_t tile_bytes, const TileFn& tile,
                ActQuant mode = ActQuant::kBlock) {
   const QuantizedRows xq = quantize_rows(call.x.data_ptr<T>(), call.rows, call.k, call.kp, sum_block, mode);
-  at::parallel_for(0, (call.n + kTile - 1) / kTile, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, pass_at(xq, m0), t); });
-    }
+  const int64_t num_tiles = (call.n + kTile - 1) / kTile;
+  const std::integral_constant<int, 1> one{};
+  if (call.rows > kMaxRows) {
+    at::parallel_for(0, num_tiles, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        for_each_pass(call.rows, [&](auto m_rows, int64_t m0) { tile(m_rows, one, pass_at(xq, m0), t); });
+      }
+    });
+    return;
+  }
+  for_each_pass(call.rows, [&](auto m_rows, int64_t) {
+    const std::integral_constant<int, tile_streams(decltype(m_rows)::value)> streams{};
+    const Pass pass = pass_at(xq, 0);
+    at::parallel_for(0, num_tiles, tiles_per_task(tile_bytes), [&](int64_t t0, int64_t t1) {
+      int64_t t = t0;
+      for (; t + streams.value <= t1; t += streams.value) tile(m_rows, streams, pass, t);
+      for (; t < t1; ++t) tile(m_rows, one, pass, t);
+    });
   });
 }
 
@@ -44,9 +63,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     const auto run = [&](auto two_term, ActQuant mode) {
       run_tiles<T>(
           call, kp, tile_bytes,
-          [&](auto m_rows, const Pass& pass, int64_t t) {
-            int8_tile<decltype(m_rows)::value, decltype(two_term)::value>(wp + t * tile_bytes, pass, kp, sp, bp, yp,
-                                                                          n, t * kTile);
+          [&](auto m_rows, auto nt, const Pass& pass, int64_t t) {
+            int8_tile<decltype(m_rows)::value, decltype(nt)::value, decltype(two_term)::value>(
+                wp + t * tile_bytes, tile_bytes, pass, kp, sp, bp, yp, n, t * kTile);
           },
           mode);
     };
@@ -73,9 +92,9 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
     using T = typename decltype(tag)::type;
     T* yp = call.y.data_ptr<T>();
     const auto run = [&](auto is_coded) {
-      run_tiles<T>(call, group_size, tile_bytes, [&](auto m_rows, const Pass& pass, int64_t t) {
-        int4_tile<decltype(m_rows)::value, decltype(is_coded)::value>(wp + t * tile_bytes, pass, kp, group_size, bp,
-                                                                       yp, n, t * kTile);
+      run_tiles<T>(call, group_size, tile_bytes, [&](auto m_rows, auto nt, const Pass& pass, int64_t t) {
+        int4_tile<decltype(m_rows)::value, decltype(nt)::value, decltype(is_coded)::value>(
+            wp + t * tile_bytes, tile_bytes, pass, kp, group_size, bp, yp, n, t * kTile);
       });
     };
     if (coded) {
