@@ -80,24 +80,26 @@ def tinyllama_gguf(directory: Path) -> Path:
 
 
 def _add_vocab(writer, vocab: int) -> None:
-    """A byte-level BPE vocabulary of the right size (256 bytes + merges of byte pairs)."""
+    """A byte-level BPE vocabulary of the right size: 256 bytes, merges of byte pairs, then of a pair
+    and a byte (a vocabulary beyond 65,792 tokens)."""
+    import itertools
+
     import gguf
 
     from luodi.loading.tokenizer import _byte_to_unicode
 
     chars = list(_byte_to_unicode().values())
-    tokens, merges = list(chars), []
-    for a in chars:
-        for b in chars:
-            if len(tokens) >= vocab:
-                break
-            tokens.append(a + b)
-            merges.append(f"{a} {b}")
+    pairs = [a + b for a in chars for b in chars]
+    merges = itertools.chain(((a, b) for a in chars for b in chars), ((ab, c) for ab in pairs for c in chars))
+    tokens, merge_lines = list(chars), []
+    for left, right in itertools.islice(merges, max(0, vocab - len(chars))):
+        tokens.append(left + right)
+        merge_lines.append(f"{left} {right}")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
-    writer.add_token_merges(merges)
+    writer.add_token_merges(merge_lines)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
 
@@ -142,12 +144,15 @@ def run_luodi(path: str, threads: int, dtype: str = "bfloat16") -> dict:
 
     from luodi.engine.engine import EngineConfig, LLMEngine
     from luodi.engine.sampling import SamplingParams
+    from luodi.engine.speculative import SpeculativeConfig
     from luodi.models.loader import load_model
 
     torch.set_num_threads(threads)
     loaded = load_model(path, device="cpu", dtype=dtype)
+    # Plain decode like the peers': no prompt-lookup drafts (the engine's default; benchmarks/speculative.py).
     engine = LLMEngine(loaded.model, config=EngineConfig(
-        max_num_batched_tokens=max(PP_LENGTHS), max_num_seqs=BATCH, enable_prefix_caching=False))
+        max_num_batched_tokens=max(PP_LENGTHS), max_num_seqs=BATCH, enable_prefix_caching=False,
+        speculative=SpeculativeConfig(method="none")))
     vocab = loaded.config.vocab_size
     out = {}
 
