@@ -44,17 +44,9 @@ def tinyllama_gguf(directory: Path) -> Path:
     head_dim = hidden // heads
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(2048)
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
+    decoder_header(writer, context=2048, hidden=hidden, layers=layers, ffn=ffn, heads=(heads, kv_heads),
+                   eps=1e-5, rope_base=10000.0, file_type=gguf.LlamaFileType.MOSTLY_F16, vocab=vocab)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    _add_vocab(writer, vocab)
 
     def tensor(name: str, *shape: int) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
@@ -77,6 +69,21 @@ def tinyllama_gguf(directory: Path) -> Path:
     writer.write_tensors_to_file(progress=True)
     writer.close()
     return path
+
+
+def decoder_header(writer, *, context: int, hidden: int, layers: int, ffn: int, heads: tuple[int, int],
+                   eps: float, rope_base: float, file_type: int, vocab: int) -> None:
+    """The metadata of a decoder-only GGUF of this shape ((query, KV) heads) and a synthetic vocabulary."""
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads[0])
+    writer.add_head_count_kv(heads[1])
+    writer.add_layer_norm_rms_eps(eps)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_file_type(file_type)
+    _add_vocab(writer, vocab)
 
 
 def _add_vocab(writer, vocab: int) -> None:

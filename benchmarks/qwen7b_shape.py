@@ -63,21 +63,13 @@ def q4_0_blocks(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 
 def write_gguf_q4_0(path: Path) -> None:
     import gguf
-    from engine_speed import _add_vocab
+    from engine_speed import decoder_header
     from rich.progress import track
 
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "qwen2")
-    writer.add_context_length(32768)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(1000000.0)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    _add_vocab(writer, VOCAB)
+    decoder_header(writer, context=32768, hidden=HIDDEN, layers=LAYERS, ffn=FFN, heads=(HEADS, KV_HEADS),
+                   eps=1e-6, rope_base=1000000.0, file_type=gguf.LlamaFileType.MOSTLY_Q4_0, vocab=VOCAB)
     for name, rows, cols in track(matrices(), description="random Q4_0 weights (7B shape)"):
         writer.add_tensor(name, q4_0_blocks(rng, rows, cols), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
     ones, zeros = np.ones(HIDDEN, dtype=np.float32), np.zeros(KV_HEADS * HEAD_DIM, dtype=np.float32)
