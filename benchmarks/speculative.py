@@ -132,7 +132,46 @@ def lookup_ceiling(outputs: list[tuple[list[int], list[int]]], config) -> dict:
             steps, drafted, done = steps + 1, drafted + bool(draft), done + 1 + matched
         tokens += len(output)
     return {"tokens_per_step": round(tokens / steps, 3), "steps_with_a_draft": round(drafted / steps, 3),
-            "num_draft_tokens": config.num_draft_tokens, "ngram": [config.min_ngram, config.max_ngram]}
+            "num_draft_tokens": config.num_draft_tokens, "ngram": [config.min_ngram, config.max_ngram],
+            **{f"tokens_per_step_best_of_{k}": best_of_candidates_ceiling(outputs, config, k)
+               for k in (1, 2, 4)}}
+
+
+def best_of_candidates_ceiling(outputs: list[tuple[list[int], list[int]]], config, k: int) -> float:
+    """As lookup_ceiling, but each step may verify up to `k` candidate continuations at once (a tree
+    of drafts) and keeps the one that matches longest: the continuations of the `k` latest earlier
+    occurrences of the longest matching suffix (then of shorter ones), distinct drafts only, not
+    extended periodically as NgramIndex extends them (k = 1 is the like-for-like baseline). What
+    tree drafts could yield at best, before their larger verify cost."""
+    tokens = steps = 0
+    for prompt, output in outputs:
+        done = 0
+        while done < len(output):
+            context = prompt + output[:done]
+            best = 0
+            for draft in _latest_continuations(context, config, k):
+                matched = 0
+                while (matched < len(draft) and done + matched < len(output)
+                       and draft[matched] == output[done + matched]):
+                    matched += 1
+                best = max(best, matched)
+            steps, done = steps + 1, done + 1 + best
+        tokens += len(output)
+    return round(tokens / steps, 3)
+
+
+def _latest_continuations(context: list[int], config, k: int) -> list[tuple[int, ...]]:
+    drafts: list[tuple[int, ...]] = []
+    for n in range(min(config.max_ngram, len(context) - 1), config.min_ngram - 1, -1):
+        suffix = context[len(context) - n :]
+        for end in range(len(context) - 1, n - 1, -1):  # end: exclusive end of an earlier occurrence
+            if context[end - n : end] == suffix:
+                draft = tuple(context[end : end + config.num_draft_tokens])
+                if draft and draft not in drafts:
+                    drafts.append(draft)
+                if len(drafts) == k:
+                    return drafts
+    return drafts
 
 
 def main() -> None:
