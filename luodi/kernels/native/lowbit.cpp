@@ -20,7 +20,8 @@
 // bytes (low nibble = k, high nibble = k + 4 within each run of 8), then 16 fp16 scales and 16
 // fp16 mins; or, coded, a tile header of 16 fp32 scale steps and 16 fp32 min steps, and per group
 // 16 uint8 scale codes and 16 int8 min codes (scale = code * step). A thread streams whole tiles
-// front to back, so weights are read once, sequentially.
+// front to back, so weights are read once, sequentially; at decode several tiles at a time, as that
+// many interleaved streams (tile_streams, int8_tile).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
