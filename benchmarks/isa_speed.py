@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -136,13 +135,9 @@ def decode_bytes(engine: str, scheme: str, path: Path, source: Path) -> int:
     as two bytes a weight."""
     from quant_report import bytes_per_token
 
-    if engine != "luodi" or SCHEMES[scheme] is not None:
-        return bytes_per_token(path)
-    from luodi.loading.gguf import GGUFFile
-
-    tensors = GGUFFile(source).tensors
-    tied = "output.weight" not in tensors
-    return sum(2 * math.prod(t.shape) for name, t in tensors.items() if tied or name != "token_embd.weight")
+    if engine == "luodi" and SCHEMES[scheme] is None:
+        return bytes_per_token(source, gguf_as_bf16=True)
+    return bytes_per_token(path)
 
 
 def read_bandwidth(threads: int) -> float:

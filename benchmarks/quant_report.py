@@ -163,14 +163,17 @@ def _bandwidth_child(threads: int, queue: mp.Queue, seconds: float = 2.0) -> Non
 DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "I8": 1, "U8": 1, "I32": 4}
 
 
-def bytes_per_token(path: Path) -> int:
-    """Weight bytes one decode step reads: every tensor but an untied embedding table (only rows)."""
+def bytes_per_token(path: Path, gguf_as_bf16: bool = False) -> int:
+    """Weight bytes one decode step reads: every tensor but an untied embedding table (only rows).
+    `gguf_as_bf16`: a GGUF's tensors counted at two bytes a weight, as an engine that loads it to
+    bf16 reads them."""
     if path.suffix == ".gguf":
         from luodi.loading.gguf import GGUFFile
 
         tensors = GGUFFile(path).tensors
         tied = "output.weight" not in tensors
-        return sum(t.n_bytes for name, t in tensors.items() if tied or name != "token_embd.weight")
+        return sum(2 * _numel(list(t.shape)) if gguf_as_bf16 else t.n_bytes
+                   for name, t in tensors.items() if tied or name != "token_embd.weight")
     from safetensors import safe_open
 
     tied = json.loads((path / "config.json").read_text()).get("tie_word_embeddings", False)

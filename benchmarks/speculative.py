@@ -29,6 +29,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speculative.json"
@@ -126,9 +127,7 @@ def lookup_ceiling(outputs: list[tuple[list[int], list[int]]], config) -> dict:
         index, done = NgramIndex(config.min_ngram, config.max_ngram), 0
         while done < len(output):
             draft = index.propose(prompt + output[:done], config.num_draft_tokens)
-            matched = 0
-            while matched < len(draft) and done + matched < len(output) and draft[matched] == output[done + matched]:
-                matched += 1
+            matched = _matched(draft, output, done)
             steps, drafted, done = steps + 1, drafted + bool(draft), done + 1 + matched
         tokens += len(output)
     return {"tokens_per_step": round(tokens / steps, 3), "steps_with_a_draft": round(drafted / steps, 3),
@@ -148,16 +147,19 @@ def best_of_candidates_ceiling(outputs: list[tuple[list[int], list[int]]], confi
         done = 0
         while done < len(output):
             context = prompt + output[:done]
-            best = 0
-            for draft in _latest_continuations(context, config, k):
-                matched = 0
-                while (matched < len(draft) and done + matched < len(output)
-                       and draft[matched] == output[done + matched]):
-                    matched += 1
-                best = max(best, matched)
+            drafts = _latest_continuations(context, config, k)
+            best = max((_matched(draft, output, done) for draft in drafts), default=0)
             steps, done = steps + 1, done + 1 + best
         tokens += len(output)
     return round(tokens / steps, 3)
+
+
+def _matched(draft: Sequence[int], output: list[int], done: int) -> int:
+    """How many of the draft's tokens the output has from position `done` on."""
+    matched = 0
+    while matched < len(draft) and done + matched < len(output) and draft[matched] == output[done + matched]:
+        matched += 1
+    return matched
 
 
 def _latest_continuations(context: list[int], config, k: int) -> list[tuple[int, ...]]:
